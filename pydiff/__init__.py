@@ -1,0 +1,38 @@
+"""pydiff: one diffusion core (schedules, parameterizations, solvers, guidance, training) on fused
+kernels, with domain packages built on it.
+
+Example:
+    >>> import torch, pydiff
+    >>> sched = pydiff.schedules.DiscreteSchedule.scaled_linear()
+    >>> model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), sched, prediction="eps")
+    >>> x = pydiff.sample(model, pydiff.prior(sched, (2, 3)), solver="ddim", steps=5)
+    >>> x.shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+from . import hooks, noise, ops, schedules, solvers
+from .denoiser import Denoiser
+from .grids import timesteps
+from .sampling import prior, sample
+from .schedules import (
+    CosineSchedule,
+    DiscreteSchedule,
+    EDMSchedule,
+    FlowSchedule,
+    MeanRevertingSchedule,
+    Schedule,
+    VESchedule,
+    VPSchedule,
+)
+from .solvers import SolverState, available_solvers, get_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser", "sample", "prior", "timesteps", "get_solver", "available_solvers", "SolverState",
+    "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
+    "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",
+    "__version__",
+]

@@ -1,0 +1,263 @@
+"""Denoiser: one network, every parameterization.
+
+``Denoiser(net, schedule, prediction=..., precond=..., time_input=...)`` wraps any callable
+``net(x, time, **cond)`` whose output is one of
+
+- ``"eps"``: the noise, ``x = alpha x0 + sigma eps``;
+- ``"x0"``: the clean data;
+- ``"v"``: ``alpha eps - sigma x0`` (Salimans & Ho);
+- ``"score"``: ``grad log p_t(x) = -eps / sigma``;
+- ``"velocity"``: ``dx/dt = alpha' x0 + sigma' eps`` (flow matching; ``eps - x0`` for
+  rectified flow),
+
+and answers all of them: :meth:`x0`, :meth:`eps`, :meth:`v`, :meth:`score`, :meth:`velocity`.
+
+``precond="edm"`` applies Karras et al.'s preconditioning in the variance exploding coordinate
+``x / alpha``: the network sees ``c_in x / alpha`` and ``x0 = c_skip x / alpha + c_out F``.
+
+``time_input`` is the map from continuous ``t`` to what the network was trained on:
+``"t"``, ``"index"`` (DDPM table index ``t N - 1``), ``"scaled"`` (``time_scale * t``, e.g. 999 t),
+``"log_sigma"`` (``ln(sigma/alpha) / 4``, EDM's c_noise), ``"sigma"`` (``sigma / alpha``), or a
+callable of the float64 time. The default is the schedule's.
+
+``t`` may be a scalar, one value per sample ``[B]``, or a tensor broadcastable to ``x``
+(per-position noise levels). The network receives ``[B]`` for scalar and per-sample times and the
+tensor itself for per-position times (it then needs a per-position time embedding).
+
+For mean-reverting schedules the state is the shifted ``x - y``; pass ``y`` as conditioning
+(``bind(y=...)``). The network still sees the unshifted ``x`` and ``y``.
+
+Example:
+    >>> import torch, pydiff
+    >>> sched = pydiff.schedules.VPSchedule()
+    >>> model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), sched, prediction="eps")
+    >>> x = torch.randn(4, 2)
+    >>> torch.allclose(model.x0(x, 1e-3), x / sched.alpha(1e-3).float())
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .schedules import F64, DiscreteSchedule, Schedule, as_time
+from .tree import State, batch_size, leaves, per_sample, tree_map
+
+Tensor = torch.Tensor
+PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+TIME_INPUTS = ("t", "index", "scaled", "log_sigma", "sigma")
+PRECONDS = (None, "edm")
+
+
+class Denoiser:
+    """A network plus the schedule it was trained on (see the module docstring)."""
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        schedule: Schedule,
+        prediction: str | None = None,
+        precond: str | None = None,
+        time_input: str | Callable[[Tensor], Tensor] | None = None,
+        *,
+        time_scale: float = 999.0,
+        sigma_data: float | None = None,
+        dtype: torch.dtype | None = None,
+        mean_key: str = "y",
+        cond: dict[str, Any] | None = None,
+    ):
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t, **cond), got {type(net).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a pydiff Schedule, got {type(schedule).__name__}")
+        if precond not in PRECONDS:
+            raise ValueError(f"unknown precond={precond!r}; expected one of {PRECONDS}")
+        if prediction is None:
+            prediction = "x0" if precond == "edm" else "eps"
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction={prediction!r}; expected one of {PREDICTIONS}")
+        if precond == "edm" and prediction != "x0":
+            raise ValueError("precond='edm' makes the network predict x0 through c_skip/c_out; "
+                             f"prediction must be 'x0', got {prediction!r}")
+        if time_input is None:
+            time_input = "log_sigma" if precond == "edm" else schedule.default_time_input
+        if not callable(time_input) and time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input={time_input!r}; expected one of {TIME_INPUTS} "
+                             "or a callable")
+        if time_input == "index" and not isinstance(schedule, DiscreteSchedule):
+            raise ValueError("time_input='index' needs a DiscreteSchedule, got "
+                             f"{type(schedule).__name__}")
+        self.net, self.schedule, self.prediction, self.precond = net, schedule, prediction, precond
+        self.time_input, self.time_scale, self.dtype, self.mean_key = (
+            time_input, float(time_scale), dtype, mean_key)
+        self.sigma_data = float(sigma_data if sigma_data is not None
+                                else getattr(schedule, "sigma_data", 0.5))
+        self.cond: dict[str, Any] = dict(cond or {})
+
+    # -- configuration ---------------------------------------------------------------------
+    def bind(self, **cond: Any) -> Denoiser:
+        """A copy with conditioning fixed (solvers call ``x0(x, t)`` with no extra arguments)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.cond = {**self.cond, **cond}
+        return new
+
+    @property
+    def shift(self) -> Tensor | None:
+        """The mean ``y`` of a mean-reverting process (state = x - y), else None."""
+        if not self.schedule.mean_reverting:
+            return None
+        if self.mean_key not in self.cond:
+            raise ValueError(f"a mean-reverting schedule needs its mean: call with "
+                             f"{self.mean_key}=... or bind({self.mean_key}=...)")
+        return self.cond[self.mean_key]
+
+    def network_time(self, t: Tensor) -> Tensor:
+        """Map float64 continuous time to the network's time input (float64)."""
+        ti = self.time_input
+        if callable(ti):
+            return ti(t)
+        if ti == "t":
+            return t
+        if ti == "scaled":
+            return self.time_scale * t
+        if ti == "index":
+            idx = t * self.schedule.num_train_timesteps - 1
+            return torch.where((idx - idx.round()).abs() < 1e-6, idx.round(), idx)
+        sig = self.schedule.sigma_tilde(t)
+        return torch.log(sig) / 4 if ti == "log_sigma" else sig
+
+    # -- the one network call --------------------------------------------------------------
+    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
+        """``(x0, eps)`` predicted at state ``x`` and time ``t`` (one network evaluation)."""
+        cond = {**self.cond, **cond}
+        ref = leaves(x)[0]
+        t = as_time(t, ref.device)
+        bsz = batch_size(x)
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        if t.dim() == 0:
+            t_net = self.network_time(t).expand(bsz)
+        else:
+            tree_map(lambda leaf: per_sample(t, leaf), x)  # validates the shape
+            t_net = self.network_time(t)
+
+        shift = None
+        if self.schedule.mean_reverting:
+            if self.mean_key not in cond:
+                raise ValueError(f"a mean-reverting schedule needs its mean: pass "
+                                 f"{self.mean_key}=... (the noisy observation)")
+            shift = cond[self.mean_key]
+
+        def coef(c: Tensor, leaf: Tensor) -> Tensor:
+            return per_sample(c, leaf).to(leaf.dtype)
+
+        x_in = x if shift is None else tree_map(torch.add, x, shift)
+        if self.precond == "edm":
+            sd = self.sigma_data
+            sig_t = sigma / alpha
+            c_in = 1 / torch.sqrt(sig_t**2 + sd**2) / alpha
+            x_in = tree_map(lambda v: v * coef(c_in, v), x_in)
+        out = self._call_net(x_in, t_net, cond, ref.dtype)
+
+        if self.precond == "edm":
+            sig_t = sigma / alpha
+            c_skip = sd**2 / (sig_t**2 + sd**2) / alpha
+            c_out = sig_t * sd / torch.sqrt(sig_t**2 + sd**2)
+            # x0 in the unshifted coordinates: combine with the network input x_in's source
+            x_src = x if shift is None else tree_map(torch.add, x, shift)
+            out = tree_map(lambda v, f: v * coef(c_skip, v) + f * coef(c_out, f), x_src, out)
+        return self._to_x0_eps(x, out, t, alpha, sigma, shift)
+
+    def _call_net(self, x_in: State, t_net: Tensor, cond: dict, dtype: torch.dtype) -> State:
+        run_dtype = self.dtype or dtype
+        if self.dtype is not None:
+            x_in = tree_map(lambda v: v.to(run_dtype), x_in)
+        out = self.net(x_in, t_net.to(run_dtype if run_dtype.is_floating_point else torch.float32),
+                       **cond)
+        if isinstance(x_in, dict) != isinstance(out, dict):
+            raise TypeError("the network must return the same structure as the state "
+                            "(a tensor for tensor states, a dict for dict states)")
+        return tree_map(lambda o, v: _check_shape(o, v).to(dtype), out, x_in)
+
+    def _to_x0_eps(self, x, out, t, alpha, sigma, shift):
+        p = self.prediction
+        if p == "velocity":
+            da, ds = self.schedule.derivatives(t)
+
+        def convert(xv: Tensor, o: Tensor, y: Tensor | None):
+            def c(v):
+                return per_sample(v, xv).to(xv.dtype)
+
+            a, s = c(alpha), c(sigma)
+            if p == "x0":
+                x0 = o if y is None else o - y
+                return x0, (xv - a * x0) / s
+            if p == "eps":
+                return (xv - s * o) / a, o
+            if p == "score":
+                eps = -s * o
+                return (xv - s * eps) / a, eps
+            if p == "v":
+                n = a * a + s * s
+                return (a * xv - s * o) / n, (s * xv + a * o) / n
+            dA, dS = c(da), c(ds)  # velocity: v = a' x0 + s' eps
+            det = a * dS - s * dA
+            return (dS * xv - s * o) / det, (a * o - dA * xv) / det
+
+        if isinstance(x, dict):
+            pairs = {k: convert(x[k], out[k], None if shift is None else shift[k]) for k in x}
+            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+        return convert(x, out, shift)
+
+    # -- every parameterization ------------------------------------------------------------
+    def x0(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Predicted clean data (in the shifted coordinate for mean-reverting schedules)."""
+        return self.predict(x, t, **cond)[0]
+
+    def eps(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Predicted noise."""
+        return self.predict(x, t, **cond)[1]
+
+    def score(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Predicted score ``-eps / sigma``."""
+        eps = self.eps(x, t, **cond)
+        sigma = self.schedule.sigma(as_time(t, leaves(x)[0].device))
+        return tree_map(lambda e: -e / per_sample(sigma, e).to(e.dtype), eps)
+
+    def v(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Predicted ``v = alpha eps - sigma x0``."""
+        x0, eps = self.predict(x, t, **cond)
+        tt = as_time(t, leaves(x)[0].device)
+        a, s = self.schedule.alpha(tt), self.schedule.sigma(tt)
+        return tree_map(lambda u, e: per_sample(a, e).to(e.dtype) * e
+                        - per_sample(s, u).to(u.dtype) * u, x0, eps)
+
+    def velocity(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Predicted probability-flow velocity ``alpha' x0 + sigma' eps`` of the marginals."""
+        x0, eps = self.predict(x, t, **cond)
+        da, ds = self.schedule.derivatives(as_time(t, leaves(x)[0].device))
+        return tree_map(lambda u, e: per_sample(da, u).to(u.dtype) * u
+                        + per_sample(ds, e).to(e.dtype) * e, x0, eps)
+
+    def __call__(self, x: State, t: float | Tensor, **cond: Any) -> State:
+        """Same as :meth:`x0`."""
+        return self.x0(x, t, **cond)
+
+    def __repr__(self) -> str:
+        return (f"Denoiser(net={type(self.net).__name__}, schedule={self.schedule!r}, "
+                f"prediction={self.prediction!r}, precond={self.precond!r}, "
+                f"time_input={self.time_input!r})")
+
+
+def _check_shape(out: Tensor, x: Tensor) -> Tensor:
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"the network returned {got} for an input of shape {tuple(x.shape)}; "
+                         "it must return a tensor of the input's shape")
+    return out
+
+
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "F64"]

@@ -1,0 +1,141 @@
+"""The whole sampling loop: ``pydiff.sample(model, x_T, solver=..., steps=...)``.
+
+Example:
+    >>> import torch, pydiff
+    >>> sched = pydiff.schedules.VPSchedule()
+    >>> model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), sched)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x_T = pydiff.prior(sched, (8, 2), generator=g)
+    >>> x = pydiff.sample(model, x_T, solver="dpmpp_2m", steps=10)
+    >>> x.shape
+    torch.Size([8, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .denoiser import Denoiser
+from .grids import timesteps
+from .hooks import Hook
+from .noise import Generators, randn_like
+from .schedules import Schedule, as_time
+from .solvers import Solver, SolverState, get_solver
+from .tree import State, leaves, per_sample, tree_map
+
+Tensor = torch.Tensor
+
+
+def prior(
+    schedule: Schedule,
+    shape: Sequence[int] | Tensor,
+    *,
+    generator: Generators = None,
+    t: float | Tensor | None = None,
+    mean: State | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A sample of the marginal at ``t`` (default ``t_max``) given the data is ``mean`` (or 0).
+
+    ``x_t = alpha(t) mean + sigma(t) z``. For mean-reverting schedules pass the observation as
+    ``mean`` and this returns ``y + sigma(T) z`` (the unshifted prior of SGMSE+).
+    """
+    shape = tuple(shape.shape) if torch.is_tensor(shape) else tuple(shape)
+    z = randn_like(torch.empty(shape, device=device), generator)
+    tt = as_time(schedule.t_max if t is None else t, z.device)
+    a, s = per_sample(schedule.alpha(tt), z).float(), per_sample(schedule.sigma(tt), z).float()
+    if mean is None:
+        return s * z
+    if schedule.mean_reverting:
+        return mean + s * z  # the process mean at T is ~y (alpha_T (x0 - y) is dropped)
+    return a * mean + s * z
+
+
+def sample(
+    model: Denoiser,
+    x: State,
+    solver: str | Solver = "dpmpp_2m",
+    steps: int = 10,
+    *,
+    spacing: str | None = None,
+    grid: Tensor | None = None,
+    t_start: float | Tensor | None = None,
+    t_end: float | Tensor | None = None,
+    final_zero: bool = True,
+    generator: Generators = None,
+    hooks: Sequence[Hook] = (),
+    progress: bool = False,
+    callback: Callable[[SolverState], Any] | None = None,
+    check_finite: bool = True,
+    return_state: bool = False,
+    **solver_options: Any,
+) -> State | SolverState:
+    """Run ``solver`` from ``x`` (a sample at ``t_start``) to clean data.
+
+    Args:
+        model: a :class:`pydiff.Denoiser` (or a guidance wrapper returning one).
+        x: the start sample: noise from :func:`prior`, or a partly noised sample for warm starts.
+        solver: a name from :func:`pydiff.solvers.available_solvers` or a solver instance.
+        steps: number of solver steps (network evaluations are ``steps`` times the stages).
+        spacing: grid spacing (default: the solver's); see :func:`pydiff.timesteps`.
+        grid: an explicit float64 grid ``[steps + 1, ...]`` (overrides steps/spacing/t_*).
+        t_start: the noise level of ``x`` (default ``t_max``); scalar or ``[B]``.
+        t_end, final_zero: where the grid ends (see :func:`pydiff.timesteps`).
+        generator: a ``torch.Generator`` or a list, one per sample (stochastic solvers).
+        hooks: post-step projections (see :mod:`pydiff.hooks`).
+        progress: show a progress bar.
+        callback: called with the state after every step.
+        check_finite: raise if the state becomes NaN/inf, naming the first bad step (one device
+            sync at the end of the run, none per step).
+        return_state: return the final :class:`SolverState` instead of the sample.
+        **solver_options: passed to the solver's constructor when ``solver`` is a name.
+    """
+    if not isinstance(model, Denoiser) and not hasattr(model, "x0"):
+        raise TypeError("model must be a pydiff.Denoiser (or provide .x0(x, t)); wrap your "
+                        "network: pydiff.Denoiser(net, schedule, prediction=...)")
+    solver = get_solver(solver, **solver_options)
+    schedule = model.schedule
+    ref = leaves(x)[0]
+    if grid is None:
+        grid = timesteps(schedule, steps, spacing or solver.default_spacing, t_start=t_start,
+                         t_end=t_end, final_zero=final_zero, device=ref.device)
+    shift = getattr(model, "shift", None)
+    if shift is not None:
+        x = tree_map(torch.sub, x, shift)
+    state = solver.init(x, schedule, grid, generator=generator, hooks=hooks)
+
+    first_bad = torch.full((), -1, dtype=torch.long, device=ref.device) if check_finite else None
+    bar = _progress(state.steps, solver.name) if progress else None
+    while not state.done:
+        state = solver.step(state, model)
+        if first_bad is not None:
+            finite = torch.stack([torch.isfinite(v).all() for v in leaves(state.x)]).all()
+            first_bad = torch.where((~finite) & (first_bad < 0), state.i - 1, first_bad)
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback(state)
+    if bar is not None:
+        bar.close()
+    if first_bad is not None and int(first_bad) >= 0:
+        k = int(first_bad)
+        t_bad = state.grid[k].flatten()[:4].tolist()
+        raise FloatingPointError(
+            f"non-finite values (NaN/inf) appeared at step {k} of {state.steps} "
+            f"(t={t_bad}, solver {solver.name}): the model output or the solver update "
+            "overflowed; check the network, its prediction type and the grid")
+    if return_state:
+        return state
+    out = state.x
+    if shift is not None:
+        out = tree_map(torch.add, out, shift)
+    return out
+
+
+def _progress(total: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"sampling ({name})", leave=False)

@@ -1,0 +1,59 @@
+"""Solvers: immutable objects with explicit state (see :mod:`pydiff.solvers.base`).
+
+``get_solver("dpmpp_2m")`` builds a solver by name; :func:`available_solvers` lists the names.
+Register a new one with :func:`register`.
+
+Example:
+    >>> import pydiff
+    >>> pydiff.solvers.get_solver("ddim", eta=0.5)
+    DDIM(eta=0.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import Coefficients, Solver, SolverState, combine
+from .dpm import DPMSolverPP2M
+from .first_order import DDIM, DDPM, Euler, EulerMaruyama, Heun
+
+SOLVERS: dict[str, Callable[..., Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Add a solver class to the registry under ``cls.name`` (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name'")
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+for _cls in (DDPM, DDIM, Euler, Heun, EulerMaruyama, DPMSolverPP2M):
+    register(_cls)
+
+
+def available_solvers() -> list[str]:
+    """Names accepted by :func:`get_solver` and :func:`pydiff.sample`."""
+    return sorted(SOLVERS)
+
+
+def get_solver(solver: str | Solver, **kwargs: Any) -> Solver:
+    """A solver instance from a name (plus its options), or the instance itself."""
+    if isinstance(solver, Solver):
+        if kwargs:
+            raise ValueError(f"solver options {sorted(kwargs)} given with a solver instance; "
+                             "pass them to its constructor instead")
+        return solver
+    if solver not in SOLVERS:
+        known = ", ".join(available_solvers())
+        raise ValueError(f"unknown solver={solver!r}; known solvers: {known}")
+    try:
+        return SOLVERS[solver](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"bad options for solver {solver!r}: {err}") from None
+
+
+__all__ = ["Solver", "SolverState", "Coefficients", "combine", "register", "get_solver",
+           "available_solvers", "SOLVERS", "DDPM", "DDIM", "Euler", "Heun", "EulerMaruyama",
+           "DPMSolverPP2M"]

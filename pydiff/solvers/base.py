@@ -1,0 +1,224 @@
+"""The solver protocol: immutable solver objects, explicit state, coefficient tables.
+
+A solver is configuration plus math. ``state = solver.init(x_T, schedule, grid)`` computes every
+coefficient the run will need, in float64, as tensors on the sample's device (a table with one
+row per step); ``state = solver.step(state, model)`` then does no host-side math and no device
+sync: it evaluates the model and calls :func:`pydiff.ops.lincomb` once per stage. The same solver
+object serves any number of concurrent states (threads, streams), each with its own grid, step
+count and generator.
+
+Writing a solver means writing two methods:
+
+- ``coefficients(schedule, grid, alpha, sigma) -> dict[str, Tensor]``: float64 tables ``[N, ...]``
+  (``alpha``/``sigma`` are ``[N + 1, ...]`` at the grid points);
+- ``step(state, model) -> SolverState``: ``x0 = self.evaluate(model, state)``, then
+  ``self.advance(state, combine([...], [c["a"], c["b"]]), history=...)`` with ``c = state.coef``.
+
+Example:
+    >>> import torch, pydiff
+    >>> sched = pydiff.schedules.VPSchedule()
+    >>> model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), sched)
+    >>> solver = pydiff.solvers.get_solver("ddim")
+    >>> state = solver.init(torch.randn(3, 2), sched, pydiff.timesteps(sched, 5, "time"))
+    >>> while not state.done:
+    ...     state = solver.step(state, model)
+    >>> state.x.shape, state.nfe
+    (torch.Size([3, 2]), 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .. import ops
+from ..grids import check_grid
+from ..hooks import Hook, StepContext, apply_hooks
+from ..noise import Generators, check_generator, randn_like
+from ..schedules import F64, Schedule
+from ..tree import State, batch_size, leaves, per_sample, tree_map
+
+Tensor = torch.Tensor
+Coef = Any  # float or Tensor
+
+
+class Coefficients:
+    """Row ``i`` of a solver's table: ``c["x"]`` is ``table["x"][i]`` (a device tensor)."""
+
+    __slots__ = ("_table", "_i")
+
+    def __init__(self, table: dict[str, Tensor], i: int):
+        self._table, self._i = table, i
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._table[name][self._i]
+
+
+@dataclass(frozen=True)
+class SolverState:
+    """Everything a run carries between steps (immutable: ``step`` returns a new one).
+
+    Attributes:
+        x: the current sample (a tensor or a dict of tensors), float32 (or float64).
+        i: steps taken so far.
+        grid: float64 times ``[N + 1, ...]`` on the sample's device.
+        alpha, sigma: float64 marginal coefficients at the grid points.
+        table: float64 coefficient tables ``[N, ...]``.
+        generator: a ``torch.Generator``, a list (one per sample) or None.
+        hooks: post-step projections.
+        history: model outputs kept by multistep solvers, newest first.
+        nfe: network evaluations so far.
+        flags: host-side, per-step facts decided at ``init`` (e.g. which steps skip a stage).
+    """
+
+    x: State
+    i: int
+    grid: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    table: dict[str, Tensor]
+    generator: Generators = None
+    hooks: tuple[Hook, ...] = ()
+    history: tuple[State, ...] = ()
+    nfe: int = 0
+    flags: dict[str, tuple] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """Total number of steps of this run."""
+        return self.grid.shape[0] - 1
+
+    @property
+    def done(self) -> bool:
+        return self.i >= self.steps
+
+    @property
+    def t(self) -> Tensor:
+        """Current time (float64, scalar / ``[B]`` / per-position)."""
+        return self.grid[self.i]
+
+    @property
+    def coef(self) -> Coefficients:
+        """This step's row of the coefficient table."""
+        return Coefficients(self.table, self.i)
+
+    def replace(self, **changes: Any) -> SolverState:
+        return dataclasses.replace(self, **changes)
+
+
+def combine(terms: Sequence[State], coeffs: Sequence[Coef], noise: State | None = None,
+            noise_coeff: Coef | None = None) -> State:
+    """One fused solver stage ``sum c_k T_k + c_z z`` on tensor or dict states."""
+    if isinstance(terms[0], dict):
+        return {k: ops.lincomb([t[k] for t in terms], coeffs,
+                               None if noise is None else noise[k], noise_coeff)
+                for k in terms[0]}
+    return ops.lincomb(list(terms), list(coeffs), noise, noise_coeff)
+
+
+class Solver:
+    """Base class of all solvers (see the module docstring).
+
+    Class attributes:
+        name: registry name.
+        order: the scheme's global order on smooth problems (ODE solvers).
+        stochastic: True for samplers that inject noise.
+        default_spacing: the grid spacing used when the caller names none.
+    """
+
+    name: ClassVar[str] = ""
+    order: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = False
+    default_spacing: ClassVar[str] = "logsnr"
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} is immutable; make a new solver instead")
+        object.__setattr__(self, key, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
+
+    # -- to be defined by each solver --------------------------------------------------------
+    def coefficients(self, schedule: Schedule, grid: Tensor, alpha: Tensor,
+                     sigma: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def step(self, state: SolverState, model: Any) -> SolverState:
+        raise NotImplementedError
+
+    def step_flags(self, schedule: Schedule, grid: Tensor, sigma: Tensor) -> dict[str, tuple]:
+        """Host-side per-step facts (decided once at init; default none)."""
+        return {}
+
+    # -- shared machinery --------------------------------------------------------------------
+    def init(
+        self,
+        x: State,
+        schedule: Schedule,
+        grid: Tensor,
+        *,
+        generator: Generators = None,
+        hooks: Sequence[Hook] = (),
+    ) -> SolverState:
+        """Start a run at ``x`` (a sample at time ``grid[0]``) over ``grid``.
+
+        ``grid`` is ``[N + 1]`` or ``[N + 1, *S]`` with ``S`` = ``[B]`` (per-sample grids) or a
+        shape broadcastable to ``x`` (per-position noise levels).
+        """
+        ref = leaves(x)[0]
+        grid = check_grid(schedule, grid).to(ref.device)
+        if grid.dim() > 1:
+            tree_map(lambda leaf: per_sample(grid[0], leaf), x)  # validates the shape
+        check_generator(generator, batch_size(x))
+        x = tree_map(_state_dtype, x)
+        alpha, sigma = schedule.alpha(grid), schedule.sigma(grid)
+        table = {k: v.to(F64) for k, v in self.coefficients(schedule, grid, alpha, sigma).items()}
+        for k, v in table.items():
+            if v.shape[0] != grid.shape[0] - 1:
+                raise RuntimeError(f"{type(self).__name__}: table {k!r} has {v.shape[0]} rows "
+                                   f"for {grid.shape[0] - 1} steps")
+        return SolverState(x=x, i=0, grid=grid, alpha=alpha, sigma=sigma, table=table,
+                           generator=generator, hooks=tuple(hooks),
+                           flags=self.step_flags(schedule, grid, sigma))
+
+    def evaluate(self, model: Any, state: SolverState, x: State | None = None,
+                 at: int | None = None) -> State:
+        """The model's x0 prediction at ``x`` (default: the state) and grid point ``at``."""
+        i = state.i if at is None else at
+        return model.x0(state.x if x is None else x, state.grid[i])
+
+    def noise(self, state: SolverState) -> State:
+        """Fresh standard normal noise shaped like the state, from the state's generator(s)."""
+        return randn_like(state.x, state.generator)
+
+    def advance(self, state: SolverState, x: State, *, history: tuple[State, ...] = (),
+                nfe: int = 1) -> SolverState:
+        """Finish a step: run the hooks at the new level, move to the next grid point."""
+        i = state.i + 1
+        if state.hooks:
+            ctx = StepContext(step=state.i, t=state.grid[i], alpha=state.alpha[i],
+                              sigma=state.sigma[i], generator=state.generator,
+                              final=i == state.steps)
+            x = apply_hooks(state.hooks, x, ctx)
+        return state.replace(x=x, i=i, history=history, nfe=state.nfe + nfe)
+
+    def __repr__(self) -> str:
+        args = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+
+def _state_dtype(v: Tensor) -> Tensor:
+    # the solver state stays float32 even when the model runs in half precision
+    return v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+
+
+def step_index(table_like: Tensor) -> Tensor:
+    """``[N, 1, ...]`` float64 step indices that broadcast against a table."""
+    n = table_like.shape[0]
+    return torch.arange(n, dtype=F64, device=table_like.device).reshape(
+        -1, *([1] * (table_like.dim() - 1)))
