@@ -1,0 +1,77 @@
+# pydiff developer and CI commands. On a fresh machine `make test` or `make demo` does all the
+# set-up: a venv in .venv with torch pinned to the CPU build, the dev requirements, a build of the
+# C++ extension and a (non-editable) install of the package. Re-runs reuse the venv (stamp file)
+# and the compiled objects (build/temp*, incremental through ninja).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build of torch (a file on this machine's disk; a plain `torch` would resolve to a CUDA
+# build of several GB). Every pip call that could touch torch repeats the pin.
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.pydiff-venv-stamp
+# Where `make test` runs pytest from: not the repository root, so nothing but the installed
+# package can answer `import pydiff`.
+TEST_ENV := PYDIFF_REQUIRE_EXT=1
+
+# CUDA build (no GPU needed: it compiles, links and checks the registrations). The venv holding
+# the CUDA build of torch is large and slow to make, so it lives outside the clone and survives
+# across clones and CI runs.
+CUDA_TORCH_VERSION := 2.14.1
+CUDA_VENV ?= $(HOME)/.cache/pydiff/venv-cuda-$(CUDA_TORCH_VERSION)
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_STAMP := $(CUDA_VENV)/.pydiff-venv-stamp
+NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+
+.PHONY: venv install test test-fast demo lint format bench cuda-build cmake-test clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -r requirements-dev.txt torch==$(TORCH_VERSION)
+	$(PY) -c "import torch, sys; v = torch.__version__; \
+	  sys.exit(0 if v.startswith('$(TORCH_VERSION)') and torch.version.cuda is None \
+	  else f'expected the CPU torch $(TORCH_VERSION) in $(VENV), found {v}')"
+	touch $@
+
+# Non-editable install, as users and CI get it. build/lib* is dropped first so that a module
+# deleted from the tree cannot survive in the wheel; build/temp* (objects) is kept for ninja.
+install: venv
+	rm -rf build/lib* build/bdist*
+	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation --no-deps .
+	cd /tmp && $(CURDIR)/$(PY) -P -c "import torch, pydiff.ops as o; \
+	  assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__; \
+	  print('pydiff.ops backend:', o.backend())"
+
+# Tests run against the installed package: pytest's importlib mode does not add the repository
+# root to sys.path, and the console script puts .venv/bin (not the cwd) first.
+test: install
+	cd /tmp && $(CURDIR)/$(PY) -P -c "import pydiff, pydiff.ops as o, sys; \
+	  f = pydiff.__spec__.submodule_search_locations[0]; \
+	  sys.exit(0 if o.backend() == 'extension' and 'site-packages' in f else \
+	  f'pydiff must be the installed package with the compiled extension: backend ' \
+	  f'{o.backend()!r}, loaded from {f}')"
+	$(TEST_ENV) $(VENV)/bin/pytest -q tests
+
+test-fast: install
+	$(TEST_ENV) $(VENV)/bin/pytest -q -m "not slow" tests
+
+demo: install
+	$(VENV)/bin/pydiff demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+format: venv
+	$(VENV)/bin/ruff format setup.py pydiff/ops tests/test_ops*.py tests/gpu benchmarks/ops_*.py
+
+bench: install
+	$(PY) -P benchmarks/ops_lincomb.py
+	$(PY) -P benchmarks/ops_attention.py
+
+clean:
+	rm -rf build dist *.egg-info

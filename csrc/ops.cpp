@@ -1,0 +1,31 @@
+// The pydiff operator library: schemas only. Device implementations register themselves in
+// csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); fake (meta) kernels and autograd formulas
+// are registered from Python in pydiff/ops/_register.py.
+//
+// Coefficients travel as `coeffs` (the tensor coefficients, each broadcastable to the terms: a
+// per-sample [B] coefficient arrives reshaped to [B, 1, ..., 1]), `coeff_index` (for each term,
+// the position of its tensor in `coeffs`, or -1) and `scales` (a float per term). The effective
+// coefficient of term k is scales[k] * coeffs[coeff_index[k]], or scales[k] when the index is
+// -1. Python numbers therefore never become tensors on the hot path, and tensor coefficients
+// stay tensors, so torch.compile does not guard on their values. (`coeffs` is a plain Tensor[]
+// rather than a Tensor?[] with holes because autograd only flows through lists of tensors.)
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import pydiff._C` only has to load this library so the static registrations below run.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pydiff, m) {
+  // sum_k scales[k] * coeffs[coeff_index[k]] * terms[k]; result has terms[0]'s shape and dtype, contiguous.
+  m.def(
+      "lincomb(Tensor[] terms, Tensor[] coeffs, int[] coeff_index, float[] scales) -> Tensor");
+  // Same sum written into `out` (which may be terms[0] itself: an in-place solver update).
+  m.def(
+      "lincomb_out(Tensor[] terms, Tensor[] coeffs, int[] coeff_index, float[] scales, "
+      "Tensor(a!) out) -> ()");
+}

@@ -1,0 +1,224 @@
+"""Python face of pydiff's kernels: argument handling, dispatch, pure-torch fallback.
+
+Every op here checks and normalizes its arguments once, then runs either the compiled
+extension ``pydiff._C`` (C++/CUDA kernels registered as ``torch.ops.pydiff.*``) or the
+pure-torch reference in :mod:`pydiff.ops._reference`, which defines the semantics.
+``backend()`` tells which one is in use; ``PYDIFF_NO_EXT=1`` forces the reference.
+
+Example:
+    >>> import torch, pydiff.ops as ops
+    >>> x, eps = torch.zeros(2, 3), torch.ones(2, 3)
+    >>> ops.lincomb([x, eps], [1.0, torch.tensor([0.5, 2.0])]).tolist()
+    [[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _reference
+
+__all__ = ["attention", "backend", "lincomb", "linear_attention"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _load_extension() -> bool:
+    if os.environ.get("PYDIFF_NO_EXT", "") not in ("", "0"):
+        return False
+    try:
+        from pydiff import _C  # noqa: F401  (loading it registers torch.ops.pydiff.*)
+    except ImportError:
+        return False
+    from . import _register  # fake kernels and autograd for the compiled ops
+
+    _register.register()
+    return True
+
+
+_EXT = _load_extension()
+
+
+def backend() -> str:
+    """``"extension"`` when the compiled ``pydiff._C`` ops are in use, else ``"reference"``.
+
+    Example:
+        >>> import pydiff.ops
+        >>> pydiff.ops.backend() in ("extension", "reference")
+        True
+    """
+    return "extension" if _EXT else "reference"
+
+
+# --------------------------------------------------------------------------------------------
+# lincomb
+
+
+def _split_coeff(c: object, x: Tensor, name: str) -> tuple[Tensor | None, float]:
+    """A coefficient -> (tensor broadcastable to x or None, float scale)."""
+    if isinstance(c, Tensor):
+        if not (c.is_floating_point() or c.dtype in (torch.int64, torch.int32, torch.bool)):
+            raise TypeError(f"lincomb: {name} has dtype {c.dtype}; expected a real number tensor")
+        if not c.is_floating_point():
+            c = c.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        elif c.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"lincomb: {name} has dtype {c.dtype}; expected a real float dtype")
+        if c.dim() == 1 and x.dim() > 1 and c.shape[0] == x.shape[0]:
+            # [B] means one coefficient per sample
+            c = c.reshape((c.shape[0],) + (1,) * (x.dim() - 1))
+        elif c.dim() > x.dim() or any(
+            cs != 1 and cs != xs for cs, xs in zip(reversed(c.shape), reversed(x.shape))
+        ):
+            raise ValueError(
+                f"lincomb: {name} has shape {tuple(c.shape)}; expected a scalar, a [B] tensor "
+                f"with B={x.shape[0] if x.dim() else 1}, or a tensor broadcastable to the term "
+                f"shape {tuple(x.shape)}"
+            )
+        if c.device != x.device and not (c.dim() == 0 and c.device.type == "cpu"):
+            raise ValueError(f"lincomb: {name} is on {c.device}, the terms on {x.device}")
+        return c, 1.0
+    if isinstance(c, numbers.Real) and not isinstance(c, bool):
+        return None, float(c)
+    raise TypeError(f"lincomb: {name} is {type(c).__name__}; expected a Python number or a tensor")
+
+
+def lincomb(
+    terms: Sequence[Tensor],
+    coeffs: Sequence[float | Tensor],
+    noise: Tensor | None = None,
+    noise_coeff: float | Tensor | None = None,
+    *,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Fused linear combination ``sum_k coeffs[k] * terms[k] + noise_coeff * noise``.
+
+    One pass over memory for a whole solver stage. Terms share one shape (their dtypes may
+    differ: a float32 state with half-precision model outputs); the result has terms[0]'s dtype
+    (or out's) and is accumulated in float32 (float64 for float64 results).
+
+    Each coefficient is a Python number, a 0-dim tensor, a ``[B]`` tensor (one value per
+    sample, B = terms[0].shape[0]) or a tensor broadcastable to the term shape (per position).
+    Coefficient tensors may be float64 (solver tables); they are cast to the accumulation dtype.
+    ``out`` may be terms[0] itself (in-place state update). Differentiable in terms, noise and
+    coefficient tensors.
+
+    Example:
+        >>> import torch
+        >>> x, d = torch.ones(4, 2), torch.full((4, 2), 2.0)
+        >>> h = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+        >>> lincomb([x, d], [1.0, h], out=x)[:, 0].tolist()  # x += h * d, in place
+        [1.2000000476837158, 1.399999976158142, 1.600000023841858, 1.7999999523162842]
+    """
+    if isinstance(terms, Tensor) or len(terms) == 0:
+        raise TypeError("lincomb: terms must be a non-empty sequence of tensors")
+    if len(coeffs) != len(terms):
+        raise ValueError(f"lincomb: got {len(terms)} terms but {len(coeffs)} coeffs")
+    terms = list(terms)
+    coeffs = list(coeffs)
+    if noise is not None:
+        if noise_coeff is None:
+            raise ValueError("lincomb: noise was given without noise_coeff")
+        terms.append(noise)
+        coeffs.append(noise_coeff)
+    elif noise_coeff is not None:
+        raise ValueError("lincomb: noise_coeff was given without noise")
+    x = terms[0]
+    for i, t in enumerate(terms):
+        name = f"terms[{i}]" if i < len(coeffs) - (noise is not None) else "noise"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"lincomb: {name} is {type(t).__name__}; expected a tensor")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"lincomb: {name} has dtype {t.dtype}; expected float32, float64, float16 or "
+                "bfloat16 (complex states travel as view_as_real)"
+            )
+        if t.shape != x.shape:
+            raise ValueError(
+                f"lincomb: {name} has shape {tuple(t.shape)}; expected {tuple(x.shape)} "
+                "(the shape of terms[0])"
+            )
+        if t.device != x.device:
+            raise ValueError(f"lincomb: {name} is on {t.device}, terms[0] on {x.device}")
+    tens: list[Tensor] = []
+    index: list[int] = []
+    scales: list[float] = []
+    for i, c in enumerate(coeffs):
+        name = f"coeffs[{i}]" if i < len(coeffs) - (noise is not None) else "noise_coeff"
+        ct, s = _split_coeff(c, x, name)
+        index.append(-1 if ct is None else len(tens))
+        if ct is not None:
+            tens.append(ct)
+        scales.append(s)
+    if out is not None:
+        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"lincomb: out must be a float tensor of shape {tuple(x.shape)}; got "
+                f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
+            )
+        if out.device != x.device:
+            raise ValueError(f"lincomb: out is on {out.device}, the terms on {x.device}")
+
+    if _EXT:
+        if out is None:
+            return torch.ops.pydiff.lincomb.default(terms, tens, index, scales)
+        if torch.is_grad_enabled() and (
+            any(t.requires_grad for t in terms) or any(c.requires_grad for c in tens)
+        ):
+            # The out= op is a mutation without a derivative: go through the functional op
+            # and let copy_ record the in-place update for autograd.
+            return out.copy_(torch.ops.pydiff.lincomb.default(terms, tens, index, scales))
+        torch.ops.pydiff.lincomb_out.default(terms, tens, index, scales, out)
+        return out
+    res = _reference.lincomb(terms, tens, index, scales, out.dtype if out is not None else None)
+    if out is None:
+        return res
+    return out.copy_(res)
+
+
+# --------------------------------------------------------------------------------------------
+# attention
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Softmax attention ``softmax(q k^T * scale) v`` over ``[B, H, L, D]`` tensors.
+
+    ``k``/``v`` may have another length than ``q`` (cross-attention). ``mask`` is a bool
+    key-padding mask ``[B, Lk]`` (True = attend). ``scale`` defaults to ``1/sqrt(D)``. A query
+    whose keys are all masked returns 0. Differentiable in q, k, v.
+
+    Example:
+        >>> import torch
+        >>> q = torch.randn(1, 2, 5, 8); kv = torch.randn(1, 2, 3, 8)
+        >>> attention(q, kv, kv).shape
+        torch.Size([1, 2, 5, 8])
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return _reference.attention(q, k, v, float(scale), mask)
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
+    """Normalized non-causal linear attention (LinFusion): ``q (k^T v) / (q . sum k + eps)``.
+
+    q and k must already be non-negative features (the module applies its feature map, e.g.
+    ``elu + 1``). Shapes ``[B, H, L, D]``; Lq may differ from Lk. O(L * D * Dv) time and memory.
+
+    Example:
+        >>> import torch
+        >>> q = torch.rand(1, 2, 16, 8); k = torch.rand(1, 2, 16, 8); v = torch.randn(1, 2, 16, 4)
+        >>> linear_attention(q, k, v).shape
+        torch.Size([1, 2, 16, 4])
+    """
+    return _reference.linear_attention(q, k, v, float(eps))

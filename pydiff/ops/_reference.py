@@ -1,0 +1,134 @@
+"""Pure-torch reference implementations of pydiff's ops.
+
+These define the semantics: the compiled kernels in ``pydiff._C`` must agree with them (tests
+compare the two), and they run wherever the extension is missing or ``PYDIFF_NO_EXT=1``. They
+take the *normalized* arguments of the op schemas (see ``csrc/ops.cpp``), the same ones the
+compiled ops get, so the argument handling in ``pydiff.ops`` is shared by both backends.
+
+Example:
+    >>> import torch
+    >>> from pydiff.ops import _reference as ref
+    >>> x = torch.ones(2, 3)
+    >>> ref.lincomb([x, x], [torch.tensor(2.0)], [-1, 0], [0.5, 1.0])[0, 0].item()
+    2.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels: float64 for float64, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lincomb(
+    terms: Sequence[Tensor],
+    coeffs: Sequence[Tensor],
+    coeff_index: Sequence[int],
+    scales: Sequence[float],
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``sum_k scales[k] * coeffs[coeff_index[k]] * terms[k]``, accumulated in float32 (float64
+    for float64 results).
+
+    ``coeff_index[k] == -1`` means the coefficient of term k is the number ``scales[k]``; the
+    coefficient tensors broadcast to the term shape. The result has terms[0]'s shape and
+    ``out_dtype`` (default terms[0].dtype), contiguous.
+    """
+    dtype = out_dtype or terms[0].dtype
+    acc = acc_dtype(dtype)
+    res = None
+    for t, i, s in zip(terms, coeff_index, scales):
+        c = coeffs[i] if i >= 0 else None
+        if c is None:
+            part = t.to(acc) * s
+        else:
+            # The kernel multiplies scale*coeff first (in acc), then the term: keep that order
+            # so both round the same way.
+            part = (c.to(device=t.device, dtype=acc) * s) * t.to(acc)
+        res = part if res is None else res + part
+    return res.to(dtype).contiguous()
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"attention: q, k, v must be [B, H, L, D]; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    B, H, _, D = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(
+            f"attention: k {tuple(k.shape)} must be [B={B}, H={H}, Lk, D={D}] and v "
+            f"{tuple(v.shape)} must be [B={B}, H={H}, Lk, Dv]"
+        )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"attention: k has Lk={k.shape[2]} keys but v has {v.shape[2]} values")
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, k.shape[2])):
+        raise ValueError(
+            f"attention: mask must be a bool key-padding mask [B={B}, Lk={k.shape[2]}] "
+            f"(True = keep); got {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
+def attention_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention and its row log-sum-exp (float32 math, float64 for float64 inputs).
+
+    Returns ``out [B, H, Lq, Dv]`` in q's dtype and ``lse [B, H, Lq]`` in the accumulation
+    dtype. A query whose keys are all masked gets an output of 0 and an lse of -inf (SDPA would
+    give NaN there; a padded batch entry should not poison the rest of the computation).
+    """
+    _check_attention(q, k, v, mask)
+    acc = acc_dtype(q.dtype)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask[:, None, None, :], -math.inf)
+    lse = torch.logsumexp(s, dim=-1)
+    finite = torch.isfinite(lse)
+    p = torch.exp(s - torch.where(finite, lse, torch.zeros_like(lse))[..., None])
+    p = torch.where(finite[..., None], p, torch.zeros_like(p))
+    out = torch.matmul(p, v.to(acc))
+    return out.to(q.dtype), lse
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, mask: Tensor | None = None
+) -> Tensor:
+    """Reference softmax attention over ``[B, H, L, D]`` (see :func:`attention_with_lse`)."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return attention_with_lse(q, k, v, scale, mask)[0]
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
+    """Normalized non-causal linear attention (LinFusion's form), O(L * D * Dv).
+
+    ``out_i = q_i (sum_j k_j^T v_j) / (q_i . sum_j k_j + eps)`` with q, k already mapped by a
+    non-negative feature map (the caller's module owns the feature map). Shapes: q ``[B, H, Lq,
+    D]``, k ``[B, H, Lk, D]``, v ``[B, H, Lk, Dv]``.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"linear_attention: q, k, v must be [B, H, L, D]; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[3] != q.shape[3]:
+        raise ValueError(
+            f"linear_attention: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    acc = acc_dtype(q.dtype)
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    kv = torch.matmul(ka.transpose(-1, -2), va)  # [B, H, D, Dv]
+    ksum = ka.sum(dim=-2)  # [B, H, D]
+    num = torch.matmul(qa, kv)
+    den = torch.matmul(qa, ksum[..., None]) + eps  # [B, H, Lq, 1]
+    return (num / den).to(q.dtype)

@@ -1,0 +1,383 @@
+"""pydiff.ops.lincomb: compiled kernel vs pure-torch reference vs float64 ground truth.
+
+The compiled tests need the installed extension (``make test`` installs it and sets
+PYDIFF_REQUIRE_EXT=1, which turns "extension missing" from a skip into a failure).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pydiff.ops as ops
+
+EXT = ops.backend() == "extension"
+REQUIRE_EXT = os.environ.get("PYDIFF_REQUIRE_EXT") == "1"
+needs_ext = pytest.mark.skipif(not EXT and not REQUIRE_EXT, reason="pydiff._C not loaded")
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+EPS = {torch.float32: 2e-7, torch.float64: 1e-15, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+@pytest.fixture(params=["extension", "reference"])
+def backend(request, monkeypatch):
+    """Run a test through the public API once per backend."""
+    if request.param == "extension":
+        if not EXT:
+            if REQUIRE_EXT:
+                pytest.fail("PYDIFF_REQUIRE_EXT=1 but pydiff._C is not loaded")
+            pytest.skip("pydiff._C not loaded")
+    else:
+        monkeypatch.setattr(ops, "_EXT", False)
+    return request.param
+
+
+def test_backend_is_extension_when_required():
+    # `make test` (and so CI) sets PYDIFF_REQUIRE_EXT=1: the compiled kernels must be in use.
+    if REQUIRE_EXT:
+        assert ops.backend() == "extension"
+    assert ops.backend() in ("extension", "reference")
+
+
+def test_no_ext_env_forces_reference():
+    import subprocess
+    import sys
+
+    code = "import pydiff.ops as o; print(o.backend())"
+    env = {**os.environ, "PYDIFF_NO_EXT": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", check=True
+    )
+    assert res.stdout.strip() == "reference"
+
+
+# --------------------------------------------------------------------------------------------
+# ground truth
+
+
+def _coef64(c, x: torch.Tensor) -> torch.Tensor | float:
+    if not torch.is_tensor(c):
+        return float(c)
+    c = c.to(torch.float64)
+    if c.dim() == 1 and x.dim() > 1 and c.shape[0] == x.shape[0]:
+        c = c.reshape(-1, *([1] * (x.dim() - 1)))
+    return c
+
+
+def _truth(terms, coeffs, noise=None, noise_coeff=None):
+    """float64 result and the float64 sum of |c_k T_k| (the scale of rounding errors)."""
+    res = 0.0
+    mag = 0.0
+    pairs = list(zip(terms, coeffs))
+    if noise is not None:
+        pairs.append((noise, noise_coeff))
+    for t, c in pairs:
+        part = _coef64(c, terms[0]) * t.to(torch.float64)
+        res = res + part
+        mag = mag + part.abs()
+    return res, mag
+
+
+def _assert_close_to_truth(y, terms, coeffs, noise=None, noise_coeff=None, out_dtype=None):
+    truth, mag = _truth(terms, coeffs, noise, noise_coeff)
+    out_dtype = out_dtype or terms[0].dtype
+    assert y.dtype == out_dtype
+    assert y.shape == terms[0].shape
+    # float32 accumulation (float64 for float64 results) plus the final rounding to out_dtype
+    acc_eps = EPS[torch.float64] if out_dtype == torch.float64 else EPS[torch.float32]
+    tol = 4 * EPS[out_dtype] * truth.abs() + 8 * acc_eps * (mag + 1e-30) * len(terms)
+    # the inputs themselves were rounded before we computed the truth, so no tolerance for that
+    err = (y.to(torch.float64) - truth).abs()
+    bad = err > tol + 1e-300
+    assert not bad.any(), f"max err {err.max().item():.3g}, max tol {tol.max().item():.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# hypothesis: random shapes, dtypes, strides, coefficient kinds
+
+
+@st.composite
+def lincomb_case(draw):
+    ndim = draw(st.integers(1, 4))
+    shape = draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim))
+    if draw(st.booleans()):  # a long inner dim: crosses the kernel's 1024-element chunks
+        shape[-1] = draw(st.sampled_from([1023, 1025, 2100]))
+    out_dtype = draw(st.sampled_from(DTYPES))
+    n_terms = draw(st.integers(1, 5))
+    layouts = draw(
+        st.lists(
+            st.sampled_from(["contig", "transposed", "sliced", "expanded"]),
+            min_size=n_terms + 1,
+            max_size=n_terms + 1,
+        )
+    )
+    term_dtypes = [out_dtype] + draw(
+        st.lists(st.sampled_from(DTYPES), min_size=n_terms, max_size=n_terms)
+    )
+    kinds = draw(
+        st.lists(
+            st.sampled_from(
+                ["float", "int", "0dim", "batch", "position", "lastdim", "position_strided"]
+            ),
+            min_size=n_terms + 1,
+            max_size=n_terms + 1,
+        )
+    )
+    coef_dtypes = draw(
+        st.lists(st.sampled_from(DTYPES), min_size=n_terms + 1, max_size=n_terms + 1)
+    )
+    noise = draw(st.booleans())
+    out_mode = draw(st.sampled_from(["none", "alias0", "fresh"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return dict(
+        shape=tuple(shape),
+        out_dtype=out_dtype,
+        n_terms=n_terms,
+        layouts=layouts,
+        term_dtypes=term_dtypes,
+        kinds=kinds,
+        coef_dtypes=coef_dtypes,
+        noise=noise,
+        out_mode=out_mode,
+        seed=seed,
+    )
+
+
+def _make_tensor(shape, dtype, layout, g):
+    if layout == "transposed" and len(shape) >= 2:
+        t = torch.randn(shape[::-1], generator=g).to(dtype).permute(*reversed(range(len(shape))))
+    elif layout == "sliced":
+        big = torch.randn(*shape[:-1], shape[-1] * 2, generator=g).to(dtype)
+        t = big[..., ::2]
+    elif layout == "expanded" and len(shape) >= 2:
+        t = torch.randn(1, *shape[1:], generator=g).to(dtype).expand(shape)
+    else:
+        t = torch.randn(shape, generator=g).to(dtype)
+    assert t.shape == shape
+    return t
+
+
+def _make_coef(kind, shape, dtype, g):
+    if kind == "float":
+        return float(torch.randn((), generator=g))
+    if kind == "int":
+        return int(torch.randint(-3, 4, (), generator=g))
+    if kind == "0dim":
+        return torch.randn((), generator=g, dtype=torch.float64).to(dtype)
+    if kind == "batch":
+        return torch.randn(shape[0], generator=g, dtype=torch.float64).to(dtype)
+    if kind == "position":  # broadcastable, some dims of size 1
+        cs = tuple(s if i % 2 == 0 else 1 for i, s in enumerate(shape))
+        return torch.randn(cs, generator=g, dtype=torch.float64).to(dtype)
+    if kind == "lastdim":
+        return torch.randn(shape[-1], generator=g, dtype=torch.float64).to(dtype)
+    # full shape, non-contiguous
+    return torch.randn(*shape, 2, generator=g, dtype=torch.float64).to(dtype)[..., 0]
+
+
+def _build(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    shape = case["shape"]
+    n = case["n_terms"]
+    terms = [_make_tensor(shape, case["term_dtypes"][k], case["layouts"][k], g) for k in range(n)]
+    coeffs = [_make_coef(case["kinds"][k], shape, case["coef_dtypes"][k], g) for k in range(n)]
+    noise = noise_coeff = None
+    if case["noise"]:
+        noise = torch.randn(shape, generator=g).to(case["term_dtypes"][n])
+        noise_coeff = _make_coef(case["kinds"][n], shape, case["coef_dtypes"][n], g)
+    return terms, coeffs, noise, noise_coeff
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=lincomb_case())
+def test_lincomb_matches_truth_and_reference(case):
+    terms, coeffs, noise, noise_coeff = _build(case)
+    expanded0 = case["layouts"][0] == "expanded" and len(case["shape"]) >= 2
+    backends = ["extension", "reference"] if EXT else ["reference"]
+    results = {}
+    for b in backends:
+        saved = ops._EXT
+        ops._EXT = b == "extension"
+        try:
+            if case["out_mode"] == "alias0" and not expanded0:
+                x = terms[0].clone()  # keep the layout (clone preserves strides of dense tensors)
+                args_terms = [x, *terms[1:]]
+                y = ops.lincomb(args_terms, coeffs, noise, noise_coeff, out=x)
+                assert y is x
+            elif case["out_mode"] == "fresh":
+                o = torch.empty(case["shape"], dtype=case["out_dtype"])
+                y = ops.lincomb(terms, coeffs, noise, noise_coeff, out=o)
+                assert y is o
+            else:
+                y = ops.lincomb(terms, coeffs, noise, noise_coeff)
+                assert y.is_contiguous()
+        finally:
+            ops._EXT = saved
+        _assert_close_to_truth(y, terms, coeffs, noise, noise_coeff)
+        results[b] = y
+    if len(results) == 2:
+        a, r = results["extension"].double(), results["reference"].double()
+        # both accumulate in the same precision; they may differ by the rounding of one FMA
+        # and so by one ulp of the output dtype
+        tol = 2 * EPS[case["out_dtype"]] * r.abs() + 1e-6
+        assert ((a - r).abs() <= tol).all()
+
+
+# --------------------------------------------------------------------------------------------
+# specific cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_solver_stage_float32_state_half_outputs(backend, dtype):
+    # DESIGN: the solver state stays float32 while the model runs in half precision.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 33, generator=g)
+    d1 = torch.randn(3, 4, 33, generator=g).to(dtype)
+    d2 = torch.randn(3, 4, 33, generator=g).to(dtype)
+    z = torch.randn(3, 4, 33, generator=g)
+    table = torch.rand(12, 4, dtype=torch.float64)  # a solver's coefficient table
+    c = table[5]
+    y = ops.lincomb([x, d1, d2], [c[0], c[1], c[2]], z, c[3])
+    assert y.dtype == torch.float32
+    _assert_close_to_truth(y, [x, d1, d2], [c[0], c[1], c[2]], z, c[3])
+
+
+def test_large_tensor_parallel_path(backend):
+    # above the single-thread threshold, with a per-position coefficient and a strided term
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 256, 300, generator=g)
+    e = torch.randn(4, 300, 256, generator=g).transpose(1, 2)
+    c = torch.rand(1, 256, 300, generator=g, dtype=torch.float64)
+    h = torch.rand(4, dtype=torch.float64)
+    y = ops.lincomb([x, e], [h, c])
+    _assert_close_to_truth(y, [x, e], [h, c])
+    xx = x.clone()
+    ops.lincomb([xx, e], [h, c], out=xx)
+    assert torch.equal(xx, y)
+
+
+def test_out_partial_overlap_is_correct(backend):
+    # out overlaps a term at an offset: the kernel must not read elements it already wrote
+    buf = torch.arange(10.0)
+    src = buf[:-1].clone()
+    ops.lincomb([buf[:-1]], [2.0], out=buf[1:])
+    assert torch.equal(buf[1:], 2 * src)
+
+
+def test_zero_size_and_single_element(backend):
+    e = torch.empty(0, 3)
+    assert ops.lincomb([e, e], [1.0, torch.ones(0)]).shape == (0, 3)
+    s = torch.tensor(2.0)
+    assert ops.lincomb([s, s], [0.5, torch.tensor(3.0)]).item() == 7.0
+
+
+def test_nonfinite_values_propagate(backend):
+    x = torch.tensor([1.0, float("inf"), float("nan"), 2.0])
+    y = ops.lincomb([x], [2.0])
+    assert y[0] == 2 and torch.isinf(y[1]) and torch.isnan(y[2]) and y[3] == 4
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x: ops.lincomb([x, torch.zeros(3, 5)], [1.0, 1.0]), r"terms\[1\] has shape"),
+        (lambda x: ops.lincomb([x], [torch.ones(4)]), r"coeffs\[0\] has shape \(4,\)"),
+        (lambda x: ops.lincomb([x], [1.0, 2.0]), "1 terms but 2 coeffs"),
+        (lambda x: ops.lincomb([x.long()], [1.0]), r"terms\[0\] has dtype torch.int64"),
+        (lambda x: ops.lincomb([x], [1.0], x, None), "noise was given without noise_coeff"),
+        (lambda x: ops.lincomb([x], [1.0], x, torch.ones(7)), r"noise_coeff has shape"),
+        (lambda x: ops.lincomb([x], ["a"]), r"coeffs\[0\] is str"),
+        (lambda x: ops.lincomb([x], [1.0], out=torch.empty(2)), "out must be a float tensor"),
+        (lambda x: ops.lincomb([], []), "non-empty"),
+    ],
+)
+def test_bad_arguments_name_the_argument(backend, call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(torch.zeros(2, 3))
+
+
+@needs_ext
+def test_direct_op_call_checks_arguments():
+    with pytest.raises(RuntimeError, match=r"coeffs\[0\] has shape"):
+        torch.ops.pydiff.lincomb.default([torch.zeros(2, 3)], [torch.ones(4)], [0], [1.0])
+    with pytest.raises(RuntimeError, match="one coefficient per term"):
+        torch.ops.pydiff.lincomb.default([torch.zeros(2, 3)], [], [], [])
+    with pytest.raises(RuntimeError, match="only 0 coefficient tensors"):
+        torch.ops.pydiff.lincomb.default([torch.zeros(2, 3)], [], [0], [1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# autograd, opcheck, torch.compile
+
+
+def _grad_inputs():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    h = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.rand(2, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.rand((), generator=g, dtype=torch.float64, requires_grad=True)
+    return x, e, z, h, p, s
+
+
+def test_gradcheck(backend):
+    x, e, z, h, p, s = _grad_inputs()
+
+    def f(x, e, z, h, p, s):
+        return ops.lincomb([x, e, x], [0.7, h, p], z, s)
+
+    assert torch.autograd.gradcheck(f, (x, e, z, h, p, s))
+    assert torch.autograd.gradgradcheck(f, (x, e, z, h, p, s))
+
+
+def test_grad_mixed_dtypes_and_out(backend):
+    x = torch.randn(2, 5, requires_grad=True)
+    d = torch.randn(2, 5, dtype=torch.bfloat16, requires_grad=True)
+    h = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    y = ops.lincomb([x, d], [1.0, h])
+    y.sum().backward()
+    assert d.grad.dtype == torch.bfloat16 and h.grad.dtype == torch.float64
+    torch.testing.assert_close(h.grad, d.detach().double().sum(1), atol=1e-5, rtol=1e-5)
+    # out= under autograd goes through the functional op and records the copy
+    o = torch.zeros(2, 5)
+    x2 = x.detach().requires_grad_()
+    ops.lincomb([x2, d.detach()], [2.0, 1.0], out=o).sum().backward()
+    torch.testing.assert_close(x2.grad, torch.full((2, 5), 2.0))
+
+
+def _opcheck_samples():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 5, generator=g)
+    e = torch.randn(3, 4, 5, generator=g).to(torch.bfloat16)
+    h = torch.rand(3, 1, 1, generator=g, dtype=torch.float64)
+    p = torch.rand(4, 5, generator=g)
+    s = torch.tensor(0.25, dtype=torch.float64)
+    xd = x.double().requires_grad_()
+    return [
+        ([x, e, x], [h, p], [-1, 0, 1], [0.5, 1.0, 1.0]),
+        ([x.transpose(0, 2)], [s], [0], [2.0]),
+        ([xd, xd.detach() * 2], [h.clone().requires_grad_()], [0, -1], [1.0, -1.0]),
+        ([xd, xd.detach() * 2], [], [-1, -1], [1.0, -1.0]),
+    ]
+
+
+@needs_ext
+def test_opcheck_lincomb():
+    for args in _opcheck_samples():
+        torch.library.opcheck(torch.ops.pydiff.lincomb.default, args)
+
+
+@needs_ext
+def test_opcheck_lincomb_out():
+    for terms, coeffs, index, scales in _opcheck_samples():
+        terms = [t.detach() for t in terms]
+        coeffs = [c.detach() for c in coeffs]
+        out = torch.empty(terms[0].shape, dtype=terms[0].dtype)
+        torch.library.opcheck(
+            torch.ops.pydiff.lincomb_out.default, (terms, coeffs, index, scales, out)
+        )
