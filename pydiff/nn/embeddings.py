@@ -102,15 +102,22 @@ class SinusoidalEmbedding(nn.Module):
         freqs = torch.exp(
             -math.log(max_period) * torch.arange(half, dtype=torch.float64) / (half - 1)
         )
-        # Not persistent: it is a pure function of the constructor args, so it need not bloat
-        # (or be validated against) checkpoints.
-        self.register_buffer("freqs", freqs.float(), persistent=False)
+        # A plain attribute, not a buffer: it is a pure function of the constructor args (so
+        # it need not be in checkpoints), and `model.to(torch.bfloat16)` must not round it.
+        self._freqs64 = freqs
+        self._freqs_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def _freqs(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (device, dtype)
+        if key not in self._freqs_cache:
+            self._freqs_cache[key] = self._freqs64.to(device=device, dtype=dtype)
+        return self._freqs_cache[key]
 
     def forward(self, t: Tensor | float) -> Tensor:
         t = _prepare_t(t)
         # Compute in at least float32: half-precision phases of t~1000 lose all precision.
         dtype = torch.promote_types(t.dtype, torch.float32)
-        args = t.to(dtype).unsqueeze(-1) * self.freqs.to(device=t.device, dtype=dtype)
+        args = t.to(dtype).unsqueeze(-1) * self._freqs(t.device, dtype)
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
