@@ -115,11 +115,14 @@ class Schedule:
         """``(d alpha / dt, d sigma / dt)`` in float64 (autograd unless overridden)."""
         t = as_time(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            a, s = self._alpha(t), self._sigma(t)
-            da = torch.autograd.grad(a.sum(), t, retain_graph=True, allow_unused=True)[0]
-            ds = torch.autograd.grad(s.sum(), t, allow_unused=True)[0]
-        zeros = torch.zeros_like(t)
-        return (zeros if da is None else da).detach(), (zeros if ds is None else ds).detach()
+            out = []
+            for value in (self._alpha(t), self._sigma(t)):
+                if value.requires_grad:  # constant in t (alpha = 1 for VE): no graph
+                    grad = torch.autograd.grad(value.sum(), t, allow_unused=True)[0]
+                else:
+                    grad = None
+                out.append(torch.zeros_like(t) if grad is None else grad.detach())
+        return out[0], out[1]
 
     def sde(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """Drift and squared diffusion ``(f(t), g(t)^2)`` of ``dx = f x dt + g dw``.

@@ -85,8 +85,8 @@ class GaussianMixture:
         """``E[x0 | x_t = x]`` for ``x`` ``[B, D]``; ``t`` scalar, ``[B]`` or ``[B, D]``."""
         x = x.to(F64)
         tt = as_time(t, x.device)
-        a = per_sample(schedule.alpha(tt), x).unsqueeze(1)  # [B or 1, 1, D or 1]
-        s = per_sample(schedule.sigma(tt), x).unsqueeze(1)
+        a = _as_2d(per_sample(schedule.alpha(tt), x)).unsqueeze(1)  # [B or 1, 1, D or 1]
+        s = _as_2d(per_sample(schedule.sigma(tt), x)).unsqueeze(1)
         mu, c = self.means.to(x.device)[None], self.stds.to(x.device)[None]  # [1, K, D]
         var = a**2 * c**2 + s**2
         diff = x[:, None, :] - a * mu
@@ -128,6 +128,10 @@ class GaussianMixture:
         """The exact denoiser as a :class:`pydiff.Denoiser` (through the ``prediction`` output)."""
         return Denoiser(self.net(schedule, prediction), schedule, prediction=prediction,
                         time_input="t")
+
+
+def _as_2d(c: Tensor) -> Tensor:
+    return c.reshape(1, 1) if c.dim() == 0 else c
 
 
 class ExactNet:

@@ -1,0 +1,1 @@
+"""The ``pydiff`` command line (installed as ``pydiff.apps``)."""
