@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 
 import pytest
@@ -59,6 +61,15 @@ def assert_config_roundtrip(model: torch.nn.Module) -> None:
     cfg = json.loads(json.dumps(model.config))
     clone = type(model)(**cfg)
     clone.load_state_dict(model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize(
+    "module", ["", ".attention", ".dit", ".egnn", ".embeddings", ".film", ".unet1d", ".unet2d"]
+)
+def test_docstring_examples(module):
+    mod = importlib.import_module("pydiff.nn" + module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --------------------------------------------------------------------------------------------

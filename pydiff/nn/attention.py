@@ -40,6 +40,7 @@ def attention(
     kernel and torch's SDPA can be made.
 
     Example:
+        >>> import torch
         >>> q = k = v = torch.randn(1, 2, 5, 8)
         >>> attention(q, k, v).shape
         torch.Size([1, 2, 5, 8])
