@@ -1,0 +1,54 @@
+"""Guidance: wrappers that turn a Denoiser into another Denoiser, and consistency hooks.
+
+Wrappers (each is a :class:`pydiff.Denoiser`, so they nest and every solver accepts them):
+
+- :class:`ClassifierFreeGuidance` (one batched forward, per-sample scales, rescaled CFG);
+- :class:`DynamicThresholding`, :class:`ClipX0`, :class:`ProjectX0` (projections of x0-hat);
+- :class:`GradientGuidance`, :class:`MeasurementGuidance` (DPS), :class:`RewardGuidance`
+  (value guidance), :class:`SelfGuidance` (TSDiff): gradients of an objective of x0-hat.
+
+Post-step hooks and solver wrappers: :class:`DataConsistency` (hard data consistency),
+:class:`pydiff.hooks.InpaintReplace` (replacement), :class:`Resampling` (RePaint jumps).
+
+Composition is nesting; gradient guidance goes outermost (it needs the batch of B samples that
+classifier-free guidance doubles internally)::
+
+    model = MeasurementGuidance(
+        ClassifierFreeGuidance(DynamicThresholding(base), scale=4.0, uncond={"label": null}),
+        operator=A, measurement=y, step="dps", scale=1.0).bind(label=labels)
+    x = pydiff.sample(model, x_T, "ddim", steps=50)
+
+Example:
+    >>> import torch, pydiff
+    >>> from pydiff.guidance import ClassifierFreeGuidance, DynamicThresholding, RewardGuidance
+    >>> sched = pydiff.schedules.DiscreteSchedule.linear()
+    >>> net = lambda x, t, label: 0.1 * x + label[:, None]
+    >>> base = pydiff.Denoiser(net, sched, prediction="eps")
+    >>> cfg = ClassifierFreeGuidance(DynamicThresholding(base), 2.0, {"label": torch.zeros(1)})
+    >>> model = RewardGuidance(cfg, lambda x0: -x0.pow(2).sum(1), scale=0.1).bind(
+    ...     label=torch.ones(4))
+    >>> with torch.no_grad():
+    ...     x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    ...     x = pydiff.sample(model, x_T, "ddim", steps=10)
+    >>> x.shape
+    torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+from .base import Guided
+from .cfg import ClassifierFreeGuidance
+from .consistency import DataConsistency
+from .gradient import (
+    GradientGuidance,
+    MeasurementGuidance,
+    RewardGuidance,
+    SelfGuidance,
+    gaussian_posterior_variance,
+)
+from .resample import Resampling
+from .thresholding import ClipX0, DynamicThresholding, ProjectX0
+
+__all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
+           "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
+           "gaussian_posterior_variance", "DataConsistency", "Resampling"]
