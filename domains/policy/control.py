@@ -1,0 +1,278 @@
+"""The control loop: a policy drives an env at a fixed rate, with deadlines.
+
+:func:`run_episode` runs one episode. With ``hz`` set it runs in real time: control tick ``k`` is
+due at ``start + k / hz``; the policy's ``select_action`` must return before the tick's
+deadline (the next tick). **On a missed deadline the actuator holds its last command**: the
+env is stepped with the previous action once for every tick period that elapsed past the
+deadline (time passed in the world while the policy computed), each such tick is counted in
+``deadline_misses``, and the late action is applied at the next tick. The loop then sleeps to
+the next tick boundary. Without ``hz`` (``hz=None``) it runs unthrottled in simulated time: no
+deadlines, nothing held.
+
+:func:`evaluate` runs many seeds in lockstep, one batched ``select_action`` per tick, in
+simulated time, and summarizes them.
+
+Every action passes the policy's clipper (counted), and every observation its checks.
+
+Example:
+    >>> from pydiff.domains.policy.control import run_episode
+    >>> from pydiff.domains.policy.experts import PointMassExpert
+    >>> result = run_episode(ExpertPolicy(PointMassExpert(side=1)), "pointmass", seed=0)
+    >>> result.success, result.side
+    (True, 1)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .envs import env_spec, episode_success, make_env
+from .metrics import jump_summary, latency_summary
+from .validation import ActionClipper, check_observation
+
+
+@dataclass
+class EpisodeResult:
+    """One episode of a policy in an env (see :func:`run_episode`)."""
+
+    seed: int
+    ret: float
+    success: bool
+    steps: int
+    side: int = 0
+    deadline_misses: int = 0
+    held_steps: int = 0
+    clipped_actions: int = 0
+    select_latency_ms: list[float] = field(default_factory=list)
+    chunk_latency_ms: list[float] = field(default_factory=list)
+    boundary_jumps: list[float] = field(default_factory=list)
+    observations: np.ndarray | None = None
+    actions: np.ndarray | None = None
+    chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly figures (latencies in ms)."""
+        return {
+            "seed": self.seed, "return": self.ret, "success": self.success, "steps": self.steps,
+            "side": self.side, "deadline_misses": self.deadline_misses,
+            "held_steps": self.held_steps, "clipped_actions": self.clipped_actions,
+            "select_latency_ms": latency_summary(self.select_latency_ms),
+            "chunk_latency_ms": latency_summary(self.chunk_latency_ms),
+            "boundary_jump": jump_summary(self.boundary_jumps),
+        }
+
+
+class ExpertPolicy:
+    """A scripted expert behind the policy interface (``reset``, ``select_action``), batched.
+
+    It keeps one expert copy per batch row, so experts with internal state stay separate.
+    """
+
+    def __init__(self, expert: Any, action_low: Any = None, action_high: Any = None):
+        self.expert = expert
+        self._copies: list[Any] = []
+        self.clipper = None if action_low is None else ActionClipper(action_low, action_high)
+        self.boundary_jumps: list[float] = []
+        self.chunk_latency_ms: list[float] = []
+        self.last_chunk = None
+
+    def reset(self) -> None:
+        self._copies = []
+        if self.clipper is not None:
+            self.clipper.reset_counts()
+
+    def select_action(self, obs: Any, generator: Any = None) -> torch.Tensor:
+        import copy
+
+        obs_np = np.asarray(obs, dtype=np.float32)
+        x = check_observation(obs_np, obs_np.shape[-1]).numpy()
+        while len(self._copies) < x.shape[0]:
+            clone = copy.deepcopy(self.expert)
+            clone.reset()
+            self._copies.append(clone)
+        act = torch.as_tensor(np.stack([e(o) for e, o in zip(self._copies, x)]))
+        if self.clipper is not None:
+            act = self.clipper(act)
+        return act[0] if obs_np.ndim == 1 else act
+
+
+def _side(infos: list[dict]) -> int:
+    return int(infos[-1].get("side", 0)) if infos else 0
+
+
+def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = None,
+                max_steps: int | None = None, generator_seed: int | None = None,
+                record_chunks: bool = False, render: bool = False) -> EpisodeResult:
+    """Run one episode (real time with ``hz``, simulated time without; module docstring).
+
+    Args:
+        policy: anything with ``reset()`` and ``select_action(obs, generator=...)``.
+        env_name: env short name or gymnasium id.
+        seed: ``env.reset(seed=seed)``; the policy's noise comes from a generator seeded with
+            ``generator_seed`` (default ``seed``).
+        hz: control rate for real-time runs (None: unthrottled, simulated time).
+        max_steps: episode length (default the env spec's).
+        record_chunks: keep every predicted chunk (for plots).
+        render: keep ``env.render()`` frames (for GIFs).
+    """
+    if hz is not None and not hz > 0:
+        raise ValueError(f"hz must be > 0 (or None for simulated time), got {hz}")
+    spec = env_spec(env_name)
+    env = make_env(env_name, render_mode="rgb_array" if render else None)
+    steps_limit = max_steps or spec.max_steps
+    generator = torch.Generator().manual_seed(seed if generator_seed is None else generator_seed)
+    policy.reset()
+    obs, _ = env.reset(seed=seed)
+    observations, actions, infos, frames, chunks = [obs], [], [], [], []
+    ret, misses, held = 0.0, 0, 0
+    select_ms: list[float] = []
+    period = 1.0 / hz if hz else 0.0
+    next_tick = time.perf_counter()
+    last_action = None
+    done = False
+
+    def apply(action: np.ndarray) -> None:
+        nonlocal obs, ret, done
+        obs, reward, terminated, truncated, info = env.step(action)
+        ret += float(reward)
+        observations.append(obs)
+        actions.append(action)
+        infos.append(info)
+        if render:
+            frames.append(env.render())
+        done = bool(terminated or truncated) or len(actions) >= steps_limit
+
+    if render:
+        frames.append(env.render())
+    while not done:
+        start = time.perf_counter()
+        n_chunks = len(getattr(policy, "chunk_latency_ms", []))
+        action = policy.select_action(obs, generator=generator)
+        finished = time.perf_counter()
+        select_ms.append(1e3 * (finished - start))
+        action = action.detach().cpu().numpy().astype(np.float32)
+        if record_chunks and len(getattr(policy, "chunk_latency_ms", [])) > n_chunks:
+            chunks.append((len(actions), policy.last_chunk[0].detach().cpu().numpy()))
+        if hz:
+            deadline = next_tick + period
+            if finished > deadline and last_action is not None:
+                # the world did not wait: the actuator held its last command meanwhile
+                late = int((finished - deadline) // period) + 1
+                for _ in range(late):
+                    if done:
+                        break
+                    apply(last_action)
+                    misses += 1
+                    held += 1
+                next_tick += late * period
+            elif finished > deadline:
+                misses += 1  # first tick: nothing to hold yet, the env waited
+        if not done:
+            apply(action)
+            last_action = action
+        if hz:
+            next_tick += period
+            pause = next_tick - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+    env.close()
+    obs_arr = np.asarray(observations, dtype=np.float32)
+    clipper = getattr(policy, "clipper", None)
+    return EpisodeResult(
+        seed=seed, ret=ret, success=episode_success(spec, obs_arr, infos), steps=len(actions),
+        side=_side(infos), deadline_misses=misses, held_steps=held,
+        clipped_actions=clipper.clipped_actions if clipper is not None else 0,
+        select_latency_ms=select_ms,
+        chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
+        boundary_jumps=list(getattr(policy, "boundary_jumps", [])),
+        observations=obs_arr, actions=np.asarray(actions, dtype=np.float32), chunks=chunks,
+        frames=frames)
+
+
+def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | None = None,
+             ) -> list[EpisodeResult]:
+    """Run all ``seeds`` in lockstep in simulated time (one batched ``select_action`` a tick).
+
+    Each env gets its own noise generator seeded with its seed, so an episode's result does not
+    depend on which other seeds run beside it (up to float rounding of batched matmuls).
+    Finished envs keep receiving (ignored) actions until all are done.
+    """
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    spec = env_spec(env_name)
+    steps_limit = max_steps or spec.max_steps
+    envs = [make_env(env_name) for _ in seeds]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    policy.reset()
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
+    n = len(seeds)
+    observations = [[o] for o in obs]
+    actions: list[list[np.ndarray]] = [[] for _ in range(n)]
+    infos: list[list[dict]] = [[] for _ in range(n)]
+    rets = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    select_ms: list[float] = []
+    clipped = np.zeros(n, dtype=np.int64)
+    while not done.all():
+        start = time.perf_counter()
+        act = policy.select_action(obs, generator=generators)
+        select_ms.append(1e3 * (time.perf_counter() - start))
+        act = act.detach().cpu().numpy().astype(np.float32)
+        clipper = getattr(policy, "clipper", None)
+        if clipper is not None:
+            clipped += clipper.last_clipped_rows.numpy().astype(np.int64) * ~done
+        for i, env in enumerate(envs):
+            if done[i]:
+                continue
+            o, r, terminated, truncated, info = env.step(act[i])
+            obs[i] = o
+            rets[i] += float(r)
+            observations[i].append(o)
+            actions[i].append(act[i])
+            infos[i].append(info)
+            done[i] = bool(terminated or truncated) or len(actions[i]) >= steps_limit
+    results = []
+    for i, s in enumerate(seeds):
+        envs[i].close()
+        obs_arr = np.asarray(observations[i], dtype=np.float32)
+        results.append(EpisodeResult(
+            seed=s, ret=float(rets[i]), success=episode_success(spec, obs_arr, infos[i]),
+            steps=len(actions[i]), side=_side(infos[i]), clipped_actions=int(clipped[i]),
+            select_latency_ms=select_ms,
+            chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
+            boundary_jumps=list(getattr(policy, "boundary_jumps", [])),
+            observations=obs_arr, actions=np.asarray(actions[i], dtype=np.float32)))
+    return results
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
+    """Success rate, mean return, latencies, boundary jumps, sides and misses over episodes."""
+    from .metrics import side_share
+
+    def pooled(name: str) -> list[float]:
+        # lockstep episodes share one list (one batched call serves all): count it once
+        lists = {id(getattr(r, name)): getattr(r, name) for r in results}
+        return [v for values in lists.values() for v in values]
+
+    chunk_ms, select_ms = pooled("chunk_latency_ms"), pooled("select_latency_ms")
+    jumps = pooled("boundary_jumps")
+    return {
+        "episodes": len(results),
+        "success": float(np.mean([r.success for r in results])) if results else float("nan"),
+        "return": float(np.mean([r.ret for r in results])) if results else float("nan"),
+        "chunk_latency_ms": latency_summary(chunk_ms),
+        "select_latency_ms": latency_summary(select_ms),
+        "boundary_jump": jump_summary(jumps),
+        "sides": side_share([r.side for r in results]),
+        "deadline_misses": int(sum(r.deadline_misses for r in results)),
+        "clipped_actions": int(sum(r.clipped_actions for r in results)),
+    }
+
+
+__all__ = ["EpisodeResult", "ExpertPolicy", "run_episode", "evaluate", "summarize"]
