@@ -167,7 +167,9 @@ def diffusion_loss(
 
 def _per_sample_mse(pred: Tensor, true: Tensor, weight: Tensor,
                     mask: Tensor | None = None) -> Tensor:
-    err = (pred.float() - true.float()) ** 2 * per_sample(weight, pred).float()
+    # at least float32 (bfloat16 autocast outputs), float64 stays float64
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, true.dtype), torch.float32)
+    err = (pred.to(dtype) - true.to(dtype)) ** 2 * per_sample(weight, pred).to(dtype)
     dims = tuple(range(1, err.dim()))
     if mask is None:
         return err.mean(dim=dims) if dims else err
