@@ -41,6 +41,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 # Non-editable install, as users and CI get it. build/lib* is dropped first so that a module
 # deleted from the tree cannot survive in the wheel; build/temp* (objects) is kept for ninja.
 install: venv
+	@if [ -f $(VENV)/.pydiff-dev-editable ]; then \
+	  echo "$(VENV) is the team's shared EDITABLE dev environment (marker $(VENV)/.pydiff-dev-editable):"; \
+	  echo "a non-editable install here would hide everyone's live edits. Verify CI in a clean clone:"; \
+	  echo "  git clone . /tmp/ci && cd /tmp/ci && make test"; exit 1; fi
 	rm -rf build/lib* build/bdist*
 	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation --no-deps .
 	cd /tmp && $(CURDIR)/$(PY) -P -c "import torch, pydiff.ops as o; \
