@@ -15,7 +15,8 @@
   ``use_exponential_sigmas``, ``use_lu_lambdas``, ``final_sigmas_type``, ``set_alpha_to_one``,
   ``lambda_min_clipped``, flow ``shift`` and dynamic shifting with ``mu``);
 - ``solver()``: the pydiff solver of the scheduler's algorithm (``DDIMScheduler -> "ddim"``,
-  ``DPMSolverMultistepScheduler`` with ``dpmsolver++``/order 2 ``-> "dpmpp_2m"``, ...). A mapped
+  ``DPMSolverMultistepScheduler`` with ``dpmsolver++``/order 2 ``-> "dpmpp_2m"``,
+  ``PNDMScheduler -> "plms"``, ``UniPCMultistepScheduler -> "unipc"``, ...). A mapped
   solver pydiff does not provide (yet) raises a ValueError naming it and the available ones;
   ``solver("ddim")`` overrides the choice;
 - ``denoiser(net)``: the Denoiser, wrapped in :class:`pydiff.guidance.ClipX0` for
@@ -126,9 +127,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "time_shift_type": "exponential", "stochastic_sampling": False},
     "FlowMatchHeunDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 1.0},
 }
-DEFAULTS["FlowMatchHeunDiscreteScheduler"].update(
-    {k: v for k, v in DEFAULTS["FlowMatchEulerDiscreteScheduler"].items()
-     if k not in ("num_train_timesteps", "shift")})
+for _cls in ("PNDMScheduler", "DEISMultistepScheduler", "HeunDiscreteScheduler",
+             "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+             "DPMSolverSinglestepScheduler"):
+    del DEFAULTS[_cls]["rescale_betas_zero_snr"]  # these classes do not have the option
+for _key in ("steps_offset", "timestep_spacing"):  # singlestep spaces like linspace, no offset
+    del DEFAULTS["DPMSolverSinglestepScheduler"][_key]
 
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0",
                 "flow_prediction": "velocity"}
@@ -411,7 +415,8 @@ def _int_timesteps(c: dict[str, Any], steps: int, plus_one: bool, last: int) -> 
     n = c["num_train_timesteps"]
     if steps > n:
         raise ValueError(f"steps={steps} exceeds num_train_timesteps={n}")
-    return _spaced(c["timestep_spacing"], n, steps, c["steps_offset"], last, plus_one)
+    return _spaced(c.get("timestep_spacing", "linspace"), n, steps, c.get("steps_offset", 0),
+                   last, plus_one)
 
 
 def _float_timesteps(c: dict[str, Any], steps: int) -> Tensor:
@@ -450,14 +455,14 @@ def _append_final(times: Tensor, final: str, n: int) -> Tensor:
 
 def _flow_sigmas(c: dict[str, Any], steps: int, mu: float | None) -> Tensor:
     n = c["num_train_timesteps"]
-    dynamic = c["use_dynamic_shifting"]
+    dynamic = c.get("use_dynamic_shifting", False)
     if dynamic and mu is None:
         raise ValueError("this flow config uses dynamic shifting: pass grid(steps, mu=...) "
                          "(the resolution-dependent shift)")
 
     def shift(s: Tensor) -> Tensor:
         if dynamic:
-            if c["time_shift_type"] == "exponential":
+            if c.get("time_shift_type", "exponential") == "exponential":
                 return math.exp(mu) / (math.exp(mu) + (1 / s - 1))
             return mu / (mu + (1 / s - 1))
         k = c["shift"]
@@ -484,11 +489,13 @@ def _solver_for(cls: str, c: dict[str, Any]) -> tuple[str, dict[str, Any], str |
         return "ddim", {"eta": 0.0}, None
     if cls == "PNDMScheduler":
         return "plms", {}, None
-    if cls in ("EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"):
+    if cls in _FLOW:
         if c.get("stochastic_sampling"):
-            return "euler", {}, "stochastic_sampling=True has no pydiff solver"
+            return "flow_euler", {}, "stochastic_sampling=True has no pydiff solver"
+        return ("flow_euler" if cls == "FlowMatchEulerDiscreteScheduler" else "heun"), {}, None
+    if cls == "EulerDiscreteScheduler":
         return "euler", {}, None
-    if cls in ("HeunDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"):
+    if cls == "HeunDiscreteScheduler":
         return "heun", {}, None
     simple = {"EulerAncestralDiscreteScheduler": "euler_ancestral", "LMSDiscreteScheduler": "lms",
               "KDPM2DiscreteScheduler": "dpm2", "KDPM2AncestralDiscreteScheduler": "dpm2_ancestral"}
@@ -496,27 +503,28 @@ def _solver_for(cls: str, c: dict[str, Any]) -> tuple[str, dict[str, Any], str |
         return simple[cls], {}, None
     order = int(c["solver_order"])
     if cls == "UniPCMultistepScheduler":
-        return "unipc", {"order": order, "variant": c["solver_type"]}, None
+        return "unipc", {"order": order, "variant": c["solver_type"],
+                         "predict_x0": bool(c["predict_x0"]),
+                         "disable_corrector": tuple(c.get("disable_corrector") or ()),
+                         "lower_order_final": bool(c["lower_order_final"])}, None
     if cls == "DEISMultistepScheduler":
         return "deis", {"order": order}, None
     algo = c["algorithm_type"]
-    prefix = {"dpmsolver++": "dpmpp", "sde-dpmsolver++": "dpmpp", "dpmsolver": "dpm",
-              "sde-dpmsolver": "dpm"}.get(algo)
-    if prefix is None:
+    if algo not in ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"):
         return algo, {}, f"algorithm_type={algo!r} has no pydiff solver"
-    sde = "_sde" if algo.startswith("sde-") else ""
+    base = algo.removeprefix("sde-")
     if cls == "DPMSolverSinglestepScheduler":
-        return f"{prefix}_{order}s{sde}", {}, None
-    if algo == "dpmsolver++" and order == 1:
-        return "ddim", {"eta": 0.0}, None  # first-order DPM-Solver++ is DDIM
-    name = f"{prefix}_{order}m{sde}"
-    options: dict[str, Any] = {}
-    if name == "dpmpp_2m":
-        options["lower_order_final"] = bool(c["lower_order_final"])
-        if c.get("solver_type", "midpoint") != "midpoint":
-            return name, options, (f"solver_type={c['solver_type']!r}; pydiff's dpmpp_2m is "
-                                   "the 'midpoint' variant")
-    return name, options, None
+        if algo != base:
+            return "dpm_solver", {}, f"algorithm_type={algo!r} (singlestep SDE) is not in pydiff"
+        return "dpm_solver", {"order": order, "algorithm": base}, None
+    options: dict[str, Any] = {"lower_order_final": bool(c["lower_order_final"]),
+                               "solver_type": c.get("solver_type", "midpoint")}
+    if algo == "dpmsolver++" and order == 2:
+        return "dpmpp_2m", options, None  # diffusers' default, DPM-Solver++(2M)
+    if algo == "sde-dpmsolver++" and order == 2:
+        return "dpmpp_2m_sde", options, None
+    return "dpm_multistep", {**options, "order": order, "algorithm": base,
+                             "eta": 1.0 if algo != base else 0.0}, None
 
 
 __all__ = ["DiffusersScheduler", "from_diffusers_config", "SUPPORTED", "DEFAULTS"]
