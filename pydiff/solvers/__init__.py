@@ -15,8 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Coefficients, Solver, SolverState, combine
-from .dpm import DPMSolverPP2M
-from .first_order import DDIM, DDPM, Euler, EulerMaruyama, Heun
+from .dpm import (DPMSolverMultistep, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
+                  DPMSolverSinglestep, MRSampler)
+from .consistency import MultistepConsistency
+from .first_order import DDIM, DDPM, Euler, EulerAncestral, EulerMaruyama, Heun
+from .flow import FlowEuler, FlowMidpoint
+from .inversion import BDIA, BDIAInversion, DDIMInversion
+from .langevin import PredictorCorrector
+from .linear_multistep import GHVB, PLMS, HeavyBall
+from .time_shift import TimeShiftDDIM
+from .unipc import UniPC
 
 SOLVERS: dict[str, Callable[..., Solver]] = {}
 
@@ -29,7 +37,10 @@ def register(cls: type[Solver]) -> type[Solver]:
     return cls
 
 
-for _cls in (DDPM, DDIM, Euler, Heun, EulerMaruyama, DPMSolverPP2M):
+for _cls in (DDPM, DDIM, Euler, Heun, EulerMaruyama, DPMSolverPP2M, DPMSolverPP3M,
+             DPMSolverPP2MSDE, DPMSolverMultistep, DPMSolverSinglestep, MRSampler, EulerAncestral,
+             PLMS, HeavyBall, GHVB, UniPC, FlowEuler, FlowMidpoint, MultistepConsistency,
+             PredictorCorrector, TimeShiftDDIM, DDIMInversion, BDIA, BDIAInversion):
     register(_cls)
 
 
@@ -56,4 +67,7 @@ def get_solver(solver: str | Solver, **kwargs: Any) -> Solver:
 
 __all__ = ["Solver", "SolverState", "Coefficients", "combine", "register", "get_solver",
            "available_solvers", "SOLVERS", "DDPM", "DDIM", "Euler", "Heun", "EulerMaruyama",
-           "DPMSolverPP2M"]
+           "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MSDE", "DPMSolverMultistep",
+           "DPMSolverSinglestep", "MRSampler", "EulerAncestral", "PLMS", "HeavyBall", "GHVB",
+           "UniPC", "FlowEuler", "FlowMidpoint", "MultistepConsistency", "PredictorCorrector",
+           "TimeShiftDDIM", "DDIMInversion", "BDIA", "BDIAInversion"]

@@ -73,6 +73,9 @@ class SolverState:
         history: model outputs kept by multistep solvers, newest first.
         nfe: network evaluations so far.
         flags: host-side, per-step facts decided at ``init`` (e.g. which steps skip a stage).
+        aux: other tensors carried between steps (momentum velocities, UniPC's last sample,
+            BDIA's previous state).
+        noise_source: a Brownian-tree noise source (see :mod:`pydiff.solvers.brownian`) or None.
     """
 
     x: State
@@ -86,6 +89,8 @@ class SolverState:
     history: tuple[State, ...] = ()
     nfe: int = 0
     flags: dict[str, tuple] = field(default_factory=dict)
+    aux: tuple[State, ...] = ()
+    noise_source: Any = None
 
     @property
     def steps(self) -> int:
@@ -128,12 +133,18 @@ class Solver:
         order: the scheme's global order on smooth problems (ODE solvers).
         stochastic: True for samplers that inject noise.
         default_spacing: the grid spacing used when the caller names none.
+        inverse: True for inversion solvers (data to noise): they take the same decreasing grid
+            as sampling and walk it backwards (``state.grid`` is then increasing).
+        brownian: draw the step noise from a Brownian tree (``noise="brownian"`` in the
+            constructors of SDE solvers), so a sample depends on the path, not the step count.
     """
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
     default_spacing: ClassVar[str] = "logsnr"
+    inverse: ClassVar[bool] = False
+    brownian: bool = False
 
     def __setattr__(self, key: str, value: Any) -> None:
         if getattr(self, "_frozen", False):
@@ -172,6 +183,8 @@ class Solver:
         """
         ref = leaves(x)[0]
         grid = check_grid(schedule, grid).to(ref.device)
+        if self.inverse:
+            grid = grid.flip(0)
         if grid.dim() > 1:
             tree_map(lambda leaf: per_sample(grid[0], leaf), x)  # validates the shape
         check_generator(generator, batch_size(x))
@@ -182,22 +195,43 @@ class Solver:
             if v.shape[0] != grid.shape[0] - 1:
                 raise RuntimeError(f"{type(self).__name__}: table {k!r} has {v.shape[0]} rows "
                                    f"for {grid.shape[0] - 1} steps")
+        source = None
+        if self.brownian:
+            from .brownian import BrownianNoise
+
+            source = BrownianNoise(x, grid, generator)
         return SolverState(x=x, i=0, grid=grid, alpha=alpha, sigma=sigma, table=table,
                            generator=generator, hooks=tuple(hooks),
-                           flags=self.step_flags(schedule, grid, sigma))
+                           flags=self.step_flags(schedule, grid, sigma), noise_source=source)
 
     def evaluate(self, model: Any, state: SolverState, x: State | None = None,
-                 at: int | None = None) -> State:
-        """The model's x0 prediction at ``x`` (default: the state) and grid point ``at``."""
-        i = state.i if at is None else at
-        return model.x0(state.x if x is None else x, state.grid[i])
+                 at: int | Tensor | None = None) -> State:
+        """The model's x0 prediction at ``x`` (default: the state) and grid point ``at``.
 
-    def noise(self, state: SolverState) -> State:
-        """Fresh standard normal noise shaped like the state, from the state's generator(s)."""
+        ``at`` is a grid index or a float64 time tensor (intermediate stage times).
+        """
+        return model.x0(state.x if x is None else x, _time(state, at))
+
+    def predict(self, model: Any, state: SolverState, x: State | None = None,
+                at: int | Tensor | None = None) -> tuple[State, State]:
+        """``(x0, eps)`` at ``x`` (default: the state) and grid point ``at`` (or a time tensor).
+
+        Solvers written in noise prediction use this instead of :meth:`evaluate`.
+        """
+        return model.predict(state.x if x is None else x, _time(state, at))
+
+    def noise(self, state: SolverState, *, path: bool = True) -> State:
+        """Standard normal noise shaped like the state, from the state's generator(s).
+
+        With a Brownian-tree source, ``path=True`` returns the normalized Brownian increment
+        over this step; ``path=False`` always draws fresh noise (e.g. Langevin corrector noise).
+        """
+        if path and state.noise_source is not None:
+            return state.noise_source.increment(state.i)
         return randn_like(state.x, state.generator)
 
     def advance(self, state: SolverState, x: State, *, history: tuple[State, ...] = (),
-                nfe: int = 1) -> SolverState:
+                nfe: int = 1, aux: tuple[State, ...] = ()) -> SolverState:
         """Finish a step: run the hooks at the new level, move to the next grid point."""
         i = state.i + 1
         if state.hooks:
@@ -205,16 +239,29 @@ class Solver:
                               sigma=state.sigma[i], generator=state.generator,
                               final=i == state.steps)
             x = apply_hooks(state.hooks, x, ctx)
-        return state.replace(x=x, i=i, history=history, nfe=state.nfe + nfe)
+        return state.replace(x=x, i=i, history=history, nfe=state.nfe + nfe, aux=aux)
 
     def __repr__(self) -> str:
         args = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
 
 
+def _time(state: SolverState, at: int | Tensor | None) -> Tensor:
+    if torch.is_tensor(at):
+        return at
+    return state.grid[state.i if at is None else at]
+
+
 def _state_dtype(v: Tensor) -> Tensor:
     # the solver state stays float32 even when the model runs in half precision
     return v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+
+
+def check_noise(noise: str) -> bool:
+    """Validate a ``noise=`` option of an SDE solver; True for the Brownian tree."""
+    if noise not in ("gaussian", "brownian"):
+        raise ValueError(f"noise must be 'gaussian' or 'brownian', got {noise!r}")
+    return noise == "brownian"
 
 
 def step_index(table_like: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""First-order solvers: DDIM (eta), DDPM ancestral, Euler (EDM), Euler-Maruyama.
+"""First-order solvers and EDM's samplers: DDIM (eta), DDPM ancestral, Euler-ancestral, Euler and
+Heun (EDM, with churn), Euler-Maruyama.
 
 All are written in data prediction ``D = x0_hat``; ``eps_hat = (x - alpha D) / sigma`` is folded
 into the coefficients. With ``alpha_{t|s} = alpha_t / alpha_s`` and
@@ -8,14 +9,22 @@ into the coefficients. With ``alpha_{t|s} = alpha_t / alpha_s`` and
   ``s_eta = eta * sigma_{t|s} sigma_s / sigma_t`` (eta = 1 is DDPM's posterior sample).
 - Euler in EDM's coordinates (``x / alpha`` against ``sigma / alpha``) is the same update as
   DDIM(eta=0); it is exact for linear interpolants, so it is also flow matching's Euler step.
+  Euler-ancestral (k-diffusion, diffusers) is DDIM(eta=1) in the same coordinates.
+- EDM churn (Karras et al., Alg. 2): before a step, raise the noise level from ``sigma~_i`` to
+  ``sigma~_i (1 + gamma)`` (``sigma~ = sigma / alpha``) by adding fresh noise, then take the
+  Euler/Heun step from there; ``gamma = min(S_churn / N, sqrt(2) - 1)`` inside
+  ``[S_tmin, S_tmax]`` and 0 outside.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..schedules import Schedule
-from .base import Solver, SolverState, combine
+from ..tree import State
+from .base import Solver, SolverState, check_noise, combine
 
 Tensor = torch.Tensor
 
@@ -29,6 +38,9 @@ def _posterior_std(a_t: Tensor, s_t: Tensor, a_s: Tensor, s_s: Tensor) -> Tensor
 class DDIM(Solver):
     """DDIM (Song et al. 2021) with stochasticity ``eta`` (0: deterministic, 1: DDPM).
 
+    ``s_noise`` scales the injected noise only (k-diffusion's ``s_noise``); ``noise="brownian"``
+    draws it from a Brownian tree.
+
     Example:
         >>> solver = DDIM(eta=0.0)
     """
@@ -36,10 +48,12 @@ class DDIM(Solver):
     name = "ddim"
     default_spacing = "time"
 
-    def __init__(self, eta: float = 0.0):
+    def __init__(self, eta: float = 0.0, s_noise: float = 1.0, noise: str = "gaussian"):
         if not 0 <= eta:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = float(eta)
+        self.s_noise = float(s_noise)
+        self.brownian = check_noise(noise) and self.eta > 0
         self._freeze()
 
     @property
@@ -51,7 +65,7 @@ class DDIM(Solver):
         s_eta = self.eta * _posterior_std(a_t, s_t, a_s, s_s)
         c_eps = torch.sqrt(torch.clamp(s_s**2 - s_eta**2, min=0))
         c_x = c_eps / s_t
-        return {"x": c_x, "x0": a_s - c_x * a_t, "z": s_eta}
+        return {"x": c_x, "x0": a_s - c_x * a_t, "z": self.s_noise * s_eta}
 
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
@@ -67,40 +81,128 @@ class DDPM(DDIM):
 
     name = "ddpm"
 
-    def __init__(self):
-        super().__init__(eta=1.0)
+    def __init__(self, noise: str = "gaussian"):
+        super().__init__(eta=1.0, noise=noise)
 
 
-class Euler(DDIM):
-    """Euler's method on the probability-flow ODE in EDM coordinates (Karras et al., Alg. 1).
+class EulerAncestral(DDIM):
+    """Euler-ancestral (k-diffusion ``sample_euler_ancestral``, diffusers'
+    ``EulerAncestralDiscreteScheduler``): step down to ``sigma_down``, add ``sigma_up`` noise.
 
-    The update equals DDIM(eta=0); the default grid is Karras' (rho = 7).
+    In EDM coordinates this is DDIM with the same ``eta``; the default grid is Karras'.
+
+    Example:
+        >>> solver = EulerAncestral(eta=1.0, s_noise=1.0)
+    """
+
+    name = "euler_ancestral"
+    default_spacing = "karras"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, noise: str = "gaussian"):
+        super().__init__(eta=eta, s_noise=s_noise, noise=noise)
+
+
+class _Churn(Solver):
+    """EDM's churn stage shared by :class:`Euler` and :class:`Heun`."""
+
+    def _init_churn(self, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> None:
+        if S_churn < 0 or S_tmin < 0 or S_tmax < S_tmin:
+            raise ValueError(f"need S_churn >= 0 and 0 <= S_tmin <= S_tmax, got S_churn={S_churn}"
+                             f", S_tmin={S_tmin}, S_tmax={S_tmax}")
+        self.S_churn, self.S_tmin, self.S_tmax = float(S_churn), float(S_tmin), float(S_tmax)
+        self.S_noise = float(S_noise)
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.S_churn > 0
+
+    def churn(self, schedule: Schedule, grid, alpha, sigma):
+        """``(table, a_hat, s_hat)``: the raised level of every step and the stage coefficients."""
+        a_t, s_t, t = alpha[:-1], sigma[:-1], grid[:-1]
+        st = s_t / a_t
+        n = grid.shape[0] - 1
+        inside = (st >= self.S_tmin) & (st <= self.S_tmax)
+        gamma = torch.where(inside, min(self.S_churn / n, math.sqrt(2) - 1), 0.0)
+        t_hat = torch.where(gamma > 0, schedule.t_from_sigma_tilde(st * (1 + gamma)), t)
+        t_hat = torch.clamp(t_hat, max=schedule.t_max)  # never beyond the prior
+        a_hat, s_hat = schedule.alpha(t_hat), schedule.sigma(t_hat)
+        extra = torch.sqrt(torch.clamp((s_hat / a_hat) ** 2 - st**2, min=0))
+        table = {"t_hat": t_hat, "hat_x": a_hat / a_t, "hat_z": a_hat * extra * self.S_noise}
+        return table, a_hat, s_hat
+
+    def step_flags(self, schedule, grid, sigma):
+        n = grid.shape[0] - 1
+        gamma = min(self.S_churn / n, math.sqrt(2) - 1)
+        if gamma == 0:
+            return {"churn": (False,) * n}
+        st = (sigma / schedule.alpha(grid))[:-1].reshape(n, -1)
+        inside = ((st >= self.S_tmin) & (st <= self.S_tmax)).any(dim=1)
+        return {"churn": tuple(bool(v) for v in inside.tolist())}
+
+    def raise_noise(self, state: SolverState) -> tuple[State, object]:
+        """The churned sample and its time (or the state and the grid point without churn)."""
+        if not state.flags["churn"][state.i]:
+            return state.x, None
+        c = state.coef
+        return combine([state.x], [c["hat_x"]], self.noise(state), c["hat_z"]), c["t_hat"]
+
+
+class Euler(_Churn, DDIM):
+    """Euler's method on the probability-flow ODE in EDM coordinates (Karras et al., Alg. 1/2).
+
+    Without churn the update equals DDIM(eta=0); the default grid is Karras' (rho = 7).
+
+    Example:
+        >>> solver = Euler(S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1.003)
     """
 
     name = "euler"
     default_spacing = "karras"
 
-    def __init__(self):
-        super().__init__(eta=0.0)
+    def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
+                 S_noise: float = 1.0):
+        self.eta, self.s_noise, self.brownian = 0.0, 1.0, False
+        self._init_churn(S_churn, S_tmin, S_tmax, S_noise)
+        self._freeze()
+
+    def coefficients(self, schedule: Schedule, grid, alpha, sigma):
+        table, a_hat, s_hat = self.churn(schedule, grid, alpha, sigma)
+        c_x = sigma[1:] / s_hat
+        return {**table, "x": c_x, "x0": alpha[1:] - c_x * a_hat}
+
+    def step(self, state: SolverState, model) -> SolverState:
+        c = state.coef
+        x, t_hat = self.raise_noise(state)
+        d = self.evaluate(model, state, x, t_hat)
+        return self.advance(state, combine([x, d], [c["x"], c["x0"]]))
 
 
-class Heun(Solver):
-    """Heun's second-order method in EDM coordinates (Karras et al., Alg. 1); a step to
-    ``sigma = 0`` is an Euler step. 2 network evaluations per step (1 for the last)."""
+class Heun(_Churn):
+    """Heun's second-order method in EDM coordinates (Karras et al., Alg. 1/2), with churn.
+
+    A step to ``sigma = 0`` is an Euler step. 2 network evaluations per step (1 for the last).
+
+    Example:
+        >>> solver = Heun(S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1.003)
+    """
 
     name = "heun"
     order = 2
     default_spacing = "karras"
 
-    def __init__(self):
+    def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
+                 S_noise: float = 1.0):
+        self._init_churn(S_churn, S_tmin, S_tmax, S_noise)
         self._freeze()
 
     def coefficients(self, schedule, grid, alpha, sigma):
-        a_t, s_t, a_s, s_s = alpha[:-1], sigma[:-1], alpha[1:], sigma[1:]
+        table, a_t, s_t = self.churn(schedule, grid, alpha, sigma)
+        a_s, s_s = alpha[1:], sigma[1:]
         st_t, st_s = s_t / a_t, s_s / a_s
         h = st_s - st_t
         half_t, half_s = h / (2 * st_t), h / (2 * st_s)
         return {
+            **table,
             "x": s_s / s_t, "x0": a_s * (1 - st_s / st_t),           # Euler stage
             "h_x": a_s / a_t * (1 + half_t), "h_x0": -a_s * half_t,  # Heun correction
             "h_xp": half_s, "h_x0p": -a_s * half_s,
@@ -108,16 +210,18 @@ class Heun(Solver):
 
     def step_flags(self, schedule, grid, sigma):
         s_next = sigma[1:].reshape(sigma.shape[0] - 1, -1)
-        return {"second_stage": tuple(bool(v) for v in (s_next > 0).all(dim=1).tolist())}
+        return {**super().step_flags(schedule, grid, sigma),
+                "second_stage": tuple(bool(v) for v in (s_next > 0).all(dim=1).tolist())}
 
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
-        d = self.evaluate(model, state)
-        x_euler = combine([state.x, d], [c["x"], c["x0"]])
+        x, t_hat = self.raise_noise(state)
+        d = self.evaluate(model, state, x, t_hat)
+        x_euler = combine([x, d], [c["x"], c["x0"]])
         if not state.flags["second_stage"][state.i]:
             return self.advance(state, x_euler)
         d_next = self.evaluate(model, state, x_euler, at=state.i + 1)
-        x = combine([state.x, d, x_euler, d_next], [c["h_x"], c["h_x0"], c["h_xp"], c["h_x0p"]])
+        x = combine([x, d, x_euler, d_next], [c["h_x"], c["h_x0"], c["h_xp"], c["h_x0p"]])
         return self.advance(state, x, nfe=2)
 
 
@@ -125,13 +229,17 @@ class EulerMaruyama(Solver):
     """Euler-Maruyama on the reverse SDE ``dx = [f x - g^2 score] dt + g dw`` (in ``t``).
 
     A step to ``sigma = 0`` returns the denoised estimate (no noise), as Song et al. do.
+
+    Example:
+        >>> solver = EulerMaruyama(noise="brownian")
     """
 
     name = "euler_maruyama"
     stochastic = True
     default_spacing = "time"
 
-    def __init__(self):
+    def __init__(self, noise: str = "gaussian"):
+        self.brownian = check_noise(noise)
         self._freeze()
 
     def coefficients(self, schedule, grid, alpha, sigma):

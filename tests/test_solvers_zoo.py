@@ -1,0 +1,283 @@
+"""The solver zoo on the analytic harness: global order, moments, exact inversion, noise paths."""
+
+import math
+
+import pytest
+import torch
+
+import pydiff
+from pydiff.solvers import get_solver
+from pydiff.solvers.convergence import flow_error, measured_order
+from pydiff.testing import GaussianMixture
+
+F64 = torch.float64
+VP = pydiff.VPSchedule()
+EDM5 = pydiff.EDMSchedule(sigma_max=5.0)
+
+# (solver, options, schedule, extra flow_error kwargs, steps, expected global order).
+# "As implemented": start-up steps of lower order and lower_order_final are included, so a
+# third-order multistep started with a first-order step converges at order 2, and fixed
+# Adams-Bashforth weights (PLMS, GHVB) reach their order only on grids uniform in sigma/alpha.
+ORDER_CASES = [
+    ("ddim", {}, VP, {}, (20, 40, 80), 1),
+    ("euler", {}, VP, {}, (20, 40, 80), 1),
+    ("heun", {}, VP, {}, (20, 40, 80), 2),
+    ("dpmpp_2m", {}, VP, {}, (20, 40, 80), 2),
+    ("dpmpp_2m", {"solver_type": "heun"}, VP, {}, (20, 40, 80), 2),
+    ("dpmpp_3m", {}, VP, {}, (40, 80, 160), 2),
+    ("dpm_multistep", {"order": 3, "algorithm": "dpmsolver"}, VP, {}, (40, 80, 160), 2),
+    ("dpm_multistep", {"order": 1, "algorithm": "dpmsolver"}, VP, {}, (20, 40, 80), 1),
+    ("dpm_solver", {"order": 1}, VP, {}, (20, 40, 80), 1),
+    ("dpm_solver", {"order": 2}, VP, {}, (20, 40, 80), 2),
+    ("dpm_solver", {"order": 3}, VP, {}, (20, 40, 80), 3),
+    ("dpm_solver", {"order": 2, "algorithm": "dpmsolver"}, VP, {}, (20, 40, 80), 2),
+    ("dpm_solver", {"order": 3, "algorithm": "dpmsolver"}, VP, {}, (20, 40, 80), 3),
+    ("unipc", {}, VP, {}, (20, 40, 80), 2),  # last step first order (lower_order_final)
+    ("unipc", {"lower_order_final": False}, VP, {}, (20, 40, 80), 3),
+    ("unipc", {"order": 3, "lower_order_final": False}, VP, {}, (20, 40, 80), 4),
+    ("unipc", {"variant": "bh1", "lower_order_final": False}, VP, {}, (20, 40, 80), 3),
+    ("unipc", {"predict_x0": False, "lower_order_final": False}, VP, {}, (20, 40, 80), 3),
+    ("unipc", {"corrector": False, "lower_order_final": False}, VP, {}, (20, 40, 80), 2),
+    ("plms", {}, VP, {}, (20, 40, 80), 2),
+    ("plms", {}, EDM5, {}, (20, 40, 80), 4),
+    ("heavy_ball", {"order": 2, "beta": 0.8}, VP, {}, (20, 40, 80), 1),
+    ("ghvb", {"order": 2, "beta": 0.5}, EDM5, {}, (80, 160, 320), 2),
+    ("ghvb", {"order": 1, "beta": 0.5}, EDM5, {}, (20, 40, 80), 1),
+    ("flow_euler", {}, VP, {}, (20, 40, 80), 1),
+    ("flow_midpoint", {}, VP, {}, (20, 40, 80), 2),
+    ("flow_euler", {}, pydiff.FlowSchedule(), {"prediction": "velocity"}, (20, 40, 80), 1),
+    ("bdia", {"gamma": 1.0}, VP, {}, (20, 40, 80), 2),
+    ("mr_sampler", {"order": 1}, pydiff.MeanRevertingSchedule(), {}, (20, 40, 80), 1),
+    ("mr_sampler", {"order": 2}, pydiff.MeanRevertingSchedule(), {}, (20, 40, 80), 2),
+    ("mr_sampler", {"order": 2, "prediction": "noise"}, pydiff.MeanRevertingSchedule(), {},
+     (20, 40, 80), 2),
+    ("mr_sampler", {"order": 2}, pydiff.MeanRevertingSchedule(), {"prediction": "velocity"},
+     (20, 40, 80), 2),
+]
+
+
+@pytest.mark.parametrize("name,opts,sched,kw,steps,order", ORDER_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{type(c[2]).__name__}-{c[3]}" for c in ORDER_CASES])
+def test_global_order(name, opts, sched, kw, steps, order):
+    p = measured_order(get_solver(name, **opts), sched, steps, **kw)
+    assert abs(p - order) < 0.3, f"{name}{opts}: measured order {p:.2f}, expected {order}"
+
+
+def test_errors_shrink_with_order_at_equal_nfe():
+    # a sanity ranking at 20 NFE: third-order singlestep (60 NFE would be unfair) vs Euler
+    e_euler, _ = flow_error("ddim", VP, 24)
+    e_3m, _ = flow_error("dpmpp_3m", VP, 24)
+    e_dpm3, nfe = flow_error("dpm_solver", VP, 8, order=3)
+    assert nfe == 24
+    assert e_3m < e_euler / 10 and e_dpm3 < e_euler / 10
+
+
+# -- stochastic samplers: moments of the Gaussian target ------------------------------------
+DATA = GaussianMixture.gaussian(mean=[1.0, -0.5], std=[0.6, 1.2])
+
+MOMENT_CASES = [
+    ("ddpm", {}, VP, 200, "eps"),
+    ("ddim", {"eta": 0.5}, VP, 100, "eps"),
+    ("euler_ancestral", {}, VP, 200, "eps"),
+    ("euler_ancestral", {"noise": "brownian"}, VP, 100, "eps"),
+    ("euler_maruyama", {}, VP, 200, "eps"),
+    ("dpmpp_2m_sde", {}, VP, 40, "eps"),
+    ("dpmpp_2m_sde", {"eta": 0.5, "noise": "brownian"}, VP, 40, "v"),
+    ("dpm_multistep", {"algorithm": "dpmsolver", "eta": 1.0}, VP, 60, "eps"),
+    ("mr_sampler", {"form": "sde"}, pydiff.MeanRevertingSchedule(), 40, "eps"),
+    ("mr_sampler", {"form": "sde", "prediction": "noise"}, pydiff.MeanRevertingSchedule(),
+     60, "eps"),
+    ("pc", {}, VP, 60, "eps"),
+    ("pc", {"predictor": "ancestral", "snr": 0.2}, VP, 60, "eps"),
+    ("pc", {}, pydiff.MeanRevertingSchedule(), 40, "eps"),
+    ("heun", {"S_churn": 10.0, "S_tmin": 0.01, "S_tmax": 50.0}, pydiff.EDMSchedule(), 40, "x0"),
+    ("euler", {"S_churn": 10.0, "S_noise": 1.0}, pydiff.EDMSchedule(), 200, "x0"),
+]
+
+
+@pytest.mark.parametrize("name,opts,sched,steps,pred", MOMENT_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{type(c[2]).__name__}" for c in MOMENT_CASES])
+def test_stochastic_moments(name, opts, sched, steps, pred):
+    n = 6000
+    g = torch.Generator().manual_seed(3)
+    model = DATA.denoiser(sched, pred)
+    x = pydiff.prior(sched, (n, 2), generator=g).double()
+    if sched.mean_reverting:
+        y = torch.full_like(x, 0.25)
+        model, x = model.bind(y=y), x + y
+    out = pydiff.sample(model, x, name, steps=steps, generator=g, **opts)
+    if sched.mean_reverting:
+        out = out - 0.25
+    std = DATA.covariance().diag().sqrt()
+    mean_err = (out.mean(0) - DATA.mean()).abs() / std
+    std_err = (out.std(0) / std - 1).abs()
+    # sampling error (5 standard errors) plus a small allowance for discretization bias
+    assert bool((mean_err < 5 / math.sqrt(n) + 0.03).all()), (name, mean_err.tolist())
+    assert bool((std_err < 5 / math.sqrt(2 * n) + 0.04).all()), (name, std_err.tolist())
+
+
+def test_langevin_corrector_step_size_is_per_sample_on_device():
+    data = GaussianMixture.gaussian([0.5] * 32 + [-0.5] * 32, [0.7] * 64)
+    g = torch.Generator().manual_seed(0)
+    x = pydiff.prior(VP, (400, 64), generator=g).double()
+    out = pydiff.sample(data.denoiser(VP), x, "pc", steps=40, generator=g,
+                        corrector="langevin", snr=0.16)
+    assert (out.mean(0) - data.mean()).abs().max() < 0.2
+    assert abs(float(out.std(0).mean()) / 0.7 - 1) < 0.05
+    # a batch of one gives the same sample as that sample in the big batch (per-sample norms)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    both = pydiff.sample(data.denoiser(VP), x[:2], "pc", steps=5, generator=gens,
+                         corrector="langevin")
+    one = pydiff.sample(data.denoiser(VP), x[1:2], "pc", steps=5,
+                        generator=[torch.Generator().manual_seed(6)], corrector="langevin")
+    assert torch.allclose(both[1:], one)
+
+
+def test_consistency_sampling_is_exact_with_the_exact_consistency_function():
+    data = GaussianMixture.gaussian([1.0, -0.5], [0.6, 1.2])
+    sched = pydiff.EDMSchedule()
+    model = pydiff.Denoiser(lambda x, t: data.flow(sched, x, t, 0.0).to(x.dtype), sched,
+                            prediction="x0", time_input="t")
+    g = torch.Generator().manual_seed(0)
+    x = pydiff.prior(sched, (6000, 2), generator=g).double()
+    for steps in (1, 3):
+        out = pydiff.sample(model, x, "consistency", steps=steps, generator=g)
+        std = data.covariance().diag().sqrt()
+        assert ((out.mean(0) - data.mean()).abs() / std).max() < 0.07
+        assert (out.std(0) / std - 1).abs().max() < 0.06
+
+
+def test_time_shift_picks_per_sample_times_and_still_samples_the_target():
+    data = GaussianMixture.gaussian([0.0] * 64, [0.5] * 64)
+    solver = get_solver("time_shift", window=0.1, candidates=11, data_var=0.25)
+    g = torch.Generator().manual_seed(0)
+    x = pydiff.prior(VP, (300, 64), generator=g).double()
+    out = pydiff.sample(data.denoiser(VP), x, solver, steps=50)
+    assert abs(float(out.std(0).mean()) / 0.5 - 1) < 0.05
+    # a state noisier than its nominal level is evaluated at a later (noisier) time
+    grid = pydiff.timesteps(VP, 10, "time")
+    state = solver.init(x, VP, grid)
+    seen = []
+
+    class Spy:
+        def x0(self, x, t):
+            seen.append(t)
+            return torch.zeros_like(x)
+
+    state = state.replace(i=5)
+    t_nom = float(grid[5])
+    a, s = VP.alpha(grid[5]), VP.sigma(grid[5])
+    z = torch.randn(4, 64, generator=g, dtype=F64)
+    noisy = torch.cat([z * float(torch.sqrt(a**2 * 0.25 + s**2)), z * 3.0])
+    solver.step(state.replace(x=noisy), Spy())
+    t_shift = seen[0]
+    assert t_shift.shape == (8,)
+    assert abs(float(t_shift[:4].mean()) - t_nom) < 0.011
+    assert bool((t_shift[4:] > t_nom + 0.02).all())
+
+
+# -- inversion -------------------------------------------------------------------------------
+def _round_trip(invert: str, sample_with: str, steps: int, **opts):
+    data = GaussianMixture.gaussian([1.0, -0.5, 0.3], [0.6, 1.2, 0.9])
+    model = data.denoiser(VP)
+    x0 = data.sample(5, torch.Generator().manual_seed(0))
+    grid = pydiff.timesteps(VP, steps, "time", t_start=0.9, t_end=0.2, final_zero=False)
+    inv_opts = {k: v for k, v in opts.items() if k != "gamma_sample"}
+    x_t = pydiff.sample(model, x0, invert, grid=grid, **inv_opts)
+    samp_opts = {"gamma": opts["gamma"]} if "gamma" in opts else {}
+    back = pydiff.sample(model, x_t, sample_with, grid=grid, **samp_opts)
+    return x0, x_t, back
+
+
+def test_ddim_inversion_fixed_point_is_exact_and_classic_is_not():
+    x0, x_t, back = _round_trip("ddim_inversion", "ddim", 30, fixed_point_iters=30)
+    assert float((back - x0).abs().max()) < 1e-6
+    assert float((x_t - x0).abs().max()) > 0.1  # it did go somewhere
+    x0, _, back = _round_trip("ddim_inversion", "ddim", 30)
+    assert float((back - x0).abs().max()) > 1e-4  # the classic inversion is approximate
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_bdia_inversion_round_trip_is_exact(gamma):
+    x0, x_t, back = _round_trip("bdia_inversion", "bdia", 30, gamma=gamma, fixed_point_iters=40)
+    assert float((back - x0).abs().max()) < 1e-6
+    assert float((x_t - x0).abs().max()) > 0.1
+
+
+def test_inversion_solvers_walk_the_grid_backwards():
+    grid = pydiff.timesteps(VP, 4, "time", final_zero=False)
+    state = get_solver("ddim_inversion").init(torch.zeros(2, 3), VP, grid)
+    assert torch.equal(state.grid, grid.flip(0))
+
+
+# -- noise -----------------------------------------------------------------------------------
+def test_brownian_noise_refines_the_same_path():
+    grid = pydiff.timesteps(VP, 4, "time")
+    fine = pydiff.timesteps(VP, 8, "custom", values=torch.stack(
+        [grid[:-1], (grid[:-1] + grid[1:]) / 2], 1).flatten().tolist() + [0.0])
+    solver = get_solver("dpmpp_2m_sde", noise="brownian")
+    x = torch.zeros(3, 5, dtype=F64)
+    coarse_state = solver.init(x, VP, grid, generator=torch.Generator().manual_seed(7))
+    fine_state = solver.init(x, VP, fine, generator=torch.Generator().manual_seed(7))
+    for i in range(4):
+        w_coarse = solver.noise(coarse_state.replace(i=i)) * (grid[i] - grid[i + 1]).sqrt()
+        w_fine = sum(solver.noise(fine_state.replace(i=2 * i + k)) *
+                     (fine[2 * i + k] - fine[2 * i + k + 1]).sqrt() for k in range(2))
+        assert torch.allclose(w_coarse, w_fine, atol=1e-10)
+
+
+def test_brownian_sde_samples_converge_pathwise():
+    model = DATA.denoiser(VP)
+    x = pydiff.prior(VP, (64, 2), generator=torch.Generator().manual_seed(0)).double()
+
+    def run(steps, noise):
+        return pydiff.sample(model, x, "dpmpp_2m_sde", steps=steps, noise=noise,
+                             generator=torch.Generator().manual_seed(11))
+
+    gap_brownian = (run(50, "brownian") - run(100, "brownian")).abs().mean()
+    gap_fresh = (run(50, "gaussian") - run(100, "gaussian")).abs().mean()
+    assert gap_brownian < 0.2 * gap_fresh
+
+
+def test_per_sample_generators_make_samples_batch_independent():
+    model = DATA.denoiser(VP)
+    x = pydiff.prior(VP, (3, 2), generator=torch.Generator().manual_seed(0)).double()
+    for name in ("dpmpp_2m_sde", "euler_ancestral", "pc"):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+        full = pydiff.sample(model, x, name, steps=6, generator=gens)
+        one = pydiff.sample(model, x[2:], name, steps=6,
+                            generator=[torch.Generator().manual_seed(3)])
+        assert torch.allclose(full[2:], one), name
+
+
+# -- protocol --------------------------------------------------------------------------------
+STEPPABLE = [n for n in pydiff.solvers.available_solvers()]
+
+
+@pytest.mark.parametrize("name", STEPPABLE)
+def test_every_solver_runs_float32_per_sample_grids_and_dict_states(name):
+    model = DATA.denoiser(VP)
+    g = torch.Generator().manual_seed(0)
+    x = pydiff.prior(VP, (4, 2), generator=g)
+    out = pydiff.sample(model, x, name, steps=6, generator=g)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    if name in ("time_shift",) or name.endswith("inversion"):
+        return
+    t0 = torch.tensor([1.0, 0.8, 0.6, 0.5], dtype=F64)
+    out = pydiff.sample(model, x, name, steps=5, t_start=t0, generator=g)
+    assert torch.isfinite(out).all()
+    dict_model = pydiff.Denoiser(lambda s, t: {"a": torch.zeros_like(s["a"])}, VP)
+    out = pydiff.sample(dict_model, {"a": x}, name, steps=4, generator=g)
+    assert torch.isfinite(out["a"]).all()
+
+
+def test_bad_options_name_the_argument():
+    for name, opts, word in [("dpm_multistep", {"order": 4}, "order"),
+                             ("unipc", {"variant": "bh3"}, "variant"),
+                             ("pc", {"corrector": "hmc"}, "corrector"),
+                             ("mr_sampler", {"form": "pde"}, "form"),
+                             ("ghvb", {"beta": 0.0}, "beta"),
+                             ("dpmpp_2m_sde", {"noise": "pink"}, "noise"),
+                             ("heun", {"S_churn": -1.0}, "S_churn")]:
+        with pytest.raises(ValueError, match=word):
+            get_solver(name, **opts)
