@@ -175,8 +175,9 @@ class Denoiser:
         run_dtype = self.dtype or dtype
         if self.dtype is not None:
             x_in = tree_map(lambda v: v.to(run_dtype), x_in)
-        out = self.net(x_in, t_net.to(run_dtype if run_dtype.is_floating_point else torch.float32),
-                       **cond)
+        # time stays at least float32: bf16 would round 999 t to multiples of 4 near 1000
+        t_dtype = torch.float64 if run_dtype == torch.float64 else torch.float32
+        out = self.net(x_in, t_net.to(t_dtype), **cond)
         if isinstance(x_in, dict) != isinstance(out, dict):
             raise TypeError("the network must return the same structure as the state "
                             "(a tensor for tensor states, a dict for dict states)")
