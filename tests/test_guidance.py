@@ -325,6 +325,12 @@ def test_resampling_with_one_jump_is_the_base_solver_and_counts_evaluations():
     state = pydiff.sample(model, x_T, Resampling("dpmpp_2m", jumps=4), steps=10,
                           generator=_gen(21), return_state=True)
     assert state.nfe == 9 * 4 + 1
+    # RePaint's schedule: spans of 3 steps at i = 0, 3, 6 (steps 0-8; the final step 9 is never
+    # resampled), each passed 4 times
+    state = pydiff.sample(model, x_T, Resampling("ddpm", jumps=4, jump_length=3), steps=10,
+                          generator=_gen(21), return_state=True)
+    assert state.nfe == 10 + 3 * (3 + 3 + 3)
+    assert state.flags["resample_span"] == (3, 0, 0, 3, 0, 0, 3, 0, 0, 0)
 
 
 def test_resampling_pulls_inpainting_towards_the_conditional():
@@ -344,7 +350,7 @@ def test_resampling_pulls_inpainting_towards_the_conditional():
     x_T = pydiff.prior(SCHED, (n, 2), generator=_gen(22)).to(F64)
     target = 0.9 * y
     errors = []
-    for solver in ("ddpm", Resampling("ddpm", jumps=10)):
+    for solver in ("ddpm", Resampling("ddpm", jumps=10), Resampling("ddpm", 10, jump_length=5)):
         x = pydiff.sample(model, x_T, solver, steps=50, generator=_gen(23), hooks=[hook])
         errors.append(abs(float(x[:, 1].mean()) - target))
-    assert errors[1] < 0.5 * errors[0], errors
+    assert errors[1] < 0.5 * errors[0] and errors[2] < 0.5 * errors[0], errors

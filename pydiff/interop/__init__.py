@@ -11,7 +11,7 @@ Example:
     >>> spec = from_diffusers_config({"_class_name": "FlowMatchEulerDiscreteScheduler",
     ...                               "shift": 3.0})
     >>> spec.schedule, spec.prediction, spec.solver().name
-    (FlowSchedule(t_eps=0.001, shift=3.0), 'velocity', 'euler')
+    (FlowSchedule(t_eps=0.001, shift=3.0), 'velocity', 'flow_euler')
 """
 
 from __future__ import annotations
