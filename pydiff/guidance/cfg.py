@@ -74,6 +74,8 @@ class ClassifierFreeGuidance(Guided):
     def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
         tt, alpha, sigma = self.coefficients(x, t)
         bsz = batch_size(x)
+        if isinstance(self.scale, int | float) and self.scale == 1 and self.rescale == 0:
+            return self.inner(x, tt, **cond)  # w = 1 is the conditional model: one half suffices
         full = {**self.cond, **cond}
         missing = sorted(set(self.uncond) - set(full))
         if missing:

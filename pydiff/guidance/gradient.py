@@ -91,6 +91,10 @@ class GradientGuidance(Guided):
         """Optional per-sample normalisation ``w`` (not differentiated); default none."""
         return None
 
+    def terms(self, x0: State | None, x: State, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(objective, weight)``; override to share work between the two."""
+        return self.objective(x0, x, t), self.step_weight(x0, x, t)
+
     # -- the guided prediction -----------------------------------------------------------------
     def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
         tt, alpha, sigma = self.coefficients(x, t)
@@ -115,8 +119,7 @@ class GradientGuidance(Guided):
                 with torch.set_grad_enabled(outer):
                     x0, eps = self.inner(x, tt, **cond)
                 obj_x0 = None
-            objective = self.objective(obj_x0, xg, tt)
-            weight = self.step_weight(obj_x0, xg, tt)
+            objective, weight = self.terms(obj_x0, xg, tt)
             if weight is not None:
                 objective = objective * weight.detach()
             grads = torch.autograd.grad(objective.sum(), leaves(xg), retain_graph=outer,
@@ -187,20 +190,19 @@ class MeasurementGuidance(GradientGuidance):
                                  f"{tuple(y_hat.shape)}")
         return y - y_hat
 
-    def objective(self, x0: State | None, x: State, t: Tensor) -> Tensor:
-        sq = per_sample_sum(self.residual(x0) ** 2)
-        if self.step != "likelihood":
-            return -sq
-        r = self.residual(x0)
-        std = self.noise_std(t) if callable(self.noise_std) else self.noise_std
-        var = torch.as_tensor(std, dtype=r.dtype, device=r.device) ** 2
-        return -0.5 * per_sample_sum(r**2 / per_sample(var, r))
+    def terms(self, x0: State | None, x: State, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        r = self.residual(x0)  # one operator application per evaluation
+        if self.step == "likelihood":
+            std = self.noise_std(t) if callable(self.noise_std) else self.noise_std
+            var = torch.as_tensor(std, dtype=r.dtype, device=r.device) ** 2
+            return -0.5 * per_sample_sum(r**2 / per_sample(var, r)), None
+        sq = per_sample_sum(r**2)
+        if self.step == "fixed":
+            return -sq, None
+        return -sq, 1 / sq.detach().sqrt().clamp_min(torch.finfo(sq.dtype).eps)
 
-    def step_weight(self, x0: State | None, x: State, t: Tensor) -> Tensor | None:
-        if self.step != "dps":
-            return None
-        norm = per_sample_sum(self.residual(x0) ** 2).sqrt()
-        return 1 / norm.clamp_min(torch.finfo(norm.dtype).eps)
+    def objective(self, x0: State | None, x: State, t: Tensor) -> Tensor:
+        return self.terms(x0, x, t)[0]
 
     def __repr__(self) -> str:
         return f"MeasurementGuidance({self.model!r}, step={self.step!r}, scale={self.scale!r})"
