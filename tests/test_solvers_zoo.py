@@ -103,6 +103,8 @@ def test_stochastic_moments(name, opts, sched, steps, pred):
     model = DATA.denoiser(sched, pred)
     x = pydiff.prior(sched, (n, 2), generator=g).double()
     if sched.mean_reverting:
+        # alpha(T) is not small for SGMSE+'s process: start from the exact marginal
+        x = DATA.marginal_sample(sched, sched.t_max, n, g)
         y = torch.full_like(x, 0.25)
         model, x = model.bind(y=y), x + y
     out = pydiff.sample(model, x, name, steps=steps, generator=g, **opts)
@@ -156,7 +158,7 @@ def test_time_shift_picks_per_sample_times_and_still_samples_the_target():
     assert abs(float(out.std(0).mean()) / 0.5 - 1) < 0.05
     # a state noisier than its nominal level is evaluated at a later (noisier) time
     grid = pydiff.timesteps(VP, 10, "time")
-    state = solver.init(x, VP, grid)
+    state = solver.init(torch.zeros(8, 4096, dtype=F64), VP, grid)
     seen = []
 
     class Spy:
@@ -167,41 +169,52 @@ def test_time_shift_picks_per_sample_times_and_still_samples_the_target():
     state = state.replace(i=5)
     t_nom = float(grid[5])
     a, s = VP.alpha(grid[5]), VP.sigma(grid[5])
-    z = torch.randn(4, 64, generator=g, dtype=F64)
+    z = torch.randn(4, 4096, generator=g, dtype=F64)
     noisy = torch.cat([z * float(torch.sqrt(a**2 * 0.25 + s**2)), z * 3.0])
     solver.step(state.replace(x=noisy), Spy())
     t_shift = seen[0]
     assert t_shift.shape == (8,)
-    assert abs(float(t_shift[:4].mean()) - t_nom) < 0.011
+    assert abs(float(t_shift[:4].mean()) - t_nom) < 0.03
     assert bool((t_shift[4:] > t_nom + 0.02).all())
 
 
 # -- inversion -------------------------------------------------------------------------------
-def _round_trip(invert: str, sample_with: str, steps: int, **opts):
+def _inversion_setup(steps: int = 30):
     data = GaussianMixture.gaussian([1.0, -0.5, 0.3], [0.6, 1.2, 0.9])
-    model = data.denoiser(VP)
     x0 = data.sample(5, torch.Generator().manual_seed(0))
     grid = pydiff.timesteps(VP, steps, "time", t_start=0.9, t_end=0.2, final_zero=False)
-    inv_opts = {k: v for k, v in opts.items() if k != "gamma_sample"}
-    x_t = pydiff.sample(model, x0, invert, grid=grid, **inv_opts)
-    samp_opts = {"gamma": opts["gamma"]} if "gamma" in opts else {}
-    back = pydiff.sample(model, x_t, sample_with, grid=grid, **samp_opts)
-    return x0, x_t, back
+    return data.denoiser(VP), x0, grid
 
 
 def test_ddim_inversion_fixed_point_is_exact_and_classic_is_not():
-    x0, x_t, back = _round_trip("ddim_inversion", "ddim", 30, fixed_point_iters=30)
+    model, x0, grid = _inversion_setup()
+    x_t = pydiff.sample(model, x0, "ddim_inversion", grid=grid, fixed_point_iters=30)
+    back = pydiff.sample(model, x_t, "ddim", grid=grid)
     assert float((back - x0).abs().max()) < 1e-6
     assert float((x_t - x0).abs().max()) > 0.1  # it did go somewhere
-    x0, _, back = _round_trip("ddim_inversion", "ddim", 30)
+    x_t = pydiff.sample(model, x0, "ddim_inversion", grid=grid)
+    back = pydiff.sample(model, x_t, "ddim", grid=grid)
     assert float((back - x0).abs().max()) > 1e-4  # the classic inversion is approximate
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
 def test_bdia_inversion_round_trip_is_exact(gamma):
-    x0, x_t, back = _round_trip("bdia_inversion", "bdia", 30, gamma=gamma, fixed_point_iters=40)
-    assert float((back - x0).abs().max()) < 1e-6
-    assert float((x_t - x0).abs().max()) > 0.1
+    model, x0, grid = _inversion_setup(12 if gamma < 1 else 30)
+    inv = pydiff.sample(model, x0, "bdia_inversion", grid=grid, gamma=gamma, return_state=True)
+    solver = get_solver("bdia", gamma=gamma)
+    state = solver.init_pair(inv.x, inv.aux[0], VP, grid)
+    while not state.done:
+        state = solver.step(state, model)
+    assert float((state.x - x0).abs().max()) < 1e-6
+    assert float((inv.x - x0).abs().max()) > 0.1
+
+
+def test_inversion_from_clean_data_does_not_call_the_network_at_t0():
+    model, x0, _ = _inversion_setup()
+    grid = pydiff.timesteps(VP, 10, "time")  # ends at t = 0
+    for name in ("ddim_inversion", "bdia_inversion"):
+        out = pydiff.sample(model, x0, name, grid=grid)
+        assert torch.isfinite(out).all()
 
 
 def test_inversion_solvers_walk_the_grid_backwards():

@@ -15,9 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Coefficients, Solver, SolverState, combine
-from .dpm import (DPMSolverMultistep, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
-                  DPMSolverSinglestep, MRSampler)
 from .consistency import MultistepConsistency
+from .dpm import (
+    DPMSolverMultistep,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    DPMSolverSinglestep,
+    MRSampler,
+)
 from .first_order import DDIM, DDPM, Euler, EulerAncestral, EulerMaruyama, Heun
 from .flow import FlowEuler, FlowMidpoint
 from .inversion import BDIA, BDIAInversion, DDIMInversion

@@ -6,7 +6,9 @@ range. Refining the grid splits increments instead of drawing new noise, so an S
 converges pathwise as the step count grows, and runs with different step counts on the same
 seed give nearby samples (as k-diffusion's ``BrownianTreeNoiseSampler``).
 
-The tree is seeded at ``init`` from the run's generator (one tree per generator in a list, so
+The tree is a halfway tree (values resolved by bisection to
+``tol`` in time, so they do not depend on which intervals were queried before), seeded at
+``init`` from the run's generator (one tree per generator in a list, so
 each sample keeps its own path). Querying the tree is host-driven by nature: the step times are
 host floats decided at ``init``; the increments themselves are computed on the state's device.
 
@@ -38,7 +40,7 @@ def _seed(generator: torch.Generator | None) -> int:
 class BrownianNoise:
     """One Brownian path per generator (or per run) over the grid's time range."""
 
-    def __init__(self, x: State, grid: Tensor, generator: Generators):
+    def __init__(self, x: State, grid: Tensor, generator: Generators, tol: float = 1e-7):
         try:
             import torchsde
         except ImportError as err:  # pragma: no cover - torchsde is a dependency
@@ -57,11 +59,11 @@ class BrownianNoise:
             if gens is None:
                 self.trees.append([torchsde.BrownianInterval(
                     lo, hi, size=tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device,
-                    entropy=_seed(generator))])
+                    entropy=_seed(generator), tol=tol * (hi - lo), halfway_tree=True)])
             else:
                 self.trees.append([torchsde.BrownianInterval(
                     lo, hi, size=tuple(leaf.shape[1:]), dtype=leaf.dtype, device=leaf.device,
-                    entropy=_seed(g)) for g in gens])
+                    entropy=_seed(g), tol=tol * (hi - lo), halfway_tree=True) for g in gens])
 
     def increment(self, i: int) -> State:
         """The normalized increment over step ``i`` (standard normal, like fresh noise)."""

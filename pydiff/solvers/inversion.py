@@ -14,8 +14,12 @@ returns the latent that DDIM maps back to ``x0``.
   ``t_{i+1}`` and ``(b_i, e_i)`` its step from ``t_i`` back to ``t_{i-1}``; the first step is
   DDIM. Given ``(x_i, x_{i+1})`` the previous state solves linearly, so
 - :class:`BDIAInversion` reconstructs the noise side exactly: its first step (from the data)
-  is a DDIM inversion step (it only defines the pair), the middle steps invert BDIA in closed
-  form, the last step inverts BDIA's initial DDIM step by fixed-point iteration.
+  is a DDIM inversion step (it only defines the pair), every later step inverts BDIA in closed
+  form. BDIA's state is a pair, so an exact reconstruction starts sampling from the pair the
+  inversion ends with (:meth:`BDIA.init_pair`), not from the last latent alone.
+
+A clean start (``sigma = 0``) takes the data itself as the denoised value (no network call
+at ``t = 0``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import Schedule
+from ..tree import State
 from .base import Solver, SolverState, combine
 
 Tensor = torch.Tensor
@@ -32,6 +37,11 @@ def _ddim_step(a_t: Tensor, s_t: Tensor, a_s: Tensor, s_s: Tensor) -> tuple[Tens
     """``(c_x, c_D)`` of DDIM(eta=0) from level ``t`` to level ``s`` (either direction)."""
     c_x = s_s / s_t
     return c_x, a_s - c_x * a_t
+
+
+def _clean_start(sigma: Tensor) -> tuple[bool, ...]:
+    n = sigma.shape[0] - 1
+    return tuple(bool(v) for v in (sigma[:-1].reshape(n, -1) == 0).all(dim=1).tolist())
 
 
 class DDIMInversion(Solver):
@@ -59,9 +69,12 @@ class DDIMInversion(Solver):
         c_d = torch.where(sigma[:-1] == 0, alpha[1:], c_d)
         return {"x": c_x, "d": c_d}
 
+    def step_flags(self, schedule, grid, sigma):
+        return {"clean": _clean_start(sigma)}
+
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
-        d = self.evaluate(model, state)
+        d = state.x if state.flags["clean"][state.i] else self.evaluate(model, state)
         x = combine([state.x, d], [c["x"], c["d"]])
         for _ in range(self.fixed_point_iters):
             d = self.evaluate(model, state, x, at=state.i + 1)
@@ -101,6 +114,14 @@ class BDIA(Solver):
                 "x": torch.where(first > 0, c_x, c_x - g * b_x),
                 "d": torch.where(first > 0, c_d, c_d - g * b_d)}
 
+    def init_pair(self, x_start: State, x_next: State, schedule: Schedule, grid: Tensor,
+                  **kwargs) -> SolverState:
+        """A run that starts from the pair ``(x at grid[0], x at grid[1])`` (e.g. the end of
+        :class:`BDIAInversion`: ``x = state.x, x_next = state.aux[0]``); it continues at step 1,
+        which makes the reconstruction exact."""
+        state = self.init(x_start, schedule, grid, **kwargs)
+        return state.replace(x=x_next, i=1, aux=(state.x,), nfe=0)
+
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
         d = self.evaluate(model, state)
@@ -113,21 +134,21 @@ class BDIAInversion(Solver):
     """Exact inversion of :class:`BDIA` (same ``gamma``, same grid).
 
     ``init`` takes the data-side sample; the first step defines the partner state by DDIM
-    inversion. ``fixed_point_iters`` solves the last step (the inverse of BDIA's initial DDIM
-    step). Sampling the result with :class:`BDIA` on the same grid reproduces the input.
+    inversion. The final state holds the latent (``state.x``) and its partner one grid point
+    cleaner (``state.aux[0]``); :meth:`BDIA.init_pair` samples back exactly from them.
 
     Example:
-        >>> solver = BDIAInversion(gamma=1.0, fixed_point_iters=20)
+        >>> solver = BDIAInversion(gamma=1.0)
     """
 
     name = "bdia_inversion"
     default_spacing = "time"
     inverse = True
 
-    def __init__(self, gamma: float = 1.0, fixed_point_iters: int = 20):
+    def __init__(self, gamma: float = 1.0):
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.gamma, self.fixed_point_iters = float(gamma), int(fixed_point_iters)
+        self.gamma = float(gamma)
         self._freeze()
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):
@@ -140,30 +161,21 @@ class BDIAInversion(Solver):
         # sampling at point j: x_dn = g x_up + (c_x - g b_x) x_j + (c_d - g b_d) D_j
         c_x, c_d = _ddim_step(a_j, s_j_safe, a_dn, s_dn)
         b_x, b_d = _ddim_step(a_j, s_j_safe, a_up, s_up)
-        inv = {"dn": torch.full_like(c_x, 1 / g), "x": -(c_x - g * b_x) / g,
+        out = {"dn": torch.full_like(c_x, 1 / g), "x": -(c_x - g * b_x) / g,
                "d": -(c_d - g * b_d) / g}
         # step 0: DDIM inversion (from a clean start: the forward mean)
         f_x, f_d = _ddim_step(a_j, s_j_safe, a_up, s_up)
-        f_x = torch.where(s_j == 0, 0.0, f_x)
-        f_d = torch.where(s_j == 0, a_up, f_d)
-        # last step: solve x_j = c x_up + d D(x_up) for x_up: x_up = x_j / c - (d / c) D(x_up)
-        l_x, l_d = _ddim_step(a_up, s_up, a_j, s_j)
-        out = {k: v.clone() for k, v in inv.items()}
-        out["dn"][0], out["x"][0], out["d"][0] = 0.0, f_x[0], f_d[0]
-        out["fp_x"], out["fp_d"] = 1 / l_x, -l_d / l_x
+        out["dn"][0] = 0.0
+        out["x"][0] = torch.where(s_j[0] == 0, 0.0, f_x[0])
+        out["d"][0] = torch.where(s_j[0] == 0, a_up[0], f_d[0])
         return out
+
+    def step_flags(self, schedule, grid, sigma):
+        return {"clean": _clean_start(sigma)}
 
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
-        last = state.i == state.steps - 1 and state.i > 0
-        if last:
-            d = self.evaluate(model, state)  # initial guess: the BDIA step from x_j
-            x = combine([state.aux[0], state.x, d], [c["dn"], c["x"], c["d"]])
-            for _ in range(self.fixed_point_iters):
-                d = self.evaluate(model, state, x, at=state.i + 1)
-                x = combine([state.x, d], [c["fp_x"], c["fp_d"]])
-            return self.advance(state, x, aux=(state.x,), nfe=1 + self.fixed_point_iters)
-        d = self.evaluate(model, state)
+        d = state.x if state.flags["clean"][state.i] else self.evaluate(model, state)
         dn = state.aux[0] if state.aux else state.x  # weight 0 on the first step
         x = combine([dn, state.x, d], [c["dn"], c["x"], c["d"]])
         return self.advance(state, x, aux=(state.x,))
