@@ -5,6 +5,11 @@ The ``espeakng-loader`` wheel ships ``libespeak-ng`` and its data; when it is mi
 result is resampled to the requested rate with soxr. The library keeps global state, so calls
 are serialized with a lock.
 
+espeak-ng's output depends on what it synthesized before in the same process (its wave
+generator keeps running state across utterances), so the same call could return different
+samples in different runs. To make every utterance reproducible, each one is synthesized in a
+forked child of a process whose espeak instance never spoke (POSIX; elsewhere in-process).
+
 Example:
     >>> from pydiff.domains.speech.synth import synthesize
     >>> wave = synthesize("hello world", voice="en+f3", rate=170, pitch=60)
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import struct
 import threading
 
 import numpy as np
@@ -79,6 +86,57 @@ def _engine_instance() -> _Espeak:
     return _engine
 
 
+def _speak(eng: _Espeak, voice: str, rate: int, pitch: int, pitch_range: int,
+           text: str) -> np.ndarray:
+    """int16 samples at espeak's rate (in this process)."""
+    if eng.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise ValueError(f"unknown espeak voice {voice!r}")
+    eng.lib.espeak_SetParameter(_ESPEAK_RATE, rate, 0)
+    eng.lib.espeak_SetParameter(_ESPEAK_PITCH, pitch, 0)
+    eng.lib.espeak_SetParameter(_ESPEAK_RANGE, pitch_range, 0)
+    data = text.encode() + b"\0"
+    eng.chunks = []
+    err = eng.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8,
+                               None, None)
+    eng.lib.espeak_Synchronize()
+    chunks, eng.chunks = eng.chunks, []
+    if err != 0 or not chunks:
+        raise RuntimeError(f"espeak_Synth failed (error {err}) for voice {voice!r}")
+    return np.concatenate(chunks)
+
+
+def _speak_forked(eng: _Espeak, *speak: object) -> np.ndarray:
+    """:func:`_speak` in a forked child, so the parent's espeak state never changes."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: speak, send (status, length, samples), exit without cleanup
+        status = 0
+        try:
+            try:
+                payload = _speak(eng, *speak).astype("<i2").tobytes()
+            except ValueError as err:
+                status, payload = 1, str(err).encode()
+            except Exception as err:  # noqa: BLE001 -- reported to the parent
+                status, payload = 2, str(err).encode()
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(struct.pack("<iq", status, len(payload)) + payload)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        blob = pipe.read()
+    os.waitpid(pid, 0)
+    if len(blob) < 12:
+        raise RuntimeError("espeak-ng synthesis process died without a result")
+    status, size = struct.unpack("<iq", blob[:12])
+    payload = blob[12:12 + size]
+    if status == 1:
+        raise ValueError(payload.decode())
+    if status:
+        raise RuntimeError(payload.decode())
+    return np.frombuffer(payload, dtype="<i2").copy()
+
+
 def synthesize(text: str, voice: str = "en", rate: int = 170, pitch: int = 50,
                pitch_range: int = 50, sample_rate: int = 16000) -> np.ndarray:
     """Speak ``text`` with espeak-ng; float32 mono in [-1, 1] at ``sample_rate``.
@@ -101,21 +159,10 @@ def synthesize(text: str, voice: str = "en", rate: int = 170, pitch: int = 50,
         raise ValueError(f"pitch and pitch_range must be 0..99, got {pitch}, {pitch_range}")
     with _lock:
         eng = _engine_instance()
-        if eng.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"unknown espeak voice {voice!r}")
-        eng.lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
-        eng.lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
-        eng.lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0)
-        data = text.encode() + b"\0"
-        eng.chunks = []
-        err = eng.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8,
-                                   None, None)
-        eng.lib.espeak_Synchronize()
-        chunks, eng.chunks = eng.chunks, []
+        speak = (voice, int(rate), int(pitch), int(pitch_range), text)
+        pcm = _speak_forked(eng, *speak) if hasattr(os, "fork") else _speak(eng, *speak)
         native = eng.sample_rate
-    if err != 0 or not chunks:
-        raise RuntimeError(f"espeak_Synth failed (error {err}) for voice {voice!r}")
-    wave = np.concatenate(chunks).astype(np.float32) / 32768.0
+    wave = pcm.astype(np.float32) / 32768.0
     if sample_rate != native:
         wave = soxr.resample(wave, native, sample_rate).astype(np.float32)
     return wave

@@ -1,0 +1,263 @@
+"""Speech domain: front end, data, resampling, chunking, bad input, CLI, shipped checkpoint."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pydiff.domains.speech import ClippingWarning, SpeechEnhancer, read_audio, write_audio
+from pydiff.domains.speech.audio import resample
+from pydiff.domains.speech.data import (
+    TEST_VOICES,
+    TRAIN_VOICES,
+    make_noise,
+    make_pair,
+    mix,
+)
+from pydiff.domains.speech.enhancer import _OverlapAdd, frame_noise
+from pydiff.domains.speech.metrics import si_sdr
+from pydiff.domains.speech.stft import (
+    Spectrogram,
+    peak_normalizer,
+    sgmse_schedule,
+    to_complex,
+    to_real,
+)
+
+import pydiff
+
+
+@pytest.fixture(scope="module")
+def enhancer() -> SpeechEnhancer:
+    torch.set_num_threads(1)
+    return SpeechEnhancer.from_pretrained()
+
+
+# -- front end ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [2, 100, 255, 16000, 16001])
+def test_stft_compression_exact_inverse(length: int) -> None:
+    spec = Spectrogram()
+    wave = torch.randn(3, length, generator=torch.Generator().manual_seed(length)) * 0.3
+    state = spec.forward(wave)
+    assert state.shape == (3, 2, 256, spec.frames(length))
+    back = spec.inverse(state, length)
+    assert torch.allclose(back, wave, atol=2e-6), (back - wave).abs().max()
+
+
+def test_compression_formula_and_inverse() -> None:
+    spec = Spectrogram()
+    g = torch.Generator().manual_seed(0)
+    c = torch.complex(torch.randn(50, generator=g).double(), torch.randn(50, generator=g).double())
+    c[0] = 0
+    comp = spec.compress(c)
+    expected = 0.15 * c.abs() ** 0.5 * torch.exp(1j * c.angle())
+    assert torch.allclose(comp, expected, atol=1e-12)
+    assert torch.allclose(spec.decompress(comp), c, atol=1e-12)
+    assert comp[0] == 0
+    assert torch.equal(to_complex(to_real(c.reshape(5, 10))), c.reshape(5, 10))
+
+
+def test_schedule_is_sgmse_complex_process_per_real_part() -> None:
+    # SGMSE+: complex noise with E|z|^2 = 1 and std sigma(t); per real part std sigma / sqrt 2
+    sched = sgmse_schedule()
+    t = torch.linspace(0.03, 1, 7, dtype=torch.float64)
+    smin, smax, theta = 0.05, 0.5, 1.5
+    lg = math.log(smax / smin)
+    var = smin**2 * (torch.exp(2 * lg * t) - torch.exp(-2 * theta * t)) * lg / (theta + lg)
+    assert torch.allclose(sched.sigma(t), torch.sqrt(var / 2), rtol=1e-12)
+    assert torch.allclose(sched.alpha(t), torch.exp(-theta * t))
+    assert sched.t_eps == 0.03
+
+
+def test_peak_normalizer() -> None:
+    wave = torch.tensor([[0.0, -0.5, 0.25], [0.0, 0.0, 0.0]])
+    assert peak_normalizer(wave)[:, 0].tolist() == [0.5, pytest.approx(1e-8)]
+
+
+# -- data --------------------------------------------------------------------------------------
+def test_data_is_deterministic_and_splits_are_disjoint() -> None:
+    a, b = make_pair("test", 5), make_pair("test", 5)
+    assert np.array_equal(a.noisy, b.noisy) and np.array_equal(a.clean, b.clean)
+    assert a.meta == b.meta
+    c = make_pair("test", 6)
+    assert not (a.clean.shape == c.clean.shape and np.array_equal(a.clean, c.clean))
+    assert a.meta["voice"] in TEST_VOICES
+    assert make_pair("train", 5).meta["voice"] in TRAIN_VOICES
+    assert not set(TEST_VOICES) & set(TRAIN_VOICES)
+    assert a.clean.dtype == np.float32 and np.abs(a.noisy).max() <= 0.95 + 1e-6
+
+
+@pytest.mark.parametrize("snr", [-5.0, 0.0, 7.5, 15.0])
+def test_mixing_hits_the_requested_snr(snr: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    speech = make_noise("hum", 8000, g, "train")
+    noise = make_noise("bursts", 8000, g, "train")
+    noisy = mix(speech, noise, snr)
+    measured = 10 * np.log10(np.sum(speech**2) / np.sum((noisy - speech) ** 2))
+    assert abs(measured - snr) < 1e-9
+    # a dry example keeps its SNR through the final peak scaling
+    pair = make_pair("train", 3, snr_db=snr, reverb=False)
+    err = pair.noisy.astype(np.float64) - pair.clean
+    measured = 10 * np.log10(np.sum(pair.clean.astype(np.float64) ** 2) / np.sum(err**2))
+    assert abs(measured - snr) < 1e-3
+
+
+def test_noise_kinds_are_unit_rms_and_mixing_rejects_silence() -> None:
+    g = torch.Generator().manual_seed(2)
+    for kind in ("coloured", "hum", "bursts"):
+        n = make_noise(kind, 4000, g, "test")
+        assert abs(np.sqrt(np.mean(n**2)) - 1) < 1e-9
+    with pytest.raises(ValueError, match="non-zero power"):
+        mix(np.zeros(10), np.ones(10), 0.0)
+    with pytest.raises(ValueError, match="kind"):
+        make_noise("rain", 10, g, "train")
+
+
+# -- resampling and shapes -----------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_sample_rate_round_trip(rate: int) -> None:
+    t = np.arange(16000) / 16000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32)
+    back = resample(resample(tone, 16000, rate), rate, 16000)
+    assert back.shape == tone.shape
+    assert si_sdr(tone[0, 1000:-1000], back[0, 1000:-1000]) > 40
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2)])
+def test_enhance_keeps_rate_shape_and_type(enhancer: SpeechEnhancer, rate: int,
+                                           channels: int) -> None:
+    n = int(0.7 * rate)
+    g = torch.Generator().manual_seed(rate)
+    wave = 0.1 * torch.randn(channels, n, generator=g)
+    wave = wave[0] if channels == 1 else wave
+    out = enhancer.enhance(wave, rate, solver="ode", steps=1, chunk_seconds=0.5,
+                           overlap_seconds=0.125)
+    assert torch.is_tensor(out) and out.shape == wave.shape and torch.isfinite(out).all()
+    arr = enhancer.enhance(wave.numpy(), rate, solver="ode", steps=1, chunk_seconds=0.5,
+                           overlap_seconds=0.125)
+    assert isinstance(arr, np.ndarray) and np.allclose(arr, out.numpy(), atol=1e-6)
+
+
+# -- chunking ------------------------------------------------------------------------------------
+def test_overlap_add_of_identity_is_exact() -> None:
+    wave = np.random.default_rng(0).normal(size=(2, 10_000)).astype(np.float32)
+    starts = []
+
+    def identity(x: np.ndarray, start: int) -> np.ndarray:
+        starts.append(start)
+        return x
+
+    ola = _OverlapAdd(identity, chunk=2048, overlap=512)
+    pieces = ola.push(wave[:, :3000]) + ola.push(wave[:, 3000:]) + ola.flush()
+    out = np.concatenate(pieces, axis=1)
+    assert out.shape == wave.shape
+    assert np.allclose(out, wave, atol=1e-6)
+    assert starts == list(range(0, 10_000 - 512, 1536))[:len(starts)]
+
+
+def test_frame_noise_is_keyed_by_absolute_frame() -> None:
+    whole = frame_noise(3, 1, 0, 12, 256)
+    assert torch.equal(frame_noise(3, 1, 5, 4, 256), whole[..., 5:9])
+    assert not torch.equal(frame_noise(3, 0, 0, 12, 256), whole)
+
+
+def test_chunked_matches_whole_file(enhancer: SpeechEnhancer) -> None:
+    pair_a, pair_b = make_pair("test", 1), make_pair("test", 2)
+    noisy = np.concatenate([pair_a.noisy, pair_b.noisy])[:16000 * 4]
+    whole = enhancer.enhance(noisy, 16000, solver="ode", steps=3, chunk_seconds=None)
+    chunked = enhancer.enhance(noisy, 16000, solver="ode", steps=3, chunk_seconds=1.5,
+                               overlap_seconds=0.5)
+    assert chunked.shape == whole.shape
+    assert si_sdr(whole, chunked) >= 25.0
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_bad_inputs(enhancer: SpeechEnhancer, tmp_path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        enhancer.enhance(np.zeros(0, np.float32), 16000)
+    bad = np.zeros(1000, np.float32)
+    bad[17] = np.nan
+    bad[40] = np.inf
+    with pytest.raises(ValueError, match="2 non-finite samples.*sample 17"):
+        enhancer.enhance(bad, 16000)
+    with pytest.raises(ValueError, match="sample_rate=4000"):
+        enhancer.enhance(np.zeros(1000, np.float32), 4000)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        enhancer.enhance(np.ones(1000, np.float32) * 0.1, 16000, solver="magic")
+    with pytest.raises(ValueError, match=r"\[N\] \(mono\) or \[C, N\]"):
+        enhancer.enhance(np.zeros((1, 2, 30), np.float32), 16000)
+    # silence in, silence out (no model call, same shape)
+    silent = enhancer.enhance(np.zeros((2, 3000), np.float32), 16000)
+    assert silent.shape == (2, 3000) and not silent.any()
+    # unreadable file
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF nonsense")
+    with pytest.raises(ValueError, match="cannot read audio file"):
+        read_audio(broken)
+    with pytest.raises(ValueError, match="cannot read audio file"):
+        enhancer.enhance_file(broken, tmp_path / "out.wav")
+    # clipped input: processed, with a warning
+    clipped = np.clip(make_pair("test", 0).noisy * 4, -1, 1)
+    with pytest.warns(ClippingWarning, match="clipped"):
+        out = enhancer.enhance(clipped[:8000], 16000, solver="ode", steps=1)
+    assert np.isfinite(out).all() and out.shape == (8000,)
+    # a very short input still works
+    assert enhancer.enhance(np.full(3, 0.1, np.float32), 16000, steps=1).shape == (3,)
+
+
+def test_enhance_file_streams_multichannel(enhancer: SpeechEnhancer, tmp_path) -> None:
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    noisy = make_pair("test", 4).noisy
+    stereo = np.stack([noisy, noisy[::-1]])
+    write_audio(src, resample(stereo, 16000, 22050), 22050)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = enhancer.enhance_file(src, dst, solver="ode", steps=1, chunk_seconds=1.0,
+                                     overlap_seconds=0.25, block_seconds=0.3)
+    out, rate = read_audio(dst)
+    src_wave, _ = read_audio(src)
+    assert rate == 22050 and out.shape == src_wave.shape and info["channels"] == 2
+
+
+# -- CLI folder mode -----------------------------------------------------------------------------
+def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
+    from pydiff.apps.cli import main
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        write_audio(src / f"ok{i}.wav", make_pair("test", i).noisy[:6000], 16000)
+    (src / "bad.wav").write_bytes(b"not audio at all")
+    write_audio(src / "low.wav", np.zeros(100), 16000)
+    code = main(["speech", "enhance", str(src), "-o", str(dst), "--solver", "ode", "--steps",
+                 "1", "--threads", "1"])
+    assert code == 1
+    assert sorted(p.name for p in dst.iterdir()) == ["low.wav", "ok0.wav", "ok1.wav"]
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "bad.wav" in err and "ok0.wav" not in err
+    # a rerun skips the finished files and still reports the broken one
+    assert main(["speech", "enhance", str(src), "-o", str(dst), "--steps", "1"]) == 1
+    assert "skipped 3 existing" in capsys.readouterr().out
+
+
+# -- the shipped checkpoint ----------------------------------------------------------------------
+def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
+    pair = make_pair("test", 7, kind="coloured", snr_db=0.0, reverb=False)
+    out = enhancer.enhance(pair.noisy, 16000, solver="ode", steps=5, chunk_seconds=None)
+    gain = si_sdr(pair.clean, out) - si_sdr(pair.clean, pair.noisy)
+    assert gain > 3.0, gain
+
+
+def test_samplers_map_to_core_solvers(enhancer: SpeechEnhancer) -> None:
+    from pydiff.domains.speech import SAMPLERS
+
+    y = enhancer.spectrogram.forward(torch.from_numpy(make_pair("test", 3).noisy[:4000]))[None]
+    available = set(pydiff.available_solvers())
+    for name, sampler in SAMPLERS.items():
+        if not set(sampler.solvers) & available:
+            pytest.skip(f"core solver for {name!r} not registered yet: {sampler.solvers}")
+        x = enhancer.enhance_states(y, name, steps=2)
+        assert x.shape == y.shape and torch.isfinite(x).all()
