@@ -92,6 +92,10 @@ def test_schedule_and_prediction_match_diffusers(name):
     spec = from_diffusers_config(CONFIGS / name)
     sch = _diffusers_scheduler(name)
     cfg = _load(name)
+    if isinstance(spec.schedule, pydiff.EDMSchedule):
+        assert (spec.prediction, spec.precond, spec.time_input) == ("x0", "edm", "log_sigma")
+        assert spec.schedule.sigma_data == cfg["sigma_data"]
+        return
     if isinstance(spec.schedule, pydiff.FlowSchedule):
         assert spec.prediction == "velocity" and spec.time_input == "scaled"
         assert spec.time_scale == cfg["num_train_timesteps"]
@@ -131,7 +135,8 @@ def test_solvers_and_wrappers_for_each_config():
         "sdxl_euler.json": "euler", "sdxl_turbo_euler_ancestral.json": "euler_ancestral",
         "sd2_v_ddim.json": "ddim", "pixart_alpha_dpm.json": "dpmpp_2m",
         "sd3_flow.json": "flow_euler", "flux_flow_dynamic.json": "flow_euler",
-        "sd15_unipc.json": "unipc",
+        "sd15_unipc.json": "unipc", "playground_v25_edm_dpm.json": "dpmpp_2m",
+        "edm_euler_exponential.json": "euler",
     }
     for name, solver in expected.items():
         spec = from_diffusers_config(CONFIGS / name)
@@ -194,6 +199,7 @@ def _diffusers_loop(name, unet, x, steps, **set_kw):
 @pytest.mark.parametrize("name,steps", [
     ("sd2_v_ddim.json", 10), ("pixart_alpha_dpm.json", 8), ("sdxl_euler.json", 10),
     ("sd3_flow.json", 6), ("sd15_pndm.json", 10), ("sd15_unipc.json", 8),
+    ("playground_v25_edm_dpm.json", 8), ("edm_euler_exponential.json", 8),
 ])
 def test_pydiff_loop_reproduces_the_diffusers_loop(name, steps):
     unet = _unet()

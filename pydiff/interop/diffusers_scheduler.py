@@ -5,7 +5,8 @@
 
 - ``schedule``: the training noise schedule (``beta_schedule``, ``beta_start``/``beta_end``,
   ``trained_betas``, ``num_train_timesteps``, ``rescale_betas_zero_snr``) as a
-  :class:`pydiff.DiscreteSchedule`, or a :class:`pydiff.FlowSchedule` for flow matching;
+  :class:`pydiff.DiscreteSchedule`, a :class:`pydiff.FlowSchedule` for flow matching, or an
+  :class:`pydiff.EDMSchedule` (with ``precond="edm"``) for diffusers' EDM schedulers;
 - ``prediction`` and the network time convention (``time_input``/``time_scale``) for
   :class:`pydiff.Denoiser`: ``epsilon -> "eps"``, ``v_prediction -> "v"``, ``sample -> "x0"``,
   flow matching ``-> "velocity"``; the network sees the DDPM index ``t N - 1`` (diffusers'
@@ -47,7 +48,7 @@ from typing import Any
 import torch
 
 from ..denoiser import Denoiser
-from ..schedules import F64, DiscreteSchedule, FlowSchedule, Schedule
+from ..schedules import F64, DiscreteSchedule, EDMSchedule, FlowSchedule, Schedule
 from ..solvers import Solver, available_solvers, get_solver
 
 Tensor = torch.Tensor
@@ -59,7 +60,8 @@ _MULTISTEP = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMul
 _SIGMA = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
           "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
 _FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
-SUPPORTED = _DISCRETE + _MULTISTEP + _SIGMA + _FLOW
+_EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+SUPPORTED = _DISCRETE + _MULTISTEP + _SIGMA + _FLOW + _EDM
 
 # diffusers 0.42 constructor defaults of the keys read here (tests check them against diffusers)
 _COMMON = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
@@ -127,6 +129,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "time_shift_type": "exponential", "stochastic_sampling": False},
     "FlowMatchHeunDiscreteScheduler": {"num_train_timesteps": 1000, "shift": 1.0},
 }
+_EDM_COMMON = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5,
+               "sigma_schedule": "karras", "num_train_timesteps": 1000,
+               "prediction_type": "epsilon", "rho": 7.0}
+DEFAULTS["EDMEulerScheduler"] = {**_EDM_COMMON, "final_sigmas_type": "zero"}
+DEFAULTS["EDMDPMSolverMultistepScheduler"] = {
+    **_EDM_COMMON, "solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+    "lower_order_final": True, "euler_at_final": False, "final_sigmas_type": "zero"}
 for _cls in ("PNDMScheduler", "DEISMultistepScheduler", "HeunDiscreteScheduler",
              "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
              "DPMSolverSinglestepScheduler"):
@@ -149,6 +159,7 @@ class DiffusersScheduler:
         schedule: the pydiff schedule of the training process.
         prediction: the Denoiser's ``prediction``.
         time_input, time_scale: the Denoiser's network time convention.
+        precond: the Denoiser's ``precond`` (``"edm"`` for diffusers' EDM schedulers).
         solver_name, solver_options: the pydiff solver of the algorithm.
         solver_problem: why the mapped solver cannot reproduce the config (None if it can).
         ignored: config keys pydiff does not interpret (informational).
@@ -162,6 +173,7 @@ class DiffusersScheduler:
     time_scale: float
     solver_name: str
     solver_options: dict[str, Any] = field(default_factory=dict)
+    precond: str | None = None
     solver_problem: str | None = None
     ignored: tuple[str, ...] = ()
 
@@ -171,8 +183,8 @@ class DiffusersScheduler:
         ``sigma / alpha`` (flow matching: ``sigma``), float64 ``[steps + 1]``."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if self.class_name in _FLOW:
-            return _flow_sigmas(self.config, steps, mu)
+        if self.class_name in _FLOW + _EDM:
+            return self.grid(steps, mu)
         t = self.grid(steps, mu)
         return self.schedule.sigma_tilde(t)
 
@@ -186,6 +198,10 @@ class DiffusersScheduler:
         c = self.config
         if self.class_name in _FLOW:
             return _flow_sigmas(c, steps, mu)  # sigma = t for FlowSchedule
+        if self.class_name in _EDM:  # sigma = t for EDMSchedule
+            kind = "karras" if c["sigma_schedule"] == "karras" else "exponential"
+            sig = _convert(kind, c["sigma_min"], c["sigma_max"], steps, rho=c["rho"])
+            return _append_final(sig, "zero", 1)
         n = c["num_train_timesteps"]
         sched = self.schedule
         assert isinstance(sched, DiscreteSchedule)
@@ -248,8 +264,8 @@ class DiffusersScheduler:
         from ..guidance import ClipX0, DynamicThresholding
 
         model: Denoiser = Denoiser(net, self.schedule, prediction=self.prediction,
-                                   time_input=self.time_input, time_scale=self.time_scale,
-                                   **kwargs)
+                                   precond=self.precond, time_input=self.time_input,
+                                   time_scale=self.time_scale, **kwargs)
         c = self.config
         if c.get("thresholding"):
             model = DynamicThresholding(model, c["dynamic_thresholding_ratio"],
@@ -263,7 +279,7 @@ class DiffusersScheduler:
         plus the grid and solver keys (``_class_name`` first)."""
         out: dict[str, Any] = {"_class_name": self.class_name}
         inverse = {v: k for k, v in _PREDICTIONS.items()}
-        if self.class_name not in _FLOW:
+        if self.class_name not in _FLOW + _EDM:
             out.update(_schedule_config(self.schedule, self.config))
             out["prediction_type"] = inverse[self.prediction]
         for k, v in self.config.items():
@@ -289,10 +305,23 @@ def from_diffusers_config(config: dict[str, Any] | str | os.PathLike) -> Diffuse
     ignored = tuple(sorted(k for k in config if k not in defaults and not k.startswith("_")))
     _check_options(cls, c)
 
+    precond = None
     if cls in _FLOW:
         schedule: Schedule = FlowSchedule(t_eps=1.0 / c["num_train_timesteps"],
                                           shift=float(c["shift"]))
         prediction, time_input, time_scale = "velocity", "scaled", float(c["num_train_timesteps"])
+    elif cls in _EDM:
+        if c["prediction_type"] != "epsilon":
+            raise ValueError(f"{cls}: prediction_type={c['prediction_type']!r} is not supported "
+                             "(EDM's 'epsilon' is the preconditioned F-prediction pydiff reads)")
+        if c["final_sigmas_type"] != "zero" or c["sigma_schedule"] not in ("karras",
+                                                                          "exponential"):
+            raise ValueError(f"{cls}: final_sigmas_type={c['final_sigmas_type']!r} / "
+                             f"sigma_schedule={c['sigma_schedule']!r} not supported (expected "
+                             "'zero' and 'karras' or 'exponential')")
+        schedule = EDMSchedule(c["sigma_min"], c["sigma_max"], c["sigma_data"])
+        # diffusers' EDM "epsilon" output is F of Karras et al.: x0 = c_skip x + c_out F
+        prediction, time_input, time_scale, precond = "x0", "log_sigma", 999.0, "edm"
     else:
         schedule = _schedule(c)
         if c["prediction_type"] not in _PREDICTIONS or c["prediction_type"] == "flow_prediction":
@@ -304,7 +333,7 @@ def from_diffusers_config(config: dict[str, Any] | str | os.PathLike) -> Diffuse
             time_input = "log_sigma"  # diffusers passes 0.25 ln(sigma) to such networks
     name, options, problem = _solver_for(cls, c)
     return DiffusersScheduler(cls, c, schedule, prediction, time_input, time_scale, name,
-                              options, problem, ignored)
+                              options, precond, problem, ignored)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -434,10 +463,10 @@ def _conversion(c: dict[str, Any]) -> str | None:
     return None
 
 
-def _convert(kind: str, sigma_min: float, sigma_max: float, steps: int) -> Tensor:
+def _convert(kind: str, sigma_min: float, sigma_max: float, steps: int,
+             rho: float = 7.0) -> Tensor:
     ramp = torch.linspace(0, 1, steps, dtype=F64)
     if kind == "karras":
-        rho = 7.0
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         return (hi + ramp * (lo - hi)) ** rho
     return torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
@@ -493,7 +522,7 @@ def _solver_for(cls: str, c: dict[str, Any]) -> tuple[str, dict[str, Any], str |
         if c.get("stochastic_sampling"):
             return "flow_euler", {}, "stochastic_sampling=True has no pydiff solver"
         return ("flow_euler" if cls == "FlowMatchEulerDiscreteScheduler" else "heun"), {}, None
-    if cls == "EulerDiscreteScheduler":
+    if cls in ("EulerDiscreteScheduler", "EDMEulerScheduler"):
         return "euler", {}, None
     if cls == "HeunDiscreteScheduler":
         return "heun", {}, None
