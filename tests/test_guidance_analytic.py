@@ -18,70 +18,44 @@ from pydiff.guidance import (
     MeasurementGuidance,
     gaussian_posterior_variance,
 )
-from pydiff.schedules import as_time
+from pydiff.guidance.analytic import Gaussian, LinearGaussianMeasurement
 from pydiff.testing import GaussianMixture
 
 F64 = torch.float64
 SCHED = pydiff.VPSchedule()
 
 
-class FullGaussian:
-    """``N(mean, cov)`` with a full covariance: exact denoiser and marginal samples."""
-
-    def __init__(self, mean, cov):
-        self.mean = torch.as_tensor(mean, dtype=F64)
-        self.cov = torch.as_tensor(cov, dtype=F64)
-        self.dim = self.mean.shape[0]
-
-    def posterior_mean(self, sched, x, t):
-        tt = as_time(t)
-        a, s = sched.alpha(tt), sched.sigma(tt)
-        eye = torch.eye(self.dim, dtype=F64)
-        gain = a * self.cov @ torch.linalg.inv(a**2 * self.cov + s**2 * eye)
-        return self.mean + (x.to(F64) - a * self.mean) @ gain.T
-
-    def posterior_cov(self, sched, t):
-        """``Cov[x0 | x_t]`` (independent of x_t)."""
-        tt = as_time(t)
-        a, s = sched.alpha(tt), sched.sigma(tt)
-        eye = torch.eye(self.dim, dtype=F64)
-        gain = torch.linalg.inv(a**2 * self.cov + s**2 * eye)
-        return self.cov - a**2 * self.cov @ gain @ self.cov
-
-    def denoiser(self, sched):
-        def net(x, t):
-            x0 = self.posterior_mean(sched, x, t[0])
-            tt = as_time(t[0])
-            return ((x.to(F64) - sched.alpha(tt) * x0) / sched.sigma(tt)).to(x.dtype)
-
-        return pydiff.Denoiser(net, sched, prediction="eps", time_input="t")
-
-    def marginal_sample(self, sched, t, n, g):
-        chol = torch.linalg.cholesky(self.cov)
-        x0 = self.mean + torch.randn(n, self.dim, generator=g, dtype=F64) @ chol.T
-        tt = as_time(t)
-        return sched.alpha(tt) * x0 + sched.sigma(tt) * torch.randn(n, self.dim, generator=g,
-                                                                    dtype=F64)
-
-
-PRIOR = FullGaussian([0.5, -1.0, 0.2], [[1.0, 0.6, 0.1], [0.6, 1.5, -0.3], [0.1, -0.3, 0.8]])
+PRIOR = Gaussian([0.5, -1.0, 0.2], [[1.0, 0.6, 0.1], [0.6, 1.5, -0.3], [0.1, -0.3, 0.8]])
 A = torch.tensor([[1.0, -0.5, 0.0], [0.3, 0.2, 1.0]], dtype=F64)
 NOISE = 0.3
 Y = torch.tensor([[1.0, -0.4]], dtype=F64)
 
 
 def exact_posterior():
+    # information form, independent of the Kalman form in LinearGaussianMeasurement.posterior
     prec = torch.linalg.inv(PRIOR.cov) + A.T @ A / NOISE**2
     cov = torch.linalg.inv(prec)
     mean = cov @ (torch.linalg.inv(PRIOR.cov) @ PRIOR.mean + A.T @ Y[0] / NOISE**2)
-    return FullGaussian(mean, cov)
+    return Gaussian(mean, 0.5 * (cov + cov.T))
 
 
-def exact_log_likelihood(x0, x, t):
-    """``log p(y | x_t) = log N(y; A E[x0|x_t], A Cov[x0|x_t] A^T + noise^2 I)`` (+ const)."""
-    r = Y - x0 @ A.T
-    cov = A @ PRIOR.posterior_cov(SCHED, t) @ A.T + NOISE**2 * torch.eye(2, dtype=F64)
-    return -0.5 * (r @ torch.linalg.inv(cov) * r).sum(1)
+PROBLEM = LinearGaussianMeasurement(PRIOR, A, NOISE, Y)
+exact_log_likelihood = PROBLEM.log_likelihood(SCHED)
+
+
+def test_kalman_and_information_forms_agree():
+    post, kalman = exact_posterior(), PROBLEM.posterior()
+    torch.testing.assert_close(kalman.mean, post.mean)
+    torch.testing.assert_close(kalman.cov, post.cov)
+
+
+def test_exact_likelihood_with_per_sample_times():
+    guided = GradientGuidance(PRIOR.denoiser(SCHED), exact_log_likelihood)
+    post = exact_posterior()
+    t = torch.tensor([0.9, 0.4, 0.05], dtype=F64)
+    x = PRIOR.marginal_sample(SCHED, t, 3, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(guided.x0(x, t), post.posterior_mean(SCHED, x, t),
+                               atol=1e-9, rtol=1e-9)
 
 
 def test_exact_likelihood_guidance_is_the_exact_posterior_denoiser():
