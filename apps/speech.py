@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e = cmds.add_parser("enhance", help="enhance a file or every audio file of a folder")
     e.add_argument("input", help="an audio file or a folder of audio files")
     e.add_argument("-o", "--output", required=True, help="output file (or folder)")
-    e.add_argument("--solver", default="mr", help="pc, mr, storm, ode or em (default mr)")
+    e.add_argument("--solver", default="mr", help="pc, mr, mr_sde, storm or em (default mr)")
     e.add_argument("--steps", type=int, default=None, help="solver steps (default: per solver)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--chunk-seconds", type=float, default=4.0)
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     v.add_argument("--checkpoint", default=None)
     v.add_argument("--count", type=int, default=8, help="held-out examples")
     v.add_argument("--methods", default=None,
-                   help="comma-separated, from noisy,noisereduce,pc-60,mr-5,mr-10,storm,ode-10")
+                   help="comma-separated, from noisy,noisereduce,pc-60,mr-5,mr-10,storm,mr-sde-10")
     v.add_argument("--output", default=None, help="folder for results.json and plots")
     v.add_argument("--threads", type=int, default=None)
     v.set_defaults(func=run_evaluate)

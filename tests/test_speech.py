@@ -133,10 +133,10 @@ def test_enhance_keeps_rate_shape_and_type(enhancer: SpeechEnhancer, rate: int,
     g = torch.Generator().manual_seed(rate)
     wave = 0.1 * torch.randn(channels, n, generator=g)
     wave = wave[0] if channels == 1 else wave
-    out = enhancer.enhance(wave, rate, solver="ode", steps=1, chunk_seconds=0.5,
+    out = enhancer.enhance(wave, rate, solver="mr", steps=1, chunk_seconds=0.5,
                            overlap_seconds=0.125)
     assert torch.is_tensor(out) and out.shape == wave.shape and torch.isfinite(out).all()
-    arr = enhancer.enhance(wave.numpy(), rate, solver="ode", steps=1, chunk_seconds=0.5,
+    arr = enhancer.enhance(wave.numpy(), rate, solver="mr", steps=1, chunk_seconds=0.5,
                            overlap_seconds=0.125)
     assert isinstance(arr, np.ndarray) and np.allclose(arr, out.numpy(), atol=1e-6)
 
@@ -167,8 +167,8 @@ def test_frame_noise_is_keyed_by_absolute_frame() -> None:
 def test_chunked_matches_whole_file(enhancer: SpeechEnhancer) -> None:
     pair_a, pair_b = make_pair("test", 1), make_pair("test", 2)
     noisy = np.concatenate([pair_a.noisy, pair_b.noisy])[:16000 * 4]
-    whole = enhancer.enhance(noisy, 16000, solver="ode", steps=3, chunk_seconds=None)
-    chunked = enhancer.enhance(noisy, 16000, solver="ode", steps=3, chunk_seconds=1.5,
+    whole = enhancer.enhance(noisy, 16000, solver="mr", steps=3, chunk_seconds=None)
+    chunked = enhancer.enhance(noisy, 16000, solver="mr", steps=3, chunk_seconds=1.5,
                                overlap_seconds=0.5)
     assert chunked.shape == whole.shape
     assert si_sdr(whole, chunked) >= 25.0
@@ -202,7 +202,7 @@ def test_bad_inputs(enhancer: SpeechEnhancer, tmp_path) -> None:
     # clipped input: processed, with a warning
     clipped = np.clip(make_pair("test", 0).noisy * 4, -1, 1)
     with pytest.warns(ClippingWarning, match="clipped"):
-        out = enhancer.enhance(clipped[:8000], 16000, solver="ode", steps=1)
+        out = enhancer.enhance(clipped[:8000], 16000, solver="mr", steps=1)
     assert np.isfinite(out).all() and out.shape == (8000,)
     # a very short input still works
     assert enhancer.enhance(np.full(3, 0.1, np.float32), 16000, steps=1).shape == (3,)
@@ -215,7 +215,7 @@ def test_enhance_file_streams_multichannel(enhancer: SpeechEnhancer, tmp_path) -
     write_audio(src, resample(stereo, 16000, 22050), 22050)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        info = enhancer.enhance_file(src, dst, solver="ode", steps=1, chunk_seconds=1.0,
+        info = enhancer.enhance_file(src, dst, solver="mr", steps=1, chunk_seconds=1.0,
                                      overlap_seconds=0.25, block_seconds=0.3)
     out, rate = read_audio(dst)
     src_wave, _ = read_audio(src)
@@ -232,7 +232,7 @@ def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
         write_audio(src / f"ok{i}.wav", make_pair("test", i).noisy[:6000], 16000)
     (src / "bad.wav").write_bytes(b"not audio at all")
     write_audio(src / "low.wav", np.zeros(100), 16000)
-    code = main(["speech", "enhance", str(src), "-o", str(dst), "--solver", "ode", "--steps",
+    code = main(["speech", "enhance", str(src), "-o", str(dst), "--solver", "mr", "--steps",
                  "1", "--threads", "1"])
     assert code == 1
     assert sorted(p.name for p in dst.iterdir()) == ["low.wav", "ok0.wav", "ok1.wav"]
@@ -246,7 +246,7 @@ def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
 # -- the shipped checkpoint ----------------------------------------------------------------------
 def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
     pair = make_pair("test", 7, kind="coloured", snr_db=0.0, reverb=False)
-    out = enhancer.enhance(pair.noisy, 16000, solver="ode", steps=5, chunk_seconds=None)
+    out = enhancer.enhance(pair.noisy, 16000, solver="mr", steps=5, chunk_seconds=None)
     gain = si_sdr(pair.clean, out) - si_sdr(pair.clean, pair.noisy)
     assert gain > 3.0, gain
 
@@ -257,7 +257,6 @@ def test_samplers_map_to_core_solvers(enhancer: SpeechEnhancer) -> None:
     y = enhancer.spectrogram.forward(torch.from_numpy(make_pair("test", 3).noisy[:4000]))[None]
     available = set(pydiff.available_solvers())
     for name, sampler in SAMPLERS.items():
-        if not set(sampler.solvers) & available:
-            pytest.skip(f"core solver for {name!r} not registered yet: {sampler.solvers}")
+        assert sampler.solver in available, (name, sampler.solver)
         x = enhancer.enhance_states(y, name, steps=2)
         assert x.shape == y.shape and torch.isfinite(x).all()

@@ -13,12 +13,12 @@ How a file stays seamless and reproducible:
   so every chunk sees the same scale.
 - The prior noise is keyed by absolute STFT frame (one generator seed per frame and channel):
   chunk boundaries do not change the noise a frame gets. With a deterministic solver
-  (``"ode"``/``"mr"``) chunked and whole-file results then differ only by the network's limited
+  (``"mr"``, the ODE form) chunked and whole-file results then differ only by the network's limited
   context at chunk edges, which the raised-cosine crossfade over the overlap hides.
 - Chunks start at multiples of the STFT hop, so their frames line up with the whole file's.
 
-Samplers (``solver=``): see :data:`SAMPLERS` (``"pc"`` SGMSE+'s predictor-corrector, ``"mr"``
-the MR Sampler, ``"storm"`` stochastic regeneration, ``"ode"``/``"em"`` plain core solvers).
+Samplers (``solver=``): see :data:`SAMPLERS` (``"pc"`` SGMSE+'s predictor-corrector, ``"mr"`` /
+``"mr_sde"`` the MR Sampler, ``"storm"`` stochastic regeneration, ``"em"`` Euler-Maruyama).
 Each maps to core solvers; none is written here.
 
 Example:
@@ -26,7 +26,7 @@ Example:
     >>> from pydiff.domains.speech import SpeechEnhancer
     >>> enhancer = SpeechEnhancer.from_pretrained()
     >>> noisy = np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)
-    >>> enhancer.enhance(noisy, 8000, solver="ode", steps=2).shape
+    >>> enhancer.enhance(noisy, 8000, solver="mr", steps=2).shape
     (8000,)
 """
 
@@ -59,7 +59,7 @@ class Sampler:
     """A named way to run the reverse process with core solvers.
 
     Attributes:
-        solvers: core solver names, the first one registered is used.
+        solver: the core solver's registry name.
         steps: default solver steps.
         options: solver constructor options.
         storm: start from the predictive network's estimate (StoRM) instead of the noisy input.
@@ -67,7 +67,7 @@ class Sampler:
         stochastic: whether results vary with ``seed`` beyond the prior.
     """
 
-    solvers: tuple[str, ...]
+    solver: str
     steps: int
     options: dict[str, Any] = field(default_factory=dict)
     storm: bool = False
@@ -76,25 +76,25 @@ class Sampler:
 
 SAMPLERS: dict[str, Sampler] = {
     # SGMSE+: reverse-diffusion predictor + one annealed Langevin corrector step, snr 0.5, N = 30
-    "pc": Sampler(("pc", "predictor_corrector"), 30, {"snr": 0.5, "corrector_steps": 1}),
-    # MR Sampler (data prediction, 2nd order) on the mean-reverting ODE
-    "mr": Sampler(("mr", "mr_sampler", "mrs"), 10),
+    "pc": Sampler("pc", 30, {"predictor": "reverse_diffusion", "corrector": "ald",
+                                "snr": 0.5, "corrector_steps": 1}),
+    # MR Sampler (Li et al. 2024): data prediction, 2nd order, probability-flow ODE form
+    "mr": Sampler("mr_sampler", 10, {"form": "ode", "prediction": "data", "order": 2}),
+    # MR Sampler, reverse-SDE form (stochastic)
+    "mr_sde": Sampler("mr_sampler", 10, {"form": "sde", "prediction": "data", "order": 2}),
     # StoRM: predictive estimate as start and condition, then a short diffusion
-    "storm": Sampler(("mr", "mr_sampler", "mrs", "dpmpp_2m"), 5, storm=True, t_start=0.5),
-    # deterministic 2nd-order ODE solver in the shifted coordinate (the MR Sampler's ODE form)
-    "ode": Sampler(("dpmpp_2m",), 10),
+    "storm": Sampler("mr_sampler", 5, {"form": "ode", "prediction": "data", "order": 2},
+                     storm=True, t_start=0.5),
     # plain reverse SDE (SGMSE+'s predictor without a corrector)
-    "em": Sampler(("euler_maruyama",), 30),
+    "em": Sampler("euler_maruyama", 30),
 }
 
 
 def _resolve_solver(name: str, sampler: Sampler) -> str:
-    available = set(pydiff.available_solvers())
-    for candidate in sampler.solvers:
-        if candidate in available:
-            return candidate
-    raise ValueError(f"sampler {name!r} needs one of the core solvers {sampler.solvers}, none of "
-                     f"which is registered (available: {sorted(available)})")
+    if sampler.solver not in pydiff.available_solvers():
+        raise ValueError(f"sampler {name!r} needs the core solver {sampler.solver!r}, which is not "
+                         f"registered (available: {pydiff.available_solvers()})")
+    return sampler.solver
 
 
 def frame_noise(seed: int, channel: int, first_frame: int, num_frames: int,

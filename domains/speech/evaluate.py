@@ -43,7 +43,7 @@ class Method:
         sampler = SAMPLERS[self.solver]
         steps = sampler.steps if self.steps is None else self.steps
         per_step = 1 + int(sampler.options.get("corrector_steps", 0))
-        # dpmpp_2m / MR Sampler: one evaluation per step; PC: predictor + corrector
+        # MR Sampler: one evaluation per step; PC: predictor + corrector; StoRM: + predictive
         return steps * per_step + (1 if sampler.storm else 0)
 
 
@@ -54,7 +54,7 @@ METHODS: dict[str, Method] = {
     "mr-5": Method("mr-5", "mr", 5),
     "mr-10": Method("mr-10", "mr", 10),
     "storm": Method("storm", "storm"),
-    "ode-10": Method("ode-10", "ode", 10),
+    "mr-sde-10": Method("mr-sde-10", "mr_sde", 10),
 }
 DEFAULT_METHODS = ("noisy", "noisereduce", "pc-60", "mr-5", "mr-10", "storm")
 
