@@ -247,3 +247,26 @@ def test_diffusers_net_learned_variance_and_errors():
     unet = _unet(channels=2)
     with pytest.raises(ValueError, match="per-position"):
         DiffusersNet(unet)(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8))
+
+
+def test_cross_attention_unet_conditioning_under_cfg():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
+            block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+            attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    spec = from_diffusers_config(CONFIGS / "sdxl_euler.json")
+    base = spec.denoiser(DiffusersNet(unet, rename={"context": "encoder_hidden_states"}))
+    text = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    null = torch.zeros(1, 5, 8)
+    cfg = ClassifierFreeGuidance(base, 7.5, uncond={"context": null}).bind(context=text)
+    x = _x_T()
+    with torch.no_grad():
+        eps = cfg.eps(x, 0.6)
+        e_c = base.eps(x, 0.6, context=text)
+        e_u = base.eps(x, 0.6, context=null.expand(2, 5, 8))
+        torch.testing.assert_close(eps, e_u + 7.5 * (e_c - e_u), atol=1e-5, rtol=1e-5)
+        out = pydiff.sample(cfg, x, spec.solver(), grid=spec.grid(3))
+    assert out.shape == x.shape and torch.isfinite(out).all()
