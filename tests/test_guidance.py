@@ -385,3 +385,23 @@ def test_cfg_with_per_position_times():
     assert seen[-1] == (6, 4, 1)
     e_c, e_u = base.eps(x, t, label=torch.ones(3)), base.eps(x, t, label=torch.zeros(3))
     torch.testing.assert_close(eps, e_u + 2.0 * (e_c - e_u))
+
+
+def test_cfg_scale_schedule_and_x0_data_consistency():
+    base = _model()
+    null = {"label": torch.zeros(1, dtype=torch.long)}
+    # guidance interval: guide only at high noise (a callable of the float64 time)
+    interval = ClassifierFreeGuidance(base, lambda t: torch.where(t > 0.5, 3.0, 1.0), null)
+    x, labels = torch.randn(2, 3, generator=_gen(40)), torch.tensor([1, 2])
+    torch.testing.assert_close(interval.eps(x, 0.2, label=labels), base.eps(x, 0.2, label=labels))
+    torch.testing.assert_close(interval.eps(x, 0.8, label=labels),
+                               ClassifierFreeGuidance(base, 3.0, null).eps(x, 0.8, label=labels))
+    # DDNM-style: project x0-hat onto A x0 = y inside the model
+    A = torch.tensor([[1.0, 1.0, 0.0]])
+    y = torch.tensor([[2.0], [-1.0]])
+    dc = DataConsistency(lambda v: v @ A.T, y, adjoint=lambda r: r @ A, iterations=3)
+    model = ProjectX0(base, lambda x0, t: dc.project(x0))
+    x0, eps = model.predict(x, 0.5, label=labels)
+    torch.testing.assert_close(x0 @ A.T, y)
+    a, s = SCHED.alpha(0.5).float(), SCHED.sigma(0.5).float()
+    torch.testing.assert_close(a * x0 + s * eps, x)
