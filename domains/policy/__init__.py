@@ -23,13 +23,14 @@ from .data import (
 )
 from .envs import POINTMASS_ID, EnvSpec, PointMassObstacleEnv, env_spec, episode_success, make_env
 from .experts import PendulumExpert, PointMassExpert, PushTExpert, make_expert
-from .policy import MODES, DiffusionPolicy, DiffusionPolicyConfig
+from .policy import MODES, PRESETS, DiffusionPolicy, DiffusionPolicyConfig
+from .train import checkpoint_path, load_policy, train_policy
 from .validation import ActionClipper, ObservationError, check_observation
 
 __all__ = [
     "Episode", "MinMaxNormalizer", "collect_demonstrations", "policy_windows", "rollout_expert",
     "trajectory_windows", "POINTMASS_ID", "EnvSpec", "PointMassObstacleEnv", "env_spec",
     "episode_success", "make_env", "PendulumExpert", "PointMassExpert", "PushTExpert",
-    "make_expert", "MODES", "DiffusionPolicy", "DiffusionPolicyConfig", "ActionClipper",
-    "ObservationError", "check_observation",
+    "make_expert", "MODES", "PRESETS", "DiffusionPolicy", "DiffusionPolicyConfig", "ActionClipper",
+    "ObservationError", "check_observation", "checkpoint_path", "load_policy", "train_policy",
 ]

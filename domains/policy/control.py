@@ -212,7 +212,7 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
     policy.reset()
     obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
     n = len(seeds)
-    observations = [[o] for o in obs]
+    observations = [[o.copy()] for o in obs]  # rows of obs are overwritten each tick
     actions: list[list[np.ndarray]] = [[] for _ in range(n)]
     infos: list[list[dict]] = [[] for _ in range(n)]
     rets = np.zeros(n)

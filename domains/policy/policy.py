@@ -36,9 +36,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,15 @@ from .validation import ActionClipper, check_observation
 
 Tensor = torch.Tensor
 MODES = ("full", "rti", "stream")
+
+# Named inference settings (config overrides) used by the CLI and the benchmarks.
+PRESETS: dict[str, dict[str, Any]] = {
+    "ddpm100": {"mode": "full", "solver": "ddpm", "steps": 100},
+    "ddim10": {"mode": "full", "solver": "ddim", "steps": 10},
+    "dpmpp2m5": {"mode": "full", "solver": "dpmpp_2m", "steps": 5},
+    "rti": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 2, "rti_t_start": 0.3},
+    "stream": {"mode": "stream", "solver": "ddim", "steps": 10, "stream_steps": 1},
+}
 
 
 @dataclass
@@ -177,6 +188,19 @@ class DiffusionPolicy(nn.Module):
         self.boundary_jumps: list[float] = []  # |first action of a chunk - last executed|
         self.chunk_latency_ms: list[float] = []  # wall time of each chunk inference
         self.last_chunk: Tensor | None = None  # the latest predicted chunk [B, Tp, A]
+
+    def configure(self, **overrides: Any) -> DiffusionPolicy:
+        """Change inference settings (validated like the config), e.g. ``configure(**PRESETS[
+        "rti"])``; resets the episode state. Architecture fields cannot change."""
+        fixed = ("obs_dim", "action_dim", "n_obs_steps", "horizon", "down_dims",
+                 "time_embed_dim", "kernel_size", "n_groups", "prediction",
+                 "num_train_timesteps", "beta_schedule")
+        changed = [k for k in overrides if k in fixed and overrides[k] != getattr(self.config, k)]
+        if changed:
+            raise ValueError(f"cannot change architecture fields {changed} of a built policy")
+        self.config = dataclasses.replace(self.config, **overrides)
+        self.reset()
+        return self
 
     # -- conditioning ---------------------------------------------------------------------
     def _condition(self, obs_history: Tensor) -> Tensor:
@@ -335,28 +359,43 @@ class DiffusionPolicy(nn.Module):
             t = torch.cat([ramp, t[n_ramp:]], dim=0)
         out = diffusion_loss(self.denoiser, x0, generator=generator, t=t,
                              cond={"global_cond": cond})
-        info = {"loss": float(out.loss)}
+        info = {"loss": float(out.loss.detach())}
         if n_ramp:
-            info["loss_ramp"] = float(out.per_sample[:n_ramp].mean())
+            info["loss_ramp"] = float(out.per_sample[:n_ramp].detach().mean())
         return out.loss, info
 
     # -- persistence ------------------------------------------------------------------------
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (weights and normalizers)."""
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights and normalizers).
+
+        Uses :func:`pydiff.training.save_pretrained`; the config is this policy's
+        :class:`DiffusionPolicyConfig` (the current inference settings included).
+        """
         from pydiff.training import save_pretrained
 
-        save_pretrained(self, directory, config={"policy": self.config.to_dict()})
+        return save_pretrained(self, directory, net_config=self.config.to_dict(),
+                               metadata={"kind": "diffusion_policy", "env": self.config.env})
 
     @classmethod
-    def from_pretrained(cls, directory: str, **overrides: Any) -> DiffusionPolicy:
-        """Load a saved policy; ``overrides`` change config fields (e.g. ``mode="rti"``)."""
-        from pydiff.training import load_pretrained_config, load_pretrained_weights
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> DiffusionPolicy:
+        """Load a saved policy; ``overrides`` change config fields (e.g. ``mode="rti"``).
 
-        config = load_pretrained_config(directory)["policy"]
-        config.update(overrides)
-        policy = cls(DiffusionPolicyConfig(**config))
-        load_pretrained_weights(policy, directory)
+        Example:
+            >>> from pydiff.domains.policy import DiffusionPolicy, checkpoint_path
+            >>> policy = DiffusionPolicy.from_pretrained(checkpoint_path("pointmass"),
+            ...                                          mode="rti")
+            >>> policy.config.mode
+            'rti'
+        """
+        from pydiff.training import from_pretrained
+
+        def build(class_path: str, config: dict[str, Any]) -> DiffusionPolicy:
+            return cls(DiffusionPolicyConfig(**{**config, **overrides}))
+
+        policy = from_pretrained(directory, factory=build)
+        if not isinstance(policy, cls):
+            raise TypeError(f"{directory} holds a {type(policy).__name__}, not a {cls.__name__}")
         return policy.eval()
 
 
-__all__ = ["DiffusionPolicy", "DiffusionPolicyConfig", "MODES"]
+__all__ = ["DiffusionPolicy", "DiffusionPolicyConfig", "MODES", "PRESETS"]

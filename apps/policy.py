@@ -1,0 +1,207 @@
+"""``pydiff policy``: train, run (real time) and evaluate diffusion policies.
+
+Examples:
+    $ pydiff policy train --env pointmass --out policy-pointmass
+    $ pydiff policy run --env pendulum --hz 20 --mode rti
+    $ pydiff policy eval --env pointmass --seeds 50 --presets ddim10,rti,stream --plots out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction, help_text: str) -> None:
+    """Add ``pydiff policy {train,run,eval}``."""
+    p = sub.add_parser("policy", help=help_text, description=help_text)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    cmds = p.add_subparsers(dest="policy_command", metavar="{train,run,eval}")
+
+    t = cmds.add_parser("train", help="train a policy on scripted demonstrations")
+    t.add_argument("--env", required=True, help="pendulum or pointmass")
+    t.add_argument("--out", default=None, help="output folder (default policy-<env>)")
+    t.add_argument("--episodes", type=int, default=None)
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
+    t.add_argument("--down-dims", type=int, nargs="+", default=None)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    t.set_defaults(func=run_train)
+
+    r = cmds.add_parser("run", help="run episodes in real time at a fixed control rate")
+    _common(r)
+    r.add_argument("--hz", type=float, default=20.0, help="control rate")
+    r.add_argument("--mode", choices=("full", "rti", "stream"), default="rti")
+    r.add_argument("--solver", default=None, help="any pydiff solver (default: the preset's)")
+    r.add_argument("--steps", type=int, default=None, help="solver steps of full inference")
+    r.add_argument("--seed", type=int, default=0, help="first env seed")
+    r.add_argument("--episodes", type=int, default=1)
+    r.set_defaults(func=run_run)
+
+    e = cmds.add_parser("eval", help="evaluate many seeds in simulated time (table, plots, GIF)")
+    _common(e)
+    e.add_argument("--seeds", type=int, default=50, help="number of env seeds (from --seed0)")
+    e.add_argument("--seed0", type=int, default=1000)
+    e.add_argument("--presets", default="expert,ddim10,rti,stream",
+                   help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, stream")
+    e.add_argument("--plots", default=None, help="folder for trajectory/chunk plots and a GIF")
+    e.set_defaults(func=run_eval)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True, help="pendulum or pointmass")
+    p.add_argument("--checkpoint", default=None,
+                   help="a saved policy folder (default: the shipped checkpoint of --env)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``pydiff policy train``."""
+    from pydiff.domains.policy.train import RECIPES, train_policy
+
+    _threads(args.threads)
+    if args.env not in RECIPES:
+        print(f"pydiff policy train: --env {args.env!r} has no recipe; expected one of "
+              f"{sorted(RECIPES)}", file=sys.stderr)
+        return 2
+    recipe = dict(RECIPES[args.env])
+    for key in ("episodes", "steps", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    if args.down_dims:
+        recipe["down_dims"] = tuple(args.down_dims)
+    out = args.out or f"policy-{args.env}"
+    policy = train_policy(args.env, out, seed=args.seed, prediction=args.prediction, **recipe)
+    last = [h for h in policy.training_history if "loss" in h][-1:]
+    print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
+    return 0
+
+
+def _load(args: argparse.Namespace, **overrides):
+    from pydiff.domains.policy.train import load_policy
+
+    return load_policy(args.checkpoint or args.env, **overrides)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:.2f}"
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """``pydiff policy run``: real-time episodes with latency and deadline figures."""
+    from pydiff.domains.policy import PRESETS
+    from pydiff.domains.policy.control import run_episode, summarize
+
+    _threads(args.threads)
+    preset = dict(PRESETS["ddim10" if args.mode == "full" else args.mode])
+    if args.solver:
+        preset["solver"] = args.solver
+    if args.steps:
+        preset["steps"] = args.steps
+    policy = _load(args, **preset)
+    results = [run_episode(policy, args.env, args.seed + k, hz=args.hz)
+               for k in range(args.episodes)]
+    s = summarize(results)
+    c, a = s["chunk_latency_ms"], s["select_latency_ms"]
+    print(f"env {args.env}, mode {args.mode} ({policy.config.solver}), {args.hz:g} Hz, "
+          f"{len(results)} episode(s) in real time")
+    print(f"  chunk inference  p50 {_fmt(c['p50'])} ms  p99 {_fmt(c['p99'])} ms  "
+          f"max {_fmt(c['max'])} ms  ({c['n']} chunks)")
+    print(f"  select_action    p50 {_fmt(a['p50'])} ms  p99 {_fmt(a['p99'])} ms  "
+          f"max {_fmt(a['max'])} ms  ({a['n']} calls)")
+    print(f"  deadline misses {s['deadline_misses']} (actuator held its last command), "
+          f"clipped actions {s['clipped_actions']}")
+    print(f"  return {s['return']:.2f}  success {s['success']:.2f}  "
+          f"boundary jump mean {_fmt(s['boundary_jump']['mean'])} "
+          f"max {_fmt(s['boundary_jump']['max'])}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args) | {"func": None}, "summary": s,
+                       "episodes": [r.summary() for r in results]}, f, indent=2, default=str)
+    return 0
+
+
+def evaluate_presets(env: str, presets: list[str], seeds: list[int],
+                     checkpoint: str | None = None) -> dict[str, dict]:
+    """Summaries per preset (``expert`` = the scripted expert) over ``seeds``."""
+    from pydiff.domains.policy import PRESETS, make_env, make_expert
+    from pydiff.domains.policy.control import ExpertPolicy, evaluate, summarize
+    from pydiff.domains.policy.train import load_policy
+
+    table = {}
+    for name in presets:
+        if name == "expert":
+            probe = make_env(env)
+            low, high = probe.action_space.low, probe.action_space.high
+            probe.close()
+            # one expert per mode, alternating over the seeds as in the demonstrations
+            results = []
+            for mode in (1, -1):
+                chosen = seeds[(0 if mode == 1 else 1)::2]
+                if chosen:
+                    results += evaluate(ExpertPolicy(make_expert(env, mode), low, high), env,
+                                        chosen)
+        elif name in PRESETS:
+            policy = load_policy(checkpoint or env, **PRESETS[name])
+            results = evaluate(policy, env, seeds)
+        else:
+            raise ValueError(f"unknown preset {name!r}; expected 'expert' or one of "
+                             f"{sorted(PRESETS)}")
+        table[name] = {"summary": summarize(results), "results": results}
+    return table
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``pydiff policy eval``: a table over many seeds; plots and a GIF with ``--plots``."""
+    import os
+
+    _threads(args.threads)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    seeds = list(range(args.seed0, args.seed0 + args.seeds))
+    try:
+        table = evaluate_presets(args.env, presets, seeds, args.checkpoint)
+    except ValueError as err:
+        print(f"pydiff policy eval: {err}", file=sys.stderr)
+        return 2
+    print(f"env {args.env}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), simulated time")
+    print(f"{'preset':<10} {'success':>8} {'return':>9} {'jump mean':>10} {'jump max':>9} "
+          f"{'chunk p50 ms':>13} {'chunk p99 ms':>13} {'left':>5} {'right':>6}")
+    for name, row in table.items():
+        s = row["summary"]
+        print(f"{name:<10} {s['success']:>8.2f} {s['return']:>9.2f} "
+              f"{_fmt(s['boundary_jump']['mean']):>10} {_fmt(s['boundary_jump']['max']):>9} "
+              f"{_fmt(s['chunk_latency_ms']['p50']):>13} {_fmt(s['chunk_latency_ms']['p99']):>13}"
+              f" {s['sides']['left']:>5.2f} {s['sides']['right']:>6.2f}")
+    if args.plots:
+        from pydiff.domains.policy import PRESETS
+        from pydiff.domains.policy.control import run_episode
+        from pydiff.domains.policy.plots import plot_action_chunks, plot_trajectories, save_gif
+
+        for name, row in table.items():
+            plot_trajectories(row["results"], args.env,
+                              os.path.join(args.plots, f"{args.env}_{name}_trajectories.png"),
+                              title=f"{args.env} / {name}")
+        policy_presets = [p for p in presets if p in PRESETS]
+        if policy_presets:
+            name = policy_presets[0]
+            policy = _load(args, **PRESETS[name])
+            r = run_episode(policy, args.env, seeds[0], record_chunks=True, render=True)
+            plot_action_chunks(r, os.path.join(args.plots, f"{args.env}_{name}_chunks.png"),
+                               title=f"{args.env} / {name}: executed actions and chunks")
+            save_gif(r.frames, os.path.join(args.plots, f"{args.env}_{name}.gif"))
+        print(f"plots in {args.plots}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({name: row["summary"] for name, row in table.items()}, f, indent=2)
+    return 0
