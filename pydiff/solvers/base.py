@@ -51,7 +51,7 @@ class Coefficients:
 
     __slots__ = ("_table", "_i")
 
-    def __init__(self, table: dict[str, Tensor], i: int):
+    def __init__(self, table: dict[str, Tensor] | dict[str, tuple[Tensor, ...]], i: int):
         self._table, self._i = table, i
 
     def __getitem__(self, name: str) -> Tensor:
@@ -91,6 +91,10 @@ class SolverState:
     flags: dict[str, tuple] = field(default_factory=dict)
     aux: tuple[State, ...] = ()
     noise_source: Any = None
+    # per-step views of ``table`` and ``grid`` (``unbind`` once at init: a step then indexes a
+    # Python tuple instead of slicing tensors, which dominates small-state steps on CPU)
+    rows: dict[str, tuple[Tensor, ...]] = field(default_factory=dict, repr=False)
+    times: tuple[Tensor, ...] = field(default=(), repr=False)
 
     @property
     def steps(self) -> int:
@@ -104,12 +108,12 @@ class SolverState:
     @property
     def t(self) -> Tensor:
         """Current time (float64, scalar / ``[B]`` / per-position)."""
-        return self.grid[self.i]
+        return self.times[self.i] if self.times else self.grid[self.i]
 
     @property
     def coef(self) -> Coefficients:
         """This step's row of the coefficient table."""
-        return Coefficients(self.table, self.i)
+        return Coefficients(self.rows or self.table, self.i)
 
     def replace(self, **changes: Any) -> SolverState:
         return dataclasses.replace(self, **changes)
@@ -202,7 +206,9 @@ class Solver:
             source = BrownianNoise(x, grid, generator)
         return SolverState(x=x, i=0, grid=grid, alpha=alpha, sigma=sigma, table=table,
                            generator=generator, hooks=tuple(hooks),
-                           flags=self.step_flags(schedule, grid, sigma), noise_source=source)
+                           flags=self.step_flags(schedule, grid, sigma), noise_source=source,
+                           rows={k: v.unbind(0) for k, v in table.items()},
+                           times=grid.unbind(0))
 
     def evaluate(self, model: Any, state: SolverState, x: State | None = None,
                  at: int | Tensor | None = None) -> State:
@@ -249,7 +255,8 @@ class Solver:
 def _time(state: SolverState, at: int | Tensor | None) -> Tensor:
     if torch.is_tensor(at):
         return at
-    return state.grid[state.i if at is None else at]
+    i = state.i if at is None else at
+    return state.times[i] if state.times else state.grid[i]
 
 
 def _state_dtype(v: Tensor) -> Tensor:

@@ -1,0 +1,146 @@
+"""Time per DPM-Solver++(2M) step: pydiff vs diffusers' DPMSolverMultistepScheduler.
+
+For each size (float32 elements) the script times, in the same run:
+
+- ``copy_``: copying the sample into a preallocated tensor (the memory-traffic floor);
+- ``pydiff (x0)``: ``solver.step`` with a model whose x0 prediction is ready (the solver's own
+  cost: one fused ``lincomb`` plus bookkeeping);
+- ``pydiff (eps)``: the same through ``pydiff.Denoiser`` with an eps network (adds the Denoiser's
+  conversion to x0);
+- ``diffusers (x0)`` / ``diffusers (eps)``: ``scheduler.step`` with ``prediction_type="sample"``
+  / ``"epsilon"``.
+
+The network itself costs nothing (it returns a precomputed tensor). Times are medians over
+steps in the middle of a 1000-step schedule. Prints a table and writes
+``benchmarks/results/solver_step.json``.
+
+Usage::
+
+    python benchmarks/solver_step.py [--sizes 16384 65536 ...] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+
+import pydiff
+import pydiff.ops
+
+SIZES = [16_384, 65_536, 524_288, 4_194_304, 16_777_216]
+STEPS = 1000
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _reps(n: int) -> int:
+    return max(5, min(200, int(2e8 / max(n, 1) / 20)))
+
+
+class _ReadyX0:
+    """A 'model' whose x0 prediction is already computed (measures the solver alone)."""
+
+    def __init__(self, d: torch.Tensor):
+        self.d = d
+
+    def x0(self, x, t):
+        return self.d
+
+
+def time_pydiff(n: int, reps: int, with_denoiser: bool) -> float:
+    sched = pydiff.DiscreteSchedule.scaled_linear()
+    x = torch.randn(1, n)
+    out = torch.randn(1, n) * 0.1
+    model = (pydiff.Denoiser(lambda x, t: out, sched, prediction="eps")
+             if with_denoiser else _ReadyX0(out))
+    solver = pydiff.solvers.get_solver("dpmpp_2m")
+    state = solver.init(x, sched, pydiff.timesteps(sched, STEPS, "logsnr"))
+    for _ in range(3):
+        state = solver.step(state, model)
+    holder = {"s": state}
+
+    def step():
+        holder["s"] = solver.step(holder["s"], model)
+
+    return _median_time(step, min(reps, STEPS - 10))
+
+
+def time_diffusers(n: int, reps: int, prediction: str) -> float:
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                        beta_start=0.00085, beta_end=0.012, solver_order=2,
+                                        prediction_type=prediction)
+    sched.set_timesteps(STEPS)
+    x = torch.randn(1, n)
+    out = torch.randn(1, n) * 0.1
+    ts = list(sched.timesteps)
+    holder = {"x": x, "k": 0}
+    for _ in range(3):
+        holder["x"] = sched.step(out, ts[holder["k"]], holder["x"]).prev_sample
+        holder["k"] += 1
+
+    def step():
+        holder["x"] = sched.step(out, ts[holder["k"]], holder["x"]).prev_sample
+        holder["k"] += 1
+
+    return _median_time(step, min(reps, STEPS - 10))
+
+
+def time_copy(n: int, reps: int) -> float:
+    src, dst = torch.randn(n), torch.empty(n)
+    return _median_time(lambda: dst.copy_(src), reps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    rows = []
+    head = (f"{'elements':>10} {'copy_':>10} {'pydiff x0':>10} {'pydiff eps':>10} "
+            f"{'diff. x0':>10} {'diff. eps':>10} {'speedup':>8} {'x copy':>7}")
+    print(f"backend={pydiff.ops.backend()} threads={args.threads} torch={torch.__version__}")
+    print(head)
+    for n in args.sizes:
+        reps = _reps(n)
+        r = {"elements": n,
+             "copy_us": time_copy(n, reps) * 1e6,
+             "pydiff_x0_us": time_pydiff(n, reps, False) * 1e6,
+             "pydiff_eps_us": time_pydiff(n, reps, True) * 1e6,
+             "diffusers_x0_us": time_diffusers(n, reps, "sample") * 1e6,
+             "diffusers_eps_us": time_diffusers(n, reps, "epsilon") * 1e6}
+        r["speedup_eps"] = r["diffusers_eps_us"] / r["pydiff_eps_us"]
+        r["pydiff_x0_in_copies"] = r["pydiff_x0_us"] / r["copy_us"]
+        rows.append(r)
+        print(f"{n:>10} {r['copy_us']:>10.1f} {r['pydiff_x0_us']:>10.1f} "
+              f"{r['pydiff_eps_us']:>10.1f} {r['diffusers_x0_us']:>10.1f} "
+              f"{r['diffusers_eps_us']:>10.1f} {r['speedup_eps']:>7.1f}x "
+              f"{r['pydiff_x0_in_copies']:>6.1f}")
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    path = os.path.join(os.path.dirname(__file__), "results", "solver_step.json")
+    with open(path, "w") as f:
+        json.dump({"backend": pydiff.ops.backend(), "threads": args.threads,
+                   "torch": torch.__version__, "machine": platform.machine(),
+                   "unit": "microseconds per step (median)", "rows": rows}, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
