@@ -30,6 +30,17 @@ from .solvers import SolverState, available_solvers, get_solver
 
 __version__ = "0.1.0"
 
+# heavier subpackages load on first use: `pydiff.guidance.ClassifierFreeGuidance(...)` just works
+_LAZY_SUBMODULES = ("guidance", "interop", "nn", "training", "testing")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'pydiff' has no attribute {name!r}")
+
 __all__ = [
     "Denoiser", "sample", "prior", "timesteps", "get_solver", "available_solvers", "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
