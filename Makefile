@@ -47,14 +47,14 @@ install: venv
 	  echo "  git clone . /tmp/ci && cd /tmp/ci && make test"; exit 1; fi
 	rm -rf build/lib* build/bdist*
 	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation --no-deps .
-	cd /tmp && $(CURDIR)/$(PY) -P -c "import torch, pydiff.ops as o; \
+	cd /tmp && $(abspath $(PY)) -P -c "import torch, pydiff.ops as o; \
 	  assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__; \
 	  print('pydiff.ops backend:', o.backend())"
 
 # Tests run against the installed package: pytest's importlib mode does not add the repository
 # root to sys.path, and the console script puts .venv/bin (not the cwd) first.
 test: install
-	cd /tmp && $(CURDIR)/$(PY) -P -c "import pydiff, pydiff.ops as o, sys; \
+	cd /tmp && $(abspath $(PY)) -P -c "import pydiff, pydiff.ops as o, sys; \
 	  f = pydiff.__spec__.submodule_search_locations[0]; \
 	  sys.exit(0 if o.backend() == 'extension' and 'site-packages' in f else \
 	  f'pydiff must be the installed package with the compiled extension: backend ' \

@@ -28,4 +28,19 @@ TORCH_LIBRARY(pydiff, m) {
   m.def(
       "lincomb_out(Tensor[] terms, Tensor[] coeffs, int[] coeff_index, float[] scales, "
       "Tensor(a!) out) -> ()");
+
+  // Flash-style softmax attention over [B, H, L, D]; mask is a bool key-padding mask [B, Lk]
+  // (True = attend). Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in float32, or
+  // float64 for float64 inputs). All-masked rows give out = 0 and lse = -inf.
+  m.def("attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? mask) -> (Tensor, Tensor)");
+  // Gradients (dq, dk, dv) recomputed tile by tile from (out, lse); grad_lse may be None.
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, float scale, Tensor? mask) -> (Tensor, Tensor, Tensor)");
+
+  // Normalized non-causal linear attention: q (k^T v) / (q . sum_j k_j + eps), O(L D Dv).
+  m.def("linear_attention(Tensor q, Tensor k, Tensor v, float eps) -> Tensor");
+  m.def(
+      "linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -204,9 +204,12 @@ def attention(
         >>> attention(q, kv, kv).shape
         torch.Size([1, 2, 5, 8])
     """
+    _reference.check_attention(q, k, v, mask)
     if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    return _reference.attention(q, k, v, float(scale), mask)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    if _EXT:
+        return torch.ops.pydiff.attention.default(q, k, v, float(scale), mask)[0]
+    return _reference.attention_with_lse(q, k, v, float(scale), mask)[0]
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
@@ -221,4 +224,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tens
         >>> linear_attention(q, k, v).shape
         torch.Size([1, 2, 16, 4])
     """
+    _reference.check_linear_attention(q, k, v)
+    if _EXT:
+        return torch.ops.pydiff.linear_attention.default(q, k, v, float(eps))
     return _reference.linear_attention(q, k, v, float(eps))

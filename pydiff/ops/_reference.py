@@ -56,7 +56,15 @@ def lincomb(
     return res.to(dtype).contiguous()
 
 
-def _check_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+def check_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+    """Raise a ValueError naming the argument when q, k, v, mask do not fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"attention: {name} must be a floating-point tensor")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"attention: q, k, v must be [B, H, L, D]; got q {tuple(q.shape)}, "
@@ -75,6 +83,8 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> No
             f"attention: mask must be a bool key-padding mask [B={B}, Lk={k.shape[2]}] "
             f"(True = keep); got {mask.dtype} {tuple(mask.shape)}"
         )
+    if mask is not None and mask.device != q.device:
+        raise ValueError(f"attention: mask is on {mask.device}, q on {q.device}")
 
 
 def attention_with_lse(
@@ -86,7 +96,7 @@ def attention_with_lse(
     dtype. A query whose keys are all masked gets an output of 0 and an lse of -inf (SDPA would
     give NaN there; a padded batch entry should not poison the rest of the computation).
     """
-    _check_attention(q, k, v, mask)
+    check_attention(q, k, v, mask)
     acc = acc_dtype(q.dtype)
     s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     if mask is not None:
@@ -115,6 +125,25 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tens
     non-negative feature map (the caller's module owns the feature map). Shapes: q ``[B, H, Lq,
     D]``, k ``[B, H, Lk, D]``, v ``[B, H, Lk, Dv]``.
     """
+    check_linear_attention(q, k, v)
+    acc = acc_dtype(q.dtype)
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    kv = torch.matmul(ka.transpose(-1, -2), va)  # [B, H, D, Dv]
+    ksum = ka.sum(dim=-2)  # [B, H, D]
+    num = torch.matmul(qa, kv)
+    den = torch.matmul(qa, ksum[..., None]) + eps  # [B, H, Lq, 1]
+    return (num / den).to(q.dtype)
+
+
+def check_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise a ValueError naming the argument when q, k, v do not fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"linear_attention: {name} must be a floating-point tensor")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"linear_attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"linear_attention: q, k, v must be [B, H, L, D]; got q {tuple(q.shape)}, "
@@ -125,10 +154,3 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tens
             f"linear_attention: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
             f"v {tuple(v.shape)}"
         )
-    acc = acc_dtype(q.dtype)
-    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
-    kv = torch.matmul(ka.transpose(-1, -2), va)  # [B, H, D, Dv]
-    ksum = ka.sum(dim=-2)  # [B, H, D]
-    num = torch.matmul(qa, kv)
-    den = torch.matmul(qa, ksum[..., None]) + eps  # [B, H, Lq, 1]
-    return (num / den).to(q.dtype)

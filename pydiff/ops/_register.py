@@ -72,6 +72,67 @@ def _lincomb_backward(ctx: Any, grad: Tensor) -> tuple:
     return grad_terms, grad_coeffs, None, None
 
 
+def _attention_fake(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    B, H, Lq, _ = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty((B, H, Lq, v.shape[-1])), q.new_empty((B, H, Lq), dtype=acc)
+
+
+def _attention_backward_fake(
+    grad_out: Tensor,
+    grad_lse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    scale: float,
+    mask: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    q, k, v, scale, mask = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+
+
+def _attention_backward(ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None) -> tuple:
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.pydiff.attention_backward.default(
+        grad_out, grad_lse, q, k, v, out, lse, ctx.scale, mask
+    )
+    return dq, dk, dv, None, None
+
+
+def _linear_attention_fake(q: Tensor, k: Tensor, v: Tensor, eps: float) -> Tensor:
+    return q.new_empty((*q.shape[:3], v.shape[-1]))
+
+
+def _linear_attention_backward_fake(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _linear_attention_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    q, k, v, eps = inputs
+    ctx.eps = eps
+    ctx.save_for_backward(q, k, v)
+
+
+def _linear_attention_backward(ctx: Any, grad_out: Tensor) -> tuple:
+    q, k, v = ctx.saved_tensors
+    dq, dk, dv = torch.ops.pydiff.linear_attention_backward.default(grad_out, q, k, v, ctx.eps)
+    return dq, dk, dv, None
+
+
 def register() -> None:
     """Register fakes and autograd for the ops of ``pydiff._C`` (idempotent)."""
     global _DONE
@@ -81,5 +142,19 @@ def register() -> None:
     torch.library.register_fake("pydiff::lincomb_out")(_lincomb_out_fake)
     torch.library.register_autograd(
         "pydiff::lincomb", _lincomb_backward, setup_context=_lincomb_setup_context
+    )
+    torch.library.register_fake("pydiff::attention")(_attention_fake)
+    torch.library.register_fake("pydiff::attention_backward")(_attention_backward_fake)
+    torch.library.register_autograd(
+        "pydiff::attention", _attention_backward, setup_context=_attention_setup_context
+    )
+    torch.library.register_fake("pydiff::linear_attention")(_linear_attention_fake)
+    torch.library.register_fake("pydiff::linear_attention_backward")(
+        _linear_attention_backward_fake
+    )
+    torch.library.register_autograd(
+        "pydiff::linear_attention",
+        _linear_attention_backward,
+        setup_context=_linear_attention_setup_context,
     )
     _DONE = True

@@ -41,43 +41,62 @@ PYDIFF_HD uint16_t float_to_bf16_bits(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-// One step of the online (streaming) softmax used by the flash attention kernels.
+// Online (streaming) softmax, the heart of the flash attention kernels.
 //
-// State (m, l): running max m and running sum l = sum_j exp(s_j - m) over the scores seen so
-// far. Merging a block whose max is m_blk and whose sum (relative to m_blk) is l_blk gives the
-// new state and the factor by which the old partial output has to be rescaled.
+// A query row sees its scores block by block. The state keeps the running max m and the running
+// sum l = sum_j exp(s_j - m) of the scores seen so far. For each new block the caller
+//   1. calls softmax_advance(st, max of the block): the max moves to m_new and the returned
+//      factor exp(m_old - m_new) rescales everything accumulated against the old max (l is
+//      rescaled here, the caller rescales its output accumulator);
+//   2. computes p_j = exp(s_j - softmax_ref(st)) for the block, adds sum_j p_j to st.l and
+//      p_j * v_j to its output accumulator.
+// At the end out = acc * softmax_inv_sum(st) and lse = softmax_lse(st).
+// Masked scores are -inf; a row whose scores are all masked ends with l = 0, an output of 0 and
+// an lse of -inf (the reference defines it so; -inf - -inf must never produce a NaN).
+template <typename T>
 struct SoftmaxState {
-  float m;  // running max; -inf before any (unmasked) score was seen
-  float l;  // running sum of exp(s - m)
+  T m;  // running max; -inf before any unmasked score was seen
+  T l;  // running sum of exp(s - m)
 };
 
-PYDIFF_HD SoftmaxState softmax_init() {
-  return {-std::numeric_limits<float>::infinity(), 0.f};
+template <typename T>
+PYDIFF_HD SoftmaxState<T> softmax_init() {
+  return {-std::numeric_limits<T>::infinity(), T(0)};
 }
 
-// Returns the factor exp(m_old - m_new) for the old partial output (0 when the state was empty;
-// written so that -inf - -inf never produces NaN).
-PYDIFF_HD float softmax_merge(SoftmaxState& st, float m_blk, float l_blk, float* blk_scale) {
-  const float m_new = st.m > m_blk ? st.m : m_blk;
-  if (m_new == -std::numeric_limits<float>::infinity()) {  // nothing seen yet, all masked
-    *blk_scale = 0.f;
-    return 0.f;
-  }
-  const float a = st.m == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(st.m - m_new);
-  const float b = m_blk == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(m_blk - m_new);
-  st.l = st.l * a + l_blk * b;
+template <typename T>
+PYDIFF_HD T softmax_advance(SoftmaxState<T>& st, T m_blk) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T m_new = st.m > m_blk ? st.m : m_blk;
+  const T a = (st.m == ninf) ? T(0) : std::exp(st.m - m_new);
+  st.l *= a;
   st.m = m_new;
-  *blk_scale = b;
   return a;
 }
 
-// log-sum-exp of the finished state; -inf for a row whose keys were all masked.
-PYDIFF_HD float softmax_lse(const SoftmaxState& st) {
-  if (st.l <= 0.f) return -std::numeric_limits<float>::infinity();
+// The max that exp() is taken against: 0 while the row has seen only masked scores, so that
+// exp(-inf - 0) = 0 instead of exp(-inf - -inf) = NaN.
+template <typename T>
+PYDIFF_HD T softmax_ref(const SoftmaxState<T>& st) {
+  return st.m == -std::numeric_limits<T>::infinity() ? T(0) : st.m;
+}
+
+template <typename T>
+PYDIFF_HD T softmax_lse(const SoftmaxState<T>& st) {
+  if (!(st.l > T(0))) return -std::numeric_limits<T>::infinity();
   return st.m + std::log(st.l);
 }
 
-// 1/l for the final normalization; 0 for an all-masked row so its output is exactly 0.
-PYDIFF_HD float softmax_inv_sum(const SoftmaxState& st) { return st.l > 0.f ? 1.f / st.l : 0.f; }
+template <typename T>
+PYDIFF_HD T softmax_inv_sum(const SoftmaxState<T>& st) {
+  return st.l > T(0) ? T(1) / st.l : T(0);
+}
+
+// Probability of a score given the row's final log-sum-exp (the backward pass recomputes P this
+// way instead of storing it): 0 for masked scores and for all-masked rows.
+template <typename T>
+PYDIFF_HD T softmax_prob(T s, T lse) {
+  return lse == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(s - lse);
+}
 
 }  // namespace pydiff

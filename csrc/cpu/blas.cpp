@@ -1,0 +1,92 @@
+#include "blas.h"
+
+#include <dlfcn.h>
+
+
+namespace pydiff::cpu {
+namespace {
+
+using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*,
+                         const float*, const float*, const int*, const float*, const int*,
+                         const float*, float*, const int*);
+using dgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*,
+                         const double*, const double*, const int*, const double*, const int*,
+                         const double*, double*, const int*);
+
+using set_threads_local_t = int (*)(int);
+
+struct Blas {
+  sgemm_t sgemm = nullptr;
+  dgemm_t dgemm = nullptr;
+  set_threads_local_t set_threads_local = nullptr;  // MKL only
+};
+
+const Blas& blas() {
+  static Blas b = [] {
+    Blas r;
+    // libtorch_cpu is already loaded (we link against it); RTLD_NOLOAD just gets its handle.
+    void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (h == nullptr) h = RTLD_DEFAULT;
+    r.sgemm = reinterpret_cast<sgemm_t>(dlsym(h, "sgemm_"));
+    r.dgemm = reinterpret_cast<dgemm_t>(dlsym(h, "dgemm_"));
+    r.set_threads_local = reinterpret_cast<set_threads_local_t>(dlsym(h, "MKL_Set_Num_Threads_Local"));
+    return r;
+  }();
+  return b;
+}
+
+// Fallback: the same column-major product through ATen. A column-major (r x c, ld) matrix is a
+// row-major (c x r) matrix with row stride ld, so op(A)*op(B) in column-major is computed as
+// C^T = op(B)^T op(A)^T in row-major.
+template <typename T>
+void gemm_aten(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+               int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  // row-major views of the column-major operands
+  auto A = ta == Trans::N ? at::from_blob(const_cast<T*>(a), {k, m}, {lda, 1}, opts)
+                          : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts).t();
+  auto B = tb == Trans::N ? at::from_blob(const_cast<T*>(b), {n, k}, {ldb, 1}, opts)
+                          : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts).t();
+  auto C = at::from_blob(c, {n, m}, {ldc, 1}, opts);
+  // C^T (n x m) = B^T-as-rowmajor (n x k) @ A^T-as-rowmajor (k x m)
+  if (beta == T(0)) {
+    at::mm_out(C, B, A);
+    if (alpha != T(1)) C.mul_(alpha);
+  } else {
+    C.mul_(beta).add_(at::mm(B, A), alpha);
+  }
+}
+
+}  // namespace
+
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const auto f = blas().sgemm;
+  if (f == nullptr) return gemm_aten<float>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const char cta = static_cast<char>(ta), ctb = static_cast<char>(tb);
+  const int im = m, in = n, ik = k, ilda = lda, ildb = ldb, ildc = ldc;
+  f(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+}
+
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+          int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const auto f = blas().dgemm;
+  if (f == nullptr) return gemm_aten<double>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const char cta = static_cast<char>(ta), ctb = static_cast<char>(tb);
+  const int im = m, in = n, ik = k, ilda = lda, ildb = ldb, ildc = ldc;
+  f(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+}
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  if (const auto f = blas().set_threads_local) prev_ = f(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (const auto f = blas().set_threads_local) f(prev_);  // 0 restores the global setting
+}
+
+const char* gemm_backend() { return blas().sgemm != nullptr ? "blas" : "aten"; }
+
+}  // namespace pydiff::cpu

@@ -1,0 +1,41 @@
+// Raw-pointer GEMM for the CPU attention kernels (column-major, BLAS conventions).
+//
+// The attention kernels multiply small tiles (e.g. 256x64 by 64x512) thousands of times per
+// call; going through at::mm for each tile would cost microseconds of dispatch per tile. torch's
+// own at::native::cpublas::gemm is not exported from libtorch, but the BLAS that torch links
+// (MKL on x86-64) exports the Fortran symbols sgemm_/dgemm_, which we look up once at run time.
+// If they are absent (another BLAS build), we fall back to at::mm_out on from_blob views:
+// correct, only slower.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace pydiff::cpu {
+
+enum class Trans : char { N = 'N', T = 'T' };
+
+// C (m x n, ldc) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, all column-major.
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+          int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
+// Makes the BLAS of the calling thread single-threaded for the guard's lifetime. The kernels
+// call gemm() from inside at::parallel_for, one tile per thread; MKL would otherwise start a
+// nested team of threads in every call (torch turns MKL's dynamic adjustment off), and the
+// oversubscribed, spin-waiting teams cost 20-30x the CPU time of the work (measured).
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+// Which implementation gemm() uses: "blas" (sgemm_/dgemm_ found) or "aten".
+const char* gemm_backend();
+
+}  // namespace pydiff::cpu

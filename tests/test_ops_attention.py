@@ -1,0 +1,171 @@
+"""pydiff.ops.attention and pydiff.ops.linear_attention: compiled kernels vs reference."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pydiff.ops as ops
+from pydiff.ops import _reference as ref
+
+EXT = ops.backend() == "extension"
+REQUIRE_EXT = os.environ.get("PYDIFF_REQUIRE_EXT") == "1"
+needs_ext = pytest.mark.skipif(not EXT and not REQUIRE_EXT, reason="pydiff._C not loaded")
+
+TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),
+}
+
+
+def _qkv(B, H, Lq, Lk, D, Dv, dtype, layout="contig", seed=0, positive=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def make(L, d):
+        if layout == "blhd":  # projections reshaped to [B, L, H, D] then transposed: no copy
+            t = torch.randn(B, L, H, d, generator=g).transpose(1, 2)
+        else:
+            t = torch.randn(B, H, L, d, generator=g)
+        t = t.abs() if positive else t
+        return t.to(dtype)
+
+    return make(Lq, D), make(Lk, D), make(Lk, Dv)
+
+
+# --------------------------------------------------------------------------------------------
+# softmax attention
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 2),
+    H=st.integers(1, 3),
+    Lq=st.integers(1, 300),
+    Lk=st.integers(1, 600),
+    D=st.sampled_from([1, 8, 40, 64]),
+    Dv=st.sampled_from([8, 24, 64]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    layout=st.sampled_from(["contig", "blhd"]),
+    masked=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_attention_matches_reference(B, H, Lq, Lk, D, Dv, dtype, layout, masked, seed):
+    q, k, v = _qkv(B, H, Lq, Lk, D, Dv, dtype, layout, seed)
+    mask = None
+    if masked:
+        mask = torch.rand(B, Lk, generator=torch.Generator().manual_seed(seed)) > 0.3
+        mask[0, 0] = True
+    scale = 0.7 / math.sqrt(D)
+    out, lse = torch.ops.pydiff.attention.default(q, k, v, scale, mask)
+    rout, rlse = ref.attention_with_lse(q, k, v, scale, mask)
+    assert out.dtype == dtype and out.shape == (B, H, Lq, Dv)
+    torch.testing.assert_close(out, rout, **TOL[dtype])
+    torch.testing.assert_close(
+        lse, rlse, **TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    )
+
+
+def test_attention_all_masked_row_is_zero_not_nan():
+    q, k, v = _qkv(2, 2, 5, 7, 8, 8, torch.float32)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1] = False
+    out = ops.attention(q, k, v, mask=mask)
+    assert torch.isfinite(out).all() and (out[1] == 0).all()
+    torch.testing.assert_close(out[0], ops.attention(q[:1], k[:1], v[:1])[0])
+
+
+def test_attention_agrees_with_sdpa():
+    q, k, v = _qkv(2, 4, 77, 130, 32, 32, torch.float32, "blhd")
+    mask = torch.rand(2, 130) > 0.2
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    torch.testing.assert_close(ops.attention(q, k, v, mask=mask), want, atol=2e-5, rtol=2e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_grads_match_reference(masked):
+    # long enough for several key and query tiles in the backward kernel
+    q, k, v = _qkv(1, 2, 150, 300, 16, 12, torch.float32, "blhd")
+    mask = (torch.rand(1, 300) > 0.5) if masked else None
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    rins = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    g = torch.randn(1, 2, 150, 12)
+    ops.attention(*ins, mask=mask).backward(g)
+    ref.attention(*rins, mask=mask).backward(g.double())
+    for a, b in zip(ins, rins):
+        torch.testing.assert_close(a.grad, b.grad.float(), atol=5e-5, rtol=5e-5)
+
+
+@needs_ext
+def test_attention_gradcheck_float64_with_lse_grad():
+    q, k, v = _qkv(1, 2, 5, 9, 4, 3, torch.float64, seed=1)
+    mask = torch.tensor([[True] * 7 + [False] * 2])
+
+    def f(q, k, v):
+        out, lse = torch.ops.pydiff.attention.default(q, k, v, 0.5, mask)
+        return out, lse
+
+    assert torch.autograd.gradcheck(f, [t.requires_grad_() for t in (q, k, v)])
+
+
+@needs_ext
+def test_attention_opcheck():
+    q, k, v = _qkv(1, 2, 33, 65, 8, 8, torch.float32, "blhd")
+    mask = torch.rand(1, 65) > 0.3
+    for args in [(q, k, v, 0.3, None), (q, k, v, 0.3, mask)]:
+        torch.library.opcheck(torch.ops.pydiff.attention.default, args)
+    qd, kd, vd = [t.double().requires_grad_() for t in (q, k, v)]
+    torch.library.opcheck(torch.ops.pydiff.attention.default, (qd, kd, vd, 0.3, mask))
+
+
+def test_attention_bad_arguments():
+    q, k, v = _qkv(1, 2, 4, 5, 8, 8, torch.float32)
+    with pytest.raises(ValueError, match="mask must be a bool key-padding mask"):
+        ops.attention(q, k, v, mask=torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="k has Lk=5 keys but v has 4"):
+        ops.attention(q, k, v[:, :, :4])
+    with pytest.raises(ValueError, match=r"must be \[B, H, L, D\]"):
+        ops.attention(q[0], k, v)
+    with pytest.raises(ValueError, match="share a dtype"):
+        ops.attention(q.double(), k, v)
+
+
+# --------------------------------------------------------------------------------------------
+# linear attention
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contig", "blhd"])
+def test_linear_attention_matches_reference(dtype, layout):
+    q, k, v = _qkv(2, 3, 600, 257, 16, 24, dtype, layout, positive=True)
+    torch.testing.assert_close(
+        ops.linear_attention(q, k, v), ref.linear_attention(q, k, v), **TOL[dtype]
+    )
+
+
+def test_linear_attention_is_normalized():
+    # with v constant the output is that constant: the weights of each query sum to one
+    q, k, _ = _qkv(1, 2, 50, 40, 8, 8, torch.float32, positive=True)
+    v = torch.full((1, 2, 40, 3), 2.5)
+    torch.testing.assert_close(ops.linear_attention(q, k, v), torch.full((1, 2, 50, 3), 2.5))
+
+
+@needs_ext
+def test_linear_attention_gradcheck_and_opcheck():
+    q, k, v = _qkv(1, 2, 20, 7, 3, 5, torch.float64, "blhd", positive=True)
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda q, k, v: ops.linear_attention(q, k, v), ins)
+    torch.library.opcheck(torch.ops.pydiff.linear_attention.default, (*ins, 1e-6))
+    torch.library.opcheck(
+        torch.ops.pydiff.linear_attention.default, (q.float(), k.float(), v.float(), 1e-3)
+    )
