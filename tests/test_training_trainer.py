@@ -157,3 +157,25 @@ def test_trainer_save_pretrained_uses_ema(tmp_path):
     for a, b in zip(loaded.net.state_dict().values(), trainer.ema.module.state_dict().values()):
         assert torch.equal(a, b)
     assert loaded.prediction == "v"
+
+
+def test_gradient_accumulation_equals_the_combined_batch():
+    g = torch.Generator().manual_seed(0)
+    data = {"x0": RING.sample(128, g).float(), "t": torch.rand(128, generator=g).double() * 0.9
+            + 0.05, "noise": torch.randn(128, 2, generator=g)}
+
+    def loss_fn(model, batch, generator):
+        return pydiff.training.diffusion_loss(model, batch["x0"], t=batch["t"],
+                                              noise=batch["noise"]).loss
+
+    def run(batch_size, accumulate):
+        torch.manual_seed(0)
+        model = pydiff.Denoiser(ToyMLP(hidden=16, depth=1), pydiff.VPSchedule())
+        trainer = Trainer(model, BatchLoader(data, batch_size, seed=2), loss_fn=loss_fn,
+                          max_steps=6, accumulate=accumulate, progress=False, lr=1e-2)
+        return trainer.fit()
+
+    one, acc = run(32, 1), run(16, 2)
+    for a, b in zip(one.module.parameters(), acc.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # Adam amplifies rounding
+    assert acc.data.position == 12  # two micro-batches per step

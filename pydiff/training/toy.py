@@ -98,6 +98,8 @@ def train_toy(
     batch_size: int = 256,
     schedule: Schedule | None = None,
     prediction: str = "eps",
+    precond: str | None = None,
+    time_input: str = "log_sigma",
     hidden: int = 128,
     depth: int = 3,
     lr: float = 3e-3,
@@ -114,26 +116,30 @@ def train_toy(
             a 5% warmup).
         schedule: default :class:`pydiff.VPSchedule`.
         prediction: the network's output (``eps``, ``x0``, ``v``, ``velocity``...).
+        precond: ``"edm"`` for EDM preconditioning (with ``prediction="x0"``).
+        time_input: what the network sees as time (see :class:`pydiff.Denoiser`); the default
+            ``ln(sigma / alpha) / 4`` spreads the low noise levels, where the ring's narrow modes
+            are resolved, over a wide input range whatever the schedule.
         hidden, depth: ToyMLP size.
         ema: EMA decay (the returned model uses the EMA weights); None for the raw weights.
         generator: seeds the data stream, the initialization and the training noise.
         progress: show the progress bar.
-        **trainer_options: passed to :class:`Trainer` (e.g. ``t_sampler`` is not one: use
-            ``loss_fn=DiffusionLoss(t_sampler=...)``).
+        **trainer_options: passed to :class:`Trainer`, e.g. ``precision="bf16"`` or
+            ``loss_fn=DiffusionLoss(t_sampler="logit_normal", weighting="min_snr")``.
 
     Returns:
-        the trained Denoiser (eval mode), with ``time_input="t"``-style defaults of the
-        schedule except DDPM tables, which use the embedding of integer indices.
+        the trained Denoiser (eval mode, EMA weights).
     """
     data = GaussianMixture.ring() if data is None else data
     schedule = VPSchedule() if schedule is None else schedule
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator)) if generator else 0
-    kind = "sinusoidal" if schedule.default_time_input == "index" else "fourier"
+    # sinusoidal features suit inputs of order 1000 (DDPM indices, 999 t); Fourier ones order 1
+    kind = "sinusoidal" if time_input in ("index", "scaled") else "fourier"
     init = torch.random.fork_rng()
     with init:  # seed the initialization without touching the caller's global RNG
         torch.manual_seed(seed)
         net = ToyMLP(dim=data.dim, hidden=hidden, depth=depth, time_embedding=kind)
-    model = Denoiser(net, schedule, prediction=prediction)
+    model = Denoiser(net, schedule, prediction=prediction, precond=precond, time_input=time_input)
     batches = SampledBatches(lambda n, g: data.sample(n, g).float(), batch_size, seed=seed)
     options: dict[str, Any] = {"lr_scheduler": "cosine", "warmup_steps": max(1, steps // 20)}
     options.update(trainer_options)

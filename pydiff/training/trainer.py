@@ -118,6 +118,7 @@ class Trainer:
         ema: an :class:`EMA`, a constant decay (float), True (Diffusion Policy's warmup
             schedule) or None.
         grad_clip: max gradient norm (None: no clipping).
+        accumulate: micro-batches per optimizer step (gradient accumulation).
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         seed: seeds the noise generator (plus the rank).
         callbacks: :class:`Callback` objects.
@@ -143,6 +144,7 @@ class Trainer:
         warmup_steps: int = 0,
         ema: EMA | float | bool | None = None,
         grad_clip: float | None = None,
+        accumulate: int = 1,
         precision: str = "fp32",
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
@@ -168,14 +170,20 @@ class Trainer:
             raise ValueError(f"max_steps must be >= 0, got {max_steps}")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         if checkpoint_every is not None and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs checkpoint_dir")
         self.info = dist_info()
+        nccl = self.info.world_size > 1 and torch.distributed.get_backend() == "nccl"
+        if device is None and nccl:
+            device = f"cuda:{self.info.local_rank}"  # one GPU per rank
         self.device = torch.device(device) if device is not None else _module_device(module)
         module.to(self.device)
         broadcast_module(module)  # every rank starts from rank 0's weights
         self.model, self.module, self.data, self.loss_fn = model, module, data, loss_fn
         self.max_steps, self.grad_clip, self.precision = max_steps, grad_clip, precision
+        self.accumulate = int(accumulate)
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = optimizer or torch.optim.AdamW(self.params, lr=lr,
                                                         weight_decay=weight_decay)
@@ -218,7 +226,7 @@ class Trainer:
         running: Tensor | None = None
         count = 0
         while self.step < end:
-            logs = self.train_step(self._next_batch())
+            logs = self.train_step(*(self._next_batch() for _ in range(self.accumulate)))
             loss = logs.pop("loss_tensor")
             running = loss if running is None else running + loss
             count += 1
@@ -243,20 +251,29 @@ class Trainer:
             cb.on_fit_end(self)
         return self
 
-    def train_step(self, batch: Any) -> dict[str, Any]:
-        """One optimizer step on ``batch``; returns the step's log values."""
+    def train_step(self, batch: Any, *more_batches: Any) -> dict[str, Any]:
+        """One optimizer step on ``batch`` (gradients accumulated over ``more_batches`` too).
+
+        Each micro-batch's loss is divided by their number, so the step equals one on the
+        concatenated batch for losses that are means over samples. Returns the step's logs.
+        """
         self.module.train()
-        batch = _to_device(batch, self.device)
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if self.precision == "bf16" else contextlib.nullcontext())
-        with autocast:
-            out = self.loss_fn(self.model, batch, self.generator)
-        loss, info = out if isinstance(out, tuple) else (out, {})
-        if not torch.is_tensor(loss) or loss.dim() != 0:
-            raise ValueError("loss_fn must return a scalar tensor (or (scalar, info)), got "
-                             f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+        micro = (batch, *more_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total: Tensor | None = None
+        info: dict[str, Any] = {}
+        for mb in micro:
+            mb = _to_device(mb, self.device)
+            autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                        if self.precision == "bf16" else contextlib.nullcontext())
+            with autocast:
+                out = self.loss_fn(self.model, mb, self.generator)
+            loss, info = out if isinstance(out, tuple) else (out, {})
+            if not torch.is_tensor(loss) or loss.dim() != 0:
+                raise ValueError("loss_fn must return a scalar tensor (or (scalar, info)), got "
+                                 f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+            (loss / len(micro)).backward()
+            total = loss.detach() if total is None else total + loss.detach()
         all_reduce_gradients(self.params)
         logs: dict[str, Any] = {"step": self.step + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.grad_clip is not None:
@@ -267,16 +284,19 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.module)
         self.step += 1
-        logs["loss_tensor"] = loss.detach()
-        logs.update({k: v for k, v in dict(info).items()})
+        logs["loss_tensor"] = total / len(micro)
+        logs.update(dict(info))  # the last micro-batch's info
         return logs
 
     def _next_batch(self) -> Any:
+        while self._replay > 0:  # a resumed stateless iterable: skip what was consumed
+            self._replay -= 1
+            self._fetch()
+        return self._fetch()
+
+    def _fetch(self) -> Any:
         if self._iterator is None:
             self._iterator = iter(self.data)
-            for _ in range(self._replay):
-                next(self._iterator)
-            self._replay = 0
         try:
             return next(self._iterator)
         except StopIteration:  # a finite iterable: start the next epoch
@@ -392,7 +412,7 @@ class Trainer:
             self.data.load_state_dict(local["data"])
             self._replay = 0
         else:
-            self._replay = self.step
+            self._replay = self.step * self.accumulate
 
     def _prune(self) -> None:
         steps = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
