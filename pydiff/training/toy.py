@@ -99,7 +99,7 @@ def train_toy(
     schedule: Schedule | None = None,
     prediction: str = "eps",
     precond: str | None = None,
-    time_input: str = "log_sigma",
+    time_input: str | None = None,
     hidden: int = 128,
     depth: int = 3,
     lr: float = 3e-3,
@@ -117,9 +117,8 @@ def train_toy(
         schedule: default :class:`pydiff.VPSchedule`.
         prediction: the network's output (``eps``, ``x0``, ``v``, ``velocity``...).
         precond: ``"edm"`` for EDM preconditioning (with ``prediction="x0"``).
-        time_input: what the network sees as time (see :class:`pydiff.Denoiser`); the default
-            ``ln(sigma / alpha) / 4`` spreads the low noise levels, where the ring's narrow modes
-            are resolved, over a wide input range whatever the schedule.
+        time_input: what the network sees as time (see :class:`pydiff.Denoiser`); default the
+            schedule's (``"log_sigma"`` with EDM preconditioning).
         hidden, depth: ToyMLP size.
         ema: EMA decay (the returned model uses the EMA weights); None for the raw weights.
         generator: seeds the data stream, the initialization and the training noise.
@@ -134,6 +133,8 @@ def train_toy(
     schedule = VPSchedule() if schedule is None else schedule
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator)) if generator else 0
     # sinusoidal features suit inputs of order 1000 (DDPM indices, 999 t); Fourier ones order 1
+    if time_input is None:
+        time_input = "log_sigma" if precond == "edm" else schedule.default_time_input
     kind = "sinusoidal" if time_input in ("index", "scaled") else "fourier"
     init = torch.random.fork_rng()
     with init:  # seed the initialization without touching the caller's global RNG
