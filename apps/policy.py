@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
     t.add_argument("--down-dims", type=int, nargs="+", default=None)
+    t.add_argument("--planner", action="store_true",
+                   help="train the Diffuser-style trajectory planner instead of the policy")
     t.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     t.set_defaults(func=run_train)
 
@@ -47,7 +49,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e.add_argument("--seeds", type=int, default=50, help="number of env seeds (from --seed0)")
     e.add_argument("--seed0", type=int, default=1000)
     e.add_argument("--presets", default="expert,ddim10,rti,stream",
-                   help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, stream")
+                   help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, stream, "
+                        "planner (pointmass)")
     e.add_argument("--plots", default=None, help="folder for trajectory/chunk plots and a GIF")
     e.set_defaults(func=run_eval)
 
@@ -71,6 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
     from pydiff.domains.policy.train import RECIPES, train_policy
 
     _threads(args.threads)
+    if args.planner:
+        return _train_planner(args)
     if args.env not in RECIPES:
         print(f"pydiff policy train: --env {args.env!r} has no recipe; expected one of "
               f"{sorted(RECIPES)}", file=sys.stderr)
@@ -85,6 +90,21 @@ def run_train(args: argparse.Namespace) -> int:
     policy = train_policy(args.env, out, seed=args.seed, prediction=args.prediction, **recipe)
     last = [h for h in policy.training_history if "loss" in h][-1:]
     print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
+    return 0
+
+
+def _train_planner(args: argparse.Namespace) -> int:
+    from pydiff.domains.policy.planner import PLANNER_RECIPE, train_planner
+
+    recipe = dict(PLANNER_RECIPE)
+    for key in ("episodes", "steps", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    if args.down_dims:
+        recipe["down_dims"] = tuple(args.down_dims)
+    out = args.out or f"planner-{args.env}"
+    train_planner(args.env, out, seed=args.seed, **recipe)
+    print(f"saved {out}")
     return 0
 
 
@@ -135,6 +155,7 @@ def run_run(args: argparse.Namespace) -> int:
 def evaluate_presets(env: str, presets: list[str], seeds: list[int],
                      checkpoint: str | None = None) -> dict[str, dict]:
     """Summaries per preset (``expert`` = the scripted expert) over ``seeds``."""
+    import torch
     from pydiff.domains.policy import PRESETS, make_env, make_expert
     from pydiff.domains.policy.control import ExpertPolicy, evaluate, summarize
     from pydiff.domains.policy.train import load_policy
@@ -152,6 +173,13 @@ def evaluate_presets(env: str, presets: list[str], seeds: list[int],
                 if chosen:
                     results += evaluate(ExpertPolicy(make_expert(env, mode), low, high), env,
                                         chosen)
+        elif name == "planner":
+            from pydiff.domains.policy.planner import PlannerPolicy, TrajectoryPlanner
+            from pydiff.domains.policy.train import CHECKPOINT_ROOT
+
+            planner = TrajectoryPlanner.from_pretrained(
+                checkpoint or CHECKPOINT_ROOT / f"{env}_planner")
+            results = evaluate(PlannerPolicy(planner, torch.tensor([0.0, 0.75])), env, seeds)
         elif name in PRESETS:
             policy = load_policy(checkpoint or env, **PRESETS[name])
             results = evaluate(policy, env, seeds)

@@ -295,7 +295,7 @@ def test_policy_in_the_control_loop_measures_latency_and_jumps():
 
 # -- the planner ----------------------------------------------------------------------------
 def test_planner_inpaints_start_and_goal_and_guides():
-    from pydiff.domains.policy.planner import PlannerConfig, TrajectoryPlanner, side_value
+    from pydiff.domains.policy.planner import PlannerConfig, TrajectoryPlanner
 
     planner = TrajectoryPlanner(PlannerConfig(obs_dim=4, action_dim=2, horizon=16,
                                               down_dims=(8, 16), steps=3,
@@ -305,12 +305,20 @@ def test_planner_inpaints_start_and_goal_and_guides():
                         generator=torch.Generator().manual_seed(0))
     assert torch.allclose(plan[:, 0, :4], start, atol=1e-5)
     assert torch.allclose(plan[:, -1, :4], torch.tensor([[0.0, 0.75, 0.0, 0.0]]), atol=1e-5)
+
+
+def test_shipped_planner_value_guidance_moves_plans_to_the_chosen_side():
+    from pydiff.domains.policy.planner import TrajectoryPlanner, side_value
+    from pydiff.domains.policy.train import CHECKPOINT_ROOT
+
+    planner = TrajectoryPlanner.from_pretrained(CHECKPOINT_ROOT / "pointmass_planner")
+    start = torch.tensor([[0.0, -0.75, 0.0, 0.0]]).expand(16, 4)
     kw = dict(goal=torch.tensor([0.0, 0.75]), value=side_value(1))
-    right = planner.plan(start.expand(8, 4), guidance_scale=5.0,
-                         generator=torch.Generator().manual_seed(0), **kw)
-    left = planner.plan(start.expand(8, 4), guidance_scale=-5.0,
-                        generator=torch.Generator().manual_seed(0), **kw)
-    assert float(side_value(1)(right).mean()) > float(side_value(1)(left).mean())
+    right = planner.plan(start, guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
+                         **kw)
+    left = planner.plan(start, guidance_scale=-2.0, generator=torch.Generator().manual_seed(0),
+                        **kw)
+    assert float(side_value(1)(right).mean()) > float(side_value(1)(left).mean()) + 0.1
 
 
 # -- shipped checkpoints --------------------------------------------------------------------

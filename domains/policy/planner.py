@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import pydiff
-from pydiff.guidance import RewardGuidance
+from pydiff.guidance import ClipX0, RewardGuidance
 from pydiff.hooks import InpaintReplace
 from pydiff.nn import UNet1D
 
@@ -166,6 +166,10 @@ class TrajectoryPlanner(nn.Module):
                 return value(self.normalizer.unnormalize(x0.transpose(1, 2)))
 
             model = RewardGuidance(model, reward, scale=guidance_scale)
+        # x0-hat clamped to the normalized range, as for the policy (the cosine table ends at
+        # alpha = 5e-4, where an unclamped x0-hat amplifies eps errors ~2000-fold); outermost,
+        # so the value gradient is taken before the clamp (a clamp has zero gradient)
+        model = ClipX0(model, bound=1.0)
         x_t = pydiff.prior(self.schedule, known.shape, generator=generator)
         a, s = self.schedule.alpha(self.schedule.t_max), self.schedule.sigma(self.schedule.t_max)
         x_t = mask * (float(a) * known + float(s) * x_t) + (1 - mask) * x_t
@@ -196,20 +200,25 @@ class TrajectoryPlanner(nn.Module):
 class PlannerPolicy:
     """A :class:`TrajectoryPlanner` behind the policy interface (``reset``, ``select_action``).
 
-    Plans from the current state to ``goal``, executes ``replan_every`` planned actions, plans
-    again. Latency of each plan goes to ``chunk_latency_ms``; actions are clipped and counted.
+    Plans from the current state to ``goal`` and plans again every ``replan_every`` steps.
+    Between plans it either executes the planned actions open loop (``track=None``) or, as
+    Diffuser does in Maze2D, follows the planned *states* with a tracking controller
+    ``track(obs [B, obs_dim], target_state [B, obs_dim]) -> action [B, action_dim]`` (see
+    :func:`pointmass_tracker`). Latency of each plan goes to ``chunk_latency_ms``; actions are
+    clipped and counted.
     """
 
     def __init__(self, planner: TrajectoryPlanner, goal: Tensor | None, *,
-                 value: Callable[[Tensor], Tensor] | None = None, guidance_scale: float = 0.0):
+                 value: Callable[[Tensor], Tensor] | None = None, guidance_scale: float = 0.0,
+                 track: Callable[[Tensor, Tensor], Tensor] | None = None):
         self.planner, self.goal = planner, goal
-        self.value, self.guidance_scale = value, guidance_scale
+        self.value, self.guidance_scale, self.track = value, guidance_scale, track
         cfg = planner.config
         self.clipper = ActionClipper(cfg.action_low, cfg.action_high)
         self.reset()
 
     def reset(self) -> None:
-        self._queue: deque[Tensor] = deque()
+        self._queue: deque[Tensor] = deque()  # planned actions, or planned next states
         self._last: Tensor | None = None
         self.chunk_latency_ms: list[float] = []
         self.boundary_jumps: list[float] = []
@@ -225,14 +234,31 @@ class PlannerPolicy:
             plan = self.planner.plan(x, self.goal, value=self.value,
                                      guidance_scale=self.guidance_scale, generator=generator)
             self.chunk_latency_ms.append(1e3 * (time.perf_counter() - start))
-            actions = plan[:, :, self.planner.config.obs_dim:]
-            self.last_chunk = actions
-            self._queue.extend(actions[:, k] for k in range(self.planner.config.replan_every))
-        action = self.clipper(self._queue.popleft())
+            obs_dim = self.planner.config.obs_dim
+            self.last_chunk = plan[:, :, obs_dim:]
+            steps = range(self.planner.config.replan_every)
+            if self.track is None:
+                self._queue.extend(plan[:, k, obs_dim:] for k in steps)
+            else:
+                self._queue.extend(plan[:, min(k + 1, plan.shape[1] - 1), :obs_dim]
+                                   for k in steps)
+        item = self._queue.popleft()
+        action = self.clipper(item if self.track is None else self.track(x, item))
         if new_plan and self._last is not None:
             self.boundary_jumps.extend((action - self._last).norm(dim=-1).tolist())
         self._last = action
         return action[0] if len(getattr(obs, "shape", (0, 0))) == 1 else action
+
+
+def pointmass_tracker(obs: Tensor, target: Tensor) -> Tensor:
+    """Inverse dynamics of :class:`~.envs.PointMassObstacleEnv` (default constants): the
+    velocity command that moves the point to ``target``'s position in one step."""
+    from .envs import PointMassObstacleEnv
+
+    env = PointMassObstacleEnv()  # its default constants are the registered env's
+    dt, speed, lag = env.dt, env.speed, env.lag
+    v_needed = (target[:, :2] - obs[:, :2]) / (dt * speed)
+    return (v_needed - (1 - lag) * obs[:, 2:4]) / lag
 
 
 def side_value(side: int) -> Callable[[Tensor], Tensor]:
@@ -247,6 +273,11 @@ def side_value(side: int) -> Callable[[Tensor], Tensor]:
         return side * (x * band).sum(-1) / band.sum(-1).clamp_min(1e-3)
 
     return value
+
+
+# The recipe of the shipped point-mass planner (`pydiff policy train --env pointmass --planner`).
+PLANNER_RECIPE: dict[str, Any] = {"episodes": 100, "steps": 3000, "batch_size": 128, "lr": 2e-3,
+                                  "horizon": 48, "down_dims": (32, 64)}
 
 
 def train_planner(env: str, out_dir: str | os.PathLike | None, *, episodes: int = 100,
@@ -281,4 +312,6 @@ def train_planner(env: str, out_dir: str | os.PathLike | None, *, episodes: int 
     return trained
 
 
-__all__ = ["PlannerConfig", "TrajectoryPlanner", "PlannerPolicy", "side_value", "train_planner"]
+__all__ = ["PlannerConfig", "TrajectoryPlanner", "PlannerPolicy", "side_value", "train_planner",
+           "pointmass_tracker",
+           "PLANNER_RECIPE"]

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 import pydiff
+from pydiff.guidance import ClipX0
 from pydiff.nn import UNet1D
 
 from .data import MinMaxNormalizer
@@ -79,6 +80,7 @@ class DiffusionPolicyConfig:
         num_train_timesteps, beta_schedule: the DDPM table (``"cosine"`` is diffusers'
             ``squaredcos_cap_v2``, Diffusion Policy's choice; or ``"linear"``).
         stream_fraction: share of training samples with rising per-position noise levels.
+        clip_sample: clamp x0-hat to ``[-1, 1]`` at inference (see :meth:`inference_model`).
         mode, solver, steps: inference (see the module docstring).
         rti_steps, rti_t_start: real-time iteration's steps and warm-start noise level.
         stream_steps: solver steps per control step in streaming mode.
@@ -99,6 +101,7 @@ class DiffusionPolicyConfig:
     num_train_timesteps: int = 100
     beta_schedule: str = "cosine"
     stream_fraction: float = 0.5
+    clip_sample: bool = True
     mode: str = "full"
     solver: str = "ddim"
     steps: int = 10
@@ -234,7 +237,7 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"mode={mode!r}; expected one of {MODES}")
         obs_history = torch.as_tensor(obs_history, dtype=torch.float32)
         cond = self._condition(obs_history)
-        model = self.denoiser.bind(global_cond=cond)
+        model = self.inference_model().bind(global_cond=cond)
         generator = self._generators(cond.shape[0], generator)
         if mode == "full" or (mode == "rti" and self._previous_chunk is None):
             chunk = self._full(model, cond.shape[0], generator)
@@ -246,6 +249,15 @@ class DiffusionPolicy(nn.Module):
         self._previous_chunk = chunk
         self.chunk_count += 1
         return self.action_normalizer.unnormalize(chunk.transpose(1, 2))
+
+    def inference_model(self) -> pydiff.Denoiser:
+        """The denoiser used for sampling: with ``clip_sample``, x0-hat is clamped to the
+        normalized action range ``[-1, 1]`` (:class:`pydiff.guidance.ClipX0`), as Diffusion
+        Policy's scheduler does. The cosine table ends at ``alpha = 5e-4``, so without it the
+        first steps' x0-hat amplifies the noise prediction's error ~2000-fold."""
+        if self.config.clip_sample:
+            return ClipX0(self.denoiser, bound=1.0)
+        return self.denoiser
 
     def _shape(self, batch: int) -> tuple[int, int, int]:
         return (batch, self.config.action_dim, self.config.horizon)

@@ -30,10 +30,10 @@ CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 
 # Per-env defaults of `pydiff policy train` (what the shipped checkpoints used).
 RECIPES: dict[str, dict[str, Any]] = {
-    "pendulum": {"episodes": 100, "steps": 4000, "batch_size": 256, "lr": 2e-3,
-                 "n_action_steps": 8},
-    "pointmass": {"episodes": 100, "steps": 3000, "batch_size": 256, "lr": 2e-3,
-                  "n_action_steps": 8},
+    "pendulum": {"episodes": 100, "steps": 3000, "batch_size": 256, "lr": 2e-3,
+                 "down_dims": (32, 64), "time_embed_dim": 32},
+    "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 2e-3,
+                  "down_dims": (16, 32), "time_embed_dim": 32},
 }
 
 

@@ -1,0 +1,116 @@
+"""Policy benchmark: success, return, chunk-boundary jumps and chunk-inference latency per
+inference preset (scripted expert, DDPM 100, DDIM 10, DPM-Solver++ 2M 5, RTI, streaming) for
+each env, with the shipped checkpoints; plus the planner (left/right share with and without
+value guidance).
+
+Success, return, jumps and sides come from ``--seeds`` episodes run in lockstep (batched, in
+simulated time); latency from ``--latency-episodes`` single-env episodes (batch 1, as on a
+robot), on one torch thread.
+
+Usage:
+    python benchmarks/policy_bench.py --seeds 50 --latency-episodes 2
+Writes benchmarks/results/policy.json and prints a table per env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from pydiff.apps.policy import evaluate_presets
+from pydiff.domains.policy import PRESETS, load_policy
+from pydiff.domains.policy.control import run_episode
+from pydiff.domains.policy.metrics import latency_summary
+
+ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "stream"]
+
+
+def latency(env: str, preset: str, episodes: int, seed0: int) -> dict[str, dict[str, float]]:
+    policy = load_policy(env, **PRESETS[preset])
+    chunk, select = [], []
+    for k in range(episodes):
+        r = run_episode(policy, env, seed0 + k)
+        chunk += r.chunk_latency_ms
+        select += r.select_latency_ms
+    return {"chunk_ms": latency_summary(chunk), "select_ms": latency_summary(select)}
+
+
+def planner_rows(seeds: list[int]) -> dict[str, dict]:
+    from pydiff.domains.policy.control import evaluate, summarize
+    from pydiff.domains.policy.planner import PlannerPolicy, TrajectoryPlanner, side_value
+    from pydiff.domains.policy.train import CHECKPOINT_ROOT
+
+    path = CHECKPOINT_ROOT / "pointmass_planner"
+    if not (path / "config.json").is_file():
+        return {}
+    planner = TrajectoryPlanner.from_pretrained(path)
+    goal = torch.tensor([0.0, 0.75])
+    rows = {}
+    for name, value, scale in [("planner", None, 0.0),
+                               ("planner+left", side_value(-1), 2.0),
+                               ("planner+right", side_value(1), 2.0)]:
+        policy = PlannerPolicy(planner, goal, value=value, guidance_scale=scale)
+        rows[name] = summarize(evaluate(policy, "pointmass", seeds))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--envs", default="pointmass,pendulum")
+    ap.add_argument("--presets", default=",".join(ALL_PRESETS))
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--seed0", type=int, default=1000)
+    ap.add_argument("--latency-episodes", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "policy.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    seeds = list(range(args.seed0, args.seed0 + args.seeds))
+    presets = args.presets.split(",")
+    report: dict = {"machine": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "seeds": [seeds[0], seeds[-1]], "envs": {}}
+    for env in args.envs.split(","):
+        start = time.time()
+        table = evaluate_presets(env, presets, seeds)
+        rows = {}
+        for name, row in table.items():
+            s = row["summary"]
+            lat = (latency(env, name, args.latency_episodes, args.seed0) if name in PRESETS
+                   else None)
+            rows[name] = {"success": s["success"], "return": s["return"],
+                          "jump_mean": s["boundary_jump"]["mean"],
+                          "jump_max": s["boundary_jump"]["max"], "sides": s["sides"],
+                          "clipped_actions": s["clipped_actions"],
+                          "latency_batch1": lat}
+        if env == "pointmass":
+            for name, s in planner_rows(seeds).items():
+                rows[name] = {"success": s["success"], "return": s["return"],
+                              "jump_mean": s["boundary_jump"]["mean"],
+                              "jump_max": s["boundary_jump"]["max"], "sides": s["sides"],
+                              "clipped_actions": s["clipped_actions"],
+                              "latency_batch1": None,
+                              "plan_ms_batched": s["chunk_latency_ms"]}
+        report["envs"][env] = rows
+        print(f"\n{env}: {len(seeds)} seeds ({time.time() - start:.0f} s)")
+        print(f"{'preset':<14} {'success':>7} {'return':>8} {'jump mean':>9} {'jump max':>8} "
+              f"{'chunk p50':>9} {'chunk p99':>9} {'left':>5} {'right':>5}")
+        for name, r in rows.items():
+            lat = r["latency_batch1"]
+            p50 = f"{lat['chunk_ms']['p50']:.2f}" if lat else "-"
+            p99 = f"{lat['chunk_ms']['p99']:.2f}" if lat else "-"
+            print(f"{name:<14} {r['success']:>7.2f} {r['return']:>8.1f} {r['jump_mean']:>9.3f} "
+                  f"{r['jump_max']:>8.3f} {p50:>9} {p99:>9} {r['sides']['left']:>5.2f} "
+                  f"{r['sides']['right']:>5.2f}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
