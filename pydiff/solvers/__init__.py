@@ -6,7 +6,7 @@ Register a new one with :func:`register`.
 Example:
     >>> import pydiff
     >>> pydiff.solvers.get_solver("ddim", eta=0.5)
-    DDIM(eta=0.5)
+    DDIM(eta=0.5, s_noise=1.0, brownian=False)
 """
 
 from __future__ import annotations
