@@ -122,7 +122,7 @@ def test_pndm_plms():
     # diffusers repeats the second timestep for PLMS's pseudo-improved-Euler start
     unique = [sched.timesteps[0]] + list(sched.timesteps[2:])
     s = discrete_schedule(sched)
-    ours = run_pydiff(vp_model(s), x, pydiff.solvers.get_solver("plms"), index_grid(s, unique))
+    ours = run_pydiff(vp_model(s), x, pydiff.solvers.get_solver("pndm"), index_grid(s, unique))
     check(ours, theirs[1:])
 
 
@@ -196,7 +196,8 @@ def _unique(sigmas):
 @pytest.mark.parametrize("spacing", ["linspace", "leading"])
 def test_euler(spacing):
     sched = diffusers.EulerDiscreteScheduler(num_train_timesteps=N_TRAIN,
-                                             timestep_spacing=spacing, **BETAS)
+                                             timestep_spacing=spacing, final_sigmas_type="zero",
+                                             interpolation_type="linear", **BETAS)
     sched.set_timesteps(20)
     x = start_sample() * sched.init_noise_sigma
     theirs = run_diffusers(sched, x, sched.timesteps)

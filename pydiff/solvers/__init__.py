@@ -35,11 +35,13 @@ from .unipc import UniPC
 SOLVERS: dict[str, Callable[..., Solver]] = {}
 
 
-def register(cls: type[Solver]) -> type[Solver]:
-    """Add a solver class to the registry under ``cls.name`` (usable as a decorator)."""
+def register(cls: type[Solver], *aliases: str) -> type[Solver]:
+    """Add a solver class to the registry under ``cls.name`` and any ``aliases`` (usable as a
+    decorator)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name'")
-    SOLVERS[cls.name] = cls
+    for name in (cls.name, *aliases):
+        SOLVERS[name] = cls
     return cls
 
 
@@ -48,6 +50,7 @@ for _cls in (DDPM, DDIM, Euler, Heun, EulerMaruyama, DPMSolverPP2M, DPMSolverPP3
              PLMS, HeavyBall, GHVB, UniPC, FlowEuler, FlowMidpoint, MultistepConsistency,
              PredictorCorrector, TimeShiftDDIM, DDIMInversion, BDIA, BDIAInversion):
     register(_cls)
+register(PLMS, "pndm")  # diffusers' name (PNDMScheduler with skip_prk_steps)
 
 
 def available_solvers() -> list[str]:
