@@ -244,6 +244,8 @@ class MRSampler(DPMSolverMultistep):
             A network trained on velocity (or anything else) is converted by the Denoiser; the
             paper's velocity-prediction variant is the data form applied to that conversion.
         order: 1 or 2 (multistep); 3 for the ODE form.
+        solver_type: ``"heun"`` (the MR Sampler paper's second-order terms, default) or
+            ``"midpoint"``.
 
     Example:
         >>> solver = MRSampler(form="sde", prediction="data", order=2)
@@ -252,7 +254,8 @@ class MRSampler(DPMSolverMultistep):
     name = "mr_sampler"
 
     def __init__(self, form: str = "ode", prediction: str = "data", order: int = 2,
-                 noise: str = "gaussian", lower_order_final: bool = True):
+                 noise: str = "gaussian", lower_order_final: bool = True,
+                 solver_type: str = "heun"):
         if form not in ("ode", "sde"):
             raise ValueError(f"form must be 'ode' or 'sde', got {form!r}")
         if prediction not in ("data", "noise"):
@@ -261,7 +264,7 @@ class MRSampler(DPMSolverMultistep):
             raise ValueError(f"the SDE form supports order 1 or 2, got {order}")
         super().__init__(order=order, eta=1.0 if form == "sde" else 0.0, noise=noise,
                          algorithm="dpmsolver++" if prediction == "data" else "dpmsolver",
-                         lower_order_final=lower_order_final)
+                         lower_order_final=lower_order_final, solver_type=solver_type)
 
 
 class DPMSolverSinglestep(_ExpIntegrator):
