@@ -39,6 +39,12 @@ def _ddim_step(a_t: Tensor, s_t: Tensor, a_s: Tensor, s_s: Tensor) -> tuple[Tens
     return c_x, a_s - c_x * a_t
 
 
+def _check_gamma(gamma: float) -> float:
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    return float(gamma)
+
+
 def _clean_start(sigma: Tensor) -> tuple[bool, ...]:
     n = sigma.shape[0] - 1
     return tuple(bool(v) for v in (sigma[:-1].reshape(n, -1) == 0).all(dim=1).tolist())
@@ -97,9 +103,7 @@ class BDIA(Solver):
     default_spacing = "time"
 
     def __init__(self, gamma: float = 1.0):
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = _check_gamma(gamma)
         self._freeze()
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):
@@ -146,9 +150,7 @@ class BDIAInversion(Solver):
     inverse = True
 
     def __init__(self, gamma: float = 1.0):
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = _check_gamma(gamma)
         self._freeze()
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):

@@ -20,13 +20,13 @@ import torch
 
 from ..schedules import Schedule
 from ..tree import leaves
-from .base import Solver, SolverState, check_noise, combine
+from .base import SolverState, combine
 from .first_order import DDIM
 
 Tensor = torch.Tensor
 
 
-class TimeShiftDDIM(Solver):
+class TimeShiftDDIM(DDIM):
     """DDIM (``eta``) with per-sample shifted evaluation times (TS-DDIM).
 
     Args:
@@ -51,14 +51,7 @@ class TimeShiftDDIM(Solver):
                              f"window={window}, candidates={candidates}, data_var={data_var}")
         self.window, self.candidates, self.cutoff = float(window), int(candidates), float(cutoff)
         self.data_var = float(data_var)
-        self._ddim = DDIM(eta=eta)
-        self.eta = float(eta)
-        self.brownian = check_noise(noise) and self.eta > 0
-        self._freeze()
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.eta > 0
+        super().__init__(eta=eta, noise=noise)
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):
         if grid.dim() != 1:
@@ -74,8 +67,7 @@ class TimeShiftDDIM(Solver):
         a_s, s_s = alpha[1:, None].expand_as(cand), sigma[1:, None].expand_as(cand)
         # DDIM from each candidate (as the current level) to the next grid time
         g = torch.stack([cand, torch.zeros_like(cand)])  # grid placeholder, unused by DDIM
-        ddim = self._ddim.coefficients(schedule, g, torch.stack([a_c, a_s]),
-                                       torch.stack([s_c, s_s]))
+        ddim = super().coefficients(schedule, g, torch.stack([a_c, a_s]), torch.stack([s_c, s_s]))
         return {"t": cand, "var": a_c**2 * self.data_var + s_c**2,
                 **{k: v[0] for k, v in ddim.items()}}
 
