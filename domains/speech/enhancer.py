@@ -115,7 +115,8 @@ class SpeechEnhancer:
     """A score network (plus an optional StoRM predictive network) and its front end.
 
     Args:
-        score_net: a :class:`~pydiff.domains.speech.model.ScoreNet`.
+        score_net: a :class:`~pydiff.domains.speech.model.ScoreNet`, or a ready
+            :class:`pydiff.Denoiser` around one (e.g. loaded with ``from_pretrained``).
         predictive_net: a :class:`~pydiff.domains.speech.model.PredictiveNet` (needed only by
             ``solver="storm"``).
         schedule: the diffusion schedule (default: SGMSE+'s, real-view units).
@@ -123,11 +124,19 @@ class SpeechEnhancer:
         metadata: free-form facts stored with the checkpoint (training recipe, figures).
     """
 
-    def __init__(self, score_net: torch.nn.Module, predictive_net: torch.nn.Module | None = None,
+    def __init__(self, score_net: torch.nn.Module | pydiff.Denoiser,
+                 predictive_net: torch.nn.Module | None = None,
                  schedule: pydiff.schedules.Schedule | None = None,
                  spectrogram: Spectrogram | None = None,
                  metadata: dict[str, Any] | None = None):
-        self.model = make_denoiser(score_net.eval(), schedule)
+        if isinstance(score_net, pydiff.Denoiser):
+            score_net.net.eval()
+            self.model = score_net
+        else:
+            if schedule is not None and schedule.config() != score_net.schedule.config():
+                raise ValueError(f"schedule {schedule} differs from the network's "
+                                 f"{score_net.schedule}")
+            self.model = make_denoiser(score_net.eval())
         self.predictive_net = None if predictive_net is None else predictive_net.eval()
         self.spectrogram = spectrogram or Spectrogram()
         self.metadata = dict(metadata or {})
@@ -152,7 +161,7 @@ class SpeechEnhancer:
         predictive = None
         if (path / "predictive").is_dir():
             predictive = from_pretrained(path / "predictive")
-        return cls(model.net, predictive, model.schedule,
+        return cls(model, predictive, model.schedule,
                    Spectrogram(SpectrogramConfig(**cfg["spectrogram"])), cfg.get("metadata"))
 
     def save_pretrained(self, path: str | Path) -> Path:

@@ -3,10 +3,11 @@
 Two stages, both run by :class:`pydiff.training.Trainer` (no loop here):
 
 1. StoRM's predictive network: MSE between ``PredictiveNet(noisy)`` and the clean spectrogram.
-2. The score network with SGMSE+'s denoising loss (:func:`pydiff.training.diffusion_loss`, eps
-   target, ``t ~ U(t_eps, 1)``) in the shifted coordinate ``x - mean``. For half of each batch
-   the mean is the noisy spectrogram (SGMSE+), for the other half the frozen predictive
-   network's estimate (StoRM), so one score network serves both samplers.
+2. The score network with the denoising loss (:func:`pydiff.training.diffusion_loss`, x0
+   target, EDM weighting, ``t ~ U(t_eps, 1)``) in the shifted coordinate ``x - mean`` (see
+   :mod:`pydiff.domains.speech.model` for why x0 rather than SGMSE+'s eps/score). For half
+   of each batch the mean is the noisy spectrogram (SGMSE+), for the other half the frozen
+   predictive network's estimate (StoRM), so one score network serves both samplers.
 
 Segments are cut from :func:`pydiff.domains.speech.data.make_pairs` waveforms and turned into
 states inside the loss (an STFT per batch is cheap), normalized by the noisy segment's peak.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pydiff.training import BatchLoader, Trainer, diffusion_loss
+from pydiff.training import BatchLoader, EDMWeight, Trainer, diffusion_loss
 
 from .data import make_pairs
 from .enhancer import SpeechEnhancer
@@ -109,7 +110,9 @@ class ScoreLoss:
                 estimate = self.predictive(y)
             use = torch.rand(y.shape[0], generator=generator) < self.storm_fraction
             mean = torch.where(use[:, None, None, None], estimate, y)
-        return diffusion_loss(model, x, generator=generator,
+        # EDM's weighting: with the network's preconditioning, a unit-weight loss on F
+        weighting = EDMWeight(model.sigma_data)
+        return diffusion_loss(model, x, generator=generator, weighting=weighting,
                               cond={"y": mean, "noisy": y}).loss
 
 
