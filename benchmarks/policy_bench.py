@@ -21,7 +21,6 @@ import platform
 import time
 
 import torch
-
 from pydiff.apps.policy import evaluate_presets
 from pydiff.domains.policy import PRESETS, load_policy
 from pydiff.domains.policy.control import run_episode

@@ -74,18 +74,22 @@ def rollout_expert(env_name: str, seed: int, mode: int = 1, max_steps: int | Non
 
 
 def collect_demonstrations(env_name: str, episodes: int, seed: int = 0,
-                           only_success: bool = True) -> list[Episode]:
+                           only_success: bool = True, max_steps: int | None = None,
+                           ) -> list[Episode]:
     """Expert episodes from seeds ``seed, seed + 1, ...``, modes alternating +1/-1.
 
     With ``only_success`` failed episodes are skipped and more seeds are tried (at most
-    ``3 * episodes``), so the data set is the expert at its best.
+    ``3 * episodes``), so the data set is the expert at its best. ``max_steps`` shortens the
+    episodes (e.g. Pendulum: swing-up and catch take at most ~60 of the 200 steps; the rest is
+    balancing, which would otherwise dominate the data).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     out: list[Episode] = []
     s = seed
     while len(out) < episodes and s < seed + 3 * episodes:
-        ep = rollout_expert(env_name, s, mode=1 if (s - seed) % 2 == 0 else -1)
+        ep = rollout_expert(env_name, s, mode=1 if (s - seed) % 2 == 0 else -1,
+                            max_steps=max_steps)
         if ep.success or not only_success:
             out.append(ep)
         s += 1

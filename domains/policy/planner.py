@@ -276,7 +276,7 @@ def side_value(side: int) -> Callable[[Tensor], Tensor]:
 
 
 # The recipe of the shipped point-mass planner (`pydiff policy train --env pointmass --planner`).
-PLANNER_RECIPE: dict[str, Any] = {"episodes": 100, "steps": 3000, "batch_size": 128, "lr": 2e-3,
+PLANNER_RECIPE: dict[str, Any] = {"episodes": 100, "steps": 2000, "batch_size": 64, "lr": 2e-3,
                                   "horizon": 48, "down_dims": (32, 64)}
 
 

@@ -30,8 +30,8 @@ CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 
 # Per-env defaults of `pydiff policy train` (what the shipped checkpoints used).
 RECIPES: dict[str, dict[str, Any]] = {
-    "pendulum": {"episodes": 100, "steps": 3000, "batch_size": 256, "lr": 2e-3,
-                 "down_dims": (32, 64), "time_embed_dim": 32},
+    "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 3000, "batch_size": 128,
+                 "lr": 2e-3, "down_dims": (32, 64), "time_embed_dim": 32},
     "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 2e-3,
                   "down_dims": (16, 32), "time_embed_dim": 32},
 }
@@ -48,20 +48,22 @@ def checkpoint_path(env: str) -> Path:
 
 
 def train_policy(env: str, out_dir: str | os.PathLike | None, *, episodes: int = 100,
-                 steps: int = 3000, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                 progress: bool = True, **config: Any) -> DiffusionPolicy:
+                 demo_steps: int | None = None, steps: int = 3000, batch_size: int = 256,
+                 lr: float = 2e-3, seed: int = 0, progress: bool = True, **config: Any,
+                 ) -> DiffusionPolicy:
     """Collect demonstrations, train, and save the EMA policy to ``out_dir`` (if given).
 
     Args:
         env: env short name (``pendulum``, ``pointmass``).
         out_dir: where ``save_pretrained`` writes (None: do not save).
         episodes: expert demonstrations (seeds ``seed ...``, modes alternating).
+        demo_steps: shorten the demonstrations to this many steps (None: the env's length).
         steps, batch_size, lr, seed: optimization (AdamW, cosine schedule with warmup).
         **config: :class:`DiffusionPolicyConfig` fields (horizon, down_dims, prediction, ...).
     """
     from pydiff.training import BatchLoader, Trainer
 
-    demos = collect_demonstrations(env, episodes, seed=seed)
+    demos = collect_demonstrations(env, episodes, seed=seed, max_steps=demo_steps)
     probe = make_env(env)
     obs_dim = int(probe.observation_space.shape[0])
     low = [float(v) for v in probe.action_space.low]
