@@ -9,16 +9,8 @@
 // -1. Python numbers therefore never become tensors on the hot path, and tensor coefficients
 // stay tensors, so torch.compile does not guard on their values. (`coeffs` is a plain Tensor[]
 // rather than a Tensor?[] with holes because autograd only flows through lists of tensors.)
-#include <Python.h>
+// (The Python module itself, pydiff._C, is defined in python.cpp.)
 #include <torch/library.h>
-
-extern "C" {
-// `import pydiff._C` only has to load this library so the static registrations below run.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(pydiff, m) {
   // sum_k scales[k] * coeffs[coeff_index[k]] * terms[k]; result has terms[0]'s shape and dtype, contiguous.

@@ -381,3 +381,71 @@ def test_opcheck_lincomb_out():
         torch.library.opcheck(
             torch.ops.pydiff.lincomb_out.default, (terms, coeffs, index, scales, out)
         )
+
+
+@needs_ext
+@pytest.mark.parametrize("use_out", [False, True])
+def test_compiled_sampling_loop_compiles_once(use_out):
+    # A 12-step loop whose coefficients come from a float64 table (as the solvers keep them):
+    # the coefficients are tensors, so the compiled step does not guard on their values and
+    # compiles once; fake kernels let dynamo/AOT trace the op (and lincomb_out's mutation).
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(5)
+    table = torch.rand(12, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 6, generator=g)
+    noises = torch.randn(12, 4, 6, generator=g)
+
+    def step(x, c, z):
+        d = torch.tanh(x @ w)  # stands in for the model
+        if use_out:
+            return ops.lincomb([x, d], [c[0], c[1]], z, c[2], out=x)
+        return ops.lincomb([x, d], [c[0], c[1]], z, c[2])
+
+    cnt = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=cnt, fullgraph=True)
+    x_eager = torch.randn(4, 6, generator=g)
+    x_comp = x_eager.clone()
+    for i in range(12):
+        x_eager = step(x_eager, table[i], noises[i])
+        x_comp = compiled(x_comp, table[i], noises[i])
+    assert cnt.frame_count == 1
+    torch.testing.assert_close(x_comp, x_eager)
+
+
+@needs_ext
+def test_eager_fast_path_hands_over_what_it_cannot_do():
+    # The C++ fast path (csrc/python.cpp) must decline, not mishandle, anything unusual.
+    fast = ops._lincomb_fast
+    x = torch.randn(3, 4)
+    h = torch.rand(3, dtype=torch.float64)
+    assert fast([x, x], [1.0, h], None, None, None) is not None
+    assert fast([x.requires_grad_(), x], [1.0, h], None, None, None) is None  # autograd
+    x = x.detach()
+    assert fast([x], [torch.ones(4, 1)], None, None, None) is None  # bad shape: Python errors
+    assert fast([x], [True], None, None, None) is None  # bool is no coefficient
+    assert fast([x.long()], [1.0], None, None, None) is None
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert fast([x.as_subclass(Sub)], [1.0], None, None, None) is None
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Log.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        assert fast([x], [2.0], None, None, None) is None
+        y = ops.lincomb([x], [2.0])
+    assert any("pydiff.lincomb" in s for s in Log.seen)
+    torch.testing.assert_close(y, 2 * x)
+    # both paths run the same kernel: bitwise equal
+    a = ops.lincomb([x, x], [0.3, h])
+    b = torch.ops.pydiff.lincomb.default([x, x], [h.reshape(3, 1)], [-1, 0], [0.3, 1.0])
+    assert torch.equal(a, b)

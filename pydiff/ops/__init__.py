@@ -29,20 +29,25 @@ __all__ = ["attention", "backend", "lincomb", "linear_attention"]
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _load_extension() -> bool:
+def _load_extension():
+    """The compiled module, or None (not built, or PYDIFF_NO_EXT=1)."""
     if os.environ.get("PYDIFF_NO_EXT", "") not in ("", "0"):
-        return False
+        return None
     try:
-        from pydiff import _C  # noqa: F401  (loading it registers torch.ops.pydiff.*)
+        from pydiff import _C  # loading it registers torch.ops.pydiff.*
     except ImportError:
-        return False
+        return None
     from . import _register  # fake kernels and autograd for the compiled ops
 
     _register.register()
-    return True
+    return _C
 
 
-_EXT = _load_extension()
+_C = _load_extension()
+_EXT = _C is not None
+# Eager fast path (C++ argument parsing, see csrc/python.cpp): returns None when this module's
+# Python path has to handle the call (autograd, modes, odd arguments, error messages).
+_lincomb_fast = getattr(_C, "lincomb_fast", None)
 
 
 def backend() -> str:
@@ -115,6 +120,10 @@ def lincomb(
         >>> lincomb([x, d], [1.0, h], out=x)[:, 0].tolist()  # x += h * d, in place
         [1.2000000476837158, 1.399999976158142, 1.600000023841858, 1.7999999523162842]
     """
+    if _EXT and _lincomb_fast is not None and not torch.compiler.is_compiling():
+        res = _lincomb_fast(terms, coeffs, noise, noise_coeff, out)
+        if res is not None:
+            return res
     if isinstance(terms, Tensor) or len(terms) == 0:
         raise TypeError("lincomb: terms must be a non-empty sequence of tensors")
     if len(coeffs) != len(terms):

@@ -1,0 +1,176 @@
+// The Python module pydiff._C: importing it runs the op registrations of ops.cpp and
+// cpu/*.cpp; it also holds one eager fast path for pydiff.ops.lincomb.
+//
+// Why a fast path: a solver step on a small state (16K elements, a robot's action chunk) costs
+// ~2 us of memory traffic, while reaching the kernel through pydiff.ops.lincomb's Python
+// argument handling and torch.ops' generic argument parsing costs ~20 us. lincomb_fast parses
+// the same arguments in C++ and calls the registered op through the dispatcher (so CPU and CUDA
+// kernels, version counters and profiling behave as usual), below the autograd keys, which is
+// only correct when nothing requires grad, so it bails out in that case. It returns None for
+// anything unusual (bad arguments, tensors that require grad, tensor subclasses, active modes or
+// functorch transforms), and the Python path then handles the call with its full checks and
+// error messages. It never changes results: both paths run the same kernel.
+#include <torch/extension.h>
+#include <torch/csrc/autograd/variable.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+
+#include <vector>
+
+namespace py = pybind11;
+
+namespace pydiff {
+namespace {
+
+bool supported(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// A tensor the fast path may touch: exactly torch.Tensor or nn.Parameter (a subclass may
+// override __torch_function__, so it takes the Python path).
+bool plain_tensor(PyObject* o, at::Tensor* out) {
+  static PyObject* parameter = [] {
+    py::object p = py::module_::import("torch.nn").attr("Parameter");
+    return p.release().ptr();
+  }();
+  if (!THPVariable_CheckExact(o) && Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(parameter))
+    return false;
+  *out = THPVariable_Unpack(o);
+  return true;
+}
+
+struct Coef {
+  bool is_tensor = false;
+  double scale = 1.0;
+};
+
+// Parses one coefficient; false when the slow path has to look at it.
+bool parse_coef(PyObject* o, const at::Tensor& x, std::vector<at::Tensor>& tens,
+                std::vector<int64_t>& index, std::vector<double>& scales) {
+  if (PyFloat_CheckExact(o)) {
+    index.push_back(-1);
+    scales.push_back(PyFloat_AS_DOUBLE(o));
+    return true;
+  }
+  if (PyLong_CheckExact(o)) {
+    const double v = PyLong_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+    index.push_back(-1);
+    scales.push_back(v);
+    return true;
+  }
+  at::Tensor c;
+  if (!plain_tensor(o, &c) || !supported(c.scalar_type())) return false;
+  if (c.dim() == 1 && x.dim() > 1 && c.size(0) == x.size(0)) {
+    std::vector<int64_t> shape(x.dim(), 1);
+    shape[0] = c.size(0);
+    c = c.view(shape);  // [B] -> [B, 1, ..., 1]: one coefficient per sample
+  } else {
+    if (c.dim() > x.dim()) return false;
+    const int64_t off = x.dim() - c.dim();
+    for (int64_t d = 0; d < c.dim(); ++d)
+      if (c.size(d) != 1 && c.size(d) != x.size(off + d)) return false;
+  }
+  if (c.device() != x.device() && !(c.dim() == 0 && c.device().is_cpu())) return false;
+  index.push_back(static_cast<int64_t>(tens.size()));
+  tens.push_back(std::move(c));
+  scales.push_back(1.0);
+  return true;
+}
+
+py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noise_obj,
+                        py::handle noise_coeff_obj, py::handle out_obj) {
+  const py::object none = py::none();
+  // modes (TorchDispatchMode, functorch transforms, ...) put keys in the TLS include set
+  if (!(c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty())
+    return none;
+  if (at::impl::torch_function_mode_enabled()) return none;  // TorchFunctionMode active
+  PyObject* terms = terms_obj.ptr();
+  PyObject* coeffs = coeffs_obj.ptr();
+  if (!(PyList_Check(terms) || PyTuple_Check(terms)) ||
+      !(PyList_Check(coeffs) || PyTuple_Check(coeffs)))
+    return none;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(terms);
+  if (n == 0 || PySequence_Fast_GET_SIZE(coeffs) != n) return none;
+  const bool has_noise = !noise_obj.is_none();
+  if (has_noise == noise_coeff_obj.is_none()) return none;
+
+  std::vector<at::Tensor> ts;
+  ts.reserve(n + 1);
+  PyObject** titems = PySequence_Fast_ITEMS(terms);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    at::Tensor t;
+    if (!plain_tensor(titems[i], &t)) return none;
+    ts.push_back(std::move(t));
+  }
+  if (has_noise) {
+    at::Tensor z;
+    if (!plain_tensor(noise_obj.ptr(), &z)) return none;
+    ts.push_back(std::move(z));
+  }
+  const at::Tensor& x = ts[0];
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const auto& t : ts) {
+    if (!supported(t.scalar_type()) || t.sizes() != x.sizes() || t.device() != x.device())
+      return none;
+    if (grad_mode && t.requires_grad()) return none;
+  }
+  std::vector<at::Tensor> tens;
+  std::vector<int64_t> index;
+  std::vector<double> scales;
+  tens.reserve(ts.size());
+  index.reserve(ts.size());
+  scales.reserve(ts.size());
+  PyObject** citems = PySequence_Fast_ITEMS(coeffs);
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (!parse_coef(citems[i], x, tens, index, scales)) return none;
+  if (has_noise && !parse_coef(noise_coeff_obj.ptr(), x, tens, index, scales)) return none;
+  for (const auto& c : tens)
+    if (grad_mode && c.requires_grad()) return none;
+
+  at::Tensor out;
+  const bool has_out = !out_obj.is_none();
+  if (has_out) {
+    if (!plain_tensor(out_obj.ptr(), &out) || !supported(out.scalar_type()) ||
+        out.sizes() != x.sizes() || out.device() != x.device() ||
+        (grad_mode && out.requires_grad()))
+      return none;
+  }
+
+  static auto fn = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pydiff::lincomb", "")
+                       .typed<at::Tensor(at::TensorList, at::TensorList, at::IntArrayRef,
+                                         at::ArrayRef<double>)>();
+  static auto fn_out = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("pydiff::lincomb_out", "")
+                           .typed<void(at::TensorList, at::TensorList, at::IntArrayRef,
+                                       at::ArrayRef<double>, const at::Tensor&)>();
+  if (has_out) {
+    {
+      py::gil_scoped_release no_gil;
+      at::AutoDispatchBelowADInplaceOrView guard;  // nothing requires grad (checked above)
+      fn_out.call(ts, tens, index, scales, out);
+    }
+    torch::autograd::impl::bump_version(out);  // what ADInplaceOrView would have done
+    return py::reinterpret_borrow<py::object>(out_obj);  // the caller's very object
+  }
+  at::Tensor res;
+  {
+    py::gil_scoped_release no_gil;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    res = fn.call(ts, tens, index, scales);
+  }
+  return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res)));
+}
+
+}  // namespace
+}  // namespace pydiff
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pydiff's compiled kernels (ops registered as torch.ops.pydiff.*)";
+  m.def("lincomb_fast", &pydiff::lincomb_fast, py::arg("terms"), py::arg("coeffs"),
+        py::arg("noise"), py::arg("noise_coeff"), py::arg("out"),
+        "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");
+}
