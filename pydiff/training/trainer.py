@@ -86,6 +86,8 @@ class Callback:
 class Every(Callback):
     """Run ``fn(trainer) -> dict | None`` every ``n`` steps (and at the last step if ``final``).
 
+    Under torchrun it runs on every rank (check ``trainer.info.rank`` to evaluate on one).
+
     Example: ``Every(500, lambda tr: {"energy": evaluate(tr.ema_model())})``.
     """
 
