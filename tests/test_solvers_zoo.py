@@ -327,3 +327,42 @@ def test_hooks_see_each_reached_level_including_inversion():
 
         pydiff.sample(model, x, name, grid=grid, hooks=[record])
         assert seen == pytest.approx(expected.tolist()), name
+
+
+class _NoSyncModel:
+    """A model made of tensor ops only (no host reads), to isolate the solvers' own syncs."""
+
+    schedule = VP
+
+    def predict(self, x, t):
+        a, s = VP.alpha(t), VP.sigma(t)
+        a = a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) if a.dim() else a.to(x.dtype)
+        s = s.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) if s.dim() else s.to(x.dtype)
+        x0 = 0.5 * torch.tanh(x)
+        return x0, (x - a * x0) / s
+
+    def x0(self, x, t):
+        return self.predict(x, t)[0]
+
+
+NO_SYNC_OPTIONS = {"pc": {"corrector": "langevin"}, "time_shift": {"window": 0.1},
+                   "dpmpp_2m_sde": {"noise": "brownian"}, "heun": {"S_churn": 5.0}}
+
+
+@pytest.mark.parametrize("name", STEPPABLE)
+def test_steps_do_not_read_device_values_on_the_host(name, monkeypatch):
+    solver = get_solver(name, **NO_SYNC_OPTIONS.get(name, {}))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=g)
+    grid = pydiff.timesteps(VP, 5, solver.default_spacing, final_zero=False)
+    state = solver.init(x, VP, grid, generator=g)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"{name}: a step read a tensor value on the host")
+
+    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, attr, forbidden)
+    while not state.done:
+        state = solver.step(state, _NoSyncModel())
+    monkeypatch.undo()
+    assert torch.isfinite(state.x).all()
