@@ -30,7 +30,7 @@ CONFIGS = [
     # name, schedule, prediction, precond, loss options
     ("vp-eps", pydiff.VPSchedule(), "eps", None, {}),
     ("vp-v-minsnr", pydiff.VPSchedule(), "v", None, {"weighting": "min_snr"}),
-    ("ddpm-eps-index", pydiff.DiscreteSchedule.linear(), "eps", None, {}),
+    ("ddpm-eps", pydiff.DiscreteSchedule.linear(), "eps", None, {}),
     ("flow-velocity-logitnormal", pydiff.FlowSchedule(), "velocity", None,
      {"t_sampler": "logit_normal"}),
     ("edm-precond-lognormal", pydiff.EDMSchedule(), "x0", "edm", {}),
