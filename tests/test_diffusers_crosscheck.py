@@ -226,3 +226,43 @@ def test_heun():
     ours = run_pydiff(model, x, pydiff.solvers.get_solver("heun"), grid)
     # diffusers returns after each stage; its step outputs sit after every second stage
     check(ours, theirs[1::2] + theirs[-1:])
+
+
+@pytest.mark.parametrize("algorithm,solver_type,order", [
+    ("dpmsolver", "midpoint", 2), ("dpmsolver", "heun", 3), ("dpmsolver++", "heun", 2),
+    ("sde-dpmsolver", "midpoint", 2), ("sde-dpmsolver", "heun", 2),
+    ("sde-dpmsolver++", "heun", 2)])
+def test_dpm_multistep_variants(algorithm, solver_type, order):
+    # diffusers refuses a final step to sigma = 0 in noise prediction: it ends at the table's
+    # first entry instead (final_sigmas_type="sigma_min"), and so does pydiff's grid here
+    noise_pred = algorithm in ("dpmsolver", "sde-dpmsolver")
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=N_TRAIN, algorithm_type=algorithm, solver_order=order,
+        solver_type=solver_type, lower_order_final=True,
+        final_sigmas_type="sigma_min" if noise_pred else "zero", **BETAS)
+    sched.set_timesteps(12)
+    x = start_sample()
+    sde = algorithm.startswith("sde")
+    theirs = run_diffusers(sched, x, sched.timesteps, stochastic=sde)
+    s = discrete_schedule(sched)
+    grid = (index_grid(s, list(sched.timesteps) + [0], final_zero=False) if noise_pred
+            else index_grid(s, sched.timesteps))
+    solver = pydiff.solvers.get_solver(
+        "dpm_multistep", order=order, solver_type=solver_type, eta=1.0 if sde else 0.0,
+        algorithm=algorithm.removeprefix("sde-"))
+    ours = run_pydiff(vp_model(s), x, solver, grid, stochastic=sde)
+    check(ours, theirs)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_unipc_noise_prediction(order):
+    sched = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=N_TRAIN, solver_order=order, solver_type="bh1", predict_x0=False,
+        lower_order_final=True, final_sigmas_type="zero", **BETAS)
+    sched.set_timesteps(12)
+    x = start_sample()
+    theirs = run_diffusers(sched, x, sched.timesteps)
+    s = discrete_schedule(sched)
+    solver = pydiff.solvers.get_solver("unipc", order=order, variant="bh1", predict_x0=False)
+    ours = run_pydiff(vp_model(s), x, solver, index_grid(s, sched.timesteps))
+    check(ours, theirs)
