@@ -40,6 +40,7 @@ ORDER_CASES = [
     ("unipc", {"corrector": False, "lower_order_final": False}, VP, {}, (20, 40, 80), 2),
     ("plms", {}, VP, {}, (20, 40, 80), 2),
     ("plms", {}, EDM5, {}, (20, 40, 80), 4),
+    ("plms", {"variable_step": True}, VP, {}, (40, 80, 160), 4),
     ("heavy_ball", {"order": 2, "beta": 0.8}, VP, {}, (20, 40, 80), 1),
     ("ghvb", {"order": 2, "beta": 0.5}, EDM5, {}, (80, 160, 320), 2),
     ("ghvb", {"order": 1, "beta": 0.5}, EDM5, {}, (20, 40, 80), 1),
@@ -61,6 +62,17 @@ ORDER_CASES = [
 def test_global_order(name, opts, sched, kw, steps, order):
     p = measured_order(get_solver(name, **opts), sched, steps, **kw)
     assert abs(p - order) < 0.3, f"{name}{opts}: measured order {p:.2f}, expected {order}"
+
+
+def test_variable_step_weights_reduce_to_adams_bashforth_on_equal_steps():
+    from pydiff.solvers.linear_multistep import ADAMS_BASHFORTH, variable_step_weights
+
+    st = torch.linspace(5.0, 1.0, 9, dtype=F64)
+    w = variable_step_weights(st, 4)
+    for i in range(8):
+        k = min(i + 1, 4)
+        got = [float(w[j][i]) for j in range(k)]
+        assert got == pytest.approx(list(ADAMS_BASHFORTH[k]), abs=1e-12)
 
 
 def test_errors_shrink_with_order_at_equal_nfe():

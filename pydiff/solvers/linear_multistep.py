@@ -53,6 +53,30 @@ def _weight_table(weights_of_step, n: int, like: Tensor, slots: int = 4) -> list
     return [tab[:, k].reshape(shape) for k in range(slots)]
 
 
+def variable_step_weights(st: Tensor, order: int) -> list[Tensor]:
+    """Adams-Bashforth weights for the actual (non-uniform) nodes ``st = sigma / alpha``.
+
+    Step ``i`` integrates the polynomial through the newest ``k = min(i + 1, order)`` nodes
+    ``st_i, st_{i-1}, ...`` over ``[st_i, st_{i+1}]``, divided by the step: with
+    ``u_j = (st_{i-j} - st_i) / (st_{i+1} - st_i)`` the weights solve ``sum_j w_j u_j^p =
+    1 / (p + 1)``. On equal steps they are the classic weights. Returns ``order`` columns
+    ``[N, ...]`` (weight of the j-th newest stored output).
+    """
+    n = st.shape[0] - 1
+    flat = st.reshape(n + 1, -1)
+    cols = [torch.zeros_like(flat[:-1]) for _ in range(order)]
+    for i in range(n):
+        k = min(i + 1, order)
+        delta = flat[i + 1] - flat[i]
+        u = torch.stack([(flat[i - j] - flat[i]) / delta for j in range(k)], -1)  # [M, k]
+        vander = torch.stack([u**p for p in range(k)], -2)  # [M, p, j]
+        rhs = torch.tensor([1 / (p + 1) for p in range(k)], dtype=st.dtype, device=st.device)
+        w = torch.linalg.solve(vander, rhs.expand(u.shape[0], k).unsqueeze(-1)).squeeze(-1)
+        for j in range(k):
+            cols[j][i] = w[:, j]
+    return [c.reshape(n, *st.shape[1:]) for c in cols]
+
+
 def _check(order: int, beta: float) -> None:
     if order not in ADAMS_BASHFORTH:
         raise ValueError(f"order must be 1..4, got {order!r}")
@@ -63,21 +87,30 @@ def _check(order: int, beta: float) -> None:
 class PLMS(Solver):
     """PNDM / PLMS with ``skip_prk_steps`` (diffusers' ``PNDMScheduler``, CompVis' PLMS).
 
+    Args:
+        variable_step: use Adams-Bashforth weights for the actual grid (in ``sigma / alpha``)
+            instead of PNDM's fixed equal-step weights; keeps fourth order on any grid
+            (False reproduces diffusers).
+
     Example:
-        >>> solver = PLMS()
+        >>> solver = PLMS(variable_step=True)
     """
 
     name = "plms"
     order = 4
     default_spacing = "time"
 
-    def __init__(self):
+    def __init__(self, variable_step: bool = False):
+        self.variable_step = bool(variable_step)
         self._freeze()
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):
         c_x, c_e = _transfer(alpha, sigma)
         n = c_x.shape[0]
-        w = _weight_table(lambda i: ADAMS_BASHFORTH[min(i + 1, 4)] if i else (1.0,), n, c_x)
+        if self.variable_step:
+            w = variable_step_weights(sigma / alpha, 4)
+        else:
+            w = _weight_table(lambda i: ADAMS_BASHFORTH[min(i + 1, 4)] if i else (1.0,), n, c_x)
         return {"x": c_x, **{f"e{k}": c_e * w[k] for k in range(4)}, "half": 0.5 * c_e}
 
     def step_flags(self, schedule, grid, sigma):
