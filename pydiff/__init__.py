@@ -34,16 +34,21 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = ("guidance", "interop", "nn", "training", "testing")
 
 
-def __getattr__(name: str):
-    if name in _LAZY_SUBMODULES:
-        import importlib
+_LAZY_FUNCTIONS = {"save_pretrained": "pretrained", "from_pretrained": "pretrained"}
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module 'pydiff' has no attribute {name!r}")
 
 __all__ = [
     "Denoiser", "sample", "prior", "timesteps", "get_solver", "available_solvers", "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
     "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",
-    "__version__",
+    "save_pretrained", "from_pretrained", "__version__",
 ]

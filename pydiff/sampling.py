@@ -80,7 +80,9 @@ def sample(
         x: the start sample: noise from :func:`prior`, or a partly noised sample for warm starts.
         solver: a name from :func:`pydiff.solvers.available_solvers` or a solver instance.
         steps: number of solver steps (network evaluations are ``steps`` times the stages).
-        spacing: grid spacing (default: the solver's); see :func:`pydiff.timesteps`.
+        spacing: grid spacing; see :func:`pydiff.timesteps`. Default: the schedule's where it
+            has one (Karras for EDM and VE, where uniform steps in ``t`` = sigma would all land
+            at high noise; uniform time for flow matching), else the solver's.
         grid: an explicit float64 grid ``[steps + 1, ...]`` (overrides steps/spacing/t_*).
         t_start: the noise level of ``x`` (default ``t_max``); scalar or ``[B]``.
         t_end, final_zero: where the grid ends (see :func:`pydiff.timesteps`).
@@ -100,7 +102,9 @@ def sample(
     schedule = model.schedule
     ref = leaves(x)[0]
     if grid is None:
-        grid = timesteps(schedule, steps, spacing or solver.default_spacing, t_start=t_start,
+        if spacing is None:
+            spacing = schedule.default_spacing or solver.default_spacing
+        grid = timesteps(schedule, steps, spacing, t_start=t_start,
                          t_end=t_end, final_zero=final_zero, device=ref.device)
     shift = getattr(model, "shift", None)
     if shift is not None:

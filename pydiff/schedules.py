@@ -63,6 +63,8 @@ class Schedule:
     t_eps: float = 1e-3
     default_time_input: str = "t"
     mean_reverting: bool = False
+    # the grid spacing that suits this family whatever the solver (None: the solver's choice)
+    default_spacing: str | None = None
 
     # -- to be defined by families --------------------------------------------------------
     def _alpha(self, t: Tensor) -> Tensor:
@@ -311,6 +313,7 @@ class VESchedule(Schedule):
     """Variance exploding: ``alpha = 1``, ``sigma = sigma_min (sigma_max / sigma_min)^t``."""
 
     t_eps = 1e-5
+    default_spacing = "karras"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
         if not 0 < sigma_min < sigma_max:
@@ -341,6 +344,7 @@ class EDMSchedule(Schedule):
     """
 
     default_time_input = "log_sigma"
+    default_spacing = "karras"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         if not 0 < sigma_min < sigma_max:
@@ -371,8 +375,11 @@ class FlowSchedule(Schedule):
     """Rectified flow / flow matching: ``alpha = 1 - t``, ``sigma = t``; velocity ``eps - x0``.
 
     ``shift`` applies the resolution shift of SD3 / flux to grids (``t -> s t / (1 + (s-1) t)``)
-    through :func:`pydiff.timesteps`; the marginals themselves are unchanged.
+    through :func:`pydiff.timesteps`; the marginals themselves are unchanged. Default grids are
+    uniform in ``t`` (log-SNR and Karras grids from ``alpha = 0`` crowd the noisy end).
     """
+
+    default_spacing = "time"
 
     def __init__(self, t_eps: float = 1e-3, shift: float = 1.0):
         self.t_eps, self.shift = float(t_eps), float(shift)

@@ -1,7 +1,9 @@
 """Solver protocol and first solvers through the analytic harness (float64).
 
 Orders as implemented: DDIM/Euler 1; Heun 2; DPM-Solver++(2M) 2 with a first-order start-up step
-(the grids here have 16+ steps and no final step to 0, so no lower-order final step).
+(the grids here are uniform in log-SNR with 16+ steps and no final step to 0, so no lower-order
+final step; on flow matching's uniform-time default Heun's first steps in EDM coordinates are
+pre-asymptotic at these step counts).
 """
 
 import math
@@ -25,7 +27,8 @@ def _measured_order(solver, sched, prediction, t0):
     exact = GAUSS.flow(sched, x, t0, t1)
     errs = []
     for n in (16, 32, 64):
-        y = pydiff.sample(model, x, solver, n, final_zero=False, t_start=t0, t_end=t1)
+        y = pydiff.sample(model, x, solver, n, spacing="logsnr", final_zero=False, t_start=t0,
+                          t_end=t1)
         errs.append(float((y - exact).abs().max()))
     return math.log(errs[0] / errs[-1]) / math.log(4)
 
@@ -192,3 +195,27 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(FloatingPointError, match="step 4 of 8"):
         pydiff.sample(pydiff.Denoiser(explode, sched), torch.ones(2, 2), "ddim", 8,
                       spacing="time")
+
+
+def test_heun_starts_at_alpha_zero_on_flow_matching():
+    sched = pydiff.FlowSchedule()
+    model = GAUSS.denoiser(sched, "velocity")
+    x1 = pydiff.prior(sched, (2000, 2), generator=torch.Generator().manual_seed(6)).to(F64)
+    state = pydiff.sample(model, x1, "heun", 20, spacing="time", return_state=True)
+    assert state.nfe == 2 * 20 - 2  # first (alpha = 0) and last (sigma = 0) steps are Euler
+    assert torch.allclose(state.x.mean(0), GAUSS.means[0], atol=0.1)
+    assert torch.allclose(state.x.std(0), GAUSS.stds[0], rtol=0.06)
+
+
+def test_schedule_default_spacing_overrides_the_solvers():
+    sched = pydiff.EDMSchedule()
+    model = GAUSS.denoiser(sched, "x0")
+    x = pydiff.prior(sched, (8, 2), generator=torch.Generator().manual_seed(0)).to(F64)
+    state = pydiff.sample(model, x, "ddim", 10, return_state=True)
+    assert torch.allclose(state.grid, pydiff.timesteps(sched, 10, "karras"))
+    explicit = pydiff.sample(model, x, "ddim", 10, spacing="time", return_state=True)
+    assert torch.allclose(explicit.grid, pydiff.timesteps(sched, 10, "time"))
+    flow = pydiff.FlowSchedule()
+    state = pydiff.sample(GAUSS.denoiser(flow, "velocity"), x, "dpmpp_2m", 10, return_state=True)
+    assert torch.allclose(state.grid, pydiff.timesteps(flow, 10, "time"))
+    assert bool(torch.isfinite(state.x).all())  # DPM-Solver++ from alpha = 0

@@ -129,7 +129,9 @@ class DPMSolverMultistep(_ExpIntegrator):
         r0 = torch.cat([nan, h[:-1]]) / h
         r1 = torch.cat([nan, nan, h[:-2]])[: h.shape[0]] / h
         eta, data = self.eta, self.algorithm == "dpmsolver++"
-        if data:
+        if data and eta == 0:  # the ODE; kept apart because 0 * inf is NaN where alpha_t = 0
+            hh, base, scale, z = h, s_s / s_t, a_s, torch.zeros_like(h)
+        elif data:
             hh = (1 + eta) * h  # the SDE's exact linear part shortens the step
             base, scale = s_s / s_t * torch.exp(-eta * h), a_s
             z = s_s * torch.sqrt(-torch.expm1(-2 * eta * h))

@@ -209,9 +209,14 @@ class Heun(_Churn):
         }
 
     def step_flags(self, schedule, grid, sigma):
-        s_next = sigma[1:].reshape(sigma.shape[0] - 1, -1)
+        n = sigma.shape[0] - 1
+        s_next = sigma[1:].reshape(n, -1)
+        # EDM's coordinates x/alpha blow up where alpha = 0 (flow matching at t = 1): the
+        # correction's h (d_s - d_t) / 2 is unbounded there, so that step is a plain Euler step
+        a_now = schedule.alpha(grid[:-1]).reshape(n, -1)
+        second = (s_next > 0).all(dim=1) & (a_now > 0).all(dim=1)
         return {**super().step_flags(schedule, grid, sigma),
-                "second_stage": tuple(bool(v) for v in (s_next > 0).all(dim=1).tolist())}
+                "second_stage": tuple(bool(v) for v in second.tolist())}
 
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
