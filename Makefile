@@ -22,8 +22,9 @@ CUDA_TORCH_VERSION := 2.14.1
 CUDA_VENV ?= $(HOME)/.cache/pydiff/venv-cuda-$(CUDA_TORCH_VERSION)
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_STAMP := $(CUDA_VENV)/.pydiff-venv-stamp
-NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+CUDA_HOME ?= /usr/local/cuda
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+CUDA_BUILD := build/cuda
 
 .PHONY: venv install test test-fast demo lint format bench cuda-build cmake-test clean
 
@@ -76,6 +77,33 @@ format: venv
 bench: install
 	$(PY) -P benchmarks/ops_lincomb.py
 	$(PY) -P benchmarks/ops_attention.py
+
+# CMake build of the same kernels against libtorch + ctest (header math, op registration).
+cmake-test: venv
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+# CUDA build check (no GPU needed): a separate venv with the CUDA 13.0 build of torch, cached
+# outside the clone; compiles csrc/*.cpp, csrc/cpu/*.cpp and csrc/cuda/*.cu for sm_80 and sm_90,
+# links, loads the library and checks that every op has a CUDA kernel registered. Objects go to
+# build/cuda (ninja-incremental, separate from the CPU build).
+$(CUDA_STAMP):
+	mkdir -p $(dir $(CUDA_VENV))
+	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q torch==$(CUDA_TORCH_VERSION) numpy setuptools wheel ninja
+	$(CUDA_PY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else \
+	  f'expected a CUDA build of torch in $(CUDA_VENV), found {torch.__version__}')"
+	touch $@
+
+cuda-build: $(CUDA_STAMP)
+	@test -x $(CUDA_HOME)/bin/nvcc || { echo "nvcc not found at $(CUDA_HOME)/bin/nvcc (set CUDA_HOME)"; exit 1; }
+	CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" PYDIFF_CUDA=1 \
+	  MAX_JOBS=$${MAX_JOBS:-2} $(CUDA_PY) setup.py -q build_ext \
+	  --build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
+	cd /tmp && $(abspath $(CUDA_PY)) -P $(CURDIR)/tests/gpu/check_cuda_build.py \
+	  $(CURDIR)/$(CUDA_BUILD)/lib/pydiff
 
 clean:
 	rm -rf build dist *.egg-info

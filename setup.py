@@ -73,6 +73,21 @@ def _cpu_isa_flags() -> list[str]:
     raise ValueError(f"PYDIFF_CPU_ISA={isa!r}: expected 'auto', 'avx2' or 'default'")
 
 
+def _cuda_wheel_includes() -> list[str]:
+    """Header folders of the CUDA library wheels that a CUDA build of torch pulls in
+    (site-packages/nvidia/cu13/include etc.): cuBLAS/cuSPARSE headers that ATen's CUDA headers
+    include live there, not in the nvcc toolkit."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    dirs = []
+    for root in spec.submodule_search_locations:
+        dirs += sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 def _extensions() -> tuple[list, dict]:
     if os.environ.get("PYDIFF_NO_BUILD_EXT") == "1":
         return [], {}
@@ -90,6 +105,7 @@ def _extensions() -> tuple[list, dict]:
     if use_cuda:
         ext_cls = CUDAExtension
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        include_dirs += _cuda_wheel_includes()
         cxx.append("-DPYDIFF_WITH_CUDA")
         extra["nvcc"] = [*opt, "-DPYDIFF_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
     ext = ext_cls(
