@@ -176,12 +176,19 @@ def evaluate_presets(env: str, presets: list[str], seeds: list[int],
                     results += evaluate(ExpertPolicy(make_expert(env, mode), low, high), env,
                                         chosen)
         elif name == "planner":
-            from pydiff.domains.policy.planner import PlannerPolicy, TrajectoryPlanner
+            from pydiff.domains.policy.planner import (
+                PlannerPolicy,
+                TrajectoryPlanner,
+                pointmass_tracker,
+            )
             from pydiff.domains.policy.train import CHECKPOINT_ROOT
 
+            # plan once per horizon and follow the planned states (replanning every few steps
+            # switches between the left and right modes and fails; see docs/policy.md)
             planner = TrajectoryPlanner.from_pretrained(
-                checkpoint or CHECKPOINT_ROOT / f"{env}_planner")
-            results = evaluate(PlannerPolicy(planner, torch.tensor([0.0, 0.75])), env, seeds)
+                checkpoint or CHECKPOINT_ROOT / f"{env}_planner", replan_every=48)
+            results = evaluate(PlannerPolicy(planner, torch.tensor([0.0, 0.75]),
+                                             track=pointmass_tracker), env, seeds)
         elif name in PRESETS:
             policy = load_policy(checkpoint or env, **PRESETS[name])
             results = evaluate(policy, env, seeds)

@@ -43,19 +43,28 @@ def latency(env: str, preset: str, episodes: int, seed0: int) -> dict[str, dict[
 
 def planner_rows(seeds: list[int]) -> dict[str, dict]:
     from pydiff.domains.policy.control import evaluate, summarize
-    from pydiff.domains.policy.planner import PlannerPolicy, TrajectoryPlanner, side_value
+    from pydiff.domains.policy.planner import (
+        PlannerPolicy,
+        TrajectoryPlanner,
+        pointmass_tracker,
+        side_value,
+    )
     from pydiff.domains.policy.train import CHECKPOINT_ROOT
 
     path = CHECKPOINT_ROOT / "pointmass_planner"
     if not (path / "config.json").is_file():
         return {}
-    planner = TrajectoryPlanner.from_pretrained(path)
     goal = torch.tensor([0.0, 0.75])
     rows = {}
-    for name, value, scale in [("planner", None, 0.0),
-                               ("planner+left", side_value(-1), 2.0),
-                               ("planner+right", side_value(1), 2.0)]:
-        policy = PlannerPolicy(planner, goal, value=value, guidance_scale=scale)
+    # "once": one plan per 48 steps, its states followed by the tracking controller;
+    # "open8": replan every 8 steps and execute the planned actions open loop
+    for name, value, scale, every, track in [
+            ("planner-once", None, 0.0, 48, pointmass_tracker),
+            ("planner-once+left", side_value(-1), 2.0, 48, pointmass_tracker),
+            ("planner-once+right", side_value(1), 2.0, 48, pointmass_tracker),
+            ("planner-open8", None, 0.0, 8, None)]:
+        planner = TrajectoryPlanner.from_pretrained(path, replan_every=every)
+        policy = PlannerPolicy(planner, goal, value=value, guidance_scale=scale, track=track)
         rows[name] = summarize(evaluate(policy, "pointmass", seeds))
     return rows
 
@@ -100,13 +109,13 @@ def main() -> None:
         report["envs"][env] = rows
         print(f"\n{env}: {len(seeds)} seeds ({time.time() - start:.0f} s)")
         print("(chunk latency: batch 1, ms, without each episode's first chunk)")
-        print(f"{'preset':<14} {'success':>7} {'return':>8} {'jump mean':>9} {'jump max':>8} "
+        print(f"{'preset':<18} {'success':>7} {'return':>8} {'jump mean':>9} {'jump max':>8} "
               f"{'chunk p50':>9} {'chunk p99':>9} {'left':>5} {'right':>5}")
         for name, r in rows.items():
             lat = r["latency_batch1"]
             p50 = f"{lat['steady_chunk_ms']['p50']:.2f}" if lat else "-"
             p99 = f"{lat['steady_chunk_ms']['p99']:.2f}" if lat else "-"
-            print(f"{name:<14} {r['success']:>7.2f} {r['return']:>8.1f} {r['jump_mean']:>9.3f} "
+            print(f"{name:<18} {r['success']:>7.2f} {r['return']:>8.1f} {r['jump_mean']:>9.3f} "
                   f"{r['jump_max']:>8.3f} {p50:>9} {p99:>9} {r['sides']['left']:>5.2f} "
                   f"{r['sides']['right']:>5.2f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
