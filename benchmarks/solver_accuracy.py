@@ -39,7 +39,8 @@ F64 = torch.float64
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 PYDIFF_ODE = [
-    ("ddim", {}), ("euler", {}), ("heun", {}), ("plms", {}), ("dpmpp_2m", {}),
+    ("ddim", {}), ("euler", {}), ("heun", {}), ("plms", {}), ("plms", {"variable_step": True}),
+    ("dpmpp_2m", {}),
     ("dpmpp_3m", {}), ("dpm_solver", {"order": 2}), ("dpm_solver", {"order": 3}),
     ("unipc", {"order": 2}), ("unipc", {"order": 3}), ("heavy_ball", {"order": 2}),
     ("ghvb", {"order": 2}), ("flow_euler", {}), ("flow_midpoint", {}), ("bdia", {}),
