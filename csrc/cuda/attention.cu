@@ -1,0 +1,430 @@
+// CUDA kernels of pydiff::attention (+ backward) and pydiff::linear_attention (+ backward).
+//
+// Softmax attention, one warp per query row, ROWS rows per block. The block walks the keys in
+// tiles that it stages in shared memory (K and V tile, Bc keys each), and each warp runs the
+// online softmax of include/pydiff/common.h over them: the query row and the output
+// accumulator live in registers (lane l owns dims l, l+32, ...), dot products are warp
+// reductions. Nothing of size L x L exists; the row log-sum-exp is written for the backward.
+// The backward recomputes the probabilities from the lse in two kernels without atomics:
+// dQ (a warp per query row, K/V tiles in shared memory) and dK/dV (a warp per key row, Q/dO
+// tiles in shared memory).
+//
+// Linear attention: the two GEMMs are cuBLAS (through ATen); the normalization, with the
+// denominator carried as the extra column of [K^T V | K^T 1], is one fused kernel, and so is the
+// backward's elementwise part.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "pydiff/common.h"
+
+namespace pydiff {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kRows = 8;          // warps (query or key rows) per block
+constexpr int kMaxPerLane = 8;    // head dims up to 8 * 32 = 256
+constexpr int kSmemBudget = 48 * 1024;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+struct Dims {
+  int64_t B, H, Lq, Lk, D, Dv;
+};
+
+template <typename T>
+int tile_keys(int64_t D, int64_t Dv) {
+  const int64_t per_key = (D + Dv) * static_cast<int64_t>(sizeof(T));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, kSmemBudget / per_key)));
+}
+
+// Cooperative copy of `rows` rows of width w (row stride ld, in elements) into shared memory.
+template <typename T>
+__device__ __forceinline__ void stage(T* dst, const T* src, int rows, int64_t w, int64_t ld) {
+  for (int64_t x = threadIdx.x; x < rows * w; x += blockDim.x) {
+    dst[x] = src[(x / w) * ld + (x % w)];
+  }
+}
+
+template <typename T>
+__global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                const T* __restrict__ v, const bool* __restrict__ mask,
+                                T* __restrict__ out, T* __restrict__ lse, Dims s, T scale, int bc) {
+  extern __shared__ unsigned char smem_raw[];
+  T* ks = reinterpret_cast<T*>(smem_raw);
+  T* vs = ks + bc * s.D;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t bh = blockIdx.y, b = bh / s.H;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
+  const bool active = row < s.Lq;
+  const T* qrow = q + (bh * s.Lq + (active ? row : 0)) * s.D;
+  T qr[kMaxPerLane], acc[kMaxPerLane];
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    qr[t] = (active && d < s.D) ? qrow[d] : T(0);
+    acc[t] = T(0);
+  }
+  SoftmaxState<T> st = softmax_init<T>();
+  const T* kb = k + bh * s.Lk * s.D;
+  const T* vb = v + bh * s.Lk * s.Dv;
+  for (int64_t k0 = 0; k0 < s.Lk; k0 += bc) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(bc), s.Lk - k0));
+    __syncthreads();
+    stage(ks, kb + k0 * s.D, n, s.D, s.D);
+    stage(vs, vb + k0 * s.Dv, n, s.Dv, s.Dv);
+    __syncthreads();
+    if (!active) continue;
+    for (int j = 0; j < n; ++j) {
+      if (mask != nullptr && !mask[b * s.Lk + k0 + j]) continue;
+      T dot = T(0);
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t d = lane + t * kWarp;
+        if (d < s.D) dot += qr[t] * ks[j * s.D + d];
+      }
+      const T sc = warp_sum(dot) * scale;
+      const T alpha = softmax_advance(st, sc);
+      const T p = exp(sc - softmax_ref(st));
+      st.l += p;
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t e = lane + t * kWarp;
+        if (e < s.Dv) acc[t] = acc[t] * alpha + p * vs[j * s.Dv + e];
+      }
+    }
+  }
+  if (!active) return;
+  const T inv = softmax_inv_sum(st);
+  T* orow = out + (bh * s.Lq + row) * s.Dv;
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t e = lane + t * kWarp;
+    if (e < s.Dv) orow[e] = acc[t] * inv;
+  }
+  if (lane == 0) lse[bh * s.Lq + row] = softmax_lse(st);
+}
+
+// dQ_i = scale * sum_j P_ij (dP_ij - delta_i) k_j, dP_ij = dO_i . v_j
+template <typename T>
+__global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                   const T* __restrict__ v, const T* __restrict__ dout,
+                                   const T* __restrict__ lse, const T* __restrict__ delta,
+                                   const bool* __restrict__ mask, T* __restrict__ dq, Dims s,
+                                   T scale, int bc) {
+  extern __shared__ unsigned char smem_raw[];
+  T* ks = reinterpret_cast<T*>(smem_raw);
+  T* vs = ks + bc * s.D;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t bh = blockIdx.y, b = bh / s.H;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
+  const bool active = row < s.Lq;
+  const int64_t r = active ? row : 0;
+  T qr[kMaxPerLane], dor[kMaxPerLane], g[kMaxPerLane];
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    qr[t] = (active && d < s.D) ? q[(bh * s.Lq + r) * s.D + d] : T(0);
+    dor[t] = (active && d < s.Dv) ? dout[(bh * s.Lq + r) * s.Dv + d] : T(0);
+    g[t] = T(0);
+  }
+  const T l = active ? lse[bh * s.Lq + r] : T(0);
+  const T dl = active ? delta[bh * s.Lq + r] : T(0);
+  const T* kb = k + bh * s.Lk * s.D;
+  const T* vb = v + bh * s.Lk * s.Dv;
+  for (int64_t k0 = 0; k0 < s.Lk; k0 += bc) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(bc), s.Lk - k0));
+    __syncthreads();
+    stage(ks, kb + k0 * s.D, n, s.D, s.D);
+    stage(vs, vb + k0 * s.Dv, n, s.Dv, s.Dv);
+    __syncthreads();
+    if (!active) continue;
+    for (int j = 0; j < n; ++j) {
+      if (mask != nullptr && !mask[b * s.Lk + k0 + j]) continue;
+      T sd = T(0), pd = T(0);
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t d = lane + t * kWarp;
+        if (d < s.D) sd += qr[t] * ks[j * s.D + d];
+        if (d < s.Dv) pd += dor[t] * vs[j * s.Dv + d];
+      }
+      const T p = softmax_prob(warp_sum(sd) * scale, l);
+      const T ds = p * (warp_sum(pd) - dl) * scale;
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t d = lane + t * kWarp;
+        if (d < s.D) g[t] += ds * ks[j * s.D + d];
+      }
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    if (d < s.D) dq[(bh * s.Lq + row) * s.D + d] = g[t];
+  }
+}
+
+// dV_j = sum_i P_ij dO_i,  dK_j = scale * sum_i P_ij (dP_ij - delta_i) q_i
+template <typename T>
+__global__ void attn_bwd_dkv_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                    const T* __restrict__ v, const T* __restrict__ dout,
+                                    const T* __restrict__ lse, const T* __restrict__ delta,
+                                    const bool* __restrict__ mask, T* __restrict__ dk,
+                                    T* __restrict__ dv, Dims s, T scale, int bc) {
+  extern __shared__ unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);
+  T* dos = qs + bc * s.D;
+  T* ls = dos + bc * s.Dv;
+  T* des = ls + bc;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t bh = blockIdx.y, b = bh / s.H;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kRows + warp;
+  const bool active = col < s.Lk && (mask == nullptr || mask[b * s.Lk + col]);
+  const int64_t c = col < s.Lk ? col : 0;
+  T kr[kMaxPerLane], vr[kMaxPerLane], gk[kMaxPerLane], gv[kMaxPerLane];
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {
+    const int64_t d = lane + t * kWarp;
+    kr[t] = d < s.D ? k[(bh * s.Lk + c) * s.D + d] : T(0);
+    vr[t] = d < s.Dv ? v[(bh * s.Lk + c) * s.Dv + d] : T(0);
+    gk[t] = gv[t] = T(0);
+  }
+  const T* qb = q + bh * s.Lq * s.D;
+  const T* db = dout + bh * s.Lq * s.Dv;
+  for (int64_t q0 = 0; q0 < s.Lq; q0 += bc) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(bc), s.Lq - q0));
+    __syncthreads();
+    stage(qs, qb + q0 * s.D, n, s.D, s.D);
+    stage(dos, db + q0 * s.Dv, n, s.Dv, s.Dv);
+    stage(ls, lse + bh * s.Lq + q0, n, 1, 1);
+    stage(des, delta + bh * s.Lq + q0, n, 1, 1);
+    __syncthreads();
+    if (!active) continue;
+    for (int i = 0; i < n; ++i) {
+      T sd = T(0), pd = T(0);
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t d = lane + t * kWarp;
+        if (d < s.D) sd += kr[t] * qs[i * s.D + d];
+        if (d < s.Dv) pd += vr[t] * dos[i * s.Dv + d];
+      }
+      const T p = softmax_prob(warp_sum(sd) * scale, ls[i]);
+      const T ds = p * (warp_sum(pd) - des[i]) * scale;
+#pragma unroll
+      for (int t = 0; t < kMaxPerLane; ++t) {
+        const int64_t d = lane + t * kWarp;
+        if (d < s.Dv) gv[t] += p * dos[i * s.Dv + d];
+        if (d < s.D) gk[t] += ds * qs[i * s.D + d];
+      }
+    }
+  }
+  if (col >= s.Lk) return;
+#pragma unroll
+  for (int t = 0; t < kMaxPerLane; ++t) {  // masked keys get exactly 0
+    const int64_t d = lane + t * kWarp;
+    if (d < s.D) dk[(bh * s.Lk + col) * s.D + d] = gk[t];
+    if (d < s.Dv) dv[(bh * s.Lk + col) * s.Dv + d] = gv[t];
+  }
+}
+
+void check_cuda_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiff::attention: q, k, v must be [B, H, L, D]");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) &&
+                  v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(2) == k.size(2),
+              "pydiff::attention: shapes do not match: q ", q.sizes(), ", k ", k.sizes(), ", v ",
+              v.sizes());
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "pydiff::attention: q, k, v must share a dtype");
+  TORCH_CHECK(q.size(3) <= kMaxPerLane * kWarp && v.size(3) <= kMaxPerLane * kWarp,
+              "pydiff::attention (CUDA): head dims up to ", kMaxPerLane * kWarp, " supported");
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 2 &&
+                    mask->size(0) == q.size(0) && mask->size(1) == k.size(2),
+                "pydiff::attention: mask must be a bool [B, Lk] key-padding mask");
+    TORCH_CHECK(mask->device() == q.device(), "pydiff::attention: mask is on ", mask->device());
+  }
+}
+
+at::ScalarType acc_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, double scale,
+                                                  const std::optional<at::Tensor>& mask) {
+  check_cuda_attention(q, k, v, mask);
+  c10::cuda::CUDAGuard guard(q.device());
+  const auto acc = acc_of(q.scalar_type());
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous();
+  const Dims s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  at::Tensor out = at::empty({s.B, s.H, s.Lq, s.Dv}, q.options().dtype(acc));
+  at::Tensor lse = at::empty({s.B, s.H, s.Lq}, q.options().dtype(acc));
+  at::Tensor m;
+  if (mask.has_value() && mask->defined()) m = mask->contiguous();
+  if (s.B * s.H * s.Lq > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_attention_fwd", [&] {
+      const int bc = tile_keys<scalar_t>(s.D, s.Dv);
+      const dim3 grid((s.Lq + kRows - 1) / kRows, s.B * s.H);
+      const size_t smem = static_cast<size_t>(bc) * (s.D + s.Dv) * sizeof(scalar_t);
+      attn_fwd_kernel<scalar_t><<<grid, kRows * kWarp, smem, at::cuda::getCurrentCUDAStream()>>>(
+          qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
+          m.defined() ? m.data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
+          lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), bc);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {out.to(q.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    double scale, const std::optional<at::Tensor>& mask) {
+  check_cuda_attention(q, k, v, mask);
+  c10::cuda::CUDAGuard guard(q.device());
+  const auto acc = acc_of(q.scalar_type());
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous(), doc = grad_out.to(acc).contiguous();
+  at::Tensor delta = (doc * out.to(acc)).sum(-1);
+  if (grad_lse.has_value() && grad_lse->defined()) delta = delta - grad_lse->to(acc);
+  delta = delta.contiguous();
+  const at::Tensor lsec = lse.to(acc).contiguous();
+  const Dims s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  at::Tensor dq = at::zeros(q.sizes(), q.options().dtype(acc));
+  at::Tensor dk = at::zeros(k.sizes(), k.options().dtype(acc));
+  at::Tensor dv = at::zeros(v.sizes(), v.options().dtype(acc));
+  at::Tensor m;
+  if (mask.has_value() && mask->defined()) m = mask->contiguous();
+  const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+  if (s.B * s.H * s.Lq > 0 && s.Lk > 0) {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_attention_bwd", [&] {
+      const scalar_t sc = static_cast<scalar_t>(scale);
+      const int bc = tile_keys<scalar_t>(s.D, s.Dv);
+      const size_t smem_kv = static_cast<size_t>(bc) * (s.D + s.Dv) * sizeof(scalar_t);
+      attn_bwd_dq_kernel<scalar_t>
+          <<<dim3((s.Lq + kRows - 1) / kRows, s.B * s.H), kRows * kWarp, smem_kv, stream>>>(
+              qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
+              doc.data_ptr<scalar_t>(), lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), mp,
+              dq.data_ptr<scalar_t>(), s, sc, bc);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const size_t smem_q = static_cast<size_t>(bc) * (s.D + s.Dv + 2) * sizeof(scalar_t);
+      attn_bwd_dkv_kernel<scalar_t>
+          <<<dim3((s.Lk + kRows - 1) / kRows, s.B * s.H), kRows * kWarp, smem_q, stream>>>(
+              qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
+              doc.data_ptr<scalar_t>(), lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), mp,
+              dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s, sc, bc);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+}
+
+// ---- linear attention ----------------------------------------------------------------------
+
+// out[r, e] = t[r, e] / (t[r, Dv] + eps), t = Q [K^T V | K^T 1] of width Dv + 1
+template <typename T>
+__global__ void linear_normalize_kernel(const T* __restrict__ t, T* __restrict__ out,
+                                        int64_t rows, int64_t Dv, T eps) {
+  const int64_t n = rows * Dv;
+  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < n;
+       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = x / Dv, e = x % Dv;
+    const T* tr = t + r * (Dv + 1);
+    out[x] = tr[e] / (tr[Dv] + eps);
+  }
+}
+
+// dA[r] = [g / den | -(g . num) / den^2], one warp per row
+template <typename T>
+__global__ void linear_grad_kernel(const T* __restrict__ t, const T* __restrict__ g,
+                                   T* __restrict__ da, int64_t rows, int64_t Dv, T eps) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (r >= rows) return;
+  const T* tr = t + r * (Dv + 1);
+  const T* gr = g + r * Dv;
+  T* dr = da + r * (Dv + 1);
+  const T inv = T(1) / (tr[Dv] + eps);
+  T go = T(0);
+  for (int64_t e = lane; e < Dv; e += kWarp) {
+    go += gr[e] * tr[e];
+    dr[e] = gr[e] * inv;
+  }
+  go = warp_sum(go);
+  if (lane == 0) dr[Dv] = -go * inv * inv;
+}
+
+at::Tensor kv_aug(const at::Tensor& k, const at::Tensor& v) {
+  return at::cat({at::matmul(k.transpose(-1, -2), v), k.sum(-2).unsqueeze(-1)}, -1);
+}
+
+at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 double eps) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiff::linear_attention: q, k, v must be [B, H, L, D]");
+  c10::cuda::CUDAGuard guard(q.device());
+  const auto acc = acc_of(q.scalar_type());
+  const at::Tensor qc = q.to(acc), kc = k.to(acc), vc = v.to(acc);
+  const at::Tensor t = at::matmul(qc, kv_aug(kc, vc)).contiguous();  // [B, H, Lq, Dv + 1]
+  const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), Dv}, q.options().dtype(acc));
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention", [&] {
+      const int blocks = static_cast<int>(std::min<int64_t>((out.numel() + 255) / 256, 65535));
+      linear_normalize_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+          t.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, Dv,
+          static_cast<scalar_t>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return out.to(q.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    double eps) {
+  c10::cuda::CUDAGuard guard(q.device());
+  const auto acc = acc_of(q.scalar_type());
+  const at::Tensor qc = q.to(acc), kc = k.to(acc), vc = v.to(acc);
+  const at::Tensor g = grad_out.to(acc).contiguous();
+  const at::Tensor kva = kv_aug(kc, vc);
+  const at::Tensor t = at::matmul(qc, kva).contiguous();
+  const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
+  at::Tensor da = at::empty_like(t);
+  if (rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention_bwd", [&] {
+      const int64_t threads = rows * kWarp;
+      const int blocks = static_cast<int>((threads + 255) / 256);
+      linear_grad_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+          t.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), da.data_ptr<scalar_t>(), rows, Dv,
+          static_cast<scalar_t>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const at::Tensor dq = at::matmul(da, kva.transpose(-1, -2));
+  const at::Tensor dkva = at::matmul(qc.transpose(-1, -2), da);  // [B, H, D, Dv + 1]
+  const at::Tensor dkv = dkva.narrow(-1, 0, Dv), dks = dkva.narrow(-1, Dv, 1);
+  const at::Tensor dk = at::matmul(vc, dkv.transpose(-1, -2)) + dks.transpose(-1, -2);
+  const at::Tensor dv = at::matmul(kc, dkv);
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiff, CUDA, m) {
+  m.impl("attention", &attention_cuda);
+  m.impl("attention_backward", &attention_backward_cuda);
+  m.impl("linear_attention", &linear_attention_cuda);
+  m.impl("linear_attention_backward", &linear_attention_backward_cuda);
+}
+
+}  // namespace pydiff
