@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .attention import attention
 from .embeddings import TimeEmbedding, normalize_time
 
-__all__ = ["UNet2D", "ResBlock2D", "AttnBlock2D"]
+__all__ = ["UNet2D", "ResBlock2D", "AttnBlock2D", "ColumnGroupNorm"]
 
 
 def _groups(channels: int) -> int:
@@ -37,6 +37,31 @@ def _groups(channels: int) -> int:
     while channels % g:
         g -= 1
     return g
+
+
+class ColumnGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics never mix columns: each ``W`` position is normalized over its
+    channel group and ``H`` alone (same parameters as ``nn.GroupNorm``).
+
+    With it a convolutional network stays local along ``W`` (time in a spectrogram), so a
+    signal processed in overlapping chunks matches the signal processed whole.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, hh, ww = x.shape
+        cols = x.permute(0, 3, 1, 2).reshape(b * ww, c, hh)
+        out = F.group_norm(cols, self.num_groups, self.weight, self.bias, self.eps)
+        return out.reshape(b, ww, c, hh).permute(0, 2, 3, 1)
+
+
+NORM_AXES = ("hw", "h")
+
+
+def _norm(channels: int, norm_axes: str) -> nn.GroupNorm:
+    if norm_axes not in NORM_AXES:
+        raise ValueError(f"norm_axes={norm_axes!r}; expected one of {NORM_AXES}")
+    cls = nn.GroupNorm if norm_axes == "hw" else ColumnGroupNorm
+    return cls(_groups(channels), channels)
 
 
 class ResBlock2D(nn.Module):
@@ -54,12 +79,13 @@ class ResBlock2D(nn.Module):
         temb_dim: int,
         dropout: float = 0.0,
         skip_rescale: bool = True,
+        norm_axes: str = "hw",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.norm1 = _norm(in_ch, norm_axes)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.norm2 = _norm(out_ch, norm_axes)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -78,14 +104,15 @@ class ResBlock2D(nn.Module):
 class AttnBlock2D(nn.Module):
     """Multi-head self-attention over all ``H * W`` positions, residual, via :func:`attention`."""
 
-    def __init__(self, channels: int, num_heads: int = 1, skip_rescale: bool = True) -> None:
+    def __init__(self, channels: int, num_heads: int = 1, skip_rescale: bool = True,
+                 norm_axes: str = "hw") -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(
                 f"attention channels {channels} must be divisible by num_heads={num_heads}"
             )
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = _norm(channels, norm_axes)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -140,6 +167,10 @@ class UNet2D(nn.Module):
             (DDPM; feed it e.g. ``999 * t``).
         fourier_scale: frequency scale of the Fourier features (NCSN++: 16).
         skip_rescale: divide residual sums by sqrt(2) (NCSN++).
+        norm_axes: ``"hw"`` GroupNorm statistics over the whole image (default); ``"h"``
+            per column (:class:`ColumnGroupNorm`), so nothing but the convolutions' receptive
+            field couples distant columns (chunked spectrogram processing).
+        mid_attention: the self-attention block in the middle (global over all positions).
 
     ``forward(x, t, cond=None)``: ``x [B, in_channels, H, W]``; ``t``: ``[]``, ``[B]`` or any
     shape whose non-batch axes are 1 (one noise level per sample); ``cond
@@ -164,6 +195,8 @@ class UNet2D(nn.Module):
         time_embedding: str = "fourier",
         fourier_scale: float = 16.0,
         skip_rescale: bool = True,
+        norm_axes: str = "hw",
+        mid_attention: bool = True,
     ) -> None:
         super().__init__()
         channel_mult = [int(m) for m in channel_mult]
@@ -190,6 +223,8 @@ class UNet2D(nn.Module):
             time_embedding=time_embedding,
             fourier_scale=fourier_scale,
             skip_rescale=skip_rescale,
+            norm_axes=norm_axes,
+            mid_attention=mid_attention,
         )
         out_channels = out_channels or in_channels
         self.in_channels, self.cond_channels = in_channels, cond_channels
@@ -200,10 +235,10 @@ class UNet2D(nn.Module):
         )
 
         def res(cin: int, cout: int) -> ResBlock2D:
-            return ResBlock2D(cin, cout, temb_dim, dropout, skip_rescale)
+            return ResBlock2D(cin, cout, temb_dim, dropout, skip_rescale, norm_axes)
 
         def attn(ch: int) -> AttnBlock2D:
-            return AttnBlock2D(ch, num_heads, skip_rescale)
+            return AttnBlock2D(ch, num_heads, skip_rescale, norm_axes)
 
         self.conv_in = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         # Down path: a flat list of (block, attention-or-None) and downsamplers; hs_ch records
@@ -220,7 +255,8 @@ class UNet2D(nn.Module):
             if level != n_levels - 1:
                 self.down.append(nn.ModuleList([_Down(ch)]))
                 hs_ch.append(ch)
-        self.mid = nn.ModuleList([res(ch, ch), attn(ch), res(ch, ch)])
+        self.mid = nn.ModuleList([res(ch, ch), attn(ch) if mid_attention else nn.Identity(),
+                                  res(ch, ch)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
@@ -230,7 +266,7 @@ class UNet2D(nn.Module):
                     self.up[-1].append(attn(ch))
             if level != 0:
                 self.up.append(nn.ModuleList([_Up(ch)]))
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.norm_out = _norm(ch, norm_axes)
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         # Zero output at init (DDPM/NCSN++): the untrained model predicts "no change".
         nn.init.zeros_(self.conv_out.weight)
