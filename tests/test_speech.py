@@ -158,6 +158,25 @@ def test_overlap_add_of_identity_is_exact() -> None:
     assert starts == list(range(0, 10_000 - 512, 1536))[:len(starts)]
 
 
+def test_speech_unet_is_local_in_time() -> None:
+    # what chunking relies on: per-frame normalization, no global attention
+    from pydiff.domains.speech.model import ScoreNet
+
+    torch.manual_seed(0)
+    net = ScoreNet(base_channels=8, channel_mult=(1, 2, 2, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 1, 2, 256, 160, generator=g)
+    t = torch.tensor([0.4])
+    with torch.no_grad():
+        full, part = net(x, t, y), net(x[..., 64:], t, y[..., 64:])
+    far = slice(120, 136)  # far from both edges of the cut (frame 64 is a multiple of 8)
+    assert torch.allclose(full[..., far], part[..., far.start - 64:far.stop - 64], atol=1e-5)
+
+
 def test_frame_noise_is_keyed_by_absolute_frame() -> None:
     whole = frame_noise(3, 1, 0, 12, 256)
     assert torch.equal(frame_noise(3, 1, 5, 4, 256), whole[..., 5:9])

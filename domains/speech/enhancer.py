@@ -15,7 +15,9 @@ How a file stays seamless and reproducible:
   chunk boundaries do not change the noise a frame gets. With a deterministic solver
   (``"mr"``, the ODE form) chunked and whole-file results then differ only by the network's limited
   context at chunk edges, which the raised-cosine crossfade over the overlap hides.
-- Chunks start at multiples of the STFT hop, so their frames line up with the whole file's.
+- Chunks start at multiples of 8 STFT hops, so their frames, and the network's strided
+  downsampling grid, line up with the whole file's. The network normalizes each time frame
+  on its own and has no global attention, so only its receptive field couples frames.
 
 Samplers (``solver=``): see :data:`SAMPLERS` (``"pc"`` SGMSE+'s predictor-corrector, ``"mr"`` /
 ``"mr_sde"`` the MR Sampler, ``"storm"`` stochastic regeneration, ``"em"`` Euler-Maruyama).
@@ -346,10 +348,16 @@ class SpeechEnhancer:
                 f"storm={'yes' if self.predictive_net is not None else 'no'})")
 
 
+# chunk starts land on multiples of this many frames: the UNet downsamples time 3 times, so
+# chunks aligned to 8 frames see the same strided grid as the whole file
+FRAME_ALIGN = 8
+
+
 def _to_hops(seconds: float, hop: int, name: str, allow_zero: bool = False) -> int:
     if not seconds >= 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {seconds}")
-    return int(round(seconds * SAMPLE_RATE / hop)) * hop
+    unit = hop * FRAME_ALIGN
+    return max(int(round(seconds * SAMPLE_RATE / unit)), 0 if allow_zero else 1) * unit
 
 
 class _OverlapAdd:
@@ -364,8 +372,14 @@ class _OverlapAdd:
         self.buffer: np.ndarray | None = None
         self.start = 0  # absolute index of buffer[:, 0]
         self.tail: np.ndarray | None = None  # processed overlap of the previous chunk
-        ramp = np.arange(overlap, dtype=np.float64) + 0.5
-        self.fade_in = (0.5 - 0.5 * np.cos(np.pi * ramp / max(overlap, 1))).astype(np.float32)
+        # the crossfade covers the middle half of the overlap: each chunk's outer quarter (the
+        # frames with the least context on one side) is dropped rather than blended
+        margin = overlap // 4
+        fade = max(overlap - 2 * margin, 1)
+        ramp = (np.arange(fade, dtype=np.float64) + 0.5) / fade
+        self.fade_in = np.concatenate([np.zeros(margin), 0.5 - 0.5 * np.cos(np.pi * ramp),
+                                       np.ones(overlap - margin - fade)])[:overlap]
+        self.fade_in = self.fade_in.astype(np.float32)
 
     def push(self, block: np.ndarray) -> list[np.ndarray]:
         self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block], 1)

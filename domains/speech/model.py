@@ -55,11 +55,14 @@ Tensor = torch.Tensor
 def _unet(in_channels: int, cond_channels: int, base_channels: int,
           channel_mult: Sequence[int], num_res_blocks: int,
           attn_levels: Sequence[int] | None) -> UNet2D:
+    # column (time-frame) local normalization and no global middle attention: the output at a
+    # frame depends only on frames within the receptive field, so overlapping chunks agree with
+    # whole-file processing
     return UNet2D(in_channels=in_channels, out_channels=2, cond_channels=cond_channels,
                   base_channels=base_channels, channel_mult=tuple(channel_mult),
                   num_res_blocks=num_res_blocks,
                   attn_levels=None if attn_levels is None else tuple(attn_levels),
-                  time_embedding="fourier")
+                  time_embedding="fourier", norm_axes="h", mid_attention=False)
 
 
 class ScoreNet(nn.Module):

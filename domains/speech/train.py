@@ -47,8 +47,8 @@ class TrainConfig:
     utterances: int = 160
     segment_frames: int = 48
     batch_size: int = 6
-    predictive_steps: int = 80
-    score_steps: int = 260
+    predictive_steps: int = 150
+    score_steps: int = 800
     lr: float = 2e-3
     base_channels: int = 12
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
