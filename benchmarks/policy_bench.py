@@ -26,7 +26,7 @@ from pydiff.domains.policy import PRESETS, load_policy
 from pydiff.domains.policy.control import run_episode
 from pydiff.domains.policy.metrics import latency_summary
 
-ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "stream"]
+ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream"]
 
 
 def latency(env: str, preset: str, episodes: int, seed0: int) -> dict[str, dict[str, float]]:

@@ -62,7 +62,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ddpm100": {"mode": "full", "solver": "ddpm", "steps": 100},
     "ddim10": {"mode": "full", "solver": "ddim", "steps": 10},
     "dpmpp2m5": {"mode": "full", "solver": "dpmpp_2m", "steps": 5},
-    "rti": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 2, "rti_t_start": 0.3},
+    "rti": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 1, "rti_t_start": 0.3},
+    "rti2": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 2, "rti_t_start": 0.3},
     "stream": {"mode": "stream", "solver": "ddim", "steps": 10, "stream_steps": 1},
 }
 
@@ -105,7 +106,7 @@ class DiffusionPolicyConfig:
     mode: str = "full"
     solver: str = "ddim"
     steps: int = 10
-    rti_steps: int = 2
+    rti_steps: int = 1
     rti_t_start: float = 0.3
     stream_steps: int = 1
     action_low: list[float] = field(default_factory=list)
