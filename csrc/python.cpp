@@ -111,6 +111,11 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
     ts.push_back(std::move(z));
   }
   const at::Tensor& x = ts[0];
+  // Only devices with a kernel in this build (a CPU-only build has no CUDA kernels).
+  static const bool has_cuda = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("pydiff::lincomb_out", "")
+                                   .hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+  if (!(x.device().is_cpu() || (x.device().is_cuda() && has_cuda))) return none;
   const bool grad_mode = at::GradMode::is_enabled();
   for (const auto& t : ts) {
     if (!supported(t.scalar_type()) || t.sizes() != x.sizes() || t.device() != x.device())

@@ -89,7 +89,12 @@ def _assert_close_to_truth(y, terms, coeffs, noise=None, noise_coeff=None, out_d
     assert y.shape == terms[0].shape
     # float32 accumulation (float64 for float64 results) plus the final rounding to out_dtype
     acc_eps = EPS[torch.float64] if out_dtype == torch.float64 else EPS[torch.float32]
-    tol = 4 * EPS[out_dtype] * truth.abs() + 8 * acc_eps * (mag + 1e-30) * len(terms)
+    # (+ a floor for results in out_dtype's subnormal range, where spacing is absolute)
+    tol = (
+        4 * EPS[out_dtype] * truth.abs()
+        + 8 * acc_eps * (mag + 1e-30) * len(terms)
+        + 4 * EPS[out_dtype] * torch.finfo(out_dtype).tiny
+    )
     # the inputs themselves were rounded before we computed the truth, so no tolerance for that
     err = (y.to(torch.float64) - truth).abs()
     bad = err > tol + 1e-300

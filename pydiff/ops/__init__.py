@@ -50,6 +50,26 @@ _EXT = _C is not None
 _lincomb_fast = getattr(_C, "lincomb_fast", None)
 
 
+_KERNEL_DEVICES: dict[str, bool] = {}
+
+
+def _has_kernel(device: torch.device, op: str = "pydiff::lincomb") -> bool:
+    """Whether the compiled extension has a kernel for this device type (a CPU-only build has
+    none for CUDA tensors; those then run the reference). Meta tensors use the fake kernels."""
+    if not _EXT:
+        return False
+    key = f"{op}:{device.type}"
+    ok = _KERNEL_DEVICES.get(key)
+    if ok is None:
+        dispatch_key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}.get(device.type)
+        ok = dispatch_key is not None and (
+            dispatch_key == "Meta"
+            or torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
+        )
+        _KERNEL_DEVICES[key] = ok
+    return ok
+
+
 def backend() -> str:
     """``"extension"`` when the compiled ``pydiff._C`` ops are in use, else ``"reference"``.
 
@@ -173,7 +193,7 @@ def lincomb(
         if out.device != x.device:
             raise ValueError(f"lincomb: out is on {out.device}, the terms on {x.device}")
 
-    if _EXT:
+    if _has_kernel(x.device):
         if out is None:
             return torch.ops.pydiff.lincomb.default(terms, tens, index, scales)
         if torch.is_grad_enabled() and (
@@ -216,7 +236,7 @@ def attention(
     _reference.check_attention(q, k, v, mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
-    if _EXT:
+    if _has_kernel(q.device, "pydiff::attention"):
         return torch.ops.pydiff.attention.default(q, k, v, float(scale), mask)[0]
     return _reference.attention_with_lse(q, k, v, float(scale), mask)[0]
 
@@ -234,6 +254,6 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tens
         torch.Size([1, 2, 16, 4])
     """
     _reference.check_linear_attention(q, k, v)
-    if _EXT:
+    if _has_kernel(q.device, "pydiff::linear_attention"):
         return torch.ops.pydiff.linear_attention.default(q, k, v, float(eps))
     return _reference.linear_attention(q, k, v, float(eps))
