@@ -30,7 +30,7 @@ CUDA_BUILD := build/cuda
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-domains.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -r requirements-dev.txt torch==$(TORCH_VERSION)

@@ -146,6 +146,11 @@ setup(
     # torch is deliberately not pinned here: the Makefile installs the CPU build 2.13.0 first,
     # and a lower bound that it satisfies never makes pip fetch a (CUDA) torch.
     install_requires=["torch>=2.4", "numpy", "scipy", "tqdm", "safetensors", "matplotlib"],
+    extras_require={
+        "policy": ["gymnasium>=1.0", "gym-pusht", "pymunk<7", "pillow"],
+        "speech": ["soundfile", "soxr", "pesq", "pystoi", "pyroomacoustics", "noisereduce",
+                   "espeakng-loader"],
+    },
     entry_points={"console_scripts": ["pydiff = pydiff.apps.cli:main"]},
     zip_safe=False,
 )
