@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from . import ops
 from .schedules import F64, DiscreteSchedule, Schedule, as_time
 from .tree import State, batch_size, leaves, per_sample, tree_map
 
@@ -96,6 +97,7 @@ class Denoiser:
         self.sigma_data = float(sigma_data if sigma_data is not None
                                 else getattr(schedule, "sigma_data", 0.5))
         self.cond: dict[str, Any] = dict(cond or {})
+        self._levels: dict[tuple, tuple[Tensor, list[dict[str, Any]]]] = {}
 
     # -- configuration ---------------------------------------------------------------------
     def bind(self, **cond: Any) -> Denoiser:
@@ -130,19 +132,72 @@ class Denoiser:
         sig = self.schedule.sigma_tilde(t)
         return torch.log(sig) / 4 if ti == "log_sigma" else sig
 
+    # -- per-time coefficients, cached -----------------------------------------------------
+    def _level(self, t: Tensor) -> dict[str, Tensor]:
+        """Float64 coefficients of time ``t``: the network time and the parameter conversions.
+
+        Solvers call the model at the rows of one grid tensor (``grid[i]``); recomputing the
+        schedule math (a dozen small float64 ops) per call cost more than the solver step. So
+        when ``t`` is a row of a larger tensor, the levels of the whole grid are computed at
+        once (as cheap as one row) and kept for the 16 most recent grids: memory stays flat
+        over a run. Any other ``t`` is computed directly.
+        """
+        base = t._base
+        # inference tensors have no version counter and must not leak into later autograd use
+        if (base is None or base.dim() != t.dim() + 1 or base.stride(0) == 0
+                or torch.compiler.is_compiling() or base.requires_grad or base.is_inference()
+                or torch.is_inference_mode_enabled()
+                or base.shape[1:] != t.shape or base.stride()[1:] != t.stride()):
+            return self._compute_level(t)
+        row, rem = divmod(t.storage_offset() - base.storage_offset(), base.stride(0))
+        if rem or not 0 <= row < base.shape[0]:
+            return self._compute_level(t)
+        key = (base.data_ptr(), base._version, tuple(base.shape), tuple(base.stride()))
+        hit = self._levels.get(key)
+        if hit is None or hit[0] is not base:
+            whole = self._compute_level(base)
+            rows = [{name: tuple(v[r] for v in value) if isinstance(value, tuple) else value[r]
+                     for name, value in whole.items()} for r in range(base.shape[0])]
+            if len(self._levels) >= 16:
+                self._levels.clear()
+            hit = self._levels[key] = (base, rows)
+        return hit[1][row]
+
+    def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        level = {"t_net": self.network_time(t), "alpha": a, "sigma": s}
+        p = self.prediction
+        if p == "eps":  # x0 = (x - s eps) / a
+            level["x0"] = (1 / a, -s / a)
+        elif p == "x0":  # eps = (x - a x0) / s
+            level["eps"] = (1 / s, -a / s)
+        elif p == "score":  # eps = -s score
+            level["x0"], level["eps"] = (1 / a, s * s / a), (-s,)
+        elif p == "v":  # v = a eps - s x0 and x = a x0 + s eps
+            n = a * a + s * s
+            level["x0"], level["eps"] = (a / n, -s / n), (s / n, a / n)
+        else:  # velocity v = a' x0 + s' eps
+            da, ds = self.schedule.derivatives(t)
+            det = a * ds - s * da
+            level["x0"], level["eps"] = (ds / det, -s / det), (-da / det, a / det)
+        if self.precond == "edm":
+            sd, sig = self.sigma_data, s / a
+            level["c_in"] = 1 / torch.sqrt(sig**2 + sd**2) / a
+            level["edm"] = (sd**2 / (sig**2 + sd**2) / a, sig * sd / torch.sqrt(sig**2 + sd**2))
+        return level
+
     # -- the one network call --------------------------------------------------------------
     def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
         """``(x0, eps)`` predicted at state ``x`` and time ``t`` (one network evaluation)."""
         cond = {**self.cond, **cond}
         ref = leaves(x)[0]
         t = as_time(t, ref.device)
-        bsz = batch_size(x)
-        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        level = self._level(t)
         if t.dim() == 0:
-            t_net = self.network_time(t).expand(bsz)
+            t_net = level["t_net"].expand(batch_size(x))
         else:
             tree_map(lambda leaf: per_sample(t, leaf), x)  # validates the shape
-            t_net = self.network_time(t)
+            t_net = level["t_net"]
 
         shift = None
         if self.schedule.mean_reverting:
@@ -151,25 +206,30 @@ class Denoiser:
                                  f"{self.mean_key}=... (the noisy observation)")
             shift = cond[self.mean_key]
 
-        def coef(c: Tensor, leaf: Tensor) -> Tensor:
-            return per_sample(c, leaf).to(leaf.dtype)
-
         x_in = x if shift is None else tree_map(torch.add, x, shift)
         if self.precond == "edm":
-            sd = self.sigma_data
-            sig_t = sigma / alpha
-            c_in = 1 / torch.sqrt(sig_t**2 + sd**2) / alpha
-            x_in = tree_map(lambda v: v * coef(c_in, v), x_in)
+            x_in = tree_map(lambda v: ops.lincomb([v], [level["c_in"]]), x_in)
         out = self._call_net(x_in, t_net, cond, ref.dtype)
-
         if self.precond == "edm":
-            sig_t = sigma / alpha
-            c_skip = sd**2 / (sig_t**2 + sd**2) / alpha
-            c_out = sig_t * sd / torch.sqrt(sig_t**2 + sd**2)
-            # x0 in the unshifted coordinates: combine with the network input x_in's source
+            # x0 in unshifted coordinates: c_skip (x + y) + c_out F
             x_src = x if shift is None else tree_map(torch.add, x, shift)
-            out = tree_map(lambda v, f: v * coef(c_skip, v) + f * coef(c_out, f), x_src, out)
-        return self._to_x0_eps(x, out, t, alpha, sigma, shift)
+            out = tree_map(lambda v, f: ops.lincomb([v, f], level["edm"]), x_src, out)
+        if shift is not None and self.prediction == "x0":
+            out = tree_map(torch.sub, out, shift)  # into the shifted coordinate
+
+        def convert(xv: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
+            if self.prediction == "x0":
+                return o, ops.lincomb([xv, o], level["eps"])
+            x0 = ops.lincomb([xv, o], level["x0"])
+            if self.prediction == "eps":
+                return x0, o
+            eps_terms = [o] if self.prediction == "score" else [xv, o]
+            return x0, ops.lincomb(eps_terms, level["eps"])
+
+        if isinstance(x, dict):
+            pairs = {k: convert(x[k], out[k]) for k in x}
+            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+        return convert(x, out)
 
     def _call_net(self, x_in: State, t_net: Tensor, cond: dict, dtype: torch.dtype) -> State:
         run_dtype = self.dtype or dtype
@@ -182,36 +242,6 @@ class Denoiser:
             raise TypeError("the network must return the same structure as the state "
                             "(a tensor for tensor states, a dict for dict states)")
         return tree_map(lambda o, v: _check_shape(o, v).to(dtype), out, x_in)
-
-    def _to_x0_eps(self, x, out, t, alpha, sigma, shift):
-        p = self.prediction
-        if p == "velocity":
-            da, ds = self.schedule.derivatives(t)
-
-        def convert(xv: Tensor, o: Tensor, y: Tensor | None):
-            def c(v):
-                return per_sample(v, xv).to(xv.dtype)
-
-            a, s = c(alpha), c(sigma)
-            if p == "x0":
-                x0 = o if y is None else o - y
-                return x0, (xv - a * x0) / s
-            if p == "eps":
-                return (xv - s * o) / a, o
-            if p == "score":
-                eps = -s * o
-                return (xv - s * eps) / a, eps
-            if p == "v":
-                n = a * a + s * s
-                return (a * xv - s * o) / n, (s * xv + a * o) / n
-            dA, dS = c(da), c(ds)  # velocity: v = a' x0 + s' eps
-            det = a * dS - s * dA
-            return (dS * xv - s * o) / det, (a * o - dA * xv) / det
-
-        if isinstance(x, dict):
-            pairs = {k: convert(x[k], out[k], None if shift is None else shift[k]) for k in x}
-            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-        return convert(x, out, shift)
 
     # -- every parameterization ------------------------------------------------------------
     def x0(self, x: State, t: float | Tensor, **cond: Any) -> State:

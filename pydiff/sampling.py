@@ -116,7 +116,9 @@ def sample(
     while not state.done:
         state = solver.step(state, model)
         if first_bad is not None:
-            finite = torch.stack([torch.isfinite(v).all() for v in leaves(state.x)]).all()
+            # a sum is NaN/inf iff an element is (or the state is near float overflow): one
+            # reduction without the bool temporary of isfinite(x).all()
+            finite = torch.isfinite(torch.stack([v.sum() for v in leaves(state.x)])).all()
             first_bad = torch.where((~finite) & (first_bad < 0), state.i - 1, first_bad)
         if bar is not None:
             bar.update(1)

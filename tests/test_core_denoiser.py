@@ -140,3 +140,18 @@ def test_mean_reverting_shift():
     assert torch.allclose(model.x0(u, 0.5), gauss.posterior_mean(sched, u, 0.5), atol=1e-12)
     with pytest.raises(ValueError, match="needs its mean"):
         gauss.denoiser(sched, "x0").x0(u, 0.5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score", "velocity"])
+def test_levels_cached_per_grid_row_equal_direct_computation(prediction):
+    sched = pydiff.VPSchedule()
+    model = DATA.denoiser(sched, prediction)
+    x = DATA.marginal_sample(sched, 0.5, 6, torch.Generator().manual_seed(9))
+    grids = [pydiff.timesteps(sched, 7), pydiff.timesteps(sched, 7, t_start=torch.linspace(
+        0.3, 1.0, 6, dtype=F64))]
+    for grid in grids:
+        for i in (0, 3, 6):  # rows of the grid (cached) and a fresh copy (computed directly)
+            for via_row, fresh in ((grid[i], grid[i].clone()), (grid.unbind(0)[i], grid[i] + 0)):
+                a, b = model.predict(x, via_row), model.predict(x, fresh)
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(model._levels) <= 2  # one entry per grid, not per step
