@@ -4,11 +4,11 @@ each env, with the shipped checkpoints; plus the planner (left/right share with 
 value guidance).
 
 Success, return, jumps and sides come from ``--seeds`` episodes run in lockstep (batched, in
-simulated time); latency from ``--latency-episodes`` single-env episodes (batch 1, as on a
-robot), on one torch thread.
+simulated time); latency from single-env episodes (batch 1, as on a robot) until
+``--latency-chunks`` chunks were timed, on one torch thread.
 
 Usage:
-    python benchmarks/policy_bench.py --seeds 50 --latency-episodes 2
+    python benchmarks/policy_bench.py --seeds 50 --latency-chunks 200
 Writes benchmarks/results/policy.json and prints a table per env.
 """
 
@@ -29,10 +29,13 @@ from pydiff.domains.policy.metrics import latency_summary
 ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream"]
 
 
-def latency(env: str, preset: str, episodes: int, seed0: int) -> dict[str, dict[str, float]]:
+def latency(env: str, preset: str, chunks: int, seed0: int) -> dict[str, dict[str, float]]:
+    """Batch-1 latencies over episodes until ``chunks`` steady-state chunks (at most 40)."""
     policy = load_policy(env, **PRESETS[preset])
     chunk, steady, select = [], [], []
-    for k in range(episodes):
+    for k in range(40):
+        if len(steady) >= chunks:
+            break
         r = run_episode(policy, env, seed0 + k)
         chunk += r.chunk_latency_ms
         steady += r.chunk_latency_ms[1:]  # RTI/streaming: the first chunk is a full solve
@@ -75,7 +78,7 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(ALL_PRESETS))
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--seed0", type=int, default=1000)
-    ap.add_argument("--latency-episodes", type=int, default=2)
+    ap.add_argument("--latency-chunks", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "policy.json"))
     args = ap.parse_args()
@@ -91,7 +94,7 @@ def main() -> None:
         rows = {}
         for name, row in table.items():
             s = row["summary"]
-            lat = (latency(env, name, args.latency_episodes, args.seed0) if name in PRESETS
+            lat = (latency(env, name, args.latency_chunks, args.seed0) if name in PRESETS
                    else None)
             rows[name] = {"success": s["success"], "return": s["return"],
                           "jump_mean": s["boundary_jump"]["mean"],
