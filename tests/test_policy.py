@@ -110,8 +110,9 @@ def test_minmax_normalizer_roundtrip_and_constant_dims():
 
 
 # -- the policy interface -------------------------------------------------------------------
-def test_policy_interface_shapes_and_queue():
-    policy = tiny_policy()
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_policy_interface_shapes_and_queue(prediction):
+    policy = tiny_policy(prediction=prediction)
     policy.reset()
     g = torch.Generator().manual_seed(0)
     actions = [policy.select_action(np.zeros(3, dtype=np.float32), generator=g)
@@ -346,3 +347,6 @@ def test_cli_eval_runs(capsys):
                  "--presets", "expert,rti"]) == 0
     out = capsys.readouterr().out
     assert "expert" in out and "rti" in out
+    assert main(["policy", "run", "--env", "pointmass", "--hz", "50", "--mode", "stream"]) == 0
+    out = capsys.readouterr().out
+    assert "deadline misses" in out and "p99" in out
