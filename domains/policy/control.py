@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .envs import env_spec, episode_success, make_env
+from .envs import env_spec, episode_success, make_env, pendulum_angle
 from .metrics import jump_summary, latency_summary
 from .validation import ActionClipper, check_observation
 
@@ -104,7 +104,15 @@ class ExpertPolicy:
         return act[0] if obs_np.ndim == 1 else act
 
 
-def _side(infos: list[dict]) -> int:
+def _side(infos: list[dict], observations: np.ndarray, spec: Any) -> int:
+    """The mode an episode took: the point mass's side of the obstacle (-1 left, +1 right);
+    for Pendulum the swing direction on arrival at the top (sign of the angular velocity the
+    first time the angle comes within 0.6 rad of upright; 0 if it starts there or never)."""
+    if spec.success_from == "upright":
+        near = np.abs(pendulum_angle(observations)) < 0.6
+        if len(near) == 0 or near[0] or not near.any():
+            return 0
+        return int(np.sign(observations[int(np.argmax(near)), 2]))
     return int(infos[-1].get("side", 0)) if infos else 0
 
 
@@ -188,7 +196,7 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
     clipper = getattr(policy, "clipper", None)
     return EpisodeResult(
         seed=seed, ret=ret, success=episode_success(spec, obs_arr, infos), steps=len(actions),
-        side=_side(infos), deadline_misses=misses, held_steps=held,
+        side=_side(infos, obs_arr, spec), deadline_misses=misses, held_steps=held,
         clipped_actions=clipper.clipped_actions if clipper is not None else 0,
         select_latency_ms=select_ms,
         chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
@@ -245,7 +253,8 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
         obs_arr = np.asarray(observations[i], dtype=np.float32)
         results.append(EpisodeResult(
             seed=s, ret=float(rets[i]), success=episode_success(spec, obs_arr, infos[i]),
-            steps=len(actions[i]), side=_side(infos[i]), clipped_actions=int(clipped[i]),
+            steps=len(actions[i]), side=_side(infos[i], obs_arr, spec),
+            clipped_actions=int(clipped[i]),
             select_latency_ms=select_ms,
             chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
             boundary_jumps=list(getattr(policy, "boundary_jumps", [])),
