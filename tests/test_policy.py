@@ -350,3 +350,18 @@ def test_cli_eval_runs(capsys):
     assert main(["policy", "run", "--env", "pointmass", "--hz", "50", "--mode", "stream"]) == 0
     out = capsys.readouterr().out
     assert "deadline misses" in out and "p99" in out
+
+
+def test_plots_and_gif_of_a_rendered_episode(tmp_path):
+    from pydiff.domains.policy.plots import plot_action_chunks, plot_trajectories, save_gif
+
+    policy = tiny_policy(mode="rti")
+    result = run_episode(policy, "pendulum", seed=0, max_steps=12, record_chunks=True,
+                         render=True)
+    assert len(result.frames) == 13 and result.frames[0].ndim == 3
+    for path in (plot_trajectories([result], "pendulum", str(tmp_path / "t.png")),
+                 plot_action_chunks(result, str(tmp_path / "c.png")),
+                 save_gif(result.frames, str(tmp_path / "e.gif"))):
+        assert (tmp_path / path.split("/")[-1]).stat().st_size > 0
+    with pytest.raises(ValueError, match="frame"):
+        save_gif([], str(tmp_path / "empty.gif"))
