@@ -19,7 +19,7 @@ namespace {
 using cpu::gemm;
 using cpu::Trans;
 
-constexpr int64_t kRowBlock = 256;
+constexpr int64_t kRowBlock = 1024;
 
 void check_linear(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
