@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     v.add_argument("--checkpoint", default=None)
     v.add_argument("--count", type=int, default=8, help="held-out examples")
     v.add_argument("--methods", default=None,
-                   help="comma-separated, from noisy,noisereduce,pc-60,mr-5,mr-10,storm,mr-sde-10")
+                   help="comma-separated, from noisy,noisereduce,pc-60,mr-1,mr-5,mr-10,storm,"
+                   "mr-sde-10")
     v.add_argument("--output", default=None, help="folder for results.json and plots")
     v.add_argument("--threads", type=int, default=None)
     v.set_defaults(func=run_evaluate)

@@ -51,6 +51,7 @@ METHODS: dict[str, Method] = {
     "noisy": Method("noisy"),
     "noisereduce": Method("noisereduce"),
     "pc-60": Method("pc-60", "pc", 30),
+    "mr-1": Method("mr-1", "mr", 1),
     "mr-5": Method("mr-5", "mr", 5),
     "mr-10": Method("mr-10", "mr", 10),
     "storm": Method("storm", "storm"),
