@@ -207,7 +207,12 @@ class DiscreteSchedule(Schedule):
 
     @classmethod
     def cosine(cls, num_train_timesteps: int = 1000, max_beta: float = 0.999):
-        """``squaredcos_cap_v2`` (Nichol & Dhariwal), betas capped at ``max_beta``."""
+        """``squaredcos_cap_v2`` (Nichol & Dhariwal), betas capped at ``max_beta``.
+
+        With few table entries (e.g. 100, as diffusion policies use) ``alpha(1)`` is tiny (about
+        5e-4), so an eps-predicting model's x0 estimate at the start of sampling is huge: clamp
+        it (``pydiff.guidance.ClipX0``) when the data is bounded, as Diffusion Policy does.
+        """
         i = torch.arange(num_train_timesteps, dtype=F64)
 
         def abar(u):
