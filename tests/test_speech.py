@@ -283,3 +283,14 @@ def test_samplers_map_to_core_solvers(enhancer: SpeechEnhancer) -> None:
         assert sampler.solver in available, (name, sampler.solver)
         x = enhancer.enhance_states(y, name, steps=2)
         assert x.shape == y.shape and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", ["stft", "synth", "data", "metrics", "audio", "model", "enhancer",
+                                  "evaluate", "train"])
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"pydiff.domains.speech.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result

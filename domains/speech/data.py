@@ -192,7 +192,7 @@ def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     Example:
         >>> s, n = np.sin(np.arange(1000.0)), np.cos(np.arange(1000.0) * 3)
         >>> y = mix(s, n, 10.0)
-        >>> round(10 * np.log10(np.sum(s**2) / np.sum((y - s)**2)), 6)
+        >>> round(float(10 * np.log10(np.sum(s**2) / np.sum((y - s)**2))), 6)
         10.0
     """
     if speech.shape != noise.shape:
