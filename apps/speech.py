@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e.add_argument("--overlap-seconds", type=float, default=0.5)
     e.add_argument("--checkpoint", default=None, help="a SpeechEnhancer folder (default: shipped)")
     e.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    e.add_argument("--threads", type=int, default=None, help="torch threads")
+    e.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: faster than 2 for this small network)")
     e.set_defaults(func=run_enhance)
 
     t = cmds.add_parser("train", help="train the score and predictive networks")
