@@ -108,11 +108,19 @@ def _extensions() -> tuple[list, dict]:
         include_dirs += _cuda_wheel_includes()
         cxx.append("-DPYDIFF_WITH_CUDA")
         extra["nvcc"] = [*opt, "-DPYDIFF_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+    # at::parallel_for is a header template around `#pragma omp parallel` (torch is built with
+    # OpenMP): without -fopenmp our kernels silently run on one thread. Linking with -fopenmp
+    # adds libgomp.so.1, which at run time resolves to the copy torch has already loaded.
+    link = []
+    if platform.system() == "Linux":
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     ext = ext_cls(
         "pydiff._C",
         sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
+        extra_link_args=link,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
