@@ -25,7 +25,9 @@ callable of the float64 time. The default is the schedule's.
 tensor itself for per-position times (it then needs a per-position time embedding).
 
 For mean-reverting schedules the state is the shifted ``x - y``; pass ``y`` as conditioning
-(``bind(y=...)``). The network still sees the unshifted ``x`` and ``y``.
+(``bind(y=...)``). The network sees the unshifted ``x`` and ``y``, except with
+``precond="edm"``, where it sees the preconditioned shifted state ``c_in (x - y) / alpha`` and
+``y`` (EDM's scalings are designed for the process, which lives in the shifted coordinate).
 
 Example:
     >>> import torch, pydiff
@@ -206,16 +208,18 @@ class Denoiser:
                                  f"{self.mean_key}=... (the noisy observation)")
             shift = cond[self.mean_key]
 
-        x_in = x if shift is None else tree_map(torch.add, x, shift)
         if self.precond == "edm":
-            x_in = tree_map(lambda v: ops.lincomb([v], [level["c_in"]]), x_in)
-        out = self._call_net(x_in, t_net, cond, ref.dtype)
-        if self.precond == "edm":
-            # x0 in unshifted coordinates: c_skip (x + y) + c_out F
-            x_src = x if shift is None else tree_map(torch.add, x, shift)
-            out = tree_map(lambda v, f: ops.lincomb([v, f], level["edm"]), x_src, out)
-        if shift is not None and self.prediction == "x0":
-            out = tree_map(torch.sub, out, shift)  # into the shifted coordinate
+            # EDM's c_in/c_skip/c_out are designed for the process itself: for mean-reverting
+            # schedules that is the shifted state x - y, so the network sees c_in (x - y) / alpha
+            # (y comes as conditioning) and c_skip (x - y) / alpha + c_out F is x0 - y
+            x_in = tree_map(lambda v: ops.lincomb([v], [level["c_in"]]), x)
+            out = self._call_net(x_in, t_net, cond, ref.dtype)
+            out = tree_map(lambda v, f: ops.lincomb([v, f], level["edm"]), x, out)
+        else:
+            x_in = x if shift is None else tree_map(torch.add, x, shift)
+            out = self._call_net(x_in, t_net, cond, ref.dtype)
+            if shift is not None and self.prediction == "x0":
+                out = tree_map(torch.sub, out, shift)  # into the shifted coordinate
 
         def convert(xv: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
             if self.prediction == "x0":

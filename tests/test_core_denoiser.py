@@ -155,3 +155,24 @@ def test_levels_cached_per_grid_row_equal_direct_computation(prediction):
                 a, b = model.predict(x, via_row), model.predict(x, fresh)
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(model._levels) <= 2  # one entry per grid, not per step
+
+
+def test_edm_preconditioning_on_a_mean_reverting_schedule_works_in_the_shifted_coordinate():
+    sched = pydiff.MeanRevertingSchedule()
+    sd = 0.3
+    gauss = GaussianMixture.gaussian([0.2, -0.1], [0.3, 0.3])  # law of x0 - y
+    y = torch.randn(5, 2, generator=torch.Generator().manual_seed(11), dtype=F64)
+    t = torch.tensor(0.6, dtype=F64)
+    a, s = sched.alpha(t), sched.sigma(t)
+    sig = s / a
+    c_in = 1 / torch.sqrt(sig**2 + sd**2) / a
+    c_skip = sd**2 / (sig**2 + sd**2) / a
+    c_out = sig * sd / torch.sqrt(sig**2 + sd**2)
+
+    def net(x_in, t_net, y):  # sees c_in (x - y): returns F with c_skip u + c_out F exact
+        u = x_in / c_in
+        return (gauss.posterior_mean(sched, u, t) - c_skip * u) / c_out
+
+    model = pydiff.Denoiser(net, sched, precond="edm", sigma_data=sd).bind(y=y)
+    u = gauss.marginal_sample(sched, t, 5, torch.Generator().manual_seed(12))
+    assert torch.allclose(model.x0(u, t), gauss.posterior_mean(sched, u, t), atol=1e-10)
