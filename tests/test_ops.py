@@ -54,6 +54,16 @@ def test_extension_is_built_with_openmp():
         assert b"libgomp.so" in f.read()
 
 
+def test_docstring_examples():
+    import doctest
+
+    from pydiff.ops import _reference, _register
+
+    for mod in (ops, _reference, _register):
+        res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
 def test_no_ext_env_forces_reference():
     import subprocess
 

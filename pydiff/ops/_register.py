@@ -7,8 +7,10 @@ here, once, when ``pydiff.ops`` loads the extension.
 Example:
     >>> import torch, pydiff.ops
     >>> if pydiff.ops.backend() == "extension":
-    ...     torch.library.opcheck(torch.ops.pydiff.lincomb.default,
-    ...                           ([torch.randn(3)], [], [-1], [2.0]))
+    ...     report = torch.library.opcheck(
+    ...         torch.ops.pydiff.lincomb.default, ([torch.randn(3)], [], [-1], [2.0])
+    ...     )
+    ...     assert all(v == "SUCCESS" for v in report.values()), report
 """
 
 from __future__ import annotations
