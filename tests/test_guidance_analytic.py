@@ -25,15 +25,6 @@ F64 = torch.float64
 SCHED = pydiff.VPSchedule()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one intra-op thread avoids oversubscribing shared cores (several x faster)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PRIOR = Gaussian([0.5, -1.0, 0.2], [[1.0, 0.6, 0.1], [0.6, 1.5, -0.3], [0.1, -0.3, 0.8]])
 A = torch.tensor([[1.0, -0.5, 0.0], [0.3, 0.2, 1.0]], dtype=F64)
 NOISE = 0.3

@@ -24,15 +24,6 @@ ALL = sorted(p.name for p in CONFIGS.glob("*.json"))
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one intra-op thread avoids oversubscribing shared cores (several x faster)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load(name):
     return json.loads((CONFIGS / name).read_text())
 
