@@ -215,21 +215,27 @@ def test_ops_attention_matches_sdpa():
     torch.testing.assert_close(op(q, k, v, mask=mask), _sdpa(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
-def test_attention_dispatches_to_ops(monkeypatch):
+def test_attention_dispatch_masked_to_ops_unmasked_to_sdpa(monkeypatch):
     calls = []
+    sdpa, ops_attention = torch.nn.functional.scaled_dot_product_attention, pydiff.ops.attention
 
     def spy(q, k, v, scale=None, mask=None):
-        calls.append((q.shape, k.shape, scale, None if mask is None else mask.shape))
-        return _sdpa(q, k, v, mask, scale)
+        calls.append(("ops", q.shape, None if mask is None else mask.shape))
+        return ops_attention(q, k, v, scale=scale, mask=mask)
+
+    def sdpa_spy(q, k, v, **kw):
+        calls.append(("sdpa", q.shape, None))
+        return sdpa(q, k, v, **kw)
 
     monkeypatch.setattr(pydiff.ops, "attention", spy, raising=False)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_spy)
     mha = MultiHeadAttention(16, num_heads=2)
     x = torch.randn(2, 5, 16)
     mha(x, mask=torch.ones(2, 5, dtype=torch.bool))
-    assert calls == [((2, 2, 5, 8), (2, 2, 5, 8), None, (2, 5))]
+    assert calls == [("ops", (2, 2, 5, 8), (2, 5))]  # key padding: pydiff.ops
     net = UNet2D(1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_levels=())
     net(torch.randn(1, 1, 3, 3), 0.5)
-    assert len(calls) == 2  # the UNet's mid-block attention went through pydiff.ops too
+    assert [c[0] for c in calls] == ["ops", "sdpa"]  # the UNet's unmasked mid-block: SDPA
 
 
 def test_attention_bad_args_and_fully_masked_rows():

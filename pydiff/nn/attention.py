@@ -1,7 +1,7 @@
-"""Attention for pydiff networks; the softmax attention itself runs in ``pydiff.ops.attention``.
+"""Attention for pydiff networks: SDPA unmasked, ``pydiff.ops.attention`` with key padding.
 
-All networks in ``pydiff.nn`` call :func:`attention` so that the kernel choice (the fused
-``pydiff.ops`` kernel, or its pure-torch reference) is made in one place.
+All networks in ``pydiff.nn`` call :func:`attention` so that the kernel choice is made in one
+place (see its docstring for the measurements behind it).
 
 Example:
     >>> import torch
@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pydiff.ops as _ops
@@ -34,10 +35,12 @@ def attention(
         mask: optional boolean key-padding mask ``[B, Lk]``, ``True`` where a key may be
             attended to. A query whose keys are all masked gets 0 (SDPA would give NaN).
 
-    Every network in ``pydiff.nn`` calls this, and this calls ``pydiff.ops.attention`` (the
-    compiled flash-style kernel, or its pure-torch reference), which also checks the
-    arguments. The one indirection keeps the place where a per-shape choice between that
-    kernel and torch's SDPA can be made.
+    Every network in ``pydiff.nn`` calls this, so the kernel choice is made here, from
+    measurements (``benchmarks/ops_attention.py``, BENCHMARKS.md "Kernels"): torch's SDPA was
+    as fast as or faster than ``pydiff.ops.attention`` on every CPU shape measured (the fused
+    kernel's forward took 1.02-1.16x SDPA's time), so unmasked attention uses SDPA; masked
+    attention uses ``pydiff.ops.attention``, which gives fully masked queries 0 instead of
+    NaN (padded molecules, padded sequences) and checks its arguments.
 
     Example:
         >>> import torch
@@ -45,7 +48,9 @@ def attention(
         >>> attention(q, k, v).shape
         torch.Size([1, 2, 5, 8])
     """
-    # Looked up at call time (not imported by name) so the op can be swapped or wrapped.
+    if mask is None and q.dim() == k.dim() == v.dim() == 4:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    # looked up at call time (not imported by name) so the op can be swapped or wrapped
     return _ops.attention(q, k, v, scale=scale, mask=mask)
 
 
