@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from . import ops
-from .schedules import F64, DiscreteSchedule, Schedule, as_time
+from .schedules import DiscreteSchedule, Schedule, as_time
 from .tree import State, batch_size, leaves, per_sample, tree_map
 
 Tensor = torch.Tensor
@@ -295,4 +295,4 @@ def _check_shape(out: Tensor, x: Tensor) -> Tensor:
     return out
 
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "F64"]
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS"]

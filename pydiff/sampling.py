@@ -21,7 +21,7 @@ import torch
 from .denoiser import Denoiser
 from .grids import timesteps
 from .hooks import Hook
-from .noise import Generators, randn_like
+from .noise import Generators, randn
 from .schedules import Schedule, as_time
 from .solvers import Solver, SolverState, get_solver
 from .tree import State, leaves, per_sample, tree_map
@@ -44,7 +44,7 @@ def prior(
     ``mean`` and this returns ``y + sigma(T) z`` (the unshifted prior of SGMSE+).
     """
     shape = tuple(shape.shape) if torch.is_tensor(shape) else tuple(shape)
-    z = randn_like(torch.empty(shape, device=device), generator)
+    z = randn(shape, generator, device=device)
     tt = as_time(schedule.t_max if t is None else t, z.device)
     a, s = per_sample(schedule.alpha(tt), z).float(), per_sample(schedule.sigma(tt), z).float()
     if mean is None:

@@ -139,10 +139,8 @@ class ExactNet:
 
     def __init__(self, data: GaussianMixture, schedule: Schedule, prediction: str):
         self.data, self.schedule, self.prediction = data, schedule, prediction
-        self.calls = 0
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        self.calls += 1
         sch, p = self.schedule, self.prediction
         tt = as_time(t, x.device)
         x64 = x.to(F64)
