@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--base-channels", type=int, default=None)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--snapshot-every", type=int, default=None,
+                   help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)
 
     v = cmds.add_parser("evaluate", help="metrics on the held-out split and spectrogram plots")
@@ -135,7 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig()
     for name in ("utterances", "predictive_steps", "score_steps", "batch_size", "base_channels",
-                 "seed", "threads"):
+                 "seed", "threads", "snapshot_every"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

@@ -1,6 +1,9 @@
 #include "blas.h"
 
 #include <dlfcn.h>
+#include <sys/mman.h>
+
+#include <cstdint>
 
 
 namespace pydiff::cpu {
@@ -85,6 +88,19 @@ SingleThreadedBlas::SingleThreadedBlas() {
 
 SingleThreadedBlas::~SingleThreadedBlas() {
   if (const auto f = blas().set_threads_local) f(prev_);  // 0 restores the global setting
+}
+
+void advise_huge_pages(void* data, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < (size_t(8) << 20)) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 const char* gemm_backend() { return blas().sgemm != nullptr ? "blas" : "aten"; }
