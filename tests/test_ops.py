@@ -285,6 +285,25 @@ def test_large_tensor_parallel_path(backend):
     assert torch.equal(xx, y)
 
 
+@pytest.mark.parametrize("where", ["new", "in_place", "misaligned"])
+def test_streaming_store_sizes(backend, where):
+    # a float32 result of >= 32 MB takes the non-temporal-store path of the CPU kernel (and a
+    # 16-byte-offset out the normal stores): same numbers either way
+    g = torch.Generator().manual_seed(2)
+    n = 9 << 20
+    x, d1, d2, z = (torch.randn(n, generator=g) for _ in range(4))
+    c = [0.9, torch.tensor(-0.3, dtype=torch.float64), 0.2, 0.05]
+    if where == "new":
+        y = ops.lincomb([x, d1, d2], c[:3], z, c[3])
+    elif where == "in_place":
+        y = x.clone()
+        ops.lincomb([y, d1, d2], c[:3], z, c[3], out=y)
+    else:
+        y = torch.empty(n + 4)[4:]
+        ops.lincomb([x, d1, d2], c[:3], z, c[3], out=y)
+    _assert_close_to_truth(y, [x, d1, d2], c[:3], z, c[3])
+
+
 def test_out_partial_overlap_is_correct(backend):
     # out overlaps a term at an offset: the kernel must not read elements it already wrote
     buf = torch.arange(10.0)

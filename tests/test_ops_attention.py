@@ -153,6 +153,26 @@ def test_linear_attention_matches_reference(dtype, layout):
     )
 
 
+@needs_ext
+def test_linear_attention_long_keys_large_output():
+    # keys over several of the kernel's key chunks, and an output large enough (8 MB) for the
+    # huge-page hint
+    q, k, v = _qkv(1, 2, 16384, 5000, 64, 64, torch.float32, "blhd", positive=True)
+    want = ref.linear_attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(ops.linear_attention(q, k, v).double(), want, atol=1e-5, rtol=1e-5)
+
+
+@needs_ext
+def test_attention_grads_of_fully_masked_batch_are_zero():
+    q, k, v = _qkv(2, 2, 70, 140, 8, 8, torch.float32)
+    mask = torch.ones(2, 140, dtype=torch.bool)
+    mask[1] = False
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ops.attention(*ins, mask=mask).sum().backward()
+    for t in ins:
+        assert torch.isfinite(t.grad).all() and (t.grad[1] == 0).all()
+
+
 def test_linear_attention_is_normalized():
     # with v constant the output is that constant: the weights of each query sum to one
     q, k, _ = _qkv(1, 2, 50, 40, 8, 8, torch.float32, positive=True)
