@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--base-channels", type=int, default=None)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--init-from", default=None,
+                   help="a SpeechEnhancer folder to fine-tune (same architecture)")
+    t.add_argument("--bin-weighting", default=None, choices=["loudness", "none"],
+                   help="per-bin loss weights (default loudness: see pydiff.domains.speech.train)")
     t.add_argument("--snapshot-every", type=int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)
@@ -137,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig()
     for name in ("utterances", "predictive_steps", "score_steps", "batch_size", "base_channels",
-                 "seed", "threads", "snapshot_every"):
+                 "seed", "threads", "snapshot_every", "init_from", "bin_weighting"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

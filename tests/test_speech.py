@@ -302,3 +302,35 @@ def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(f"pydiff.domains.speech.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_loudness_bin_weights() -> None:
+    from pydiff.domains.speech.train import bin_weights
+
+    y = torch.zeros(2, 2, 3, 4)
+    y[0, 0, 1, 2], y[0, 1, 1, 2] = 3.0, 4.0  # one loud bin, |y|^2 = 25
+    y[1] = 0.1
+    w = bin_weights(y, "loudness")
+    assert w.shape == (2, 1, 3, 4)
+    assert w[0, 0, 1, 2] == pytest.approx(1 + 25 / (25 / 12)) and w[0, 0, 0, 0] == 1.0
+    torch.testing.assert_close(w[1], torch.full((1, 3, 4), 2.0))  # flat input: flat weights
+    assert bin_weights(y, "none") is None
+    with pytest.raises(ValueError, match="bin_weighting must be one of"):
+        bin_weights(y, "loud")
+
+
+def test_warm_start_needs_matching_architecture(tmp_path) -> None:
+    from pydiff.domains.speech.model import PredictiveNet, ScoreNet
+    from pydiff.domains.speech.train import TrainConfig, _warm_start, train
+
+    small = dict(utterances=2, predictive_steps=1, score_steps=1, batch_size=2, progress=False,
+                 base_channels=4, channel_mult=(1, 2))
+    first = train(TrainConfig(**small), tmp_path / "a")
+    arch = dict(base_channels=4, channel_mult=(1, 2))
+    predictive, score = PredictiveNet(**arch), ScoreNet(**arch)
+    _warm_start(predictive, score, str(tmp_path / "a"))
+    for a, b in [(first.predictive_net, predictive), (first.model.net, score)]:
+        for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(p, q)
+    with pytest.raises(ValueError, match="does not match the recipe's architecture"):
+        train(TrainConfig(**{**small, "base_channels": 8}, init_from=str(tmp_path / "a")))

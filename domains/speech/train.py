@@ -9,6 +9,15 @@ Two stages, both run by :class:`pydiff.training.Trainer` (no loop here):
    of each batch the mean is the noisy spectrogram (SGMSE+), for the other half the frozen
    predictive network's estimate (StoRM), so one score network serves both samplers.
 
+Loudness weighting (``bin_weighting="loudness"``, the default). Both losses are squared errors
+in the compressed domain ``c = 0.15 |X|^0.5``, where an error ``dc`` costs ``|dX| ~ c dc`` in
+the waveform: a plain MSE gives a loud bin (c ~ 0.4) ~1/25 of the weight the waveform metrics
+(SI-SDR, PESQ) give it. Measured on the first checkpoint: its x0 estimates beat the noisy state
+in compressed MSE at every t, yet lost 10 dB SI-SDR against it at t = t_eps, all of it in loud
+bins. Each element is therefore weighted by ``1 + |y|^2 / mean |y|^2`` of the *noisy*
+spectrogram ``y`` (per sample). The weight depends only on what the network sees, so the
+optimal estimate (the posterior mean per element) is unchanged; capacity moves to loud bins.
+
 Segments are cut from :func:`pydiff.domains.speech.data.make_pairs` waveforms and turned into
 states inside the loss (an STFT per batch is cheap), normalized by the noisy segment's peak.
 
@@ -58,6 +67,8 @@ class TrainConfig:
     threads: int = 1
     progress: bool = True
     snapshot_every: int | None = None  # score steps between EMA snapshots in output/snapshots
+    bin_weighting: str = "loudness"  # or "none" (see the module docs)
+    init_from: str | None = None  # a SpeechEnhancer folder to fine-tune (same architecture)
 
 
 def segments(config: TrainConfig) -> dict[str, Tensor]:
@@ -83,24 +94,40 @@ def batch_states(spec: Spectrogram, batch: dict[str, Tensor]) -> tuple[Tensor, T
     return spec.forward(batch["clean"] / norm), spec.forward(batch["noisy"] / norm)
 
 
-class PredictiveLoss:
-    """``loss_fn`` of stage 1: MSE of the predictive estimate in the compressed domain."""
+BIN_WEIGHTINGS = ("loudness", "none")
 
-    def __init__(self, spec: Spectrogram):
-        self.spec = spec
+
+def bin_weights(y: Tensor, kind: str) -> Tensor | None:
+    """Per-element loss weights ``[B, 1, F, T]`` of real-view states ``y`` (module docs)."""
+    if kind == "none":
+        return None
+    if kind != "loudness":
+        raise ValueError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got {kind!r}")
+    power = (y**2).sum(dim=1, keepdim=True)  # |y|^2 of each complex bin
+    return 1 + power / power.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+
+
+class PredictiveLoss:
+    """``loss_fn`` of stage 1: (weighted) MSE of the predictive estimate, compressed domain."""
+
+    def __init__(self, spec: Spectrogram, bin_weighting: str = "loudness"):
+        self.spec, self.bin_weighting = spec, bin_weighting
 
     def __call__(self, net: torch.nn.Module, batch: dict[str, Tensor],
                  generator: torch.Generator) -> Tensor:
         x, y = batch_states(self.spec, batch)
-        return ((net(y) - x) ** 2).mean()
+        err = (net(y) - x) ** 2
+        w = bin_weights(y, self.bin_weighting)
+        return err.mean() if w is None else (err * w).sum() / (w.sum() * err.shape[1])
 
 
 class ScoreLoss:
     """``loss_fn`` of stage 2: SGMSE+'s denoising loss, mean = noisy or StoRM estimate."""
 
     def __init__(self, spec: Spectrogram, predictive: torch.nn.Module | None,
-                 storm_fraction: float):
+                 storm_fraction: float, bin_weighting: str = "loudness"):
         self.spec, self.predictive, self.storm_fraction = spec, predictive, storm_fraction
+        self.bin_weighting = bin_weighting
 
     def __call__(self, model: Any, batch: dict[str, Tensor],
                  generator: torch.Generator) -> Tensor:
@@ -114,12 +141,14 @@ class ScoreLoss:
         # EDM's weighting: with the network's preconditioning, a unit-weight loss on F
         weighting = EDMWeight(model.sigma_data)
         return diffusion_loss(model, x, generator=generator, weighting=weighting,
-                              cond={"y": mean, "noisy": y}).loss
+                              cond={"y": mean, "noisy": y},
+                              mask=bin_weights(y, self.bin_weighting)).loss
 
 
 def train(config: TrainConfig | None = None, output: str | Path | None = None) -> SpeechEnhancer:
     """Train both stages and return (and optionally save) a :class:`SpeechEnhancer`."""
     config = config or TrainConfig()
+    bin_weights(torch.zeros(1, 2, 1, 1), config.bin_weighting)  # validates the name early
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
     spec = Spectrogram()
@@ -130,14 +159,16 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
                 num_res_blocks=config.num_res_blocks)
     loader = BatchLoader(data, config.batch_size, seed=config.seed)
 
-    predictive = PredictiveNet(**arch)
-    stage1 = Trainer(predictive, loader, loss_fn=PredictiveLoss(spec),
+    predictive, score_net = PredictiveNet(**arch), ScoreNet(**arch)
+    if config.init_from is not None:
+        _warm_start(predictive, score_net, config.init_from)
+    stage1 = Trainer(predictive, loader, loss_fn=PredictiveLoss(spec, config.bin_weighting),
                      max_steps=config.predictive_steps, lr=config.lr, lr_scheduler="cosine",
                      warmup_steps=10, ema=True, grad_clip=1.0, seed=config.seed,
                      progress=config.progress).fit()
     predictive_ema = stage1.ema_model().eval()
 
-    model = make_denoiser(ScoreNet(**arch))
+    model = make_denoiser(score_net)
     callbacks = []
     if config.snapshot_every:
         if output is None:
@@ -152,7 +183,8 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
 
         callbacks.append(Every(config.snapshot_every, snapshot, final=False))
     stage2 = Trainer(model, BatchLoader(data, config.batch_size, seed=config.seed + 1),
-                     loss_fn=ScoreLoss(spec, predictive_ema, config.storm_fraction),
+                     loss_fn=ScoreLoss(spec, predictive_ema, config.storm_fraction,
+                                       config.bin_weighting),
                      max_steps=config.score_steps, lr=config.lr, lr_scheduler="cosine",
                      warmup_steps=10, ema=True, grad_clip=1.0, seed=config.seed + 1,
                      callbacks=callbacks, progress=config.progress).fit()
@@ -166,6 +198,19 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     if output is not None:
         enhancer.save_pretrained(output)
     return enhancer
+
+
+def _warm_start(predictive: torch.nn.Module, score_net: torch.nn.Module, path: str) -> None:
+    start = SpeechEnhancer.from_pretrained(path)
+    if start.predictive_net is None:
+        raise ValueError(f"init_from={path!r} has no predictive network")
+    for name, net, src in [("predictive", predictive, start.predictive_net),
+                           ("score", score_net, start.model.net)]:
+        try:
+            net.load_state_dict(src.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"init_from={path!r}: its {name} network does not match the "
+                             f"recipe's architecture ({err})") from None
 
 
 def _last_loss(trainer: Trainer) -> float | None:

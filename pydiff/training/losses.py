@@ -105,6 +105,8 @@ def diffusion_loss(
         t: explicit times (scalar, ``[B]`` or broadcastable to ``x0``) instead of sampling.
         noise: explicit noise instead of drawing it (same structure as ``x0``).
         mask: 1 where the loss counts (e.g. not on padding); broadcastable to each leaf.
+            Fractional values weight elements (a weighted mean per sample); weights that
+            depend only on what the network sees leave the optimal denoiser unchanged.
         leaf_weights: per-key weights of dict states (default 1).
         min_snr_gamma: gamma of ``weighting="min_snr"``.
     """
