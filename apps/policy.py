@@ -69,6 +69,17 @@ def _threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
+def _recipe(defaults: dict, args: argparse.Namespace) -> dict:
+    """A training recipe with the command line's overrides applied."""
+    recipe = dict(defaults)
+    for key in ("episodes", "steps", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    if args.down_dims:
+        recipe["down_dims"] = tuple(args.down_dims)
+    return recipe
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``pydiff policy train``."""
     from pydiff.domains.policy.train import RECIPES, train_policy
@@ -80,12 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"pydiff policy train: --env {args.env!r} has no recipe; expected one of "
               f"{sorted(RECIPES)}", file=sys.stderr)
         return 2
-    recipe = dict(RECIPES[args.env])
-    for key in ("episodes", "steps", "batch_size", "lr"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-    if args.down_dims:
-        recipe["down_dims"] = tuple(args.down_dims)
+    recipe = _recipe(RECIPES[args.env], args)
     out = args.out or f"policy-{args.env}"
     policy = train_policy(args.env, out, seed=args.seed, prediction=args.prediction, **recipe)
     last = [h for h in policy.training_history if "loss" in h][-1:]
@@ -96,12 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _train_planner(args: argparse.Namespace) -> int:
     from pydiff.domains.policy.planner import PLANNER_RECIPE, train_planner
 
-    recipe = dict(PLANNER_RECIPE)
-    for key in ("episodes", "steps", "batch_size", "lr"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-    if args.down_dims:
-        recipe["down_dims"] = tuple(args.down_dims)
+    recipe = _recipe(PLANNER_RECIPE, args)
     out = args.out or f"planner-{args.env}"
     train_planner(args.env, out, seed=args.seed, **recipe)
     print(f"saved {out}")

@@ -60,26 +60,26 @@ void gemm_aten(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, T alpha, con
   }
 }
 
-}  // namespace
-
-void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+template <typename T, typename F>
+void gemm_impl(F f, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+               int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  const auto f = blas().sgemm;
-  if (f == nullptr) return gemm_aten<float>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (f == nullptr) return gemm_aten<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const char cta = static_cast<char>(ta), ctb = static_cast<char>(tb);
   const int im = m, in = n, ik = k, ilda = lda, ildb = ldb, ildc = ldc;
   f(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
 }
 
+}  // namespace
+
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm_impl<float>(blas().sgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  const auto f = blas().dgemm;
-  if (f == nullptr) return gemm_aten<double>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  const char cta = static_cast<char>(ta), ctb = static_cast<char>(tb);
-  const int im = m, in = n, ik = k, ilda = lda, ildb = ldb, ildc = ldc;
-  f(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+  gemm_impl<double>(blas().dgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 SingleThreadedBlas::SingleThreadedBlas() {
