@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="a SpeechEnhancer folder to fine-tune (same architecture)")
     t.add_argument("--bin-weighting", default=None, choices=["loudness", "none"],
                    help="per-bin loss weights (default loudness: see pydiff.domains.speech.train)")
+    t.add_argument("--sigma-data", type=float, default=None,
+                   help="the score network's EDM data scale (default 0.07)")
     t.add_argument("--snapshot-every", type=int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)
@@ -141,7 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig()
     for name in ("utterances", "predictive_steps", "score_steps", "batch_size", "base_channels",
-                 "seed", "threads", "snapshot_every", "init_from", "bin_weighting"):
+                 "seed", "threads", "snapshot_every", "init_from", "bin_weighting",
+                 "sigma_data"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

@@ -68,6 +68,7 @@ class TrainConfig:
     progress: bool = True
     snapshot_every: int | None = None  # score steps between EMA snapshots in output/snapshots
     bin_weighting: str = "loudness"  # or "none" (see the module docs)
+    sigma_data: float = 0.07  # ScoreNet's EDM data scale (rms of x0 - y under the weighting)
     init_from: str | None = None  # a SpeechEnhancer folder to fine-tune (same architecture)
 
 
@@ -159,7 +160,8 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
                 num_res_blocks=config.num_res_blocks)
     loader = BatchLoader(data, config.batch_size, seed=config.seed)
 
-    predictive, score_net = PredictiveNet(**arch), ScoreNet(**arch)
+    predictive = PredictiveNet(**arch)
+    score_net = ScoreNet(**arch, sigma_data=config.sigma_data)
     if config.init_from is not None:
         _warm_start(predictive, score_net, config.init_from)
     stage1 = Trainer(predictive, loader, loss_fn=PredictiveLoss(spec, config.bin_weighting),
