@@ -162,8 +162,9 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
 
     predictive = PredictiveNet(**arch)
     score_net = ScoreNet(**arch, sigma_data=config.sigma_data)
+    start_metadata = None
     if config.init_from is not None:
-        _warm_start(predictive, score_net, config.init_from)
+        start_metadata = _warm_start(predictive, score_net, config.init_from)
     stage1 = Trainer(predictive, loader, loss_fn=PredictiveLoss(spec, config.bin_weighting),
                      max_steps=config.predictive_steps, lr=config.lr, lr_scheduler="cosine",
                      warmup_steps=10, ema=True, grad_clip=1.0, seed=config.seed,
@@ -171,6 +172,7 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     predictive_ema = stage1.ema_model().eval()
 
     model = make_denoiser(score_net)
+    recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     callbacks = []
     if config.snapshot_every:
         if output is None:
@@ -179,8 +181,11 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
         def snapshot(trainer: Trainer) -> None:
             # a usable enhancer at intermediate steps: long CPU runs can be judged (and
             # stopped) early with `pydiff speech evaluate --checkpoint output/snapshots/...`
+            facts = {"recipe": recipe, "score_steps_done": trainer.step}
+            if start_metadata is not None:
+                facts["warm_start"] = start_metadata
             SpeechEnhancer(trainer.ema_model().net, predictive_ema, model.schedule, spec,
-                           {"recipe": {"score_steps_done": trainer.step}}).save_pretrained(
+                           facts).save_pretrained(
                 Path(output) / "snapshots" / f"step_{trainer.step:06d}")
 
         callbacks.append(Every(config.snapshot_every, snapshot, final=False))
@@ -191,10 +196,11 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
                      warmup_steps=10, ema=True, grad_clip=1.0, seed=config.seed + 1,
                      callbacks=callbacks, progress=config.progress).fit()
     seconds = time.time() - started
-    recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     metadata = {"recipe": recipe, "segments": int(data["clean"].shape[0]),
                 "data_seconds": round(data_seconds, 1), "train_seconds": round(seconds, 1),
                 "final_loss": {"predictive": _last_loss(stage1), "score": _last_loss(stage2)}}
+    if start_metadata is not None:
+        metadata["warm_start"] = start_metadata  # provenance: the recipe chain, newest first
     enhancer = SpeechEnhancer(stage2.ema_model().net, predictive_ema, model.schedule, spec,
                               metadata)
     if output is not None:
@@ -202,7 +208,9 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     return enhancer
 
 
-def _warm_start(predictive: torch.nn.Module, score_net: torch.nn.Module, path: str) -> None:
+def _warm_start(predictive: torch.nn.Module, score_net: torch.nn.Module,
+                path: str) -> dict[str, Any]:
+    """Load both networks from the checkpoint at ``path``; returns its metadata."""
     start = SpeechEnhancer.from_pretrained(path)
     if start.predictive_net is None:
         raise ValueError(f"init_from={path!r} has no predictive network")
@@ -213,6 +221,7 @@ def _warm_start(predictive: torch.nn.Module, score_net: torch.nn.Module, path: s
         except RuntimeError as err:
             raise ValueError(f"init_from={path!r}: its {name} network does not match the "
                              f"recipe's architecture ({err})") from None
+    return dict(start.metadata or {})
 
 
 def _last_loss(trainer: Trainer) -> float | None:
