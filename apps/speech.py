@@ -5,7 +5,7 @@ Subcommands:
 - ``enhance IN -o OUT``: a file to a file, or a folder to a folder (every .wav/.flac/.ogg,
   with a progress bar; a file that fails is reported and the others still finish; existing
   outputs are skipped unless ``--overwrite``, so a stopped job resumes).
-- ``train``: the training recipe of the shipped checkpoint (:mod:`pydiff.domains.speech.train`).
+- ``train``: the training recipe (:mod:`pydiff.domains.speech.train`).
 - ``evaluate``: PESQ, ESTOI, SI-SDR and real-time factor on the held-out split for the noisy
   input, noisereduce and each sampler, plus spectrogram plots.
 
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--bin-weighting", default=None, choices=["loudness", "none"],
                    help="per-bin loss weights (default loudness: see pydiff.domains.speech.train)")
     t.add_argument("--sigma-data", type=float, default=None,
-                   help="the score network's EDM data scale (default 0.07)")
+                   help="the score network's EDM data scale (default 0.13)")
     t.add_argument("--snapshot-every", type=int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)

@@ -9,10 +9,11 @@
   Parameterization. In the shifted coordinate ``s = x - y`` the process is
   ``s / alpha = (x0 - y) + (sigma / alpha) z``, a variance-exploding process with
   ``sigma~ = sigma / alpha`` from 0.04 (``t_eps``) to 1.2 (``t = 1``) and data ``x0 - y`` of rms
-  ~0.07 (compressed, peak-normalized spectrograms). The network applies Karras et al.'s (EDM)
-  preconditioning in that coordinate: ``x0 - y = c_skip s / alpha + c_out F(c_in s / alpha,
-  ln(sigma~) / 4 | y, noisy)`` with ``sigma_data = 0.07``, so even an untrained ``F`` gives the
-  linear (Wiener) estimate and ``F``'s target has unit scale at every noise level.
+  ~0.07 (compressed, peak-normalized spectrograms; 0.13 under the training's loudness weighting,
+  which the shipped checkpoint uses as ``sigma_data``). The network applies Karras et al.'s
+  (EDM) preconditioning in that coordinate: ``x0 - y = c_skip s / alpha + c_out F(c_in s /
+  alpha, ln(sigma~) / 4 | y, noisy)``, so even an untrained ``F`` gives the linear (Wiener)
+  estimate and ``F``'s target has unit scale at every noise level.
 
   Why not SGMSE+'s ``-sigma * score`` (eps) output: here the noise never falls far below the
   data, and at ``t = 1`` ``x0 = (x - sigma eps) / alpha`` multiplies eps errors by 1.25. A
