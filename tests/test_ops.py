@@ -286,9 +286,8 @@ def test_large_tensor_parallel_path(backend):
 
 
 @pytest.mark.parametrize("where", ["new", "in_place", "misaligned"])
-def test_streaming_store_sizes(backend, where):
-    # a float32 result of >= 32 MB takes the non-temporal-store path of the CPU kernel (and a
-    # 16-byte-offset out the normal stores): same numbers either way
+def test_large_solver_stage(backend, where):
+    # a 36 MB float32 solver stage (parallel chunks), into a new, an aliased and a misaligned out
     g = torch.Generator().manual_seed(2)
     n = 9 << 20
     x, d1, d2, z = (torch.randn(n, generator=g) for _ in range(4))
