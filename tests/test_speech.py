@@ -272,14 +272,14 @@ def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
 
 # -- the shipped checkpoint ----------------------------------------------------------------------
 def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
-    # a held-out voice in coloured noise at 0 dB; the tiny checkpoint helps most here (averaged
-    # over the whole test split its multi-step samplers lose to the noisy input: BENCHMARKS.md)
+    # a held-out voice in coloured noise at 0 dB (averaged over the test split the gains are
+    # smaller: +0.3 dB for MR-10, +2.5 dB for StoRM, BENCHMARKS.md)
     pair = make_pair("test", 7, kind="coloured", snr_db=0.0, reverb=False)
     before = si_sdr(pair.clean, pair.noisy)
     one = enhancer.enhance(pair.noisy, 16000, solver="mr", steps=1, chunk_seconds=None)
     five = enhancer.enhance(pair.noisy, 16000, solver="mr", steps=5, chunk_seconds=None)
-    assert si_sdr(pair.clean, one) - before > 3.0
-    assert si_sdr(pair.clean, five) - before > 1.0
+    assert si_sdr(pair.clean, one) - before > 5.0  # measured 7.2
+    assert si_sdr(pair.clean, five) - before > 3.0  # measured 4.5
 
 
 def test_samplers_map_to_core_solvers(enhancer: SpeechEnhancer) -> None:
