@@ -21,6 +21,7 @@
 #include <limits>
 #include <vector>
 
+#include "../attention_backward.h"
 #include "blas.h"
 #include "pydiff/common.h"
 
@@ -287,14 +288,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   const auto acc = acc_of(q.scalar_type());
   const at::Tensor qc = prep(q, acc), kc = prep(k, acc), vc = prep(v, acc);
   const at::Tensor doc = prep(grad_out, acc);
-  // delta_i = sum_d dO_id O_id - dlse_i (the lse output's own gradient enters here).
-  at::Tensor delta = (doc * out.to(acc)).sum(-1);
-  if (grad_lse.has_value() && grad_lse->defined()) delta = delta - grad_lse->to(acc);
-  delta = delta.contiguous();
+  const at::Tensor delta = attention_delta(doc, out, grad_lse, acc);
   const at::Tensor lsec = lse.to(acc).contiguous();
-  at::Tensor dq = at::zeros(q.sizes(), q.options().dtype(acc));
-  at::Tensor dk = at::zeros(k.sizes(), k.options().dtype(acc));
-  at::Tensor dv = at::zeros(v.sizes(), v.options().dtype(acc));
+  at::Tensor dq, dk, dv;
+  std::tie(dq, dk, dv) = zero_grads(q, k, v, acc);
   at::Tensor m;
   if (mask.has_value() && mask->defined()) m = mask->contiguous();
   const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;

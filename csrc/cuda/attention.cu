@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../attention_backward.h"
 #include "pydiff/common.h"
 
 namespace pydiff {
@@ -293,14 +294,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   const auto acc = acc_of(q.scalar_type());
   const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
                    vc = v.to(acc).contiguous(), doc = grad_out.to(acc).contiguous();
-  at::Tensor delta = (doc * out.to(acc)).sum(-1);
-  if (grad_lse.has_value() && grad_lse->defined()) delta = delta - grad_lse->to(acc);
-  delta = delta.contiguous();
+  const at::Tensor delta = attention_delta(doc, out, grad_lse, acc);
   const at::Tensor lsec = lse.to(acc).contiguous();
   const Dims s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
-  at::Tensor dq = at::zeros(q.sizes(), q.options().dtype(acc));
-  at::Tensor dk = at::zeros(k.sizes(), k.options().dtype(acc));
-  at::Tensor dv = at::zeros(v.sizes(), v.options().dtype(acc));
+  at::Tensor dq, dk, dv;
+  std::tie(dq, dk, dv) = zero_grads(q, k, v, acc);
   at::Tensor m;
   if (mask.has_value() && mask->defined()) m = mask->contiguous();
   const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
