@@ -12,11 +12,10 @@ Two stages, both run by :class:`pydiff.training.Trainer` (no loop here):
 Loudness weighting (``bin_weighting="loudness"``, the default). Both losses are squared errors
 in the compressed domain ``c = 0.15 |X|^0.5``, where an error ``dc`` costs ``|dX| ~ c dc`` in
 the waveform: a plain MSE gives a loud bin (c ~ 0.4) ~1/25 of the weight the waveform metrics
-(SI-SDR, PESQ) give it. Measured on the first checkpoint: its x0 estimates beat the noisy state
-in compressed MSE at every t, yet lost 10 dB SI-SDR against it at t = t_eps, all of it in loud
-bins. Each element is therefore weighted by ``1 + |y|^2 / mean |y|^2`` of the *noisy*
-spectrogram ``y`` (per sample). The weight depends only on what the network sees, so the
-optimal estimate (the posterior mean per element) is unchanged; capacity moves to loud bins.
+(SI-SDR, PESQ) give it. Each element is therefore weighted by ``1 + |y|^2 / mean |y|^2`` of
+the *noisy* spectrogram ``y`` (per sample). The weight depends only on what the network sees,
+so the optimal estimate (the posterior mean per element) is unchanged; capacity moves to loud
+bins (measured effect: BENCHMARKS.md, "Speech").
 
 Segments are cut from :func:`pydiff.domains.speech.data.make_pairs` waveforms and turned into
 states inside the loss (an STFT per batch is cheap), normalized by the noisy segment's peak.
@@ -154,7 +153,9 @@ class ScoreLoss:
 def train(config: TrainConfig | None = None, output: str | Path | None = None) -> SpeechEnhancer:
     """Train both stages and return (and optionally save) a :class:`SpeechEnhancer`."""
     config = config or TrainConfig()
-    bin_weights(torch.zeros(1, 2, 1, 1), config.bin_weighting)  # validates the name early
+    if config.bin_weighting not in BIN_WEIGHTINGS:
+        raise ValueError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got "
+                         f"{config.bin_weighting!r}")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
     spec = Spectrogram()
