@@ -287,7 +287,9 @@ def test_large_tensor_parallel_path(backend):
 
 @pytest.mark.parametrize("where", ["new", "in_place", "misaligned"])
 def test_large_solver_stage(backend, where):
-    # a 36 MB float32 solver stage (parallel chunks), into a new, an aliased and a misaligned out
+    # a 36 MB float32 solver stage (parallel chunks; >= 32 MB takes the CPU kernel's
+    # non-temporal stores, a 16-byte-offset out the normal ones), into a new, an aliased and a
+    # misaligned out
     g = torch.Generator().manual_seed(2)
     n = 9 << 20
     x, d1, d2, z = (torch.randn(n, generator=g) for _ in range(4))
@@ -301,6 +303,15 @@ def test_large_solver_stage(backend, where):
         y = torch.empty(n + 4)[4:]
         ops.lincomb([x, d1, d2], c[:3], z, c[3], out=y)
     _assert_close_to_truth(y, [x, d1, d2], c[:3], z, c[3])
+
+
+def test_stream_store_switch_gives_identical_results(backend, monkeypatch):
+    # PYDIFF_LINCOMB_STREAM_STORES=0 changes only how the result reaches memory, not the numbers
+    g = torch.Generator().manual_seed(3)
+    x, d1, z = (torch.randn(9 << 20, generator=g) for _ in range(3))
+    streamed = ops.lincomb([x, d1], [0.7, -0.2], z, 0.1)
+    monkeypatch.setenv("PYDIFF_LINCOMB_STREAM_STORES", "0")
+    assert torch.equal(ops.lincomb([x, d1], [0.7, -0.2], z, 0.1), streamed)
 
 
 def test_out_partial_overlap_is_correct(backend):

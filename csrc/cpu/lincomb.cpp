@@ -7,6 +7,7 @@
 // the per-dtype code is one short loop per (term dtype, coefficient kind) instead of one
 // kernel per combination of K dtypes.
 #include <ATen/ATen.h>
+#include <cstdlib>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -15,6 +16,11 @@
 
 #include "../lincomb_plan.h"
 #include "pydiff/common.h"
+
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+#include <immintrin.h>
+#define PYDIFF_STREAM_STORES 1
+#endif
 
 namespace pydiff {
 namespace {
@@ -26,6 +32,19 @@ constexpr int64_t kChunk = 1024;
 // Below this many elements the whole op runs on the calling thread: waking the pool costs a few
 // microseconds, more than the work (measured in benchmarks/ops_lincomb.py).
 constexpr int64_t kParallelMinElems = 1 << 17;
+// From this output size on, float32 results bypass the cache (non-temporal stores): a result
+// this large is evicted before anyone reads it, and a normal store first reads the line it
+// overwrites, one extra pass over memory of the six a 3-term + noise update makes.
+constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
+
+// PYDIFF_LINCOMB_STREAM_STORES=0 keeps large results in the cache hierarchy (for machines whose
+// last-level cache holds them and whose next op reads them at once), and lets
+// benchmarks/ops_lincomb_stores.py A/B both paths in one process. Read per call: only calls of
+// >= kStreamMinBytes ask, and those take milliseconds.
+bool stream_stores_enabled() {
+  const char* v = std::getenv("PYDIFF_LINCOMB_STREAM_STORES");
+  return v == nullptr || v[0] != '0';
+}
 
 template <typename T>
 inline fVec load_f(const T* p) {
@@ -130,7 +149,8 @@ constexpr int kMaxFusedTerms = 16;
 // path below round-trips a float buffer in L1 once per term; at L2-resident sizes that, not
 // DRAM, is the limit, and this path is ~1.5x faster there.)
 template <typename T>
-void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int K, int64_t n) {
+void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int K, int64_t n,
+                      bool stream) {
   // U vectors per step, the term loop inside: the sum stays in U registers and the per-term
   // loop overhead (pointer, broadcast, branch) is paid once per U vectors, not per vector,
   // which at L1/L2-resident sizes is what bounds the kernel.
@@ -149,10 +169,18 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
       for (int u = 0; u < U; ++u) a[u] = at::vec::fmadd(ck, load_f(pk + u * W), a[u]);
     }
     if constexpr (std::is_same_v<T, float>) {
+#ifdef PYDIFF_STREAM_STORES
+      static_assert(W == 8, "AVX2 build: 8 floats per vector");
+      if (stream) {
+        for (int u = 0; u < U; ++u) _mm256_stream_ps(out + i + u * W, a[u]);
+        continue;
+      }
+#endif
       for (int u = 0; u < U; ++u) a[u].store(out + i + u * W);
     } else {
-      for (int u = 0; u < U; u += 2)
+      for (int u = 0; u < U; u += 2) {
         at::vec::convert_from_float<T>(a[u], a[u + 1]).store(out + i + u * W);
+      }
     }
   }
   for (; i < n; ++i) {
@@ -160,6 +188,9 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
     for (int k = 0; k < K; ++k) a += c[k] * static_cast<float>(p[k][i]);
     out[i] = static_cast<T>(a);
   }
+#ifdef PYDIFF_STREAM_STORES
+  if (stream) _mm_sfence();  // order the write-combined stores before the caller's next writes
+#endif
 }
 
 // Whether a plan can take fused_same_dtype (decided once per call, see run_plan).
@@ -178,7 +209,8 @@ bool fusable(const LincombPlan& p) {
 // Processes elements [j0, j0 + n) of the inner dimension, with per-operand byte offsets `off`
 // of the current outer index.
 template <typename A>
-void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, bool fused) {
+void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, bool fused,
+               bool stream) {
   const int in = p.ndim - 1;
   const int K = static_cast<int>(p.coef_op.size());
   if constexpr (std::is_same_v<A, float>) {
@@ -197,7 +229,7 @@ void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, 
       auto go = [&](auto tag) {
         using T = decltype(tag);
         fused_same_dtype<T>(reinterpret_cast<T*>(op), reinterpret_cast<const T* const*>(ptrs), cs,
-                            K, n);
+                            K, n, stream && reinterpret_cast<uintptr_t>(op) % 32 == 0);
       };
       if (o.dtype == at::kFloat) go(float{});
       else if (o.dtype == at::kBFloat16) go(at::BFloat16{});
@@ -258,6 +290,10 @@ void run_plan(const LincombPlan& p) {
   const int64_t items = rows * chunks_per_row;
   const size_t nops = p.ops.size();
   const bool fused = fusable(p);
+  // float32 only: for bfloat16 results streaming measured 0.93x normal stores (16M and 64M, 8
+  // interleaved rounds of benchmarks/ops_lincomb_stores.py), for float32 1.13-1.48x.
+  const bool stream = fused && p.ops[0].dtype == at::kFloat &&
+                      p.numel * p.ops[0].elsize >= kStreamMinBytes && stream_stores_enabled();
   auto work = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> off(nops);
     for (int64_t it = begin; it < end; ++it) {
@@ -271,7 +307,7 @@ void run_plan(const LincombPlan& p) {
         r /= p.size[d];
         for (size_t q = 0; q < nops; ++q) off[q] += idx * p.ops[q].stride[d] * p.ops[q].elsize;
       }
-      run_chunk<A>(p, off.data(), j0, std::min(kChunk, inner - j0), fused);
+      run_chunk<A>(p, off.data(), j0, std::min(kChunk, inner - j0), fused, stream);
     }
   };
   if (p.numel < kParallelMinElems) {
