@@ -319,6 +319,23 @@ def test_loudness_bin_weights() -> None:
         bin_weights(y, "loud")
 
 
+def test_predictive_loss_is_a_per_sample_weighted_mean() -> None:
+    from pydiff.domains.speech.stft import Spectrogram
+    from pydiff.domains.speech.train import PredictiveLoss, batch_states, bin_weights
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(3, 4096, generator=g) * torch.tensor([[0.1], [0.5], [1.0]])
+    batch = {"clean": clean, "noisy": clean + 0.3 * torch.randn(3, 4096, generator=g)}
+    spec = Spectrogram()
+    loss = PredictiveLoss(spec)(lambda y: 0.5 * y, batch, g)
+    x, y = batch_states(spec, batch)
+    err, w = (0.5 * y - x) ** 2, bin_weights(y, "loudness")
+    per_sample = [(err[i] * w[i]).sum() / (2 * w[i].sum()) for i in range(3)]
+    torch.testing.assert_close(loss, torch.stack(per_sample).mean())
+    # every sample's weights sum alike, so the global weighted mean is the same number
+    torch.testing.assert_close(loss, (err * w).sum() / (2 * w.sum()))
+
+
 def test_warm_start_needs_matching_architecture(tmp_path) -> None:
     from pydiff.domains.speech.model import PredictiveNet, ScoreNet
     from pydiff.domains.speech.train import TrainConfig, _warm_start, train

@@ -123,7 +123,13 @@ class PredictiveLoss:
         x, y = batch_states(self.spec, batch)
         err = (net(y) - x) ** 2
         w = bin_weights(y, self.bin_weighting)
-        return err.mean() if w is None else (err * w).sum() / (w.sum() * err.shape[1])
+        if w is None:
+            return err.mean()
+        # a weighted mean per sample, then over the batch, as the core's diffusion_loss does with
+        # fractional masks (bin_weights have the same sum in every sample, so this equals the
+        # global weighted mean the shipped predictive network was trained with)
+        dims = tuple(range(1, err.ndim))
+        return ((err * w).sum(dims) / (w.sum(dims) * err.shape[1])).mean()
 
 
 class ScoreLoss:
