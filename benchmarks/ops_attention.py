@@ -1,9 +1,9 @@
 """Benchmark pydiff.ops.attention and pydiff.ops.linear_attention against torch on the CPU.
 
-Softmax attention: B=1, H=8, L in {1024, 4096}, D in {40, 64, 80, 160}, float32; forward and
-forward+backward; pydiff's flash-style kernel against torch's scaled_dot_product_attention
-(SDPA); time (minimum over repeats) and peak memory (growth of the peak resident set while the
-call runs, measured with /proc/self/clear_refs + VmHWM).
+Softmax attention: B=1, H=8 (--heads), L in {1024, 4096}, D in {40, 64, 80, 160}, float32;
+forward and forward+backward; pydiff's flash-style kernel against torch's
+scaled_dot_product_attention (SDPA); time (minimum over repeats) and peak memory (growth of the
+peak resident set while the call runs, measured with /proc/self/clear_refs + VmHWM).
 
 Linear attention: B=1, H=8, D=64 at L=16384 (and 4096): the fused kernel against the same
 formula in eager torch (``q @ (k^T v) / (q @ k.sum + eps)``), and SDPA on the same shape for
@@ -75,10 +75,10 @@ def time_pair(fa, fb, reps: int) -> tuple[float, float]:
     return ta, tb
 
 
-def softmax_case(L: int, D: int, reps: int) -> dict:
+def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 8, L, D, generator=g) for _ in range(3))
-    gout = torch.randn(1, 8, L, D, generator=g)
+    q, k, v = (torch.randn(1, heads, L, D, generator=g) for _ in range(3))
+    gout = torch.randn(1, heads, L, D, generator=g)
 
     def fwd_ours():
         return ops.attention(q, k, v)
@@ -96,7 +96,8 @@ def softmax_case(L: int, D: int, reps: int) -> dict:
 
     fb_ours = fb(lambda a, b, c: ops.attention(a, b, c))
     fb_sdpa = fb(lambda a, b, c: F.scaled_dot_product_attention(a, b, c))
-    r = {"L": L, "D": D, "max_abs_diff_vs_sdpa": float((fwd_ours() - fwd_sdpa()).abs().max())}
+    diff = float((fwd_ours() - fwd_sdpa()).abs().max())
+    r = {"L": L, "D": D, "H": heads, "max_abs_diff_vs_sdpa": diff}
     r["fwd_ours_s"], r["fwd_sdpa_s"] = time_pair(fwd_ours, fwd_sdpa, reps)
     r["fwdbwd_ours_s"], r["fwdbwd_sdpa_s"] = time_pair(fb_ours, fb_sdpa, reps)
     for name, fn in [
@@ -153,7 +154,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--dims", type=int, nargs="+", default=[40, 64, 80, 160])
-    ap.add_argument("--linear-lengths", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--linear-lengths", type=int, nargs="*", default=[4096, 16384])
+    ap.add_argument("--heads", type=int, default=8,
+                    help="softmax heads (fewer than threads: the backward splits key blocks)")
     ap.add_argument("--reps", type=int, default=8, help="repeats at L <= 1024")
     ap.add_argument("--reps-long", type=int, default=3, help="repeats at longer L")
     ap.add_argument("--with-sdpa-16k", action="store_true")
@@ -172,7 +175,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; times in ms (ours, SDPA, ratio)"
     )
     soft = [
-        softmax_case(L, D, args.reps if L <= 1024 else args.reps_long)
+        softmax_case(L, D, args.reps if L <= 1024 else args.reps_long, args.heads)
         for L in args.lengths
         for D in args.dims
     ]

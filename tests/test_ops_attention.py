@@ -90,10 +90,20 @@ def test_attention_agrees_with_sdpa():
     torch.testing.assert_close(ops.attention(q, k, v, mask=mask), want, atol=2e-5, rtol=2e-5)
 
 
+@pytest.fixture
+def num_threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @needs_ext
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_grads_match_reference(masked):
-    # long enough for several key and query tiles in the backward kernel
+@pytest.mark.parametrize("num_threads", [1, 5], indirect=True)
+def test_attention_grads_match_reference(masked, num_threads):
+    # long enough for several key and query tiles in the backward kernel; with 5 threads and
+    # 2 (batch, head) pairs the backward splits each pair's 3 key blocks into 3 parallel parts
     q, k, v = _qkv(1, 2, 150, 300, 16, 12, torch.float32, "blhd")
     mask = (torch.rand(1, 300) > 0.5) if masked else None
     ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]

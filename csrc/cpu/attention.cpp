@@ -222,10 +222,22 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
   const AttnShape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
   // small tiles: five GEMMs touch each one (128 x 256 measured the same within noise)
   constexpr int64_t qB = 64, kvB = 128;
-  at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
+  // With fewer (batch, head) pairs than threads, each pair's key blocks are split into parts
+  // run in parallel: dK and dV rows are disjoint per part, dQ gets one buffer per extra part,
+  // summed at the end (Lq x D each, small next to the tiles' work).
+  const int64_t BH = s.B * s.H;
+  const int64_t key_blocks = (s.Lk + kvB - 1) / kvB;
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts =
+      BH >= threads ? 1 : std::max<int64_t>(1, std::min(key_blocks, (threads + BH - 1) / BH));
+  at::Tensor dq_extra;
+  if (parts > 1) dq_extra = at::zeros({parts - 1, BH, s.Lq, s.D}, dq.options());
+  T* const dq_extra_data = parts > 1 ? dq_extra.data_ptr<T>() : nullptr;
+  at::parallel_for(0, BH * parts, 1, [&](int64_t begin, int64_t end) {
     cpu::SingleThreadedBlas single_threaded_blas;
     std::vector<T> S(qB * kvB), dP(qB * kvB);
-    for (int64_t bh = begin; bh < end; ++bh) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / parts, part = item % parts;
       const int64_t b = bh / s.H, h = bh % s.H;
       const T* qt = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1);
       const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
@@ -233,11 +245,14 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
       const T* dot = dout.data_ptr<T>() + b * dout.stride(0) + h * dout.stride(1);
       const T* lt = lse.data_ptr<T>() + bh * s.Lq;
       const T* delt = delta.data_ptr<T>() + bh * s.Lq;
-      T* dqt = dq.data_ptr<T>() + bh * s.Lq * s.D;
+      T* dqt = (part == 0 ? dq.data_ptr<T>() : dq_extra_data + (part - 1) * BH * s.Lq * s.D) +
+               bh * s.Lq * s.D;
       T* dkt = dk.data_ptr<T>() + bh * s.Lk * s.D;
       T* dvt = dv.data_ptr<T>() + bh * s.Lk * s.Dv;
       const bool* mrow = mask ? mask + b * s.Lk : nullptr;
-      for (int64_t k0 = 0; k0 < s.Lk; k0 += kvB) {
+      const int64_t k_begin = key_blocks * part / parts * kvB;
+      const int64_t k_end = std::min(s.Lk, key_blocks * (part + 1) / parts * kvB);
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += kvB) {
         const int64_t cols = std::min(kvB, s.Lk - k0);
         const T* kb = kt + k0 * k.stride(2);
         const T* vb = vt + k0 * v.stride(2);
@@ -278,6 +293,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
       }
     }
   });
+  if (parts > 1) dq.add_(dq_extra.sum(0));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
