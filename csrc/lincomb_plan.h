@@ -169,4 +169,35 @@ inline LincombPlan make_lincomb_plan(at::TensorList terms, at::TensorList coeffs
   return p;
 }
 
+// A device's `into` writes the combination into an `out` that overlaps no operand.
+using LincombInto = void (*)(at::TensorList, at::TensorList, at::IntArrayRef,
+                             at::ArrayRef<double>, const at::Tensor&);
+
+// The lincomb_out op on top of a device's `into`: checks, and a temporary when out overlaps an
+// operand in a way one pass cannot handle.
+template <LincombInto into>
+void lincomb_out_via(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
+                     at::ArrayRef<double> scales, const at::Tensor& out) {
+  check_lincomb_args(terms, coeffs, coeff_index, scales);
+  check_lincomb_out(terms, out);
+  if (needs_temporary(terms, coeffs, out)) {
+    at::Tensor tmp = at::empty(out.sizes(), out.options());
+    into(terms, coeffs, coeff_index, scales, tmp);
+    out.copy_(tmp);
+    return;
+  }
+  into(terms, coeffs, coeff_index, scales, out);
+}
+
+// The functional lincomb op on top of a device's `into`: a fresh contiguous result.
+template <LincombInto into>
+at::Tensor lincomb_via(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
+                       at::ArrayRef<double> scales) {
+  check_lincomb_args(terms, coeffs, coeff_index, scales);
+  at::Tensor out = at::empty(terms[0].sizes(),
+                             terms[0].options().memory_format(at::MemoryFormat::Contiguous));
+  into(terms, coeffs, coeff_index, scales, out);
+  return out;
+}
+
 }  // namespace pydiff

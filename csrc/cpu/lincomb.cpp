@@ -327,32 +327,11 @@ void lincomb_into(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef c
   else run_plan<float>(plan);
 }
 
-void lincomb_out_cpu(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
-                     at::ArrayRef<double> scales, const at::Tensor& out) {
-  check_lincomb_args(terms, coeffs, coeff_index, scales);
-  check_lincomb_out(terms, out);
-  if (needs_temporary(terms, coeffs, out)) {
-    at::Tensor tmp = at::empty(out.sizes(), out.options());
-    lincomb_into(terms, coeffs, coeff_index, scales, tmp);
-    out.copy_(tmp);
-    return;
-  }
-  lincomb_into(terms, coeffs, coeff_index, scales, out);
-}
-
-at::Tensor lincomb_cpu(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
-                       at::ArrayRef<double> scales) {
-  check_lincomb_args(terms, coeffs, coeff_index, scales);
-  at::Tensor out = at::empty(terms[0].sizes(), terms[0].options().memory_format(at::MemoryFormat::Contiguous));
-  lincomb_into(terms, coeffs, coeff_index, scales, out);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydiff, CPU, m) {
-  m.impl("lincomb", &lincomb_cpu);
-  m.impl("lincomb_out", &lincomb_out_cpu);
+  m.impl("lincomb", &lincomb_via<lincomb_into>);
+  m.impl("lincomb_out", &lincomb_out_via<lincomb_into>);
 }
 
 }  // namespace pydiff

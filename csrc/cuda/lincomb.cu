@@ -263,33 +263,11 @@ void lincomb_into_cuda(at::TensorList terms, at::TensorList coeffs, at::IntArray
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void lincomb_out_cuda(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
-                      at::ArrayRef<double> scales, const at::Tensor& out) {
-  check_lincomb_args(terms, coeffs, coeff_index, scales);
-  check_lincomb_out(terms, out);
-  if (needs_temporary(terms, coeffs, out)) {
-    at::Tensor tmp = at::empty(out.sizes(), out.options());
-    lincomb_into_cuda(terms, coeffs, coeff_index, scales, tmp);
-    out.copy_(tmp);
-    return;
-  }
-  lincomb_into_cuda(terms, coeffs, coeff_index, scales, out);
-}
-
-at::Tensor lincomb_cuda(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
-                        at::ArrayRef<double> scales) {
-  check_lincomb_args(terms, coeffs, coeff_index, scales);
-  at::Tensor out = at::empty(terms[0].sizes(),
-                             terms[0].options().memory_format(at::MemoryFormat::Contiguous));
-  lincomb_into_cuda(terms, coeffs, coeff_index, scales, out);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydiff, CUDA, m) {
-  m.impl("lincomb", &lincomb_cuda);
-  m.impl("lincomb_out", &lincomb_out_cuda);
+  m.impl("lincomb", &lincomb_via<lincomb_into_cuda>);
+  m.impl("lincomb_out", &lincomb_out_via<lincomb_into_cuda>);
 }
 
 }  // namespace pydiff
