@@ -15,14 +15,10 @@ import sys
 
 import torch
 
-OPS = [
-    "lincomb",
-    "lincomb_out",
-    "attention",
-    "attention_backward",
-    "linear_attention",
-    "linear_attention_backward",
-]
+# The schema (csrc/ops.cpp) declares these; each needs a CPU and a CUDA kernel. Listed rather
+# than read from the loaded library so that a schema that lost an op fails here too.
+OPS = ("lincomb", "lincomb_out", "attention", "attention_backward", "linear_attention",
+       "linear_attention_backward")
 
 
 def main(folder: str) -> int:
@@ -32,6 +28,11 @@ def main(folder: str) -> int:
         return 1
     assert torch.version.cuda, f"torch {torch.__version__} is not a CUDA build"
     torch.ops.load_library(libs[0])
+    declared = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                      if n.startswith("pydiff::"))
+    if declared != sorted(OPS):
+        print(f"the library declares {declared}, expected {sorted(OPS)}: update OPS")
+        return 1
     passed = failed = 0
     for op in OPS:
         for key in ("CUDA", "CPU"):
