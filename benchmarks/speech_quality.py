@@ -7,7 +7,7 @@ StoRM, using the shipped checkpoint, and reports mean PESQ (wide-band), ESTOI, S
 gains over the noisy input, network evaluations and the real-time factor (processing seconds per
 second of audio, whole utterances, on this machine with ``--threads`` torch threads).
 
-    python benchmarks/speech_quality.py [--count 16] [--threads 1] [--checkpoint DIR]
+    python benchmarks/speech_quality.py [--count 16] [--threads 1] [--checkpoint DIR] [--json F]
 
 Writes benchmarks/results/speech_quality.json.
 """
@@ -34,20 +34,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     enhancer = SpeechEnhancer.from_pretrained(args.checkpoint)
     started = time.time()
     table = evaluate(enhancer, count=args.count, methods=args.methods.split(","), progress=True)
     print(format_table(table))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
         "count": args.count, "threads": args.threads, "split": "test",
         "seconds": round(time.time() - started, 1), "cpu": platform.processor() or "cpu",
         "load_average": os.getloadavg(), "methods": table,
         "checkpoint": enhancer.metadata.get("recipe"),
     }, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
