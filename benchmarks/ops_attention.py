@@ -120,30 +120,48 @@ def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
     return r
 
 
-def linear_case(L: int, reps: int, with_sdpa: bool) -> dict:
+def linear_case(L: int, reps: int, with_sdpa: bool, heads: int = 8) -> dict:
     g = torch.Generator().manual_seed(1)
-    q, k = (torch.rand(1, 8, L, 64, generator=g) for _ in range(2))
-    v = torch.randn(1, 8, L, 64, generator=g)
+    q, k = (torch.rand(1, heads, L, 64, generator=g) for _ in range(2))
+    v = torch.randn(1, heads, L, 64, generator=g)
 
-    def eager():
+    def formula(q, k, v):
         kv = k.transpose(-1, -2) @ v
         return (q @ kv) / (q @ k.sum(-2, keepdim=True).transpose(-1, -2) + 1e-6)
+
+    def eager():
+        return formula(q, k, v)
 
     def ours():
         return ops.linear_attention(q, k, v)
 
+    gout = torch.randn_like(v)
+
+    def fwdbwd(f):
+        def run():
+            qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+            f(qq, kk, vv).backward(gout)
+            return qq.grad, kk.grad, vv.grad
+
+        return run
+
     err = float(((ours() - eager()).abs() / eager().abs().clamp_min(1e-3)).max())
-    r = {"L": L, "D": 64, "max_rel_diff_vs_eager": err}
+    r = {"L": L, "D": 64, "H": heads, "max_rel_diff_vs_eager": err}
     r["ours_s"], r["eager_s"] = time_pair(ours, eager, reps)
+    r["fwdbwd_ours_s"], r["fwdbwd_eager_s"] = time_pair(
+        fwdbwd(ops.linear_attention), fwdbwd(formula), reps)
     for name, fn in [("ours", ours), ("eager", eager)]:
         r[name + "_peak_MB"] = peak_bytes(fn) / 2**20
     if with_sdpa:
         r["sdpa_s"] = timeit(lambda: F.scaled_dot_product_attention(q, k, v), 1)
     r["speedup_vs_eager"] = r["eager_s"] / r["ours_s"]
+    r["fwdbwd_speedup_vs_eager"] = r["fwdbwd_eager_s"] / r["fwdbwd_ours_s"]
     sd = f" | softmax SDPA {r['sdpa_s'] * 1e3:.0f} ms" if with_sdpa else ""
     print(
         f"linear L={L:>6} | ours {r['ours_s'] * 1e3:7.1f} ms  eager {r['eager_s'] * 1e3:7.1f}"
-        f" ms  x{r['speedup_vs_eager']:.2f} | peak MB {r['ours_peak_MB']:.1f} "
+        f" ms  x{r['speedup_vs_eager']:.2f} | fwd+bwd {r['fwdbwd_ours_s'] * 1e3:7.1f} "
+        f"{r['fwdbwd_eager_s'] * 1e3:7.1f} x{r['fwdbwd_speedup_vs_eager']:.2f}"
+        f" | peak MB {r['ours_peak_MB']:.1f} "
         f"{r['eager_peak_MB']:.1f}{sd}",
         flush=True,
     )
@@ -152,11 +170,11 @@ def linear_case(L: int, reps: int, with_sdpa: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096])
     ap.add_argument("--dims", type=int, nargs="+", default=[40, 64, 80, 160])
     ap.add_argument("--linear-lengths", type=int, nargs="*", default=[4096, 16384])
     ap.add_argument("--heads", type=int, default=8,
-                    help="softmax heads (fewer than threads: the backward splits key blocks)")
+                    help="heads (fewer than threads: see csrc/cpu/attention.cpp, blas.h)")
     ap.add_argument("--reps", type=int, default=8, help="repeats at L <= 1024")
     ap.add_argument("--reps-long", type=int, default=3, help="repeats at longer L")
     ap.add_argument("--with-sdpa-16k", action="store_true")
@@ -179,7 +197,8 @@ def main() -> None:
         for L in args.lengths
         for D in args.dims
     ]
-    lin = [linear_case(L, args.reps_long + 1, args.with_sdpa_16k) for L in args.linear_lengths]
+    lin = [linear_case(L, args.reps_long + 1, args.with_sdpa_16k, args.heads)
+           for L in args.linear_lengths]
     out = {
         "benchmark": "ops_attention",
         "backend": ops.backend(),

@@ -183,6 +183,23 @@ def test_attention_grads_of_fully_masked_batch_are_zero():
         assert torch.isfinite(t.grad).all() and (t.grad[1] == 0).all()
 
 
+@needs_ext
+@pytest.mark.parametrize("num_threads", [1, 2], indirect=True)
+def test_linear_attention_grads_with_fewer_heads_than_threads(num_threads):
+    # B * H = 1: at 2 threads the kernels run the head's GEMMs on BLAS's threads instead
+    q, k, v = _qkv(1, 1, 2100, 700, 16, 12, torch.float32, "blhd", positive=True)
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    rins = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    g = torch.randn(1, 1, 2100, 12)
+    out = ops.linear_attention(*ins)
+    want = ref.linear_attention(*rins)
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    out.backward(g)
+    want.backward(g.double())
+    for a, b in zip(ins, rins):
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_linear_attention_is_normalized():
     # with v constant the output is that constant: the weights of each query sum to one
     q, k, _ = _qkv(1, 2, 50, 40, 8, 8, torch.float32, positive=True)

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 namespace pydiff::cpu {
 
@@ -34,6 +35,22 @@ class SingleThreadedBlas {
  private:
   int prev_ = 0;
 };
+
+// Runs body(i) for i in [0, n), one (batch, head) pair each, whose GEMMs are large. With at
+// least as many pairs as threads, the pairs run in parallel on single-threaded BLAS; with fewer,
+// they run one after another and each GEMM uses BLAS's own threads (B * H = 1 would otherwise
+// leave all threads but one idle).
+template <typename F>
+void for_each_head(int64_t n, const F& body) {
+  if (n >= at::get_num_threads()) {
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      SingleThreadedBlas single_threaded_blas;
+      for (int64_t i = begin; i < end; ++i) body(i);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+}
 
 // Which implementation gemm() uses: "blas" (sgemm_/dgemm_ found) or "aten".
 const char* gemm_backend();

@@ -63,30 +63,27 @@ void linear_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3),
                 Dv = v.size(3);
   std::vector<T> kv(B * H * D * Dv), ks(B * H * D);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    cpu::SingleThreadedBlas single_threaded_blas;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
-      const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
-      T* kvb = kv.data() + bh * D * Dv;
-      T* ksb = ks.data() + bh * D;
-      std::fill(ksb, ksb + D, T(0));
-      // KV accumulates over key chunks that fit in L2, so ks sums each chunk of K while it is
-      // in cache instead of reading K from memory a second time (3 ms of 40 at L = 16384)
-      for (int64_t c0 = 0; c0 < Lk; c0 += kKeyChunk) {
-        const int64_t n = std::min(kKeyChunk, Lk - c0);
-        const T* kc = kt + c0 * k.stride(2);
-        // row-major KV (D x Dv) += K_c^T V_c  <=>  column-major KV^T (Dv x D) += V_c^T K_c
-        gemm(Trans::N, Trans::T, Dv, D, n, T(1), vt + c0 * v.stride(2), v.stride(2), kc,
-             k.stride(2), c0 == 0 ? T(0) : T(1), kvb, Dv);
-        for (int64_t j = 0; j < n; ++j) {
-          const T* kr = kc + j * k.stride(2);
-          for (int64_t d = 0; d < D; ++d) ksb[d] += kr[d];
-        }
+  cpu::for_each_head(B * H, [&](int64_t bh) {
+    const int64_t b = bh / H, h = bh % H;
+    const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
+    const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
+    T* kvb = kv.data() + bh * D * Dv;
+    T* ksb = ks.data() + bh * D;
+    std::fill(ksb, ksb + D, T(0));
+    // KV accumulates over key chunks that fit in L2, so ks sums each chunk of K while it is
+    // in cache instead of reading K from memory a second time (3 ms of 40 at L = 16384)
+    for (int64_t c0 = 0; c0 < Lk; c0 += kKeyChunk) {
+      const int64_t n = std::min(kKeyChunk, Lk - c0);
+      const T* kc = kt + c0 * k.stride(2);
+      // row-major KV (D x Dv) += K_c^T V_c  <=>  column-major KV^T (Dv x D) += V_c^T K_c
+      gemm(Trans::N, Trans::T, Dv, D, n, T(1), vt + c0 * v.stride(2), v.stride(2), kc,
+           k.stride(2), c0 == 0 ? T(0) : T(1), kvb, Dv);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* kr = kc + j * k.stride(2);
+        for (int64_t d = 0; d < D; ++d) ksb[d] += kr[d];
       }
-      if (Lk == 0) std::fill(kvb, kvb + D * Dv, T(0));
     }
+    if (Lk == 0) std::fill(kvb, kvb + D * Dv, T(0));
   });
   const int64_t nblk = (Lq + kRowBlock - 1) / kRowBlock;
   T* op = out.data_ptr<T>();  // contiguous [B, H, Lq, Dv], untouched so far
@@ -123,48 +120,45 @@ void linear_bwd_impl(const at::Tensor& g, const at::Tensor& q, const at::Tensor&
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3),
                 Dv = v.size(3), W = Dv + 1;
   std::vector<T> ones(std::max<int64_t>(Lk, 1), T(1));
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    cpu::SingleThreadedBlas single_threaded_blas;
+  cpu::for_each_head(B * H, [&](int64_t bh) {
     std::vector<T> kva(D * W), dkva(D * W), tile(kRowBlock * W);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
-      const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
-      const T* qt = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1);
-      const T* gt = g.data_ptr<T>() + b * g.stride(0) + h * g.stride(1);
-      T* dqt = dq.data_ptr<T>() + bh * Lq * D;
-      T* dkt = dk.data_ptr<T>() + bh * Lk * D;
-      T* dvt = dv.data_ptr<T>() + bh * Lk * Dv;
-      kv_and_ks<T>(kt, k.stride(2), vt, v.stride(2), Lk, D, Dv, ones.data(), kva.data(), W,
-                   kva.data() + Dv, W);
-      std::fill(dkva.begin(), dkva.end(), T(0));
-      for (int64_t r0 = 0; r0 < Lq; r0 += kRowBlock) {
-        const int64_t rows = std::min(kRowBlock, Lq - r0);
-        const T* qb = qt + r0 * q.stride(2);
-        const T* gb = gt + r0 * g.stride(2);
-        gemm(Trans::N, Trans::N, W, rows, D, T(1), kva.data(), W, qb, q.stride(2), T(0),
-             tile.data(), W);
-        for (int64_t i = 0; i < rows; ++i) {
-          T* t = tile.data() + i * W;
-          const T inv = T(1) / (t[Dv] + eps);
-          T go = 0;
-          for (int64_t e = 0; e < Dv; ++e) go += gb[i * g.stride(2) + e] * t[e];
-          for (int64_t e = 0; e < Dv; ++e) t[e] = gb[i * g.stride(2) + e] * inv;
-          t[Dv] = -go * inv * inv;  // -(g . num) / den^2 = -(g . out) / den
-        }
-        // dQ_blk (rows x D) = dA KVa^T  <=>  column-major dQ^T (D x rows) = KVa dA^T
-        gemm(Trans::T, Trans::N, D, rows, W, T(1), kva.data(), W, tile.data(), W, T(0),
-             dqt + r0 * D, D);
-        // dKVa (D x W) += Q_blk^T dA  <=>  column-major dKVa^T (W x D) += dA^T Q
-        gemm(Trans::N, Trans::T, W, D, rows, T(1), tile.data(), W, qb, q.stride(2), T(1),
-             dkva.data(), W);
+    const int64_t b = bh / H, h = bh % H;
+    const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
+    const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
+    const T* qt = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1);
+    const T* gt = g.data_ptr<T>() + b * g.stride(0) + h * g.stride(1);
+    T* dqt = dq.data_ptr<T>() + bh * Lq * D;
+    T* dkt = dk.data_ptr<T>() + bh * Lk * D;
+    T* dvt = dv.data_ptr<T>() + bh * Lk * Dv;
+    kv_and_ks<T>(kt, k.stride(2), vt, v.stride(2), Lk, D, Dv, ones.data(), kva.data(), W,
+                 kva.data() + Dv, W);
+    std::fill(dkva.begin(), dkva.end(), T(0));
+    for (int64_t r0 = 0; r0 < Lq; r0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, Lq - r0);
+      const T* qb = qt + r0 * q.stride(2);
+      const T* gb = gt + r0 * g.stride(2);
+      gemm(Trans::N, Trans::N, W, rows, D, T(1), kva.data(), W, qb, q.stride(2), T(0),
+           tile.data(), W);
+      for (int64_t i = 0; i < rows; ++i) {
+        T* t = tile.data() + i * W;
+        const T inv = T(1) / (t[Dv] + eps);
+        T go = 0;
+        for (int64_t e = 0; e < Dv; ++e) go += gb[i * g.stride(2) + e] * t[e];
+        for (int64_t e = 0; e < Dv; ++e) t[e] = gb[i * g.stride(2) + e] * inv;
+        t[Dv] = -go * inv * inv;  // -(g . num) / den^2 = -(g . out) / den
       }
-      // dK (Lk x D) = V dKV^T + 1 dks^T  <=>  column-major dK^T (D x Lk) = dKV V^T + dks 1^T
-      gemm(Trans::T, Trans::N, D, Lk, Dv, T(1), dkva.data(), W, vt, v.stride(2), T(0), dkt, D);
-      gemm(Trans::T, Trans::N, D, Lk, 1, T(1), dkva.data() + Dv, W, ones.data(), 1, T(1), dkt, D);
-      // dV (Lk x Dv) = K dKV  <=>  column-major dV^T (Dv x Lk) = dKV^T K^T
-      gemm(Trans::N, Trans::N, Dv, Lk, D, T(1), dkva.data(), W, kt, k.stride(2), T(0), dvt, Dv);
+      // dQ_blk (rows x D) = dA KVa^T  <=>  column-major dQ^T (D x rows) = KVa dA^T
+      gemm(Trans::T, Trans::N, D, rows, W, T(1), kva.data(), W, tile.data(), W, T(0),
+           dqt + r0 * D, D);
+      // dKVa (D x W) += Q_blk^T dA  <=>  column-major dKVa^T (W x D) += dA^T Q
+      gemm(Trans::N, Trans::T, W, D, rows, T(1), tile.data(), W, qb, q.stride(2), T(1),
+           dkva.data(), W);
     }
+    // dK (Lk x D) = V dKV^T + 1 dks^T  <=>  column-major dK^T (D x Lk) = dKV V^T + dks 1^T
+    gemm(Trans::T, Trans::N, D, Lk, Dv, T(1), dkva.data(), W, vt, v.stride(2), T(0), dkt, D);
+    gemm(Trans::T, Trans::N, D, Lk, 1, T(1), dkva.data() + Dv, W, ones.data(), 1, T(1), dkt, D);
+    // dV (Lk x Dv) = K dKV  <=>  column-major dV^T (Dv x Lk) = dKV^T K^T
+    gemm(Trans::N, Trans::N, Dv, Lk, D, T(1), dkva.data(), W, kt, k.stride(2), T(0), dvt, Dv);
   });
 }
 
