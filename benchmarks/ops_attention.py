@@ -75,6 +75,17 @@ def time_pair(fa, fb, reps: int) -> tuple[float, float]:
     return ta, tb
 
 
+def fwd_bwd(f, inputs, gout):
+    """A call of f on fresh leaves of inputs and its backward with gout; returns the grads."""
+
+    def run():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        f(*leaves).backward(gout)
+        return [t.grad for t in leaves]
+
+    return run
+
+
 def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, L, D, generator=g) for _ in range(3))
@@ -86,16 +97,8 @@ def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
     def fwd_sdpa():
         return F.scaled_dot_product_attention(q, k, v)
 
-    def fb(f):
-        def run():
-            qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
-            f(qq, kk, vv).backward(gout)
-            return qq.grad, kk.grad, vv.grad
-
-        return run
-
-    fb_ours = fb(lambda a, b, c: ops.attention(a, b, c))
-    fb_sdpa = fb(lambda a, b, c: F.scaled_dot_product_attention(a, b, c))
+    fb_ours = fwd_bwd(lambda a, b, c: ops.attention(a, b, c), (q, k, v), gout)
+    fb_sdpa = fwd_bwd(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), (q, k, v), gout)
     diff = float((fwd_ours() - fwd_sdpa()).abs().max())
     r = {"L": L, "D": D, "H": heads, "max_abs_diff_vs_sdpa": diff}
     r["fwd_ours_s"], r["fwd_sdpa_s"] = time_pair(fwd_ours, fwd_sdpa, reps)
@@ -136,20 +139,11 @@ def linear_case(L: int, reps: int, with_sdpa: bool, heads: int = 8) -> dict:
         return ops.linear_attention(q, k, v)
 
     gout = torch.randn_like(v)
-
-    def fwdbwd(f):
-        def run():
-            qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
-            f(qq, kk, vv).backward(gout)
-            return qq.grad, kk.grad, vv.grad
-
-        return run
-
     err = float(((ours() - eager()).abs() / eager().abs().clamp_min(1e-3)).max())
     r = {"L": L, "D": 64, "H": heads, "max_rel_diff_vs_eager": err}
     r["ours_s"], r["eager_s"] = time_pair(ours, eager, reps)
     r["fwdbwd_ours_s"], r["fwdbwd_eager_s"] = time_pair(
-        fwdbwd(ops.linear_attention), fwdbwd(formula), reps)
+        fwd_bwd(ops.linear_attention, (q, k, v), gout), fwd_bwd(formula, (q, k, v), gout), reps)
     for name, fn in [("ours", ours), ("eager", eager)]:
         r[name + "_peak_MB"] = peak_bytes(fn) / 2**20
     if with_sdpa:
