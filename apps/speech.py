@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="per-bin loss weights (default loudness: see pydiff.domains.speech.train)")
     t.add_argument("--sigma-data", type=float, default=None,
                    help="the score network's EDM data scale (default 0.13)")
+    t.add_argument("--input-perturbation", type=float, nargs="+", default=None,
+                   metavar="GAMMA",
+                   help="the score network's input perturbation: GAMMA, or LOW HIGH for a "
+                        "per-sample uniform range (default 0; see "
+                        "pydiff.training.diffusion_loss)")
     t.add_argument("--snapshot-every", type=int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)
@@ -144,8 +149,14 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig()
     for name in ("utterances", "predictive_steps", "score_steps", "batch_size", "base_channels",
                  "seed", "threads", "snapshot_every", "init_from", "bin_weighting",
-                 "sigma_data"):
+                 "sigma_data", "input_perturbation"):
         value = getattr(args, name)
+        if name == "input_perturbation" and value is not None:
+            if len(value) > 2:
+                print("pydiff speech train: --input-perturbation takes GAMMA or LOW HIGH",
+                      file=sys.stderr)
+                return 2
+            value = value[0] if len(value) == 1 else tuple(value)
         if value is not None:
             setattr(config, name, value)
     enhancer = train(config, args.output)

@@ -110,6 +110,34 @@ def test_eps_loss_is_the_mse_of_the_network_output():
     torch.testing.assert_close(out.per_sample, ((torch.tanh(x_t) - noise) ** 2).mean(1))
 
 
+def test_input_perturbation_noises_the_input_more_but_keeps_the_target():
+    schedule = pydiff.DiscreteSchedule.linear()
+    seen = {}
+
+    def net(x, t):
+        seen["x"] = x
+        return torch.tanh(x)
+
+    model = pydiff.Denoiser(net, schedule, prediction="eps")
+    x0 = torch.randn(4, 3, generator=gen(0))
+    out = diffusion_loss(model, x0, generator=gen(5), input_perturbation=0.3)
+    g = gen(5)  # t, then the noise, then the perturbation
+    u = torch.rand(4, generator=g, dtype=F64).clamp(1e-12, 1 - 1e-12)
+    t = (torch.floor(u * 1000) + 1) / 1000
+    noise = torch.randn(4, 3, generator=g)
+    xi = torch.randn(4, 3, generator=g)
+    a, s = schedule.alpha(t).float()[:, None], schedule.sigma(t).float()[:, None]
+    x_t = a * x0 + s * (noise + 0.3 * xi)
+    torch.testing.assert_close(seen["x"], x_t)
+    torch.testing.assert_close(out.per_sample, ((torch.tanh(x_t) - noise) ** 2).mean(1))
+    with pytest.raises(ValueError, match="input_perturbation"):
+        diffusion_loss(model, x0, generator=gen(5), input_perturbation=-0.1)
+    # a range: one gamma per sample, drawn after the noise and the perturbation
+    diffusion_loss(model, x0, generator=gen(5), input_perturbation=(0.2, 0.6))
+    gamma = 0.2 + 0.4 * torch.rand(4, generator=g, dtype=F64)
+    torch.testing.assert_close(seen["x"], a * x0 + s * (noise + gamma.float()[:, None] * xi))
+
+
 def test_edm_default_loss_is_unit_mse_on_the_raw_output():
     schedule = pydiff.EDMSchedule()
     raw = torch.nn.Linear(2, 2).double()

@@ -74,6 +74,9 @@ class TrainConfig:
     bin_weighting: str = "loudness"  # or "none" (see the module docs)
     sigma_data: float = 0.13  # ScoreNet's EDM data scale: rms of x0 - y under the weighting
     init_from: str | None = None  # a SpeechEnhancer folder to fine-tune (same architecture)
+    # the score network's input perturbation gamma (pydiff.training.diffusion_loss): robustness
+    # to states noisier than their level, which the 30-step reverse SDE produces
+    input_perturbation: float | tuple[float, float] = 0.0
 
 
 def segments(config: TrainConfig) -> dict[str, Tensor]:
@@ -136,9 +139,10 @@ class ScoreLoss:
     """``loss_fn`` of stage 2: SGMSE+'s denoising loss, mean = noisy or StoRM estimate."""
 
     def __init__(self, spec: Spectrogram, predictive: torch.nn.Module | None,
-                 storm_fraction: float, bin_weighting: str = "loudness"):
+                 storm_fraction: float, bin_weighting: str = "loudness",
+                 input_perturbation: float | tuple[float, float] = 0.0):
         self.spec, self.predictive, self.storm_fraction = spec, predictive, storm_fraction
-        self.bin_weighting = bin_weighting
+        self.bin_weighting, self.input_perturbation = bin_weighting, input_perturbation
 
     def __call__(self, model: Any, batch: dict[str, Tensor],
                  generator: torch.Generator) -> Tensor:
@@ -153,7 +157,8 @@ class ScoreLoss:
         weighting = EDMWeight(model.sigma_data)
         return diffusion_loss(model, x, generator=generator, weighting=weighting,
                               cond={"y": mean, "noisy": y},
-                              mask=bin_weights(y, self.bin_weighting)).loss
+                              mask=bin_weights(y, self.bin_weighting),
+                              input_perturbation=self.input_perturbation).loss
 
 
 def train(config: TrainConfig | None = None, output: str | Path | None = None) -> SpeechEnhancer:
@@ -203,7 +208,7 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
         callbacks.append(Every(config.snapshot_every, snapshot, final=False))
     stage2 = Trainer(model, BatchLoader(data, config.batch_size, seed=config.seed + 1),
                      loss_fn=ScoreLoss(spec, predictive_ema, config.storm_fraction,
-                                       config.bin_weighting),
+                                       config.bin_weighting, config.input_perturbation),
                      max_steps=config.score_steps, lr=config.lr, lr_scheduler="cosine",
                      warmup_steps=10, ema=True, grad_clip=1.0, seed=config.seed + 1,
                      callbacks=callbacks, progress=config.progress).fit()

@@ -89,6 +89,7 @@ def diffusion_loss(
     mask: State | None = None,
     leaf_weights: Mapping[str, float] | None = None,
     min_snr_gamma: float = 5.0,
+    input_perturbation: float | tuple[float, float] = 0.0,
 ) -> LossOutput:
     """Denoising loss of ``denoiser`` on clean data ``x0`` (see the module docstring).
 
@@ -109,6 +110,14 @@ def diffusion_loss(
             depend only on what the network sees leave the optimal denoiser unchanged.
         leaf_weights: per-key weights of dict states (default 1).
         min_snr_gamma: gamma of ``weighting="min_snr"``.
+        input_perturbation: gamma of input perturbation (Ning et al. 2023, "Input Perturbation
+            Reduces Exposure Bias in Diffusion Models"): the network sees
+            ``alpha x0 + sigma (eps + gamma xi)`` while the targets keep ``eps``, so it learns
+            to remove somewhat more noise than the level claims, as sampling trajectories
+            carry (discretization and network errors). 0 (default) is the plain loss;
+            the paper uses 0.1. A pair ``(low, high)`` draws each sample's gamma uniformly
+            from that range (after the noise), so the network sees a range of excess noise
+            and must judge it from its input.
     """
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser must be a pydiff.Denoiser, got {type(denoiser).__name__}")
@@ -145,9 +154,21 @@ def diffusion_loss(
         shift = merged[denoiser.mean_key]
         x0 = tree_map(torch.sub, x0, shift)
 
+    low, high = (input_perturbation if isinstance(input_perturbation, (tuple, list))
+                 else (input_perturbation, input_perturbation))
+    if not 0 <= low <= high:
+        raise ValueError(f"input_perturbation must be >= 0 (or a pair 0 <= low <= high), got "
+                         f"{input_perturbation}")
+    seen = noise
+    if high > 0:
+        extra = randn_like(x0, generator)
+        gamma = (torch.full((bsz,), float(low), dtype=torch.float64) if low == high else
+                 low + (high - low) * torch.rand(bsz, generator=generator, dtype=torch.float64))
+        gamma = gamma.to(ref.device)
+        seen = tree_map(lambda z, e: z + per_sample(gamma, e).to(e.dtype) * e, noise, extra)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     x_t = tree_map(lambda u, z: per_sample(alpha, u).to(u.dtype) * u
-                   + per_sample(sigma, z).to(z.dtype) * z, x0, noise)
+                   + per_sample(sigma, z).to(z.dtype) * z, x0, seen)
     x0_hat, eps_hat = denoiser.predict(x_t, t, **cond)
     pred = targets(schedule, x0_hat, eps_hat, t, target)
     true = targets(schedule, x0, noise, t, target)
