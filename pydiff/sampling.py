@@ -89,7 +89,9 @@ def sample(
         generator: a ``torch.Generator`` or a list, one per sample (stochastic solvers).
         hooks: post-step projections (see :mod:`pydiff.hooks`).
         progress: show a progress bar.
-        callback: called with the state after every step.
+        callback: called with the state after every step. For a mean-reverting model (bound to
+            its mean ``y``) hooks, callbacks and ``return_state`` see the solver's state in the
+            shifted coordinate ``x - y``; only the returned sample is shifted back.
         check_finite: raise if the state becomes NaN/inf, naming the first bad step (one device
             sync at the end of the run, none per step).
         return_state: return the final :class:`SolverState` instead of the sample.
