@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import warnings
 
@@ -334,6 +335,18 @@ def test_predictive_loss_is_a_per_sample_weighted_mean() -> None:
     torch.testing.assert_close(loss, torch.stack(per_sample).mean())
     # every sample's weights sum alike, so the global weighted mean is the same number
     torch.testing.assert_close(loss, (err * w).sum() / (2 * w.sum()))
+
+
+def test_train_cli_input_perturbation(tmp_path) -> None:
+    from pydiff.apps.cli import main
+
+    args = ["speech", "train", "-o", str(tmp_path / "run"), "--utterances", "2",
+            "--predictive-steps", "1", "--score-steps", "1", "--batch-size", "2",
+            "--base-channels", "4", "--threads", "1"]
+    assert main([*args, "--input-perturbation", "1", "2", "3"]) == 2
+    assert main([*args, "--input-perturbation", "0", "0.5"]) == 0
+    meta = json.loads((tmp_path / "run" / "speech.json").read_text())["metadata"]
+    assert meta["recipe"]["input_perturbation"] == [0.0, 0.5]
 
 
 def test_warm_start_needs_matching_architecture(tmp_path) -> None:
