@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--input-perturbation", type=float, nargs="+", default=None,
                    metavar="GAMMA",
                    help="the score network's input perturbation: GAMMA, or LOW HIGH for a "
-                        "per-sample uniform range (default 0; see "
-                        "pydiff.training.diffusion_loss)")
+                        "per-sample uniform range (default 0 1; 0 turns it off; see "
+                        "docs/speech.md)")
     t.add_argument("--snapshot-every", type=int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)

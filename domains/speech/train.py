@@ -52,16 +52,16 @@ Tensor = torch.Tensor
 class TrainConfig:
     """Recipe knobs.
 
-    The defaults are the one-run form of the shipped checkpoint's recipe (about 1.5 h on one
-    core here). The shipped checkpoint itself was trained in three warm-started stages,
+    The defaults are the one-run form of the shipped checkpoint's recipe (about 3.5 h on one
+    core here). The shipped checkpoint itself was trained in five warm-started stages,
     recorded under ``metadata["warm_start"]`` and listed with their commands in BENCHMARKS.md.
     """
 
-    utterances: int = 400
+    utterances: int = 800
     segment_frames: int = 48
     batch_size: int = 6
     predictive_steps: int = 2000
-    score_steps: int = 5000
+    score_steps: int = 10000
     lr: float = 2e-3
     base_channels: int = 12
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -74,9 +74,10 @@ class TrainConfig:
     bin_weighting: str = "loudness"  # or "none" (see the module docs)
     sigma_data: float = 0.13  # ScoreNet's EDM data scale: rms of x0 - y under the weighting
     init_from: str | None = None  # a SpeechEnhancer folder to fine-tune (same architecture)
-    # the score network's input perturbation gamma (pydiff.training.diffusion_loss): robustness
-    # to states noisier than their level, which the 30-step reverse SDE produces
-    input_perturbation: float | tuple[float, float] = 0.0
+    # the score network's input perturbation gamma, per-sample uniform in the range
+    # (pydiff.training.diffusion_loss): robustness to states noisier than their level, which
+    # the PC sampler produces (docs/speech.md)
+    input_perturbation: float | tuple[float, float] = (0.0, 1.0)
 
 
 def segments(config: TrainConfig) -> dict[str, Tensor]:
