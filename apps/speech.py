@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e = cmds.add_parser("enhance", help="enhance a file or every audio file of a folder")
     e.add_argument("input", help="an audio file or a folder of audio files")
     e.add_argument("-o", "--output", required=True, help="output file (or folder)")
-    e.add_argument("--solver", default="mr", help="pc, mr, mr_sde, storm or em (default mr)")
+    e.add_argument("--solver", default=None,
+                   help="pc, mr, mr_sde, storm or em (default storm when the checkpoint has a "
+                        "predictive network, else mr)")
     e.add_argument("--steps", type=int, default=None, help="solver steps (default: per solver)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--chunk-seconds", type=float, default=4.0)

@@ -283,6 +283,16 @@ def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
     assert si_sdr(pair.clean, five) - before > 3.0  # measured 4.5
 
 
+def test_default_solver_is_storm_when_a_predictive_net_exists(enhancer: SpeechEnhancer) -> None:
+    assert enhancer.default_solver == "storm"
+    wave = make_pair("test", 2).noisy[:6000]
+    torch.testing.assert_close(
+        torch.from_numpy(enhancer.enhance(wave, 16000, chunk_seconds=None)),
+        torch.from_numpy(enhancer.enhance(wave, 16000, solver="storm", chunk_seconds=None)))
+    without = SpeechEnhancer(enhancer.model, None, spectrogram=enhancer.spectrogram)
+    assert without.default_solver == "mr"
+
+
 def test_samplers_map_to_core_solvers(enhancer: SpeechEnhancer) -> None:
     from pydiff.domains.speech import SAMPLERS
 

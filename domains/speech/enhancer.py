@@ -180,14 +180,21 @@ class SpeechEnhancer:
         return path
 
     # -- the spectrogram-domain core -----------------------------------------------------------
+    @property
+    def default_solver(self) -> str:
+        """``"storm"`` when the checkpoint has a predictive network (the best sampler on the
+        held-out split, 6 NFE), else ``"mr"``; what ``solver=None`` means."""
+        return "storm" if self.predictive_net is not None else "mr"
+
     @torch.no_grad()
-    def enhance_states(self, y: Tensor, solver: str = "mr", steps: int | None = None, *,
+    def enhance_states(self, y: Tensor, solver: str | None = None, steps: int | None = None, *,
                        seed: int = 0, first_frame: int = 0, noise: Tensor | None = None,
                        progress: bool = False) -> Tensor:
         """Enhance normalized real-view spectrograms ``y [B, 2, F, T]`` -> ``[B, 2, F, T]``.
 
         ``noise`` (standard normal, like ``y``) overrides the frame-keyed prior noise.
         """
+        solver = self.default_solver if solver is None else solver
         if solver not in SAMPLERS:
             raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
         spec = SAMPLERS[solver]
@@ -220,13 +227,14 @@ class SpeechEnhancer:
         return self.spectrogram.inverse(x, wave.shape[-1]).numpy()
 
     # -- waveforms ---------------------------------------------------------------------------
-    def enhance(self, wave: np.ndarray | Tensor, sample_rate: int, solver: str = "mr",
+    def enhance(self, wave: np.ndarray | Tensor, sample_rate: int, solver: str | None = None,
                 steps: int | None = None, *, seed: int = 0, chunk_seconds: float | None = 4.0,
                 overlap_seconds: float = 0.5, progress: bool = False) -> np.ndarray | Tensor:
         """Enhance ``wave`` (``[N]`` or ``[C, N]`` at ``sample_rate``); same shape, rate and type.
 
         Args:
-            solver, steps: a sampler from :data:`SAMPLERS` and its step count.
+            solver, steps: a sampler from :data:`SAMPLERS` (default :attr:`default_solver`) and
+                its step count (default the sampler's).
             seed: seed of the prior noise (and of stochastic solvers).
             chunk_seconds: chunk length (``None``: the whole input at once).
             overlap_seconds: overlap of consecutive chunks (crossfaded).
@@ -241,7 +249,7 @@ class SpeechEnhancer:
         out = out[0] if mono else out
         return torch.from_numpy(out) if as_tensor else out
 
-    def enhance_file(self, source: str | Path, target: str | Path, solver: str = "mr",
+    def enhance_file(self, source: str | Path, target: str | Path, solver: str | None = None,
                      steps: int | None = None, *, seed: int = 0, chunk_seconds: float = 4.0,
                      overlap_seconds: float = 0.5, block_seconds: float = 2.0) -> dict[str, Any]:
         """Stream ``source`` -> ``target`` (WAV, same rate and channels) in constant memory.
@@ -284,12 +292,13 @@ class SpeechEnhancer:
         return {"sample_rate": sr, "channels": info.channels, "seconds": info.frames / sr,
                 "clipped": clipped}
 
-    def _stream(self, blocks: Iterable[np.ndarray], sample_rate: int, peak: float, solver: str,
-                steps: int | None, seed: int, chunk_seconds: float | None,
+    def _stream(self, blocks: Iterable[np.ndarray], sample_rate: int, peak: float,
+                solver: str | None, steps: int | None, seed: int, chunk_seconds: float | None,
                 overlap_seconds: float) -> Iterator[np.ndarray]:
         """Blocks ``[C, n]`` at ``sample_rate`` in, enhanced blocks out (same total length)."""
         import soxr
 
+        solver = self.default_solver if solver is None else solver
         opts = {"solver": solver, "steps": steps, "seed": seed}
         if solver not in SAMPLERS:  # fail before reading anything
             raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
