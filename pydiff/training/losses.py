@@ -162,8 +162,10 @@ def diffusion_loss(
     seen = noise
     if high > 0:
         extra = randn_like(x0, generator)
+        gdev = generator.device if generator is not None else None  # draw where it lives
         gamma = (torch.full((bsz,), float(low), dtype=torch.float64) if low == high else
-                 low + (high - low) * torch.rand(bsz, generator=generator, dtype=torch.float64))
+                 low + (high - low) * torch.rand(bsz, generator=generator, dtype=torch.float64,
+                                                 device=gdev))
         gamma = gamma.to(ref.device)
         seen = tree_map(lambda z, e: z + per_sample(gamma, e).to(e.dtype) * e, noise, extra)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
