@@ -238,6 +238,33 @@ def test_attention_dispatch_masked_to_ops_unmasked_to_sdpa(monkeypatch):
     assert [c[0] for c in calls] == ["ops", "sdpa"]  # the UNet's unmasked mid-block: SDPA
 
 
+def test_attention_dispatch_training_with_few_heads(monkeypatch):
+    # float32 CPU training with fewer (batch, head) pairs than threads: the compiled kernel
+    calls = []
+    ops_attention = pydiff.ops.attention
+
+    def spy(q, k, v, scale=None, mask=None):
+        calls.append("ops")
+        return ops_attention(q, k, v, scale=scale, mask=mask)
+
+    monkeypatch.setattr(pydiff.ops, "attention", spy, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        q, k, v = (torch.randn(1, 2, 6, 8, requires_grad=True) for _ in range(3))
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
+        with torch.no_grad():
+            attention(q, k, v)  # inference: SDPA
+        attention(*(t.detach() for t in (q, k, v)))  # no grad needed: SDPA
+    finally:
+        torch.set_num_threads(before)
+    assert calls == (["ops"] if pydiff.ops.backend() == "extension" else [])
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(t.grad is not None for t in (q, k, v))
+
+
 def test_attention_bad_args_and_fully_masked_rows():
     q = torch.randn(2, 1, 4, 8)
     with pytest.raises(ValueError, match="mask must be a bool key-padding mask"):
