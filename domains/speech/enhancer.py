@@ -186,6 +186,13 @@ class SpeechEnhancer:
         held-out split, 6 NFE), else ``"mr"``; what ``solver=None`` means."""
         return "storm" if self.predictive_net is not None else "mr"
 
+    def _sampler_name(self, solver: str | None) -> str:
+        """``solver``, or the default for ``None``; a clear error for unknown names."""
+        solver = self.default_solver if solver is None else solver
+        if solver not in SAMPLERS:
+            raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
+        return solver
+
     @torch.no_grad()
     def enhance_states(self, y: Tensor, solver: str | None = None, steps: int | None = None, *,
                        seed: int = 0, first_frame: int = 0, noise: Tensor | None = None,
@@ -194,9 +201,7 @@ class SpeechEnhancer:
 
         ``noise`` (standard normal, like ``y``) overrides the frame-keyed prior noise.
         """
-        solver = self.default_solver if solver is None else solver
-        if solver not in SAMPLERS:
-            raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
+        solver = self._sampler_name(solver)
         spec = SAMPLERS[solver]
         steps = spec.steps if steps is None else int(steps)
         if steps < 1:
@@ -298,10 +303,8 @@ class SpeechEnhancer:
         """Blocks ``[C, n]`` at ``sample_rate`` in, enhanced blocks out (same total length)."""
         import soxr
 
-        solver = self.default_solver if solver is None else solver
+        solver = self._sampler_name(solver)  # fail before reading anything
         opts = {"solver": solver, "steps": steps, "seed": seed}
-        if solver not in SAMPLERS:  # fail before reading anything
-            raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
         _resolve_solver(solver, SAMPLERS[solver])
         hop = self.spectrogram.config.hop_length
         chunk = None if chunk_seconds is None else _to_hops(chunk_seconds, hop, "chunk_seconds")
