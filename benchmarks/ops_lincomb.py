@@ -9,8 +9,10 @@ float64 tensors as the solvers keep them) in float32 and bfloat16:
   (Python-float coefficients, the fastest eager form; it moves 2 + 3*3 = 11 tensors' worth);
 - ``add``: a single ``torch.add(x, d1)``, the latency yardstick at 16K elements.
 
-Times are the minimum and median over repeats (the minimum is the least disturbed by other
-processes on a shared machine). Prints a table and writes JSON.
+The four are timed in interleaved rounds (each round times every one of them in turn), so drift
+of a shared machine (other jobs, what the 260 MB L3 happens to hold) hits all of them alike
+rather than whichever ran during a quiet second. Times are the minimum and median over all
+calls (the minimum is the least disturbed). Prints a table and writes JSON.
 
 Example:
     python benchmarks/ops_lincomb.py --json benchmarks/results/ops_lincomb.json
@@ -32,20 +34,27 @@ import pydiff.ops as ops
 SIZES = {"16K": 1 << 14, "16M": 1 << 24, "64M": 1 << 26}
 
 
-def timeit(fn, min_time: float = 0.5, max_reps: int = 2000) -> tuple[float, float]:
-    """(min, median) seconds per call."""
-    fn()
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while (time.perf_counter() - start < min_time or len(times) < 5) and len(times) < max_reps:
-        t0 = time.perf_counter()
+def time_interleaved(
+    fns: dict, min_time: float, rounds: int, max_reps: int = 2000
+) -> dict[str, tuple[float, float]]:
+    """{name: (min, median) seconds per call}, each fn timed for min_time/rounds per round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            n = 0
+            while (time.perf_counter() - start < min_time / rounds or n < 2) and n < max_reps:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                n += 1
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
-def bench_case(n: int, dtype: torch.dtype, min_time: float) -> dict:
+def bench_case(n: int, dtype: torch.dtype, min_time: float, rounds: int) -> dict:
     g = torch.Generator().manual_seed(0)
     x, d1, d2, z = (torch.randn(n, generator=g).to(dtype) for _ in range(4))
     buf = torch.empty_like(x)
@@ -70,14 +79,10 @@ def bench_case(n: int, dtype: torch.dtype, min_time: float) -> dict:
         torch.add(x, d1)
 
     res = {"elements": n, "dtype": str(dtype).replace("torch.", "")}
-    for name, fn, nbytes in [
-        ("lincomb", run_lincomb, 5 * n * es),
-        ("copy", run_copy, 2 * n * es),
-        ("eager", run_eager, 11 * n * es),
-        ("add", run_add, 3 * n * es),
-    ]:
-        tmin, tmed = timeit(fn, min_time)
-        res[name] = {"min_s": tmin, "median_s": tmed, "GBps": nbytes / tmin / 1e9}
+    fns = {"lincomb": run_lincomb, "copy": run_copy, "eager": run_eager, "add": run_add}
+    nbytes = {"lincomb": 5 * n * es, "copy": 2 * n * es, "eager": 11 * n * es, "add": 3 * n * es}
+    for name, (tmin, tmed) in time_interleaved(fns, min_time, rounds).items():
+        res[name] = {"min_s": tmin, "median_s": tmed, "GBps": nbytes[name] / tmin / 1e9}
     # correctness of what was timed
     want = (
         coef[0] * x.double() + coef[1] * d1.double() + coef[2] * d2.double() + coef[3] * z.double()
@@ -95,6 +100,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per size and dtype")
     ap.add_argument("--json", default="benchmarks/results/ops_lincomb.json")
     args = ap.parse_args()
 
@@ -111,7 +117,7 @@ def main() -> None:
     print("-" * len(hdr))
     for size in args.sizes:
         for dt in args.dtypes:
-            r = bench_case(SIZES[size], getattr(torch, dt), args.min_time)
+            r = bench_case(SIZES[size], getattr(torch, dt), args.min_time, args.rounds)
             r["size"] = size
             rows.append(r)
 
@@ -128,6 +134,7 @@ def main() -> None:
         "backend": ops.backend(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "results": rows,

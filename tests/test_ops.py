@@ -305,12 +305,17 @@ def test_large_solver_stage(backend, where):
     _assert_close_to_truth(y, [x, d1, d2], c[:3], z, c[3])
 
 
-def test_stream_store_switch_gives_identical_results(backend, monkeypatch):
-    # PYDIFF_LINCOMB_STREAM_STORES=0 changes only how the result reaches memory, not the numbers
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("switch", ["PYDIFF_LINCOMB_STREAM_STORES", "PYDIFF_LINCOMB_PREFETCH"])
+def test_memory_path_switches_give_identical_results(backend, monkeypatch, dtype, switch):
+    # the kernel's streaming-store and prefetch switches change only how bytes move, not the
+    # numbers (sizes just over the 32 MB streaming threshold, with a ragged tail)
+    n = (33 << 20) // (torch.finfo(dtype).bits // 8) + 37
     g = torch.Generator().manual_seed(3)
-    x, d1, z = (torch.randn(9 << 20, generator=g) for _ in range(3))
+    x, d1, z = (torch.randn(n, generator=g).to(dtype) for _ in range(3))
     streamed = ops.lincomb([x, d1], [0.7, -0.2], z, 0.1)
-    monkeypatch.setenv("PYDIFF_LINCOMB_STREAM_STORES", "0")
+    _assert_close_to_truth(streamed, [x, d1], [0.7, -0.2], z, 0.1)
+    monkeypatch.setenv(switch, "0")
     assert torch.equal(ops.lincomb([x, d1], [0.7, -0.2], z, 0.1), streamed)
 
 

@@ -32,17 +32,25 @@ constexpr int64_t kChunk = 1024;
 // Below this many elements the whole op runs on the calling thread: waking the pool costs a few
 // microseconds, more than the work (measured in benchmarks/ops_lincomb.py).
 constexpr int64_t kParallelMinElems = 1 << 17;
-// From this output size on, float32 results bypass the cache (non-temporal stores): a result
-// this large is evicted before anyone reads it, and a normal store first reads the line it
+// From this output size on, results bypass the cache (non-temporal stores): a result this
+// large is evicted before anyone reads it, and a normal store first reads the line it
 // overwrites, one extra pass over memory of the six a 3-term + noise update makes.
 constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
+// From this output size on, the fused loop prefetches every term kPrefetchBytes ahead. The
+// hardware prefetcher alone keeps too few lines in flight for four or more concurrent read
+// streams (and stops at each 4 KB page); measured with benchmarks/ops_lincomb_paths.py, alike
+// for distances of 1 to 4 KB. Below this size the terms are in L1/L2: pure overhead there.
+constexpr int64_t kPrefetchMinBytes = int64_t(1) << 20;
+constexpr int64_t kPrefetchBytes = 1024;
+constexpr int64_t kCacheLine = 64;
 
-// PYDIFF_LINCOMB_STREAM_STORES=0 keeps large results in the cache hierarchy (for machines whose
-// last-level cache holds them and whose next op reads them at once), and lets
-// benchmarks/ops_lincomb_stores.py A/B both paths in one process. Read per call: only calls of
-// >= kStreamMinBytes ask, and those take milliseconds.
-bool stream_stores_enabled() {
-  const char* v = std::getenv("PYDIFF_LINCOMB_STREAM_STORES");
+// Runtime switches, on unless set to 0. PYDIFF_LINCOMB_STREAM_STORES=0 keeps large results in
+// the cache hierarchy (for machines whose last-level cache holds them and whose next op reads
+// them at once); PYDIFF_LINCOMB_PREFETCH=0 leaves prefetching to the hardware. Both let
+// benchmarks/ops_lincomb_paths.py A/B the paths in one process. Read per call: only calls of
+// >= 1 MB ask, and those take tens of microseconds or more.
+bool switch_enabled(const char* name) {
+  const char* v = std::getenv(name);
   return v == nullptr || v[0] != '0';
 }
 
@@ -150,14 +158,21 @@ constexpr int kMaxFusedTerms = 16;
 // DRAM, is the limit, and this path is ~1.5x faster there.)
 template <typename T>
 void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int K, int64_t n,
-                      bool stream) {
+                      bool stream, bool prefetch) {
   // U vectors per step, the term loop inside: the sum stays in U registers and the per-term
   // loop overhead (pointer, broadcast, branch) is paid once per U vectors, not per vector,
   // which at L1/L2-resident sizes is what bounds the kernel.
   constexpr int U = 8;
   constexpr int64_t W = fVec::size();
   int64_t i = 0;
+  constexpr int64_t kStepBytes = U * W * sizeof(T);
   for (; i + U * W <= n; i += U * W) {
+    if (prefetch) {
+      for (int k = 0; k < K; ++k) {
+        const char* ahead = reinterpret_cast<const char*>(p[k] + i) + kPrefetchBytes;
+        for (int64_t b = 0; b < kStepBytes; b += kCacheLine) __builtin_prefetch(ahead + b, 0, 3);
+      }
+    }
     fVec a[U];
     {
       const fVec c0(c[0]);
@@ -178,6 +193,15 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
 #endif
       for (int u = 0; u < U; ++u) a[u].store(out + i + u * W);
     } else {
+#ifdef PYDIFF_STREAM_STORES
+      if (stream) {
+        for (int u = 0; u < U; u += 2) {
+          const __m256i h = at::vec::convert_from_float<T>(a[u], a[u + 1]);
+          _mm256_stream_si256(reinterpret_cast<__m256i*>(out + i + u * W), h);
+        }
+        continue;
+      }
+#endif
       for (int u = 0; u < U; u += 2) {
         at::vec::convert_from_float<T>(a[u], a[u + 1]).store(out + i + u * W);
       }
@@ -188,9 +212,6 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
     for (int k = 0; k < K; ++k) a += c[k] * static_cast<float>(p[k][i]);
     out[i] = static_cast<T>(a);
   }
-#ifdef PYDIFF_STREAM_STORES
-  if (stream) _mm_sfence();  // order the write-combined stores before the caller's next writes
-#endif
 }
 
 // Whether a plan can take fused_same_dtype (decided once per call, see run_plan).
@@ -210,7 +231,7 @@ bool fusable(const LincombPlan& p) {
 // of the current outer index.
 template <typename A>
 void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, bool fused,
-               bool stream) {
+               bool stream, bool prefetch) {
   const int in = p.ndim - 1;
   const int K = static_cast<int>(p.coef_op.size());
   if constexpr (std::is_same_v<A, float>) {
@@ -229,7 +250,7 @@ void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, 
       auto go = [&](auto tag) {
         using T = decltype(tag);
         fused_same_dtype<T>(reinterpret_cast<T*>(op), reinterpret_cast<const T* const*>(ptrs), cs,
-                            K, n, stream && reinterpret_cast<uintptr_t>(op) % 32 == 0);
+                            K, n, stream && reinterpret_cast<uintptr_t>(op) % 32 == 0, prefetch);
       };
       if (o.dtype == at::kFloat) go(float{});
       else if (o.dtype == at::kBFloat16) go(at::BFloat16{});
@@ -290,10 +311,11 @@ void run_plan(const LincombPlan& p) {
   const int64_t items = rows * chunks_per_row;
   const size_t nops = p.ops.size();
   const bool fused = fusable(p);
-  // float32 only: for bfloat16 results streaming measured 0.93x normal stores (16M and 64M, 8
-  // interleaved rounds of benchmarks/ops_lincomb_stores.py), for float32 1.13-1.48x.
-  const bool stream = fused && p.ops[0].dtype == at::kFloat &&
-                      p.numel * p.ops[0].elsize >= kStreamMinBytes && stream_stores_enabled();
+  const int64_t out_bytes = p.numel * p.ops[0].elsize;
+  const bool stream =
+      fused && out_bytes >= kStreamMinBytes && switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
+  const bool prefetch =
+      fused && out_bytes >= kPrefetchMinBytes && switch_enabled("PYDIFF_LINCOMB_PREFETCH");
   auto work = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> off(nops);
     for (int64_t it = begin; it < end; ++it) {
@@ -307,8 +329,15 @@ void run_plan(const LincombPlan& p) {
         r /= p.size[d];
         for (size_t q = 0; q < nops; ++q) off[q] += idx * p.ops[q].stride[d] * p.ops[q].elsize;
       }
-      run_chunk<A>(p, off.data(), j0, std::min(kChunk, inner - j0), fused, stream);
+      run_chunk<A>(p, off.data(), j0, std::min(kChunk, inner - j0), fused, stream,
+                   prefetch);
     }
+#ifdef PYDIFF_STREAM_STORES
+    // Orders the write-combined stores before whatever this thread does next. Once per thread's
+    // range, not per chunk: a fence waits for every pending streaming store to reach memory,
+    // and fencing each 4 KB chunk cost ~15% of the 64M float32 time (standalone A/B).
+    if (stream) _mm_sfence();
+#endif
   };
   if (p.numel < kParallelMinElems) {
     work(0, items);
