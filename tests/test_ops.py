@@ -305,7 +305,7 @@ def test_large_solver_stage(backend, where):
     _assert_close_to_truth(y, [x, d1, d2], c[:3], z, c[3])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("switch", ["PYDIFF_LINCOMB_STREAM_STORES", "PYDIFF_LINCOMB_PREFETCH"])
 def test_memory_path_switches_give_identical_results(backend, monkeypatch, dtype, switch):
     # the kernel's streaming-store and prefetch switches change only how bytes move, not the
