@@ -335,7 +335,7 @@ void run_plan(const LincombPlan& p) {
 #ifdef PYDIFF_STREAM_STORES
     // Orders the write-combined stores before whatever this thread does next. Once per thread's
     // range, not per chunk: a fence waits for every pending streaming store to reach memory,
-    // and fencing each 4 KB chunk cost ~15% of the 64M float32 time (standalone A/B).
+    // and fencing each 4 KB chunk made 64M float32 1.13x slower (in-kernel A/B, BENCHMARKS.md).
     if (stream) _mm_sfence();
 #endif
   };
