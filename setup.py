@@ -6,8 +6,9 @@ build of another version, and the resulting binary no longer matches the runtime
 
 Environment knobs:
     PYDIFF_CUDA=1          also compile csrc/cuda/*.cu (needs a CUDA build of torch and nvcc)
-    PYDIFF_CPU_ISA=...     "avx2" or "default"; by default AVX2+FMA is used when the build
-                           machine has it (the extension is built on the machine that runs it)
+    PYDIFF_CPU_ISA=...     "avx512", "avx2" or "default"; by default the widest of AVX-512
+                           (F/BW/VL/DQ) and AVX2+FMA the build machine has (the extension is
+                           built on the machine that runs it)
     PYDIFF_DEBUG=1         -O0 -g
 
 Example:
@@ -47,6 +48,9 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return packages, package_dir
 
 
+AVX512_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c")
+
+
 def _cpu_has(*flags: str) -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -64,13 +68,26 @@ def _cpu_isa_flags() -> list[str]:
     """
     isa = os.environ.get("PYDIFF_CPU_ISA", "auto").lower()
     if isa == "auto":
+        # the widest set the build machine has, as torch's own CPU dispatch picks
         x86 = platform.machine().lower() in ("x86_64", "amd64")
-        isa = "avx2" if x86 and _cpu_has("avx2", "fma", "f16c") else "default"
+        if x86 and _cpu_has(*AVX512_CPU_FLAGS):
+            isa = "avx512"
+        elif x86 and _cpu_has("avx2", "fma", "f16c"):
+            isa = "avx2"
+        else:
+            isa = "default"
+    if isa == "avx512":
+        return [
+            "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+            "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+        ]
     if isa == "avx2":
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     if isa == "default":
         return ["-DCPU_CAPABILITY=DEFAULT"]
-    raise ValueError(f"PYDIFF_CPU_ISA={isa!r}: expected 'auto', 'avx2' or 'default'")
+    raise ValueError(
+        f"PYDIFF_CPU_ISA={isa!r}: expected 'auto', 'avx512', 'avx2' or 'default'"
+    )
 
 
 def _cuda_wheel_includes() -> list[str]:

@@ -91,7 +91,7 @@ def bench_case(n: int, dtype: torch.dtype, rounds: int, reps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     ap.add_argument("--reps", type=int, default=5, help="calls per round (best is kept)")
     ap.add_argument("--json", default=str(RESULTS))

@@ -173,8 +173,12 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
 }  // namespace
 }  // namespace pydiff
 
+#define PYDIFF_STR2(x) #x
+#define PYDIFF_STR(x) PYDIFF_STR2(x)
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pydiff's compiled kernels (ops registered as torch.ops.pydiff.*)";
+  m.attr("cpu_capability") = PYDIFF_STR(CPU_CAPABILITY);
   m.def("lincomb_fast", &pydiff::lincomb_fast, py::arg("terms"), py::arg("coeffs"),
         py::arg("noise"), py::arg("noise_coeff"), py::arg("out"),
         "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");

@@ -54,6 +54,25 @@ def test_extension_is_built_with_openmp():
         assert b"libgomp.so" in f.read()
 
 
+@needs_ext
+@pytest.mark.skipif(
+    not os.path.exists("/proc/cpuinfo") or os.environ.get("PYDIFF_CPU_ISA", "auto") != "auto",
+    reason="needs /proc/cpuinfo and setup.py's automatic instruction-set choice",
+)
+def test_extension_is_vectorized_for_this_cpu():
+    # ATen's Vectorized<T> is scalar code unless compiled with the CPU_CAPABILITY defines and -m
+    # flags; setup.py picks the widest set of the build machine (this one, for pip install .)
+    with open("/proc/cpuinfo") as f:
+        flags = set(f.read().split())
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"} <= flags:
+        want = "AVX512"
+    elif {"avx2", "fma", "f16c"} <= flags:
+        want = "AVX2"
+    else:
+        want = "DEFAULT"
+    assert ops.cpu_capability() == want
+
+
 def test_docstring_examples():
     import doctest
 
@@ -271,7 +290,8 @@ def test_solver_stage_float32_state_half_outputs(backend, dtype):
     _assert_close_to_truth(y, [x, d1, d2], [c[0], c[1], c[2]], z, c[3])
 
 
-def test_large_tensor_parallel_path(backend):
+@pytest.mark.parametrize("num_threads", [1, 2], indirect=True)
+def test_large_tensor_parallel_path(backend, num_threads):
     # above the single-thread threshold, with a per-position coefficient and a strided term
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 256, 300, generator=g)
@@ -285,8 +305,9 @@ def test_large_tensor_parallel_path(backend):
     assert torch.equal(xx, y)
 
 
+@pytest.mark.parametrize("num_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("where", ["new", "in_place", "misaligned"])
-def test_large_solver_stage(backend, where):
+def test_large_solver_stage(backend, where, num_threads):
     # a 36 MB float32 solver stage (parallel chunks; >= 32 MB takes the CPU kernel's
     # non-temporal stores, a 16-byte-offset out the normal ones), into a new, an aliased and a
     # misaligned out
@@ -307,7 +328,9 @@ def test_large_solver_stage(backend, where):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("switch", ["PYDIFF_LINCOMB_STREAM_STORES", "PYDIFF_LINCOMB_PREFETCH"])
-def test_memory_path_switches_give_identical_results(backend, monkeypatch, dtype, switch):
+@pytest.mark.parametrize("num_threads", [2], indirect=True)
+def test_memory_path_switches_give_identical_results(backend, monkeypatch, dtype, switch,
+                                                     num_threads):
     # the kernel's streaming-store and prefetch switches change only how bytes move, not the
     # numbers (sizes just over the 32 MB streaming threshold, with a ragged tail)
     n = (33 << 20) // (torch.finfo(dtype).bits // 8) + 37

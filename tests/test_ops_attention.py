@@ -90,14 +90,6 @@ def test_attention_agrees_with_sdpa():
     torch.testing.assert_close(ops.attention(q, k, v, mask=mask), want, atol=2e-5, rtol=2e-5)
 
 
-@pytest.fixture
-def num_threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @needs_ext
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("num_threads", [1, 5], indirect=True)

@@ -17,7 +17,8 @@
 #include "../lincomb_plan.h"
 #include "pydiff/common.h"
 
-#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+#if (defined(CPU_CAPABILITY_AVX512) && defined(__AVX512F__)) || \
+    (defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__))
 #include <immintrin.h>
 #define PYDIFF_STREAM_STORES 1
 #endif
@@ -27,6 +28,18 @@ namespace {
 
 using at::vec::Vectorized;
 using fVec = Vectorized<float>;
+
+// Non-temporal stores need addresses aligned to the vector's size.
+constexpr uintptr_t kVecBytes = sizeof(float) * fVec::size();
+#ifdef PYDIFF_STREAM_STORES
+#if defined(CPU_CAPABILITY_AVX512)
+inline void stream_store(float* p, __m512 v) { _mm512_stream_ps(p, v); }
+inline void stream_store(void* p, __m512i v) { _mm512_stream_si512(static_cast<__m512i*>(p), v); }
+#else
+inline void stream_store(float* p, __m256 v) { _mm256_stream_ps(p, v); }
+inline void stream_store(void* p, __m256i v) { _mm256_stream_si256(static_cast<__m256i*>(p), v); }
+#endif
+#endif
 
 constexpr int64_t kChunk = 1024;
 // Below this many elements the whole op runs on the calling thread: waking the pool costs a few
@@ -185,9 +198,8 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
     }
     if constexpr (std::is_same_v<T, float>) {
 #ifdef PYDIFF_STREAM_STORES
-      static_assert(W == 8, "AVX2 build: 8 floats per vector");
       if (stream) {
-        for (int u = 0; u < U; ++u) _mm256_stream_ps(out + i + u * W, a[u]);
+        for (int u = 0; u < U; ++u) stream_store(out + i + u * W, a[u]);
         continue;
       }
 #endif
@@ -196,8 +208,7 @@ void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int 
 #ifdef PYDIFF_STREAM_STORES
       if (stream) {
         for (int u = 0; u < U; u += 2) {
-          const __m256i h = at::vec::convert_from_float<T>(a[u], a[u + 1]);
-          _mm256_stream_si256(reinterpret_cast<__m256i*>(out + i + u * W), h);
+          stream_store(out + i + u * W, at::vec::convert_from_float<T>(a[u], a[u + 1]));
         }
         continue;
       }
@@ -247,10 +258,11 @@ void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, 
       }
       const Operand& o = p.ops[0];
       char* op = o.data + off[0] + j0 * o.elsize;
+      const bool aligned = reinterpret_cast<uintptr_t>(op) % kVecBytes == 0;
       auto go = [&](auto tag) {
         using T = decltype(tag);
         fused_same_dtype<T>(reinterpret_cast<T*>(op), reinterpret_cast<const T* const*>(ptrs), cs,
-                            K, n, stream && reinterpret_cast<uintptr_t>(op) % 32 == 0, prefetch);
+                            K, n, stream && aligned, prefetch);
       };
       if (o.dtype == at::kFloat) go(float{});
       else if (o.dtype == at::kBFloat16) go(at::BFloat16{});

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import _reference
 
-__all__ = ["attention", "backend", "lincomb", "linear_attention"]
+__all__ = ["attention", "backend", "cpu_capability", "lincomb", "linear_attention"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -79,6 +79,20 @@ def backend() -> str:
         True
     """
     return "extension" if _EXT else "reference"
+
+
+def cpu_capability() -> str | None:
+    """Instruction set the CPU kernels were compiled for: ``"AVX512"``, ``"AVX2"`` or
+    ``"DEFAULT"`` (scalar code, vectorized only by the compiler), or None without the extension.
+
+    ``pip install`` picks the widest set the build machine has; ``PYDIFF_CPU_ISA`` overrides it.
+
+    Example:
+        >>> import pydiff.ops
+        >>> pydiff.ops.cpu_capability() in ("AVX512", "AVX2", "DEFAULT", None)
+        True
+    """
+    return getattr(_C, "cpu_capability", None) if _EXT else None
 
 
 # --------------------------------------------------------------------------------------------
