@@ -86,10 +86,10 @@ def fwd_bwd(f, inputs, gout):
     return run
 
 
-def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
+def softmax_case(L: int, D: int, reps: int, heads: int = 8, batch: int = 1) -> dict:
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, heads, L, D, generator=g) for _ in range(3))
-    gout = torch.randn(1, heads, L, D, generator=g)
+    q, k, v = (torch.randn(batch, heads, L, D, generator=g) for _ in range(3))
+    gout = torch.randn(batch, heads, L, D, generator=g)
 
     def fwd_ours():
         return ops.attention(q, k, v)
@@ -100,7 +100,7 @@ def softmax_case(L: int, D: int, reps: int, heads: int = 8) -> dict:
     fb_ours = fwd_bwd(lambda a, b, c: ops.attention(a, b, c), (q, k, v), gout)
     fb_sdpa = fwd_bwd(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), (q, k, v), gout)
     diff = float((fwd_ours() - fwd_sdpa()).abs().max())
-    r = {"L": L, "D": D, "H": heads, "max_abs_diff_vs_sdpa": diff}
+    r = {"B": batch, "L": L, "D": D, "H": heads, "max_abs_diff_vs_sdpa": diff}
     r["fwd_ours_s"], r["fwd_sdpa_s"] = time_pair(fwd_ours, fwd_sdpa, reps)
     r["fwdbwd_ours_s"], r["fwdbwd_sdpa_s"] = time_pair(fb_ours, fb_sdpa, reps)
     for name, fn in [
@@ -169,8 +169,9 @@ def main() -> None:
     ap.add_argument("--linear-lengths", type=int, nargs="*", default=[4096, 16384])
     ap.add_argument("--heads", type=int, default=8,
                     help="heads (fewer than threads: see csrc/cpu/attention.cpp, blas.h)")
+    ap.add_argument("--batch", type=int, default=1, help="batch size of the softmax cases")
     ap.add_argument("--reps", type=int, default=8, help="repeats at L <= 1024")
-    ap.add_argument("--reps-long", type=int, default=3, help="repeats at longer L")
+    ap.add_argument("--reps-long", type=int, default=6, help="repeats at longer L")
     ap.add_argument("--with-sdpa-16k", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", default="benchmarks/results/ops_attention.json")
@@ -187,7 +188,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; times in ms (ours, SDPA, ratio)"
     )
     soft = [
-        softmax_case(L, D, args.reps if L <= 1024 else args.reps_long, args.heads)
+        softmax_case(L, D, args.reps if L <= 1024 else args.reps_long, args.heads, args.batch)
         for L in args.lengths
         for D in args.dims
     ]

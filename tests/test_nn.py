@@ -234,32 +234,32 @@ def test_attention_dispatch_masked_to_ops_unmasked_to_sdpa(monkeypatch):
     mha(x, mask=torch.ones(2, 5, dtype=torch.bool))
     assert calls == [("ops", (2, 2, 5, 8), (2, 5))]  # key padding: pydiff.ops
     net = UNet2D(1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_levels=())
-    net(torch.randn(1, 1, 3, 3), 0.5)
+    with torch.no_grad():
+        net(torch.randn(1, 1, 3, 3), 0.5)
     assert [c[0] for c in calls] == ["ops", "sdpa"]  # the UNet's unmasked mid-block: SDPA
 
 
-def test_attention_dispatch_training_with_few_heads(monkeypatch):
-    # float32 CPU training with fewer (batch, head) pairs than threads: the compiled kernel
+@pytest.mark.parametrize("num_threads", [1, 4], indirect=True)
+def test_attention_dispatch_training(monkeypatch, num_threads):
+    # float32 CPU training takes the compiled kernel (measured faster, forward+backward);
+    # inference, float64 and bfloat16 keep SDPA
     calls = []
     ops_attention = pydiff.ops.attention
 
     def spy(q, k, v, scale=None, mask=None):
-        calls.append("ops")
+        calls.append(q.dtype)
         return ops_attention(q, k, v, scale=scale, mask=mask)
 
     monkeypatch.setattr(pydiff.ops, "attention", spy, raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    try:
-        q, k, v = (torch.randn(1, 2, 6, 8, requires_grad=True) for _ in range(3))
-        want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        out = attention(q, k, v)
-        with torch.no_grad():
-            attention(q, k, v)  # inference: SDPA
-        attention(*(t.detach() for t in (q, k, v)))  # no grad needed: SDPA
-    finally:
-        torch.set_num_threads(before)
-    assert calls == (["ops"] if pydiff.ops.backend() == "extension" else [])
+    q, k, v = (torch.randn(3, 2, 6, 8, requires_grad=True) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v)
+    with torch.no_grad():
+        attention(q, k, v)  # inference: SDPA
+    attention(*(t.detach() for t in (q, k, v)))  # no grad needed: SDPA
+    for dtype in (torch.float64, torch.bfloat16):
+        attention(*(t.detach().to(dtype).requires_grad_() for t in (q, k, v)))  # not measured
+    assert calls == ([torch.float32] if pydiff.ops.backend() == "extension" else [])
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert all(t.grad is not None for t in (q, k, v))

@@ -1,4 +1,4 @@
-"""Attention for pydiff networks: SDPA unmasked, ``pydiff.ops.attention`` with key padding.
+"""Attention for pydiff networks: SDPA or ``pydiff.ops.attention``, whichever is faster.
 
 All networks in ``pydiff.nn`` call :func:`attention` so that the kernel choice is made in one
 place (see its docstring for the measurements behind it).
@@ -37,14 +37,15 @@ def attention(
             attended to. A query whose keys are all masked gets 0 (SDPA would give NaN).
 
     Every network in ``pydiff.nn`` calls this, so the kernel choice is made here, from
-    measurements (``benchmarks/ops_attention.py``, BENCHMARKS.md "Kernels"): torch's SDPA was
-    as fast as or faster than ``pydiff.ops.attention`` on every CPU shape measured (the fused
-    kernel's forward took 1.02-1.16x SDPA's time), so unmasked attention uses SDPA; masked
-    attention uses ``pydiff.ops.attention``, which gives fully masked queries 0 instead of
-    NaN (padded molecules, padded sequences) and checks its arguments. One exception: float32
-    CPU training with fewer (batch, head) pairs than threads uses the compiled kernel, whose
-    backward then splits key blocks over the threads (forward+backward 0.82-0.85x SDPA's time
-    at B=1, H=1, 2 threads).
+    measurements (``benchmarks/ops_attention.py``, BENCHMARKS.md "Kernels"; CPU, 2 threads):
+
+    - inference (no gradient needed): torch's SDPA. The fused kernel's forward takes 1.02-1.14x
+      SDPA's time (B=1, H=8, L 1024/4096, D 40-160; B=32, H=4, L 16-256, D 32/64).
+    - float32 CPU training: ``pydiff.ops.attention``. Forward+backward takes 0.88-1.00x SDPA's
+      time on the B=1, H=8 shapes, 0.74-0.87x on the small ones, 0.72-0.80x at B=1, H=1 (its
+      backward splits key blocks over the threads when there are few (batch, head) pairs).
+    - key-padding masks: ``pydiff.ops.attention``, which gives fully masked queries 0 instead
+      of NaN (padded molecules, padded sequences) and checks its arguments.
 
     Example:
         >>> import torch
@@ -60,11 +61,10 @@ def attention(
 
 def _kernel_trains_faster(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """The measured case where the compiled kernel beats SDPA (see :func:`attention`)."""
-    if torch.compiler.is_compiling():  # keep traced graphs free of thread-count guards
+    if torch.compiler.is_compiling():  # not measured under torch.compile: traced graphs keep SDPA
         return False
     return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
             and q.device.type == "cpu" and q.dtype == torch.float32
-            and q.shape[0] * q.shape[1] < torch.get_num_threads()
             and _ops.backend() == "extension")
 
 
