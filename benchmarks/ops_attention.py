@@ -197,6 +197,7 @@ def main() -> None:
     out = {
         "benchmark": "ops_attention",
         "backend": ops.backend(),
+        "cpu_capability": ops.cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),

@@ -119,6 +119,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "benchmark": "ops_lincomb_paths", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu_capability": ops.cpu_capability(),
             "cpu_count": os.cpu_count(), "rounds": args.rounds, "results": rows}, indent=1))
         print(f"wrote {args.json}")
 
