@@ -466,8 +466,10 @@ def test_opcheck_lincomb_out():
 
 
 @needs_ext
-@pytest.mark.parametrize("use_out", [False, True])
-def test_compiled_sampling_loop_compiles_once(use_out):
+@pytest.mark.parametrize(
+    "use_out,backend_name", [(False, "aot_eager"), (True, "aot_eager"), (True, "inductor")]
+)
+def test_compiled_sampling_loop_compiles_once(use_out, backend_name):
     # A 12-step loop whose coefficients come from a float64 table (as the solvers keep them):
     # the coefficients are tensors, so the compiled step does not guard on their values and
     # compiles once; fake kernels let dynamo/AOT trace the op (and lincomb_out's mutation).
@@ -485,7 +487,7 @@ def test_compiled_sampling_loop_compiles_once(use_out):
             return ops.lincomb([x, d], [c[0], c[1]], z, c[2], out=x)
         return ops.lincomb([x, d], [c[0], c[1]], z, c[2])
 
-    cnt = CompileCounterWithBackend("aot_eager")
+    cnt = CompileCounterWithBackend(backend_name)  # inductor: the real compiler, C++ codegen
     compiled = torch.compile(step, backend=cnt, fullgraph=True)
     x_eager = torch.randn(4, 6, generator=g)
     x_comp = x_eager.clone()

@@ -50,24 +50,30 @@ _EXT = _C is not None
 _lincomb_fast = getattr(_C, "lincomb_fast", None)
 
 
-_KERNEL_DEVICES: dict[str, bool] = {}
+def _kernel_table() -> dict[tuple[str, str], bool]:
+    """{(op, device type): has a compiled kernel}, built once at import: a CPU-only build has no
+    CUDA kernels (CUDA tensors then run the reference). Looked up, never queried, per call:
+    torch.compile cannot trace the dispatcher query, and a first call under
+    ``torch.compile(fullgraph=True)`` must not be the one that asks."""
+    table: dict[tuple[str, str], bool] = {}
+    if not _EXT:
+        return table
+    for op in ("pydiff::lincomb", "pydiff::attention", "pydiff::linear_attention"):
+        for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            table[op, device_type] = torch._C._dispatch_has_kernel_for_dispatch_key(
+                op, dispatch_key
+            )
+        table[op, "meta"] = True  # the fake kernels
+    return table
+
+
+_KERNELS = _kernel_table()
 
 
 def _has_kernel(device: torch.device, op: str = "pydiff::lincomb") -> bool:
-    """Whether the compiled extension has a kernel for this device type (a CPU-only build has
-    none for CUDA tensors; those then run the reference). Meta tensors use the fake kernels."""
-    if not _EXT:
-        return False
-    key = f"{op}:{device.type}"
-    ok = _KERNEL_DEVICES.get(key)
-    if ok is None:
-        dispatch_key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}.get(device.type)
-        ok = dispatch_key is not None and (
-            dispatch_key == "Meta"
-            or torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
-        )
-        _KERNEL_DEVICES[key] = ok
-    return ok
+    """Whether the compiled extension is in use and has a kernel for this op on this device
+    type (``_EXT`` read per call: tests switch it off to run the reference)."""
+    return _EXT and _KERNELS.get((op, device.type), False)
 
 
 def backend() -> str:
