@@ -127,6 +127,14 @@ def test_attention_opcheck():
         torch.library.opcheck(torch.ops.pydiff.attention.default, args)
     qd, kd, vd = [t.double().requires_grad_() for t in (q, k, v)]
     torch.library.opcheck(torch.ops.pydiff.attention.default, (qd, kd, vd, 0.3, mask))
+    # the backward op on its own (schema, fake kernel), with and without a gradient of lse
+    out, lse = torch.ops.pydiff.attention(q, k, v, 0.3, mask)
+    g = torch.randn_like(out)
+    for grad_lse in (None, torch.randn_like(lse)):
+        torch.library.opcheck(
+            torch.ops.pydiff.attention_backward.default,
+            (g, grad_lse, q, k, v, out, lse, 0.3, mask),
+        )
 
 
 def test_attention_bad_arguments():
@@ -153,6 +161,27 @@ def test_linear_attention_matches_reference(dtype, layout):
     torch.testing.assert_close(
         ops.linear_attention(q, k, v), ref.linear_attention(q, k, v), **TOL[dtype]
     )
+
+
+@needs_ext
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 2),
+    H=st.integers(1, 3),
+    Lq=st.integers(1, 400),
+    Lk=st.integers(1, 2500),  # past the kernel's 2048-key chunk
+    D=st.sampled_from([1, 8, 40, 64]),
+    Dv=st.sampled_from([1, 8, 24, 64]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    layout=st.sampled_from(["contig", "blhd"]),
+    seed=st.integers(0, 1000),
+)
+def test_linear_attention_matches_reference_random_shapes(B, H, Lq, Lk, D, Dv, dtype, layout,
+                                                          seed):
+    q, k, v = _qkv(B, H, Lq, Lk, D, Dv, dtype, layout, seed, positive=True)
+    out = torch.ops.pydiff.linear_attention.default(q, k, v, 1e-6)
+    assert out.dtype == dtype and out.shape == (B, H, Lq, Dv)
+    torch.testing.assert_close(out, ref.linear_attention(q, k, v), **TOL[dtype])
 
 
 @needs_ext
@@ -208,3 +237,5 @@ def test_linear_attention_gradcheck_and_opcheck():
     torch.library.opcheck(
         torch.ops.pydiff.linear_attention.default, (q.float(), k.float(), v.float(), 1e-3)
     )
+    g = torch.randn(1, 2, 20, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.pydiff.linear_attention_backward.default, (g, q, k, v, 1e-6))
