@@ -239,3 +239,38 @@ def test_linear_attention_gradcheck_and_opcheck():
     )
     g = torch.randn(1, 2, 20, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.pydiff.linear_attention_backward.default, (g, q, k, v, 1e-6))
+
+
+@pytest.mark.parametrize("use_ext", [True, False])
+def test_attention_lse_merges_key_splits_exactly(use_ext, monkeypatch):
+    # return_lse is what sequence/patch parallelism needs: attention over key parts, merged by
+    # their log-sum-exps, is attention over all keys, in value and in gradient (masks included:
+    # a part whose keys are all masked has lse -inf and weight 0)
+    if use_ext and ops.backend() != "extension":
+        pytest.skip("pydiff._C not loaded")
+    monkeypatch.setattr(ops, "_EXT", use_ext and ops._EXT)
+    q, k, v = _qkv(2, 2, 9, 12, 8, 6, torch.float64, seed=3)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 6:] = False  # batch entry 1: its second part is all masked
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def merged(q, k, v):
+        parts = [
+            ops.attention(q, kp, vp, mask=mp, return_lse=True)
+            for kp, vp, mp in zip(k.split(6, 2), v.split(6, 2), mask.split(6, 1))
+        ]
+        lse = torch.logsumexp(torch.stack([lp for _, lp in parts]), dim=0)
+        return sum((lp - lse).exp()[..., None] * op for op, lp in parts), lse
+
+    out, lse = merged(*leaves)
+    want, want_lse = ops.attention(q, k, v, mask=mask, return_lse=True)
+    torch.testing.assert_close(out, want)
+    s = ((q @ k.transpose(-1, -2)) / math.sqrt(8)).masked_fill(~mask[:, None, None], -math.inf)
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1))
+    torch.testing.assert_close(want_lse, lse)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    (ops.attention(*full, mask=mask) * g).sum().backward()
+    for a, b in zip(leaves, full):
+        torch.testing.assert_close(a.grad, b.grad)

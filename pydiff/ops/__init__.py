@@ -240,25 +240,40 @@ def attention(
     v: Tensor,
     scale: float | None = None,
     mask: Tensor | None = None,
-) -> Tensor:
+    *,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax attention ``softmax(q k^T * scale) v`` over ``[B, H, L, D]`` tensors.
 
     ``k``/``v`` may have another length than ``q`` (cross-attention). ``mask`` is a bool
     key-padding mask ``[B, Lk]`` (True = attend). ``scale`` defaults to ``1/sqrt(D)``. A query
     whose keys are all masked returns 0. Differentiable in q, k, v.
 
+    With ``return_lse=True`` it also returns the log-sum-exp of each query's scaled scores,
+    ``[B, H, Lq]`` (float32; float64 for float64 inputs; ``-inf`` where all keys are masked),
+    differentiable too. Attention over keys split in parts (sequence or patch parallelism)
+    is then merged exactly: ``out = sum_i exp(lse_i - lse) out_i`` with ``lse = logsumexp_i
+    lse_i``.
+
     Example:
         >>> import torch
-        >>> q = torch.randn(1, 2, 5, 8); kv = torch.randn(1, 2, 3, 8)
+        >>> q = torch.randn(1, 2, 5, 8); kv = torch.randn(1, 2, 6, 8)
         >>> attention(q, kv, kv).shape
         torch.Size([1, 2, 5, 8])
+        >>> (o1, l1), (o2, l2) = (attention(q, p, p, return_lse=True) for p in kv.split(3, 2))
+        >>> lse = torch.logaddexp(l1, l2)
+        >>> merged = (l1 - lse).exp()[..., None] * o1 + (l2 - lse).exp()[..., None] * o2
+        >>> torch.allclose(merged, attention(q, kv, kv), atol=1e-6)
+        True
     """
     _reference.check_attention(q, k, v, mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
     if _has_kernel(q.device, "pydiff::attention"):
-        return torch.ops.pydiff.attention.default(q, k, v, float(scale), mask)[0]
-    return _reference.attention_with_lse(q, k, v, float(scale), mask)[0]
+        out, lse = torch.ops.pydiff.attention.default(q, k, v, float(scale), mask)
+    else:
+        out, lse = _reference.attention_with_lse(q, k, v, float(scale), mask)
+    return (out, lse) if return_lse else out
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
