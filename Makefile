@@ -76,7 +76,9 @@ format: venv
 
 bench: install
 	$(PY) -P benchmarks/ops_lincomb.py
-	$(PY) -P benchmarks/ops_attention.py
+	$(PY) -P benchmarks/ops_lincomb_paths.py
+	$(PY) -P benchmarks/ops_lincomb_threads.py
+	$(PY) -P benchmarks/ops_attention.py --with-sdpa-16k
 
 # CMake build of the same kernels against libtorch + ctest (header math, op registration).
 cmake-test: venv
