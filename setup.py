@@ -68,14 +68,21 @@ def _cpu_isa_flags() -> list[str]:
     """
     isa = os.environ.get("PYDIFF_CPU_ISA", "auto").lower()
     if isa == "auto":
-        # the widest set the build machine has, as torch's own CPU dispatch picks
-        x86 = platform.machine().lower() in ("x86_64", "amd64")
-        if x86 and _cpu_has(*AVX512_CPU_FLAGS):
-            isa = "avx512"
-        elif x86 and _cpu_has("avx2", "fma", "f16c"):
-            isa = "avx2"
-        else:
-            isa = "default"
+        return [*_cpu_isa_flags_for(_auto_isa()), "-DPYDIFF_CPU_ISA_AUTO=1"]
+    return _cpu_isa_flags_for(isa)
+
+
+def _auto_isa() -> str:
+    """The widest instruction set the build machine has, as torch's own CPU dispatch picks."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and _cpu_has(*AVX512_CPU_FLAGS):
+        return "avx512"
+    if x86 and _cpu_has("avx2", "fma", "f16c"):
+        return "avx2"
+    return "default"
+
+
+def _cpu_isa_flags_for(isa: str) -> list[str]:
     if isa == "avx512":
         return [
             "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",

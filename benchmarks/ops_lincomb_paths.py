@@ -8,7 +8,12 @@ and the eager sequence in interleaved rounds of one process: drift of the machin
 memory placement) hits all alike; separate builds or separate runs cannot tell a 15%
 difference apart on a shared machine.
 
+``--inplace`` times the update as solvers make it, ``out`` being the state term itself
+(``lincomb([x, d1, d2], ..., out=x)``; eager: ``x.mul_(c0); x.add_(d, alpha=c)`` x3): every
+line of ``out`` has just been read, so a normal store reads nothing extra either.
+
     python -P benchmarks/ops_lincomb_paths.py
+    python -P benchmarks/ops_lincomb_paths.py --inplace
     python -P benchmarks/ops_lincomb_paths.py --sizes 64M --dtypes float32 --rounds 12
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from pydiff import ops
 
 SIZES = {"8M": 8 << 20, "16M": 16 << 20, "64M": 64 << 20}
-RESULTS = Path(__file__).parent / "results" / "ops_lincomb_paths.json"
+RESULTS = Path(__file__).parent / "results"
 STREAM, PREFETCH = "PYDIFF_LINCOMB_STREAM_STORES", "PYDIFF_LINCOMB_PREFETCH"
 # path name -> environment it runs under
 PATHS = {
@@ -44,18 +49,22 @@ def best_ms(fn, reps: int) -> float:
     return best * 1e3
 
 
-def bench_case(n: int, dtype: torch.dtype, rounds: int, reps: int) -> dict:
+def bench_case(n: int, dtype: torch.dtype, rounds: int, reps: int, inplace: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     x, d1, d2, z = (torch.randn(n, generator=g).to(dtype) for _ in range(4))
-    buf = torch.empty_like(x)
+    buf = x.clone() if inplace else torch.empty_like(x)
+    first = buf if inplace else x
     coef = [0.9, 0.1, -0.2, 0.05]
-    c = torch.tensor(coef, dtype=torch.float64)
+    c = list(torch.tensor(coef, dtype=torch.float64))
 
     def run_lincomb() -> None:
-        ops.lincomb([x, d1, d2], c[:3], z, c[3], out=buf)
+        ops.lincomb([first, d1, d2], c[:3], z, c[3], out=buf)
 
     def run_eager() -> None:
-        torch.mul(x, coef[0], out=buf)
+        if inplace:
+            buf.mul_(coef[0])
+        else:
+            torch.mul(x, coef[0], out=buf)
         buf.add_(d1, alpha=coef[1])
         buf.add_(d2, alpha=coef[2])
         buf.add_(z, alpha=coef[3])
@@ -68,6 +77,8 @@ def bench_case(n: int, dtype: torch.dtype, rounds: int, reps: int) -> dict:
             for name, env in PATHS.items():
                 os.environ.update(env)
                 times[name].append(best_ms(run_lincomb, reps))
+                if inplace:  # the state moves on with every call: nothing to compare
+                    continue
                 if reference is None:
                     reference = buf.clone()
                 elif not torch.equal(reference, buf):
@@ -94,13 +105,17 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     ap.add_argument("--reps", type=int, default=5, help="calls per round (best is kept)")
-    ap.add_argument("--json", default=str(RESULTS))
+    ap.add_argument("--inplace", action="store_true", help="out is the first term (solvers)")
+    ap.add_argument("--json", default=None, help="default: results/ops_lincomb_paths[_inplace]")
     args = ap.parse_args()
+    if args.json is None:
+        args.json = str(RESULTS / f"ops_lincomb_paths{'_inplace' if args.inplace else ''}.json")
     if ops.backend() != "extension":
         raise SystemExit("needs the compiled extension (pip install .): "
                          "the reference implementation has no memory paths to A/B")
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} rounds")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} rounds"
+          f"{', out = first term' if args.inplace else ''}")
     hdr = (f"{'size':>5} {'dtype':>8} | {'default':>9} {'no strm':>9} {'no pref':>9} "
            f"{'eager':>9} | {'strm gain':>9} {'pref gain':>9} {'x eager':>7}")
     print(hdr)
@@ -108,7 +123,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for dt in args.dtypes:
-            r = bench_case(SIZES[size], getattr(torch, dt), args.rounds, args.reps)
+            r = bench_case(SIZES[size], getattr(torch, dt), args.rounds, args.reps, args.inplace)
             r.update(size=size, dtype=dt)
             rows.append(r)
             cols = " ".join(f"{r[k]['min_ms']:7.1f}ms" for k in [*PATHS, "eager"])
@@ -120,7 +135,8 @@ def main() -> None:
             "benchmark": "ops_lincomb_paths", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
             "cpu_capability": ops.cpu_capability(),
-            "cpu_count": os.cpu_count(), "rounds": args.rounds, "results": rows}, indent=1))
+            "cpu_count": os.cpu_count(), "rounds": args.rounds, "inplace": args.inplace,
+            "results": rows}, indent=1))
         print(f"wrote {args.json}")
 
 

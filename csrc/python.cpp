@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 
+#include <optional>
 #include <vector>
 
 namespace py = pybind11;
@@ -80,6 +81,8 @@ bool parse_coef(PyObject* o, const at::Tensor& x, std::vector<at::Tensor>& tens,
   return true;
 }
 
+constexpr int64_t kReleaseGilElems = 1 << 16;
+
 py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noise_obj,
                         py::handle noise_coeff_obj, py::handle out_obj) {
   const py::object none = py::none();
@@ -89,11 +92,16 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
   if (at::impl::torch_function_mode_enabled()) return none;  // TorchFunctionMode active
   PyObject* terms = terms_obj.ptr();
   PyObject* coeffs = coeffs_obj.ptr();
-  if (!(PyList_Check(terms) || PyTuple_Check(terms)) ||
-      !(PyList_Check(coeffs) || PyTuple_Check(coeffs)))
-    return none;
+  if (!(PyList_Check(terms) || PyTuple_Check(terms))) return none;
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(terms);
-  if (n == 0 || PySequence_Fast_GET_SIZE(coeffs) != n) return none;
+  // coefficients as a sequence, or as one 1-D tensor of n values (a row of a solver's table)
+  at::Tensor coeff_row;
+  const bool coeffs_seq = PyList_Check(coeffs) || PyTuple_Check(coeffs);
+  if (!coeffs_seq) {
+    if (!plain_tensor(coeffs, &coeff_row) || coeff_row.dim() != 1) return none;
+  }
+  const Py_ssize_t nc = coeffs_seq ? PySequence_Fast_GET_SIZE(coeffs) : coeff_row.size(0);
+  if (n == 0 || nc != n) return none;
   const bool has_noise = !noise_obj.is_none();
   if (has_noise == noise_coeff_obj.is_none()) return none;
 
@@ -128,9 +136,31 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
   tens.reserve(ts.size());
   index.reserve(ts.size());
   scales.reserve(ts.size());
-  PyObject** citems = PySequence_Fast_ITEMS(coeffs);
-  for (Py_ssize_t i = 0; i < n; ++i)
-    if (!parse_coef(citems[i], x, tens, index, scales)) return none;
+  if (coeffs_seq) {
+    PyObject** citems = PySequence_Fast_ITEMS(coeffs);
+    for (Py_ssize_t i = 0; i < n; ++i)
+      if (!parse_coef(citems[i], x, tens, index, scales)) return none;
+  } else {
+    if (!supported(coeff_row.scalar_type()) || (grad_mode && coeff_row.requires_grad()) ||
+        (coeff_row.device() != x.device() && !coeff_row.device().is_cpu()))
+      return none;
+    if (coeff_row.device().is_cpu()) {
+      // host values: read them here rather than make n 0-dim views (~0.6 us each)
+      const at::Tensor row = coeff_row.to(at::kDouble);
+      const double* v = row.data_ptr<double>();
+      const int64_t stride = row.stride(0);
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        index.push_back(-1);
+        scales.push_back(v[i * stride]);
+      }
+    } else {
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        index.push_back(static_cast<int64_t>(tens.size()));
+        tens.push_back(coeff_row.select(0, i));  // 0-dim view on the device: no host sync
+        scales.push_back(1.0);
+      }
+    }
+  }
   if (has_noise && !parse_coef(noise_coeff_obj.ptr(), x, tens, index, scales)) return none;
   for (const auto& c : tens)
     if (grad_mode && c.requires_grad()) return none;
@@ -152,9 +182,13 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
                            .findSchemaOrThrow("pydiff::lincomb_out", "")
                            .typed<void(at::TensorList, at::TensorList, at::IntArrayRef,
                                        at::ArrayRef<double>, const at::Tensor&)>();
+  // Other Python threads may run while a large call works; for a small one, releasing and
+  // retaking the GIL would cost more than the call (a robot's action chunk takes microseconds).
+  const bool release_gil = x.numel() >= kReleaseGilElems;
   if (has_out) {
     {
-      py::gil_scoped_release no_gil;
+      std::optional<py::gil_scoped_release> no_gil;
+      if (release_gil) no_gil.emplace();
       at::AutoDispatchBelowADInplaceOrView guard;  // nothing requires grad (checked above)
       fn_out.call(ts, tens, index, scales, out);
     }
@@ -163,7 +197,8 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
   }
   at::Tensor res;
   {
-    py::gil_scoped_release no_gil;
+    std::optional<py::gil_scoped_release> no_gil;
+    if (release_gil) no_gil.emplace();
     at::AutoDispatchBelowADInplaceOrView guard;
     res = fn.call(ts, tens, index, scales);
   }
@@ -179,6 +214,11 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pydiff's compiled kernels (ops registered as torch.ops.pydiff.*)";
   m.attr("cpu_capability") = PYDIFF_STR(CPU_CAPABILITY);
+#ifdef PYDIFF_CPU_ISA_AUTO
+  m.attr("cpu_isa_auto") = true;  // chosen by setup.py from the build machine's CPU
+#else
+  m.attr("cpu_isa_auto") = false;  // PYDIFF_CPU_ISA or another build system chose it
+#endif
   m.def("lincomb_fast", &pydiff::lincomb_fast, py::arg("terms"), py::arg("coeffs"),
         py::arg("noise"), py::arg("noise_coeff"), py::arg("out"),
         "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");

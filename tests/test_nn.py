@@ -259,6 +259,11 @@ def test_attention_dispatch_training(monkeypatch, num_threads):
     attention(*(t.detach() for t in (q, k, v)))  # no grad needed: SDPA
     for dtype in (torch.float64, torch.bfloat16):
         attention(*(t.detach().to(dtype).requires_grad_() for t in (q, k, v)))  # not measured
+    # what only SDPA does: broadcast heads, autocast, functorch transforms -> SDPA
+    attention(q, k[:, :1], v[:, :1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention(q, k, v).dtype == torch.bfloat16
+    torch.func.vmap(lambda a: attention(a, a, a))(q.detach()[None].requires_grad_())
     assert calls == ([torch.float32] if pydiff.ops.backend() == "extension" else [])
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     out.sum().backward()

@@ -56,8 +56,8 @@ def test_extension_is_built_with_openmp():
 
 @needs_ext
 @pytest.mark.skipif(
-    not os.path.exists("/proc/cpuinfo") or os.environ.get("PYDIFF_CPU_ISA", "auto") != "auto",
-    reason="needs /proc/cpuinfo and setup.py's automatic instruction-set choice",
+    not os.path.exists("/proc/cpuinfo") or not getattr(ops._C, "cpu_isa_auto", False),
+    reason="needs /proc/cpuinfo and a build whose instruction set setup.py chose",
 )
 def test_extension_is_vectorized_for_this_cpu():
     # ATen's Vectorized<T> is scalar code unless compiled with the CPU_CAPABILITY defines and -m
@@ -329,8 +329,8 @@ def test_large_solver_stage(backend, where, num_threads):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("switch", ["PYDIFF_LINCOMB_STREAM_STORES", "PYDIFF_LINCOMB_PREFETCH"])
 @pytest.mark.parametrize("num_threads", [2], indirect=True)
-def test_memory_path_switches_give_identical_results(backend, monkeypatch, dtype, switch,
-                                                     num_threads):
+@needs_ext  # the reference has no memory paths to switch
+def test_memory_path_switches_give_identical_results(monkeypatch, dtype, switch, num_threads):
     # the kernel's streaming-store and prefetch switches change only how bytes move, not the
     # numbers (sizes just over the 32 MB streaming threshold, with a ragged tail)
     n = (33 << 20) // (torch.finfo(dtype).bits // 8) + 37
@@ -496,6 +496,28 @@ def test_compiled_sampling_loop_compiles_once(use_out, backend_name):
         x_comp = compiled(x_comp, table[i], noises[i])
     assert cnt.frame_count == 1
     torch.testing.assert_close(x_comp, x_eager)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_path_takes_a_coefficient_row(dtype):
+    # a solver table's row as one 1-D tensor: the C++ path reads it (no per-element views) and
+    # gives bit-for-bit what a list of its elements gives; a strided row too
+    g = torch.Generator().manual_seed(7)
+    x, d, z = (torch.randn(5, 33, generator=g) for _ in range(3))
+    table = torch.rand(4, 6, generator=g, dtype=dtype)
+    row = table[:, 2]  # stride 6
+    assert ops._lincomb_fast([x, d, z], row[:3], None, None, None) is not None
+    got = ops.lincomb([x, d, z], row[:3])
+    assert torch.equal(got, ops.lincomb([x, d, z], list(row[:3])))
+    _assert_close_to_truth(got, [x, d, z], list(row[:3]))
+    assert ops._lincomb_fast([x, d], row[:3], None, None, None) is None  # 3 values, 2 terms
+    assert ops._lincomb_fast([x, d], table[:2, :2], None, None, None) is None  # 2-D: Python
+    r = row[:2].clone().requires_grad_()
+    assert ops._lincomb_fast([x, d], r, None, None, None) is None  # autograd: Python path
+    got = ops.lincomb([x, d], r)
+    got.sum().backward()
+    torch.testing.assert_close(r.grad, torch.stack([x.sum(), d.sum()]).to(dtype))
 
 
 @needs_ext

@@ -274,3 +274,14 @@ def test_attention_lse_merges_key_splits_exactly(use_ext, monkeypatch):
     (ops.attention(*full, mask=mask) * g).sum().backward()
     for a, b in zip(leaves, full):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@needs_ext
+def test_double_backward_through_the_kernels_raises():
+    # second-order terms would otherwise come back as zeros with a warning
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 6, 7, 4, 4, torch.float32))
+    for f in (ops.attention, ops.linear_attention):
+        args = (q, k, v) if f is ops.attention else tuple(t.abs() for t in (q, k, v))
+        (g,) = torch.autograd.grad(f(*args).sum(), q, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            g.sum().backward()

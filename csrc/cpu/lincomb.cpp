@@ -47,9 +47,10 @@ constexpr int64_t kChunk = 1024;
 // 12.7 us (benchmarks/ops_lincomb_threads.py); with the threshold at 16K for the measurement,
 // 16K 5.4 vs 6.5 us and 32K 8.1 vs 8.0 (BENCHMARKS.md).
 constexpr int64_t kParallelMinElems = 1 << 16;
-// From this output size on, results bypass the cache (non-temporal stores): a result this
-// large is evicted before anyone reads it, and a normal store first reads the line it
-// overwrites, one extra pass over memory of the six a 3-term + noise update makes.
+// From this output size on, results bypass the cache (non-temporal stores) unless out is one of
+// the terms (see run_plan): a result this large is evicted before anyone reads it, and a normal
+// store first reads the line it overwrites, one extra pass over memory of the six a 3-term +
+// noise update makes.
 constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
 // From this output size on, the fused loop prefetches every term kPrefetchBytes ahead. The
 // hardware prefetcher alone keeps too few lines in flight for four or more concurrent read
@@ -326,8 +327,15 @@ void run_plan(const LincombPlan& p) {
   const size_t nops = p.ops.size();
   const bool fused = fusable(p);
   const int64_t out_bytes = p.numel * p.ops[0].elsize;
-  const bool stream =
-      fused && out_bytes >= kStreamMinBytes && switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
+  // An in-place update (out is a term, as solvers write it) has just read every line it
+  // writes, so a normal store costs no extra read, and streaming would push the lines out of
+  // the cache only to write them: in place, streaming measured 0.65-0.91x normal stores
+  // (benchmarks/ops_lincomb_paths.py --inplace).
+  bool out_is_a_term = false;
+  for (size_t k = 0; k < p.coef_op.size(); ++k)
+    out_is_a_term |= p.ops[1 + k].data == p.ops[0].data;
+  const bool stream = fused && !out_is_a_term && out_bytes >= kStreamMinBytes &&
+                      switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
   const bool prefetch =
       fused && out_bytes >= kPrefetchMinBytes && switch_enabled("PYDIFF_LINCOMB_PREFETCH");
   auto work = [&](int64_t begin, int64_t end) {

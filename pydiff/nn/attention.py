@@ -66,7 +66,13 @@ def _kernel_trains_faster(q: Tensor, k: Tensor, v: Tensor) -> bool:
         return False
     return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
             and q.device.type == "cpu" and q.dtype == torch.float32
-            and _ops.backend() == "extension")
+            and _ops.backend() == "extension"
+            # what SDPA does and the kernel does not: broadcast batch/head dims, autocast to
+            # bfloat16, functorch transforms (vmap/grad). Double backward neither does on the
+            # CPU (SDPA's flash backward raises; the kernel's too, see pydiff.ops._register)
+            and q.shape[:2] == k.shape[:2] == v.shape[:2]
+            and not torch.is_autocast_enabled("cpu")
+            and not torch._C._are_functorch_transforms_active())
 
 
 class MultiHeadAttention(nn.Module):

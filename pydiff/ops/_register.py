@@ -135,6 +135,23 @@ def _linear_attention_backward(ctx: Any, grad_out: Tensor) -> tuple:
     return dq, dk, dv, None
 
 
+def _setup_nothing(ctx: Any, inputs: tuple, output: Any) -> None:
+    pass
+
+
+def _no_double_backward(name: str):
+    """An autograd formula for a backward op that refuses to be differentiated: without one,
+    ``create_graph=True`` through attention would only warn and give zero second-order terms."""
+
+    def backward(ctx: Any, *grads: Tensor) -> tuple:
+        raise RuntimeError(
+            f"pydiff::{name}: double backward (create_graph=True through pydiff's attention "
+            "kernels) is not implemented; use torch.nn.functional.scaled_dot_product_attention"
+        )
+
+    return backward
+
+
 def register() -> None:
     """Register fakes and autograd for the ops of ``pydiff._C`` (idempotent)."""
     global _DONE
@@ -150,6 +167,11 @@ def register() -> None:
     torch.library.register_autograd(
         "pydiff::attention", _attention_backward, setup_context=_attention_setup_context
     )
+    torch.library.register_autograd(
+        "pydiff::attention_backward",
+        _no_double_backward("attention_backward"),
+        setup_context=_setup_nothing,
+    )
     torch.library.register_fake("pydiff::linear_attention")(_linear_attention_fake)
     torch.library.register_fake("pydiff::linear_attention_backward")(
         _linear_attention_backward_fake
@@ -158,5 +180,10 @@ def register() -> None:
         "pydiff::linear_attention",
         _linear_attention_backward,
         setup_context=_linear_attention_setup_context,
+    )
+    torch.library.register_autograd(
+        "pydiff::linear_attention_backward",
+        _no_double_backward("linear_attention_backward"),
+        setup_context=_setup_nothing,
     )
     _DONE = True
