@@ -43,8 +43,8 @@ inline void stream_store(void* p, __m256i v) { _mm256_stream_si256(static_cast<_
 
 constexpr int64_t kChunk = 1024;
 // Below this many elements the whole op runs on the calling thread: waking the pool costs a few
-// microseconds, as much as the work. 3 terms + noise, float32, 1 vs 2 threads: 64K 20.6 vs
-// 12.7 us (benchmarks/ops_lincomb_threads.py); with the threshold at 16K for the measurement,
+// microseconds, as much as the work. 3 terms + noise, float32, 1 vs 2 threads: 64K 14.9 vs
+// 10.6 us (benchmarks/ops_lincomb_threads.py); with the threshold at 16K for the measurement,
 // 16K 5.4 vs 6.5 us and 32K 8.1 vs 8.0 (BENCHMARKS.md).
 constexpr int64_t kParallelMinElems = 1 << 16;
 // From this output size on, results bypass the cache (non-temporal stores) unless out is one of
