@@ -44,7 +44,8 @@ def attention(
     - float32 CPU training: ``pydiff.ops.attention``. Forward+backward takes 0.88-1.00x SDPA's
       time on the B=1, H=8 shapes, 0.74-0.87x on the small ones, 0.72-0.80x at B=1, H=1 (its
       backward splits key blocks over the threads when there are few (batch, head) pairs);
-      the one loss measured is B=1, H=1 on a single thread, 1.03-1.07x.
+      the one loss measured is B=1, H=1 on a single thread, 1.03-1.07x. SDPA still serves
+      what only it supports: broadcast batch/head dims, CPU autocast, torch.func transforms.
     - key-padding masks: ``pydiff.ops.attention``, which gives fully masked queries 0 instead
       of NaN (padded molecules, padded sequences) and checks its arguments.
 
