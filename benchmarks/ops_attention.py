@@ -60,10 +60,15 @@ def timeit(fn, reps: int) -> float:
     return best
 
 
-def time_pair(fa, fb, reps: int) -> tuple[float, float]:
-    """Minimum times of fa and fb, alternating calls so both see the same machine load."""
-    fa()
-    fb()
+def time_pair(fa, fb, reps: int, warmup: int = 3) -> tuple[float, float]:
+    """Minimum times of fa and fb, alternating calls so both see the same machine load.
+
+    A few untimed calls first: until the allocator reuses freed blocks, every call's fresh
+    output pages fault in (L=4096 linear attention measured 13-25 ms for the first calls of a
+    process, 3.2 ms after)."""
+    for _ in range(warmup):
+        fa()
+        fb()
     ta = tb = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()

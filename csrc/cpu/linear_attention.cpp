@@ -41,49 +41,41 @@ at::Tensor prep(const at::Tensor& t, at::ScalarType acc) {
   return r;
 }
 
-// KV = K^T V (D x Dv, row-major with row stride ld_kv) and ks = K^T 1 (D, stride ld_ks) for
-// one (batch, head); `ones` is an Lk-vector of ones. The backward stores them side by side as
-// KVa = [KV | ks] (ld_kv = ld_ks = Dv + 1).
+// KV = K^T V (D x Dv, row-major) and ks = K^T 1 (D) of one (batch, head). KV accumulates over
+// key chunks that fit in L2, so ks sums each chunk of K while it is in cache instead of reading
+// K from memory a second time (3 ms of 40 at L = 16384).
 template <typename T>
 void kv_and_ks(const T* kt, int64_t ldk, const T* vt, int64_t ldv, int64_t Lk, int64_t D,
-               int64_t Dv, const T* ones, T* kv, int64_t ld_kv, T* ks, int64_t ld_ks) {
-  // row-major KV (D x Dv) = K^T V  <=>  column-major KV^T (Dv x D) = V^T K
-  gemm(Trans::N, Trans::T, Dv, D, Lk, T(1), vt, ldv, kt, ldk, T(0), kv, ld_kv);
-  // ks = K^T 1: a (1 x D) column-major product 1^T K
-  gemm(Trans::N, Trans::T, 1, D, Lk, T(1), ones, 1, kt, ldk, T(0), ks, ld_ks);
+               int64_t Dv, T* kv, T* ks) {
+  std::fill(ks, ks + D, T(0));
+  if (Lk == 0) std::fill(kv, kv + D * Dv, T(0));
+  for (int64_t c0 = 0; c0 < Lk; c0 += kKeyChunk) {
+    const int64_t n = std::min(kKeyChunk, Lk - c0);
+    const T* kc = kt + c0 * ldk;
+    // row-major KV (D x Dv) += K_c^T V_c  <=>  column-major KV^T (Dv x D) += V_c^T K_c
+    gemm(Trans::N, Trans::T, Dv, D, n, T(1), vt + c0 * ldv, ldv, kc, ldk, c0 == 0 ? T(0) : T(1),
+         kv, Dv);
+    for (int64_t j = 0; j < n; ++j) {
+      const T* kr = kc + j * ldk;
+      for (int64_t d = 0; d < D; ++d) ks[d] += kr[d];
+    }
+  }
 }
 
 template <typename T>
 void linear_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, T eps,
                      at::Tensor& out) {
-  // The forward keeps KV (D x Dv) and ks (D) apart, unlike the backward's KVa: a tile GEMM
-  // with Dv + 1 = 65 columns ran at less than half the speed of one with 64 (measured with
-  // MKL: 26.6 vs 11.7 ms for L = 16384, H = 8), and the denominator is one more GEMV on the
-  // query block while it is in cache.
+  // KV (D x Dv) and ks (D) stay apart: a tile GEMM with Dv + 1 = 65 columns ran at less than
+  // half the speed of one with 64 (measured with MKL: 26.6 vs 11.7 ms for L = 16384, H = 8),
+  // and the denominator is one more GEMV on the query block while it is in cache.
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3),
                 Dv = v.size(3);
   std::vector<T> kv(B * H * D * Dv), ks(B * H * D);
   cpu::for_each_head(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
-    const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
-    T* kvb = kv.data() + bh * D * Dv;
-    T* ksb = ks.data() + bh * D;
-    std::fill(ksb, ksb + D, T(0));
-    // KV accumulates over key chunks that fit in L2, so ks sums each chunk of K while it is
-    // in cache instead of reading K from memory a second time (3 ms of 40 at L = 16384)
-    for (int64_t c0 = 0; c0 < Lk; c0 += kKeyChunk) {
-      const int64_t n = std::min(kKeyChunk, Lk - c0);
-      const T* kc = kt + c0 * k.stride(2);
-      // row-major KV (D x Dv) += K_c^T V_c  <=>  column-major KV^T (Dv x D) += V_c^T K_c
-      gemm(Trans::N, Trans::T, Dv, D, n, T(1), vt + c0 * v.stride(2), v.stride(2), kc,
-           k.stride(2), c0 == 0 ? T(0) : T(1), kvb, Dv);
-      for (int64_t j = 0; j < n; ++j) {
-        const T* kr = kc + j * k.stride(2);
-        for (int64_t d = 0; d < D; ++d) ksb[d] += kr[d];
-      }
-    }
-    if (Lk == 0) std::fill(kvb, kvb + D * Dv, T(0));
+    kv_and_ks<T>(k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                 v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1), v.stride(2), Lk, D, Dv,
+                 kv.data() + bh * D * Dv, ks.data() + bh * D);
   });
   const int64_t nblk = (Lq + kRowBlock - 1) / kRowBlock;
   T* op = out.data_ptr<T>();  // contiguous [B, H, Lq, Dv], untouched so far
@@ -112,16 +104,18 @@ void linear_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 // Backward, with num = q KV, den = q.ks + eps, out = num / den and g = dL/dout:
-//   dnum = g / den, dden = -(g . out) / den, written side by side as dA = [dnum | dden];
-//   dQ = dA KVa^T, dKVa = Q^T dA  (= [dKV | dks]), dK = V dKV^T + 1 dks^T, dV = K dKV.
+//   dnum = g / den, dden = -(g . out) / den;
+//   dQ = dnum KV^T + dden ks^T, dKV = Q^T dnum, dks = Q^T dden, dK = V dKV^T + 1 dks^T,
+//   dV = K dKV. Every GEMM has Dv or D columns, none Dv + 1 (see linear_fwd_impl); the rank-1
+//   terms are loops over a tile in cache.
 template <typename T>
 void linear_bwd_impl(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, T eps, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3),
-                Dv = v.size(3), W = Dv + 1;
-  std::vector<T> ones(std::max<int64_t>(Lk, 1), T(1));
+                Dv = v.size(3);
   cpu::for_each_head(B * H, [&](int64_t bh) {
-    std::vector<T> kva(D * W), dkva(D * W), tile(kRowBlock * W);
+    std::vector<T> kv(D * Dv), ks(D), dkv(D * Dv, T(0)), dks(D, T(0));
+    std::vector<T> tile(kRowBlock * Dv), den(kRowBlock), dden(kRowBlock);
     const int64_t b = bh / H, h = bh % H;
     const T* kt = k.data_ptr<T>() + b * k.stride(0) + h * k.stride(1);
     const T* vt = v.data_ptr<T>() + b * v.stride(0) + h * v.stride(1);
@@ -130,35 +124,40 @@ void linear_bwd_impl(const at::Tensor& g, const at::Tensor& q, const at::Tensor&
     T* dqt = dq.data_ptr<T>() + bh * Lq * D;
     T* dkt = dk.data_ptr<T>() + bh * Lk * D;
     T* dvt = dv.data_ptr<T>() + bh * Lk * Dv;
-    kv_and_ks<T>(kt, k.stride(2), vt, v.stride(2), Lk, D, Dv, ones.data(), kva.data(), W,
-                 kva.data() + Dv, W);
-    std::fill(dkva.begin(), dkva.end(), T(0));
+    const int64_t ldq = q.stride(2), ldg = g.stride(2);
+    kv_and_ks<T>(kt, k.stride(2), vt, v.stride(2), Lk, D, Dv, kv.data(), ks.data());
     for (int64_t r0 = 0; r0 < Lq; r0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, Lq - r0);
-      const T* qb = qt + r0 * q.stride(2);
-      const T* gb = gt + r0 * g.stride(2);
-      gemm(Trans::N, Trans::N, W, rows, D, T(1), kva.data(), W, qb, q.stride(2), T(0),
-           tile.data(), W);
+      const T* qb = qt + r0 * ldq;
+      const T* gb = gt + r0 * ldg;
+      // num tile (rows x Dv) = Q_blk KV, den (rows) = Q_blk ks
+      gemm(Trans::N, Trans::N, Dv, rows, D, T(1), kv.data(), Dv, qb, ldq, T(0), tile.data(), Dv);
+      gemm(Trans::N, Trans::N, 1, rows, D, T(1), ks.data(), 1, qb, ldq, T(0), den.data(), 1);
       for (int64_t i = 0; i < rows; ++i) {
-        T* t = tile.data() + i * W;
-        const T inv = T(1) / (t[Dv] + eps);
+        T* t = tile.data() + i * Dv;
+        const T* gi = gb + i * ldg;
+        const T inv = T(1) / (den[i] + eps);
         T go = 0;
-        for (int64_t e = 0; e < Dv; ++e) go += gb[i * g.stride(2) + e] * t[e];
-        for (int64_t e = 0; e < Dv; ++e) t[e] = gb[i * g.stride(2) + e] * inv;
-        t[Dv] = -go * inv * inv;  // -(g . num) / den^2 = -(g . out) / den
+        for (int64_t e = 0; e < Dv; ++e) go += gi[e] * t[e];
+        for (int64_t e = 0; e < Dv; ++e) t[e] = gi[e] * inv;  // dnum
+        dden[i] = -go * inv * inv;  // -(g . num) / den^2 = -(g . out) / den
       }
-      // dQ_blk (rows x D) = dA KVa^T  <=>  column-major dQ^T (D x rows) = KVa dA^T
-      gemm(Trans::T, Trans::N, D, rows, W, T(1), kva.data(), W, tile.data(), W, T(0),
-           dqt + r0 * D, D);
-      // dKVa (D x W) += Q_blk^T dA  <=>  column-major dKVa^T (W x D) += dA^T Q
-      gemm(Trans::N, Trans::T, W, D, rows, T(1), tile.data(), W, qb, q.stride(2), T(1),
-           dkva.data(), W);
+      // dQ_blk (rows x D) = dnum KV^T  <=>  column-major dQ^T (D x rows) = KV dnum^T
+      T* dqb = dqt + r0 * D;
+      gemm(Trans::T, Trans::N, D, rows, Dv, T(1), kv.data(), Dv, tile.data(), Dv, T(0), dqb, D);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t d = 0; d < D; ++d) dqb[i * D + d] += dden[i] * ks[d];
+      // dKV (D x Dv) += Q_blk^T dnum  <=>  column-major dKV^T (Dv x D) += dnum^T Q_blk
+      gemm(Trans::N, Trans::T, Dv, D, rows, T(1), tile.data(), Dv, qb, ldq, T(1), dkv.data(), Dv);
+      // dks (D) += Q_blk^T dden
+      gemm(Trans::N, Trans::T, 1, D, rows, T(1), dden.data(), 1, qb, ldq, T(1), dks.data(), 1);
     }
-    // dK (Lk x D) = V dKV^T + 1 dks^T  <=>  column-major dK^T (D x Lk) = dKV V^T + dks 1^T
-    gemm(Trans::T, Trans::N, D, Lk, Dv, T(1), dkva.data(), W, vt, v.stride(2), T(0), dkt, D);
-    gemm(Trans::T, Trans::N, D, Lk, 1, T(1), dkva.data() + Dv, W, ones.data(), 1, T(1), dkt, D);
+    // dK (Lk x D) = V dKV^T + 1 dks^T  <=>  column-major dK^T (D x Lk) = dKV V^T, then + dks
+    gemm(Trans::T, Trans::N, D, Lk, Dv, T(1), dkv.data(), Dv, vt, v.stride(2), T(0), dkt, D);
+    for (int64_t j = 0; j < Lk; ++j)
+      for (int64_t d = 0; d < D; ++d) dkt[j * D + d] += dks[d];
     // dV (Lk x Dv) = K dKV  <=>  column-major dV^T (Dv x Lk) = dKV^T K^T
-    gemm(Trans::N, Trans::N, Dv, Lk, D, T(1), dkva.data(), W, kt, k.stride(2), T(0), dvt, Dv);
+    gemm(Trans::N, Trans::N, Dv, Lk, D, T(1), dkv.data(), Dv, kt, k.stride(2), T(0), dvt, Dv);
   });
 }
 
@@ -184,10 +183,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cpu(
   const auto acc = acc_of(q.scalar_type());
   const at::Tensor qc = prep(q, acc), kc = prep(k, acc), vc = prep(v, acc);
   const at::Tensor gc = prep(grad_out, acc);
-  at::Tensor dq = at::zeros(q.sizes(), q.options().dtype(acc));
-  at::Tensor dk = at::zeros(k.sizes(), k.options().dtype(acc));
-  at::Tensor dv = at::zeros(v.sizes(), v.options().dtype(acc));
-  if (q.numel() > 0 && k.numel() > 0) {
+  // Every element is written by a GEMM (beta = 0) when all dims are non-empty: no zero fill,
+  // which at L = 16384 cost more than a GEMM (first-touch page faults, see the forward).
+  const bool work = q.numel() > 0 && k.numel() > 0 && v.numel() > 0;
+  const auto make = [&](const at::Tensor& like) {
+    return work ? at::empty(like.sizes(), like.options().dtype(acc))
+                : at::zeros(like.sizes(), like.options().dtype(acc));
+  };
+  at::Tensor dq = make(q), dk = make(k), dv = make(v);
+  if (work) {
+    for (at::Tensor* t : {&dq, &dk, &dv}) cpu::advise_huge_pages(t->data_ptr(), t->nbytes());
     if (acc == at::kDouble) linear_bwd_impl<double>(gc, qc, kc, vc, eps, dq, dk, dv);
     else linear_bwd_impl<float>(gc, qc, kc, vc, static_cast<float>(eps), dq, dk, dv);
   }

@@ -39,13 +39,15 @@ def attention(
     Every network in ``pydiff.nn`` calls this, so the kernel choice is made here, from
     measurements (``benchmarks/ops_attention.py``, BENCHMARKS.md "Kernels"; CPU, 2 threads):
 
-    - inference (no gradient needed): torch's SDPA. The fused kernel's forward takes 1.02-1.14x
-      SDPA's time (B=1, H=8, L 1024/4096, D 40-160; B=32, H=4, L 16-256, D 32/64).
-    - float32 CPU training: ``pydiff.ops.attention``. Forward+backward takes 0.88-1.00x SDPA's
-      time on the B=1, H=8 shapes, 0.74-0.87x on the small ones, 0.72-0.80x at B=1, H=1 (its
-      backward splits key blocks over the threads when there are few (batch, head) pairs);
-      the one loss measured is B=1, H=1 on a single thread, 1.03-1.07x. SDPA still serves
-      what only it supports: broadcast batch/head dims, CPU autocast, torch.func transforms.
+    - inference (no gradient needed): torch's SDPA. The fused kernel's forward takes 0.91-1.14x
+      SDPA's time, 1.0-1.14x on all but one shape (B=1, H=8, L 1024/4096, D 40-160; B=32,
+      H=4, L 16-256, D 32/64).
+    - float32 CPU training: ``pydiff.ops.attention``. Forward+backward takes 0.74-0.87x SDPA's
+      time on the small shapes, 0.72-0.75x at B=1, H=1 (its backward splits key blocks over
+      the threads when there are few (batch, head) pairs), 0.86-1.05x at B=1, H=8 (within
+      run-to-run spread there); the one loss measured is B=1, H=1 on a single thread, 1.04x.
+      SDPA still serves what only it supports: broadcast batch/head dims, CPU autocast,
+      torch.func transforms.
     - key-padding masks: ``pydiff.ops.attention``, which gives fully masked queries 0 instead
       of NaN (padded molecules, padded sequences) and checks its arguments.
 
