@@ -64,8 +64,8 @@ def time_pair(fa, fb, reps: int, warmup: int = 3) -> tuple[float, float]:
     """Minimum times of fa and fb, alternating calls so both see the same machine load.
 
     A few untimed calls first: until the allocator reuses freed blocks, every call's fresh
-    output pages fault in (L=4096 linear attention measured 13-25 ms for the first calls of a
-    process, 3.2 ms after)."""
+    output pages fault in, and the first case of a process read several times slower than
+    the same case run again (BENCHMARKS.md)."""
     for _ in range(warmup):
         fa()
         fb()
