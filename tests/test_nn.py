@@ -215,59 +215,60 @@ def test_ops_attention_matches_sdpa():
     torch.testing.assert_close(op(q, k, v, mask=mask), _sdpa(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
-def test_attention_dispatch_masked_to_ops_unmasked_to_sdpa(monkeypatch):
-    calls = []
-    sdpa, ops_attention = torch.nn.functional.scaled_dot_product_attention, pydiff.ops.attention
-
-    def spy(q, k, v, scale=None, mask=None):
-        calls.append(("ops", q.shape, None if mask is None else mask.shape))
-        return ops_attention(q, k, v, scale=scale, mask=mask)
-
-    def sdpa_spy(q, k, v, **kw):
-        calls.append(("sdpa", q.shape, None))
-        return sdpa(q, k, v, **kw)
-
-    monkeypatch.setattr(pydiff.ops, "attention", spy, raising=False)
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_spy)
-    mha = MultiHeadAttention(16, num_heads=2)
-    x = torch.randn(2, 5, 16)
-    mha(x, mask=torch.ones(2, 5, dtype=torch.bool))
-    assert calls == [("ops", (2, 2, 5, 8), (2, 5))]  # key padding: pydiff.ops
-    net = UNet2D(1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_levels=())
-    with torch.no_grad():
-        net(torch.randn(1, 1, 3, 3), 0.5)
-    assert [c[0] for c in calls] == ["ops", "sdpa"]  # the UNet's unmasked mid-block: SDPA
+def test_attention_dispatch_masked_to_kernel_unmasked_to_sdpa():
+    choose = pydiff.ops.attention_backend
+    q = torch.randn(2, 2, 5, 8)
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    assert choose(q, q, q, keep) == "kernel"  # key padding: fully masked rows give 0
+    assert choose(q, q, q) == "sdpa"  # inference
+    assert choose(q, q, q, return_lse=True) == "kernel"  # SDPA's CPU path has no lse
+    assert choose(q[0], q[0], q[0]) == "kernel"  # whose argument check names the problem
+    with pytest.raises(ValueError, match="impl="):
+        pydiff.ops.attention(q, q, q, impl="flash")
 
 
 @pytest.mark.parametrize("num_threads", [1, 4], indirect=True)
-def test_attention_dispatch_training(monkeypatch, num_threads):
+def test_attention_dispatch_training(num_threads):
     # float32 CPU training takes the compiled kernel (measured faster, forward+backward);
     # inference, float64 and bfloat16 keep SDPA
-    calls = []
-    ops_attention = pydiff.ops.attention
-
-    def spy(q, k, v, scale=None, mask=None):
-        calls.append(q.dtype)
-        return ops_attention(q, k, v, scale=scale, mask=mask)
-
-    monkeypatch.setattr(pydiff.ops, "attention", spy, raising=False)
+    choose = pydiff.ops.attention_backend
     q, k, v = (torch.randn(3, 2, 6, 8, requires_grad=True) for _ in range(3))
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    out = attention(q, k, v)
+    trains = "kernel" if pydiff.ops.backend() == "extension" else "sdpa"
+    assert choose(q, k, v) == trains
     with torch.no_grad():
-        attention(q, k, v)  # inference: SDPA
-    attention(*(t.detach() for t in (q, k, v)))  # no grad needed: SDPA
-    for dtype in (torch.float64, torch.bfloat16):
-        attention(*(t.detach().to(dtype).requires_grad_() for t in (q, k, v)))  # not measured
+        assert choose(q, k, v) == "sdpa"  # inference
+    assert choose(*(t.detach() for t in (q, k, v))) == "sdpa"  # no grad needed
+    for dtype in (torch.float64, torch.bfloat16):  # not measured
+        assert choose(*(t.detach().to(dtype).requires_grad_() for t in (q, k, v))) == "sdpa"
     # what only SDPA does: broadcast heads, autocast, functorch transforms -> SDPA
-    attention(q, k[:, :1], v[:, :1])
+    assert choose(q, k[:, :1], v[:, :1]) == "sdpa"
+    assert attention(q, k[:, :1], v[:, :1]).shape == q.shape
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert choose(q, k, v) == "sdpa"
         assert attention(q, k, v).dtype == torch.bfloat16
     torch.func.vmap(lambda a: attention(a, a, a))(q.detach()[None].requires_grad_())
-    assert calls == ([torch.float32] if pydiff.ops.backend() == "extension" else [])
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = attention(q, k, v)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert all(t.grad is not None for t in (q, k, v))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_impls_agree(masked):
+    # "sdpa" keeps pydiff's semantics (fully masked queries give 0, in value and gradient)
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.rand(2, 7) > 0.3
+        mask[1] = False
+    grads = {}
+    for impl in ("kernel", "sdpa"):
+        out = pydiff.ops.attention(q, k, v, mask=mask, impl=impl)
+        assert torch.isfinite(out).all()
+        grads[impl] = (out, *torch.autograd.grad((out * out).sum(), (q, k, v)))
+    for a, b in zip(grads["kernel"], grads["sdpa"]):
+        torch.testing.assert_close(a, b)
 
 
 def test_attention_bad_args_and_fully_masked_rows():

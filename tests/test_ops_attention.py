@@ -18,6 +18,13 @@ EXT = ops.backend() == "extension"
 REQUIRE_EXT = os.environ.get("PYDIFF_REQUIRE_EXT") == "1"
 needs_ext = pytest.mark.skipif(not EXT and not REQUIRE_EXT, reason="pydiff._C not loaded")
 
+
+def kernel_attention(*args, **kw):
+    """pydiff's own attention op (compiled kernel, or the reference where switched off),
+    whatever ``impl="auto"`` would choose: these tests are about the kernel."""
+    return ops.attention(*args, impl="kernel", **kw)
+
+
 TOL = {
     torch.float32: dict(atol=2e-5, rtol=2e-5),
     torch.float64: dict(atol=1e-12, rtol=1e-12),
@@ -78,16 +85,16 @@ def test_attention_all_masked_row_is_zero_not_nan():
     q, k, v = _qkv(2, 2, 5, 7, 8, 8, torch.float32)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1] = False
-    out = ops.attention(q, k, v, mask=mask)
+    out = kernel_attention(q, k, v, mask=mask)
     assert torch.isfinite(out).all() and (out[1] == 0).all()
-    torch.testing.assert_close(out[0], ops.attention(q[:1], k[:1], v[:1])[0])
+    torch.testing.assert_close(out[0], kernel_attention(q[:1], k[:1], v[:1])[0])
 
 
 def test_attention_agrees_with_sdpa():
     q, k, v = _qkv(2, 4, 77, 130, 32, 32, torch.float32, "blhd")
     mask = torch.rand(2, 130) > 0.2
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-    torch.testing.assert_close(ops.attention(q, k, v, mask=mask), want, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(kernel_attention(q, k, v, mask=mask), want, atol=2e-5, rtol=2e-5)
 
 
 @needs_ext
@@ -101,7 +108,7 @@ def test_attention_grads_match_reference(masked, num_threads):
     ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     rins = [t.detach().double().requires_grad_() for t in (q, k, v)]
     g = torch.randn(1, 2, 150, 12)
-    ops.attention(*ins, mask=mask).backward(g)
+    kernel_attention(*ins, mask=mask).backward(g)
     ref.attention(*rins, mask=mask).backward(g.double())
     for a, b in zip(ins, rins):
         torch.testing.assert_close(a.grad, b.grad.float(), atol=5e-5, rtol=5e-5)
@@ -140,13 +147,13 @@ def test_attention_opcheck():
 def test_attention_bad_arguments():
     q, k, v = _qkv(1, 2, 4, 5, 8, 8, torch.float32)
     with pytest.raises(ValueError, match="mask must be a bool key-padding mask"):
-        ops.attention(q, k, v, mask=torch.ones(1, 4, dtype=torch.bool))
+        kernel_attention(q, k, v, mask=torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="k has Lk=5 keys but v has 4"):
-        ops.attention(q, k, v[:, :, :4])
+        kernel_attention(q, k, v[:, :, :4])
     with pytest.raises(ValueError, match=r"must be \[B, H, L, D\]"):
-        ops.attention(q[0], k, v)
+        kernel_attention(q[0], k, v)
     with pytest.raises(ValueError, match="share a dtype"):
-        ops.attention(q.double(), k, v)
+        kernel_attention(q.double(), k, v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +206,7 @@ def test_attention_grads_of_fully_masked_batch_are_zero():
     mask = torch.ones(2, 140, dtype=torch.bool)
     mask[1] = False
     ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    ops.attention(*ins, mask=mask).sum().backward()
+    kernel_attention(*ins, mask=mask).sum().backward()
     for t in ins:
         assert torch.isfinite(t.grad).all() and (t.grad[1] == 0).all()
 
@@ -256,14 +263,14 @@ def test_attention_lse_merges_key_splits_exactly(use_ext, monkeypatch):
 
     def merged(q, k, v):
         parts = [
-            ops.attention(q, kp, vp, mask=mp, return_lse=True)
+            kernel_attention(q, kp, vp, mask=mp, return_lse=True)
             for kp, vp, mp in zip(k.split(6, 2), v.split(6, 2), mask.split(6, 1))
         ]
         lse = torch.logsumexp(torch.stack([lp for _, lp in parts]), dim=0)
         return sum((lp - lse).exp()[..., None] * op for op, lp in parts), lse
 
     out, lse = merged(*leaves)
-    want, want_lse = ops.attention(q, k, v, mask=mask, return_lse=True)
+    want, want_lse = kernel_attention(q, k, v, mask=mask, return_lse=True)
     torch.testing.assert_close(out, want)
     s = ((q @ k.transpose(-1, -2)) / math.sqrt(8)).masked_fill(~mask[:, None, None], -math.inf)
     torch.testing.assert_close(lse, torch.logsumexp(s, -1))
@@ -271,7 +278,7 @@ def test_attention_lse_merges_key_splits_exactly(use_ext, monkeypatch):
     g = torch.randn_like(out)
     (out * g).sum().backward()
     full = [t.clone().requires_grad_() for t in (q, k, v)]
-    (ops.attention(*full, mask=mask) * g).sum().backward()
+    (kernel_attention(*full, mask=mask) * g).sum().backward()
     for a, b in zip(leaves, full):
         torch.testing.assert_close(a.grad, b.grad)
 
@@ -280,8 +287,8 @@ def test_attention_lse_merges_key_splits_exactly(use_ext, monkeypatch):
 def test_double_backward_through_the_kernels_raises():
     # second-order terms would otherwise come back as zeros with a warning
     q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 6, 7, 4, 4, torch.float32))
-    for f in (ops.attention, ops.linear_attention):
-        args = (q, k, v) if f is ops.attention else tuple(t.abs() for t in (q, k, v))
+    for f in (kernel_attention, ops.linear_attention):
+        args = (q, k, v) if f is kernel_attention else tuple(t.abs() for t in (q, k, v))
         (g,) = torch.autograd.grad(f(*args).sum(), q, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             g.sum().backward()

@@ -9,9 +9,15 @@
 // dQ (a warp per query row, K/V tiles in shared memory) and dK/dV (a warp per key row, Q/dO
 // tiles in shared memory).
 //
-// Linear attention: the two GEMMs are cuBLAS (through ATen); the normalization, with the
-// denominator carried as the extra column of [K^T V | K^T 1], is one fused kernel, and so is the
-// backward's elementwise part.
+// These kernels are the exact, O(L)-memory path for every dtype (float64 included) and the
+// reference that our own faster kernels are checked against on a GPU; pydiff.ops.attention sends
+// float16/bfloat16/float32 to torch's SDPA backends instead, which are far faster on CUDA
+// (BENCHMARKS.md, "Kernels on a GPU").
+//
+// Linear attention forward: [K^T V | K^T 1] is a split-L reduction kernel (float32 or float64
+// accumulators, read in the input dtype, no converted copies), Q [K^T V | K^T 1] one cuBLAS GEMM
+// in the input dtype with the denominator as an extra column, and the normalization one
+// elementwise kernel. The backward is GEMMs plus one fused elementwise kernel.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,7 +32,8 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kRows = 8;          // warps (query or key rows) per block
 constexpr int kMaxPerLane = 8;    // head dims up to 8 * 32 = 256
-constexpr int kSmemBudget = 48 * 1024;
+// Dynamic shared memory a block may take without cudaFuncSetAttribute on every GPU since sm_50.
+constexpr int64_t kSmemBudget = 48 * 1024;
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -39,10 +46,25 @@ struct Dims {
   int64_t B, H, Lq, Lk, D, Dv;
 };
 
+// Rows per shared-memory tile for a kernel that stages `per_row` elements of T per row (K and V
+// rows for the forward and dQ; Q and dO rows plus lse and delta for dK/dV), so that the tile
+// fits the default dynamic shared-memory budget. Each kernel sizes its own tile: sizing the
+// dK/dV tile for K and V rows alone overflowed the budget for float64 at D = 64 and 80.
 template <typename T>
-int tile_keys(int64_t D, int64_t Dv) {
-  const int64_t per_key = (D + Dv) * static_cast<int64_t>(sizeof(T));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, kSmemBudget / per_key)));
+int tile_rows(int64_t per_row) {
+  const int64_t bytes = per_row * static_cast<int64_t>(sizeof(T));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(64, kSmemBudget / bytes)));
+}
+
+// The launch must fit the device: checked here, with a message, rather than left to surface as
+// "invalid argument" from the launch.
+void check_launch(const char* what, size_t smem, int threads) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(static_cast<int64_t>(smem) <= static_cast<int64_t>(prop->sharedMemPerBlock) &&
+                  threads <= prop->maxThreadsPerBlock,
+              "pydiff::", what, " (CUDA): a block needs ", smem, " bytes of shared memory and ",
+              threads, " threads; ", prop->name, " allows ", prop->sharedMemPerBlock, " and ",
+              prop->maxThreadsPerBlock);
 }
 
 // Cooperative copy of `rows` rows of width w (row stride ld, in elements) into shared memory.
@@ -54,7 +76,7 @@ __device__ __forceinline__ void stage(T* dst, const T* src, int rows, int64_t w,
 }
 
 template <typename T>
-__global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(kRows * kWarp) attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                 const T* __restrict__ v, const bool* __restrict__ mask,
                                 T* __restrict__ out, T* __restrict__ lse, Dims s, T scale, int bc) {
   extern __shared__ unsigned char smem_raw[];
@@ -114,7 +136,7 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
 
 // dQ_i = scale * sum_j P_ij (dP_ij - delta_i) k_j, dP_ij = dO_i . v_j
 template <typename T>
-__global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(kRows * kWarp) attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                    const T* __restrict__ v, const T* __restrict__ dout,
                                    const T* __restrict__ lse, const T* __restrict__ delta,
                                    const bool* __restrict__ mask, T* __restrict__ dq, Dims s,
@@ -174,7 +196,7 @@ __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict_
 
 // dV_j = sum_i P_ij dO_i,  dK_j = scale * sum_i P_ij (dP_ij - delta_i) q_i
 template <typename T>
-__global__ void attn_bwd_dkv_kernel(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(kRows * kWarp) attn_bwd_dkv_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const T* __restrict__ dout,
                                     const T* __restrict__ lse, const T* __restrict__ delta,
                                     const bool* __restrict__ mask, T* __restrict__ dk,
@@ -272,9 +294,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
   if (mask.has_value() && mask->defined()) m = mask->contiguous();
   if (s.B * s.H * s.Lq > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_attention_fwd", [&] {
-      const int bc = tile_keys<scalar_t>(s.D, s.Dv);
+      const int bc = tile_rows<scalar_t>(s.D + s.Dv);
       const dim3 grid((s.Lq + kRows - 1) / kRows, s.B * s.H);
       const size_t smem = static_cast<size_t>(bc) * (s.D + s.Dv) * sizeof(scalar_t);
+      check_launch("attention", smem, kRows * kWarp);
       attn_fwd_kernel<scalar_t><<<grid, kRows * kWarp, smem, at::cuda::getCurrentCUDAStream()>>>(
           qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
           m.defined() ? m.data_ptr<bool>() : nullptr, out.data_ptr<scalar_t>(),
@@ -306,20 +329,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_attention_bwd", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
-      const int bc = tile_keys<scalar_t>(s.D, s.Dv);
+      const int bc = tile_rows<scalar_t>(s.D + s.Dv);
       const size_t smem_kv = static_cast<size_t>(bc) * (s.D + s.Dv) * sizeof(scalar_t);
+      check_launch("attention_backward", smem_kv, kRows * kWarp);
       attn_bwd_dq_kernel<scalar_t>
           <<<dim3((s.Lq + kRows - 1) / kRows, s.B * s.H), kRows * kWarp, smem_kv, stream>>>(
               qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
               doc.data_ptr<scalar_t>(), lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), mp,
               dq.data_ptr<scalar_t>(), s, sc, bc);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const size_t smem_q = static_cast<size_t>(bc) * (s.D + s.Dv + 2) * sizeof(scalar_t);
+      const int bq = tile_rows<scalar_t>(s.D + s.Dv + 2);  // Q, dO rows + lse, delta
+      const size_t smem_q = static_cast<size_t>(bq) * (s.D + s.Dv + 2) * sizeof(scalar_t);
+      check_launch("attention_backward", smem_q, kRows * kWarp);
       attn_bwd_dkv_kernel<scalar_t>
           <<<dim3((s.Lk + kRows - 1) / kRows, s.B * s.H), kRows * kWarp, smem_q, stream>>>(
               qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
               doc.data_ptr<scalar_t>(), lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), mp,
-              dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s, sc, bc);
+              dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s, sc, bq);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -328,16 +354,128 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
 
 // ---- linear attention ----------------------------------------------------------------------
 
-// out[r, e] = t[r, e] / (t[r, Dv] + eps), t = Q [K^T V | K^T 1] of width Dv + 1
-template <typename T>
+// Partial sums of K^T V and K^T 1 over one chunk of key rows, for a 64 x 64 tile of [D, Dv]:
+// part_kv[chunk, bh, d, e] = sum_r k[r, d] v[r, e] and part_ks[chunk, bh, d] = sum_r k[r, d].
+// A split over L, since one (batch, head) has only D x Dv outputs but L rows to reduce; the
+// chunks are summed afterwards (deterministically, no atomics). Rows are staged in shared
+// memory in the accumulation type; each of the 256 threads owns a 4 x 4 block of the tile.
+constexpr int kKvTile = 64;
+constexpr int kKvRows = 32;
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(256)
+    linear_kv_kernel(const T* __restrict__ k, const T* __restrict__ v, A* __restrict__ part_kv,
+                     A* __restrict__ part_ks, int64_t L, int64_t D, int64_t Dv,
+                     int64_t rows_per_chunk, int tiles_v) {
+  __shared__ __align__(16) A ks[kKvRows][kKvTile];
+  __shared__ __align__(16) A vs[kKvRows][kKvTile];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int tv = blockIdx.y % tiles_v;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y / tiles_v) * kKvTile, e0 = tv * kKvTile;
+  const int64_t bh = blockIdx.z, BH = gridDim.z, chunk = blockIdx.x;
+  const int64_t r_begin = chunk * rows_per_chunk;
+  const int64_t r_end = min(L, r_begin + rows_per_chunk);
+  const T* kb = k + bh * L * D;
+  const T* vb = v + bh * L * Dv;
+  const bool sums = tv == 0 && tx == 0;  // one column of threads also sums K's rows
+  A acc[4][4], sk[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    sk[i] = A(0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
+  }
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kKvRows) {
+    __syncthreads();
+    for (int x = threadIdx.x; x < kKvRows * kKvTile; x += blockDim.x) {
+      const int rr = x / kKvTile, c = x % kKvTile;
+      const int64_t r = r0 + rr;
+      const bool row = r < r_end;
+      ks[rr][c] = (row && d0 + c < D) ? static_cast<A>(kb[r * D + d0 + c]) : A(0);
+      vs[rr][c] = (row && e0 + c < Dv) ? static_cast<A>(vb[r * Dv + e0 + c]) : A(0);
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int rr = 0; rr < kKvRows; ++rr) {
+      A a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = ks[rr][ty * 4 + i];
+        b[i] = vs[rr][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+      }
+      if (sums) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) sk[i] += a[i];
+      }
+    }
+  }
+  A* pkv = part_kv + (chunk * BH + bh) * D * Dv;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t d = d0 + ty * 4 + i;
+    if (d >= D) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t e = e0 + tx * 4 + j;
+      if (e < Dv) pkv[d * Dv + e] = acc[i][j];
+    }
+    if (sums) part_ks[(chunk * BH + bh) * D + d] = sk[i];
+  }
+}
+
+// [K^T V | K^T 1 | 0 ...] per (batch, head) in the accumulation dtype, width padded to a
+// multiple of 8 so that the GEMM against it has aligned rows: [B, H, D, pad8(Dv + 1)].
+at::Tensor linear_kv(const at::Tensor& k, const at::Tensor& v, at::ScalarType acc) {
+  const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
+  const int64_t BH = B * H, width = (Dv + 1 + 7) / 8 * 8;
+  at::Tensor kv = at::zeros({B, H, D, width}, k.options().dtype(acc));
+  if (BH == 0 || D == 0 || L == 0) return kv;
+  const at::Tensor kc = k.contiguous(), vc = v.contiguous();
+  const int tiles_d = static_cast<int>((D + kKvTile - 1) / kKvTile);
+  const int tiles_v = static_cast<int>((Dv + kKvTile - 1) / kKvTile);
+  // enough chunks for about four blocks per multiprocessor, each at least a staged tile of rows
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = std::max<int64_t>(1, (4 * sms + BH * tiles_d * tiles_v - 1) /
+                                                (BH * tiles_d * tiles_v));
+  int64_t rows = (L + want - 1) / want;
+  rows = (rows + kKvRows - 1) / kKvRows * kKvRows;
+  const int64_t chunks = (L + rows - 1) / rows;
+  TORCH_CHECK(BH <= 65535 && tiles_d * tiles_v <= 65535,
+              "pydiff::linear_attention (CUDA): batch * heads must be at most 65535, got ", BH);
+  at::Tensor part_kv = at::empty({chunks, B, H, D, Dv}, kv.options());
+  at::Tensor part_ks = at::empty({chunks, B, H, D}, kv.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k.scalar_type(), "pydiff_linear_kv",
+                                  [&] {
+    using T = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_kv_acc", [&] {
+      linear_kv_kernel<T, scalar_t>
+          <<<dim3(chunks, tiles_d * tiles_v, BH), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+              kc.data_ptr<T>(), vc.data_ptr<T>(), part_kv.data_ptr<scalar_t>(),
+              part_ks.data_ptr<scalar_t>(), L, D, Dv, rows, tiles_v);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  kv.narrow(-1, 0, Dv).copy_(part_kv.sum(0));
+  kv.select(-1, Dv).copy_(part_ks.sum(0));
+  return kv;
+}
+
+// out[r, e] = t[r, e] / (t[r, Dv] + eps), t = Q [K^T V | K^T 1 | 0 ...] of row width `ld`,
+// computed in the accumulation type A and written in the output's type T.
+template <typename T, typename A>
 __global__ void linear_normalize_kernel(const T* __restrict__ t, T* __restrict__ out,
-                                        int64_t rows, int64_t Dv, T eps) {
+                                        int64_t rows, int64_t Dv, int64_t ld, A eps) {
   const int64_t n = rows * Dv;
   for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < n;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = x / Dv, e = x % Dv;
-    const T* tr = t + r * (Dv + 1);
-    out[x] = tr[e] / (tr[Dv] + eps);
+    const T* tr = t + r * ld;
+    out[x] = static_cast<T>(static_cast<A>(tr[e]) / (static_cast<A>(tr[Dv]) + eps));
   }
 }
 
@@ -361,30 +499,34 @@ __global__ void linear_grad_kernel(const T* __restrict__ t, const T* __restrict_
   if (lane == 0) dr[Dv] = -go * inv * inv;
 }
 
-at::Tensor kv_aug(const at::Tensor& k, const at::Tensor& v) {
-  return at::cat({at::matmul(k.transpose(-1, -2), v), k.sum(-2).unsqueeze(-1)}, -1);
-}
-
 at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  double eps) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
               "pydiff::linear_attention: q, k, v must be [B, H, L, D]");
   c10::cuda::CUDAGuard guard(q.device());
   const auto acc = acc_of(q.scalar_type());
-  const at::Tensor qc = q.to(acc), kc = k.to(acc), vc = v.to(acc);
-  const at::Tensor t = at::matmul(qc, kv_aug(kc, vc)).contiguous();  // [B, H, Lq, Dv + 1]
   const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
-  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), Dv}, q.options().dtype(acc));
+  // The GEMM runs in the input dtype (tensor cores for half types, float32 accumulation); the
+  // small [D, Dv + 1] factor is rounded to it once.
+  const at::Tensor kv = linear_kv(k, v, acc);
+  const at::Tensor t = at::matmul(q, kv.to(q.scalar_type())).contiguous();
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), Dv}, q.options());
   if (out.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention", [&] {
-      const int blocks = static_cast<int>(std::min<int64_t>((out.numel() + 255) / 256, 65535));
-      linear_normalize_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-          t.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, Dv,
-          static_cast<scalar_t>(eps));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                    "pydiff_linear_attention", [&] {
+      using T = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention_acc", [&] {
+        const int blocks =
+            static_cast<int>(std::min<int64_t>((out.numel() + 255) / 256, 65535));
+        linear_normalize_kernel<T, scalar_t>
+            <<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+                t.data_ptr<T>(), out.data_ptr<T>(), rows, Dv, t.size(-1),
+                static_cast<scalar_t>(eps));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
-  return out.to(q.scalar_type());
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(
@@ -394,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(
   const auto acc = acc_of(q.scalar_type());
   const at::Tensor qc = q.to(acc), kc = k.to(acc), vc = v.to(acc);
   const at::Tensor g = grad_out.to(acc).contiguous();
-  const at::Tensor kva = kv_aug(kc, vc);
+  const at::Tensor kva = linear_kv(k, v, acc).narrow(-1, 0, v.size(3) + 1);
   const at::Tensor t = at::matmul(qc, kva).contiguous();
   const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
   at::Tensor da = at::empty_like(t);

@@ -20,11 +20,19 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from . import _reference
+from . import _reference, _sdpa
 
-__all__ = ["attention", "backend", "cpu_capability", "lincomb", "linear_attention"]
+__all__ = [
+    "attention",
+    "attention_backend",
+    "backend",
+    "cpu_capability",
+    "lincomb",
+    "linear_attention",
+]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -234,6 +242,74 @@ def lincomb(
 # attention
 
 
+ATTENTION_IMPLS = ("auto", "kernel", "sdpa")
+
+
+def _default_attention_impl() -> str:
+    impl = os.environ.get("PYDIFF_ATTENTION", "auto") or "auto"
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"PYDIFF_ATTENTION={impl!r}: expected one of {ATTENTION_IMPLS}")
+    return impl
+
+
+# Read once: a per-call environment lookup would be traced (and guarded on) by torch.compile.
+_ATTENTION_IMPL = _default_attention_impl()
+
+
+def attention_backend(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, return_lse: bool = False
+) -> str:
+    """Which implementation ``attention(..., impl="auto")`` runs for these inputs:
+    ``"kernel"`` (pydiff's own op: the compiled kernel, or the reference without one) or
+    ``"sdpa"`` (torch's ``scaled_dot_product_attention`` backends, with pydiff's semantics).
+
+    The rules follow the measurements in BENCHMARKS.md ("Kernels", "Kernels on a GPU"):
+
+    - CUDA: SDPA (flash / memory-efficient / cuDNN) for float16, bfloat16 and float32, masked
+      or not, also with ``return_lse`` (head dims up to 256): our kernel is far slower there.
+      float64, which no fused SDPA backend takes, runs our kernel (O(L) memory, where SDPA's
+      math backend materializes the L x L scores).
+    - CPU: SDPA for inference. float32 training runs our kernel (forward+backward measured
+      faster), except for what only SDPA does: broadcast batch/head dims, autocast, torch.func
+      transforms, and traced graphs under torch.compile. Key-padding masks and ``return_lse``
+      run our kernel (SDPA's CPU path returns NaN for fully masked queries and no lse).
+
+    Example:
+        >>> import torch
+        >>> q = torch.randn(1, 2, 5, 8)
+        >>> attention_backend(q, q, q)
+        'sdpa'
+        >>> attention_backend(q, q, q, return_lse=True)
+        'kernel'
+    """
+    if not (q.dim() == k.dim() == v.dim() == 4):
+        return "kernel"  # whose argument check says what is wrong
+    if q.device.type == "cuda":
+        if q.dtype == torch.float64:
+            return "kernel"
+        if return_lse and not _sdpa.supports_lse(q, k, v):
+            return "kernel"
+        return "sdpa"
+    if mask is not None or return_lse:
+        return "kernel"
+    return "kernel" if _kernel_trains_faster(q, k, v) else "sdpa"
+
+
+def _kernel_trains_faster(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """The measured CPU case where the compiled kernel beats SDPA (see attention_backend)."""
+    if torch.compiler.is_compiling():  # not measured under torch.compile: traced graphs keep SDPA
+        return False
+    return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and q.device.type == "cpu" and q.dtype == torch.float32
+            and _has_kernel(q.device, "pydiff::attention")
+            # what SDPA does and the kernel does not: broadcast batch/head dims, autocast to
+            # bfloat16, functorch transforms (vmap/grad). Double backward neither does on the
+            # CPU (SDPA's flash backward raises; the kernel's too, see pydiff.ops._register)
+            and q.shape[:2] == k.shape[:2] == v.shape[:2]
+            and not torch.is_autocast_enabled("cpu")
+            and not torch._C._are_functorch_transforms_active())
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -242,6 +318,7 @@ def attention(
     mask: Tensor | None = None,
     *,
     return_lse: bool = False,
+    impl: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax attention ``softmax(q k^T * scale) v`` over ``[B, H, L, D]`` tensors.
 
@@ -255,6 +332,12 @@ def attention(
     is then merged exactly: ``out = sum_i exp(lse_i - lse) out_i`` with ``lse = logsumexp_i
     lse_i``.
 
+    ``impl`` picks the implementation: ``"auto"`` (the default, or the ``PYDIFF_ATTENTION``
+    environment variable) takes the faster one measured for these inputs
+    (:func:`attention_backend` says which); ``"kernel"`` forces pydiff's own op (the compiled
+    kernel, or the pure-torch reference without one) and ``"sdpa"`` torch's SDPA backends.
+    All give the semantics above.
+
     Example:
         >>> import torch
         >>> q = torch.randn(1, 2, 5, 8); kv = torch.randn(1, 2, 6, 8)
@@ -266,9 +349,25 @@ def attention(
         >>> torch.allclose(merged, attention(q, kv, kv), atol=1e-6)
         True
     """
+    impl = _ATTENTION_IMPL if impl is None else impl
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention: impl={impl!r}; expected one of {ATTENTION_IMPLS}")
+    if impl == "auto":
+        impl = attention_backend(q, k, v, mask, return_lse=return_lse)
+    if impl == "sdpa" and mask is None and not return_lse:
+        # SDPA checks its own arguments (and broadcasts batch/head dims, which it alone does)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     _reference.check_attention(q, k, v, mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    if impl == "sdpa":
+        if return_lse and not _sdpa.supports_lse(q, k, v):
+            raise ValueError(
+                "attention: impl='sdpa' with return_lse=True needs CUDA tensors of float16, "
+                f"bfloat16 or float32 with head dims up to {_sdpa.LSE_MAX_HEAD_DIM}; got "
+                f"{q.dtype} on {q.device} with D={q.shape[-1]}, Dv={v.shape[-1]}"
+            )
+        return _sdpa.attention(q, k, v, float(scale), mask, return_lse)
     if _has_kernel(q.device, "pydiff::attention"):
         out, lse = torch.ops.pydiff.attention.default(q, k, v, float(scale), mask)
     else:

@@ -126,20 +126,112 @@ def test_attention_cuda_matches_reference(dtype, D, Dv, masked):
         ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
         rins = [t.detach().double().requires_grad_() for t in (q, k, v)]
         gr = torch.randn_like(rout)
-        ops.attention(*ins, scale=scale, mask=mask).backward(gr)
+        ops.attention(*ins, scale=scale, mask=mask, impl="kernel").backward(gr)
         ref.attention(*rins, scale=scale, mask=mask).backward(gr.double())
         for a, b in zip(ins, rins):
             torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-4, rtol=1e-4)
 
 
+GRAD_TOL = {
+    torch.float32: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=6e-2, rtol=6e-2),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("D,Dv", [(64, 64), (40, 40), (128, 72)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_attention_dispatch_matches_reference(dtype, D, Dv, masked, return_lse):
+    # what impl="auto" runs on CUDA (SDPA) keeps pydiff's semantics: all-masked rows give 0 (and
+    # lse -inf), Lq != Lk, head dims that are no multiple of 8, and gradients through the lse
+    g = torch.Generator(device=DEV).manual_seed(3)
+    B, H, Lq, Lk = 2, 3, 100, 77
+    q = torch.randn(B, H, Lq, D, generator=g, device=DEV).to(dtype)
+    k = torch.randn(B, H, Lk, D, generator=g, device=DEV).to(dtype)
+    v = torch.randn(B, H, Lk, Dv, generator=g, device=DEV).to(dtype)
+    mask = None
+    if masked:
+        mask = torch.rand(B, Lk, generator=g, device=DEV) > 0.3
+        mask[1] = False
+    assert ops.attention_backend(q, k, v, mask, return_lse=return_lse) == "sdpa"
+    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    rins = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    got = ops.attention(*ins, mask=mask, return_lse=return_lse)
+    want = ref.attention_with_lse(*rins, 1 / math.sqrt(D), mask)
+    if return_lse:
+        torch.testing.assert_close(got[1].double(), want[1], **GRAD_TOL[torch.float32])
+    else:
+        got, want = (got,), want[:1]
+    assert torch.isfinite(got[0]).all()
+    torch.testing.assert_close(got[0].double(), want[0].double(), **TOL[dtype])
+    go = torch.randn(B, H, Lq, Dv, generator=g, device=DEV, dtype=torch.float64)
+    gl = torch.randn(B, H, Lq, generator=g, device=DEV, dtype=torch.float64)
+
+    def loss(outs):
+        total = (outs[0].double() * go).sum()
+        if len(outs) > 1:  # all-masked rows have lse -inf: no gradient goes through those
+            lse = outs[1].double()
+            total = total + (torch.where(torch.isfinite(lse), lse, 0.0) * gl).sum()
+        return total
+
+    loss(got).backward()
+    loss(want).backward()
+    for a, b in zip(ins, rins):
+        torch.testing.assert_close(a.grad.double(), b.grad, **GRAD_TOL[dtype])
+
+
+def test_attention_float64_uses_the_kernel_and_sdpa_impl_raises_for_lse():
+    q = torch.randn(1, 2, 8, 16, device=DEV, dtype=torch.float64)
+    assert ops.attention_backend(q, q, q) == "kernel"
+    with pytest.raises(ValueError, match="return_lse"):
+        ops.attention(q, q, q, return_lse=True, impl="sdpa")
+
+
+def test_attention_module_compiles_on_cuda():
+    # a network using pydiff.nn attention (masked and unmasked) under torch.compile
+    from pydiff.nn import MultiHeadAttention
+
+    torch._dynamo.reset()
+    mha = MultiHeadAttention(64, num_heads=4).to(DEV)
+    x = torch.randn(2, 33, 64, device=DEV)
+    keep = torch.ones(2, 33, dtype=torch.bool, device=DEV)
+    keep[1, 20:] = False
+    compiled = torch.compile(mha)
+    for mask in (None, keep):
+        torch.testing.assert_close(compiled(x, mask=mask), mha(x, mask=mask), atol=1e-4,
+                                   rtol=1e-4)
+    out = compiled(x, mask=keep)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mha.parameters())
+
+
+def test_attention_kernel_launch_fits_every_head_dim():
+    # the float64 backward once asked for more than 48 KB of shared memory at D = 64 and 80
+    for D in (8, 64, 80, 128, 256):
+        q = torch.randn(1, 2, 19, D, device=DEV, dtype=torch.float64, requires_grad=True)
+        ops.attention(q, q, q, impl="kernel").sum().backward()
+        assert torch.isfinite(q.grad).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_linear_attention_cuda_matches_reference(dtype):
+@pytest.mark.parametrize("shape", [(2, 4, 1000, 700, 32, 48), (1, 3, 300, 4100, 130, 70)])
+def test_linear_attention_cuda_matches_reference(dtype, shape):
+    B, H, Lq, Lk, D, Dv = shape
     g = torch.Generator(device=DEV).manual_seed(2)
-    q = torch.rand(2, 4, 1000, 32, generator=g, device=DEV).to(dtype)
-    k = torch.rand(2, 4, 700, 32, generator=g, device=DEV).to(dtype)
-    v = torch.randn(2, 4, 700, 48, generator=g, device=DEV).to(dtype)
-    torch.testing.assert_close(
-        ops.linear_attention(q, k, v), ref.linear_attention(q, k, v), **TOL[dtype]
-    )
-    ins = [t.detach().double()[:, :, :50].clone().requires_grad_() for t in (q, k, v)]
+    q = torch.rand(B, H, Lq, D, generator=g, device=DEV).to(dtype)
+    k = torch.rand(B, H, Lk, D, generator=g, device=DEV).to(dtype)
+    v = torch.randn(B, H, Lk, Dv, generator=g, device=DEV).to(dtype)
+    want = ref.linear_attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(ops.linear_attention(q, k, v).double(), want, **TOL[dtype])
+    # non-contiguous inputs ([B, L, H, D] projections viewed as [B, H, L, D])
+    qt, kt, vt = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    torch.testing.assert_close(ops.linear_attention(qt, kt, vt).double(), want, **TOL[dtype])
+
+
+def test_linear_attention_cuda_gradcheck():
+    g = torch.Generator(device=DEV).manual_seed(4)
+    ins = [torch.rand(1, 2, n, d, generator=g, device=DEV, dtype=torch.float64).requires_grad_()
+           for n, d in ((5, 3), (6, 3), (6, 2))]
     assert torch.autograd.gradcheck(lambda q, k, v: ops.linear_attention(q, k, v), ins)
