@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import hooks, noise, ops, schedules, solvers
 from .denoiser import Denoiser
 from .grids import timesteps
+from .noise import add_noise
 from .sampling import prior, sample
 from .schedules import (
     CosineSchedule,
@@ -47,7 +48,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pydiff' has no attribute {name!r}")
 
 __all__ = [
-    "Denoiser", "sample", "prior", "timesteps", "get_solver", "available_solvers", "SolverState",
+    "Denoiser", "sample", "prior", "add_noise", "timesteps", "get_solver", "available_solvers",
+    "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
     "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",
     "save_pretrained", "from_pretrained", "__version__",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .noise import Generators, randn_like
-from .tree import State, per_sample
+from .noise import Generators, noised, randn_like
+from .tree import State
 
 Tensor = torch.Tensor
 
@@ -90,13 +90,9 @@ class InpaintReplace:
         self.known, self.mask, self.noise = known, mask, noise
 
     def __call__(self, x: Tensor, ctx: StepContext) -> Tensor:
-        a = per_sample(ctx.alpha, x).to(x.dtype)
-        s = per_sample(ctx.sigma, x).to(x.dtype)
-        target = a * self.known.to(x.dtype)
-        if self.noise == "fresh" and not ctx.final:
-            target = target + s * randn_like(x, ctx.generator)
-        m = self.mask.to(x.dtype)
-        return m * target + (1 - m) * x
+        fresh = self.noise == "fresh" and not ctx.final
+        z = randn_like(x, ctx.generator) if fresh else None
+        return noised(self.known.to(x.dtype), ctx.alpha, ctx.sigma, z, mask=self.mask, x=x)
 
 
 class Projection:

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
+from . import ops
 from .denoiser import Denoiser
 from .grids import timesteps
 from .hooks import Hook
-from .noise import Generators, randn
+from .noise import Generators, noised, randn
 from .schedules import Schedule, as_time
 from .solvers import Solver, SolverState, get_solver
-from .tree import State, leaves, per_sample, tree_map
+from .tree import State, leaves, tree_map
 
 Tensor = torch.Tensor
 
@@ -36,22 +37,39 @@ def prior(
     generator: Generators = None,
     t: float | Tensor | None = None,
     mean: State | None = None,
+    noise: Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """A sample of the marginal at ``t`` (default ``t_max``) given the data is ``mean`` (or 0).
 
-    ``x_t = alpha(t) mean + sigma(t) z``. For mean-reverting schedules pass the observation as
-    ``mean`` and this returns ``y + sigma(T) z`` (the unshifted prior of SGMSE+).
+    ``x_t = alpha(t) mean + sigma(t) z``. For mean-reverting schedules pass the observation (or
+    any estimate of the clean data, as StoRM does) as ``mean``; this returns ``mean + sigma(t) z``,
+    the unshifted start of SGMSE+ and StoRM (the process mean ``alpha (x0 - y)`` is unknown and
+    left out). ``noise`` is the standard normal ``z`` itself (shape ``shape``), for noise drawn
+    elsewhere (e.g. keyed by position so that chunks of a long signal agree); otherwise ``z``
+    is drawn from ``generator``.
+
+    Example:
+        >>> import torch, pydiff
+        >>> sched = pydiff.MeanRevertingSchedule()
+        >>> y, z = torch.ones(1, 4), torch.zeros(1, 4)
+        >>> pydiff.prior(sched, y.shape, mean=y, noise=z).tolist()  # y + sigma(T) * 0
+        [[1.0, 1.0, 1.0, 1.0]]
     """
     shape = tuple(shape.shape) if torch.is_tensor(shape) else tuple(shape)
-    z = randn(shape, generator, device=device)
+    if noise is None:
+        z = randn(shape, generator, device=device)
+    elif not torch.is_tensor(noise) or tuple(noise.shape) != shape:
+        got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
+        raise ValueError(f"noise must be a tensor of the prior's shape {shape}, got {got}")
+    else:
+        z = noise if device is None else noise.to(device)
     tt = as_time(schedule.t_max if t is None else t, z.device)
-    a, s = per_sample(schedule.alpha(tt), z).float(), per_sample(schedule.sigma(tt), z).float()
+    sigma = schedule.sigma(tt)
     if mean is None:
-        return s * z
-    if schedule.mean_reverting:
-        return mean + s * z  # the process mean at T is ~y (alpha_T (x0 - y) is dropped)
-    return a * mean + s * z
+        return ops.lincomb([z], [sigma])
+    alpha = 1.0 if schedule.mean_reverting else schedule.alpha(tt)
+    return noised(mean, alpha, sigma, z)
 
 
 def sample(

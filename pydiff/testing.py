@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from .denoiser import Denoiser
-from .noise import Generators, randn
+from .noise import Generators, add_noise, randn
 from .schedules import F64, Schedule, as_time
 from .tree import per_sample
 
@@ -76,9 +76,7 @@ class GaussianMixture:
                         generator: Generators = None) -> Tensor:
         """``n`` samples of ``x_t = alpha x0 + sigma eps``."""
         x0 = self.sample(n, generator)
-        tt = as_time(t)
-        z = randn(x0.shape, generator, dtype=F64)
-        return per_sample(schedule.alpha(tt), x0) * x0 + per_sample(schedule.sigma(tt), z) * z
+        return add_noise(schedule, x0, t, randn(x0.shape, generator, dtype=F64))
 
     # -- exact quantities -------------------------------------------------------------------
     def posterior_mean(self, schedule: Schedule, x: Tensor, t: float | Tensor) -> Tensor:

@@ -48,7 +48,7 @@ import pydiff
 from pydiff.pretrained import from_pretrained, save_pretrained
 
 from .audio import CLIP_FRACTION, CLIP_LEVEL, ClippingWarning, check_sample_rate, check_wave
-from .model import make_denoiser
+from .model import ScoreNet, make_denoiser
 from .stft import SAMPLE_RATE, Spectrogram, SpectrogramConfig
 
 Tensor = torch.Tensor
@@ -159,7 +159,7 @@ class SpeechEnhancer:
         if not cfg_file.is_file():
             raise ValueError(f"{str(path)!r} is not a speech enhancer checkpoint: no {CONFIG_NAME}")
         cfg = json.loads(cfg_file.read_text())
-        model = from_pretrained(path / "score")
+        model = _upgrade(from_pretrained(path / "score"))
         predictive = None
         if (path / "predictive").is_dir():
             predictive = from_pretrained(path / "predictive")
@@ -216,9 +216,9 @@ class SpeechEnhancer:
                 raise ValueError("solver='storm' needs a predictive network; this checkpoint has "
                                  "none")
             mean = self.predictive_net(y)
-        sched = self.schedule
-        t_start = sched.t_max if spec.t_start is None else spec.t_start
-        x_start = mean + float(sched.sigma(t_start)) * noise.to(y.dtype)
+        t_start = self.schedule.t_max if spec.t_start is None else spec.t_start
+        x_start = pydiff.prior(self.schedule, y.shape, t=t_start, mean=mean,
+                               noise=noise.to(y.dtype))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + first_frame)
         return pydiff.sample(self.model.bind(y=mean, noisy=y), x_start, solver=core,
                              steps=steps, t_start=t_start, generator=generator,
@@ -358,6 +358,18 @@ class SpeechEnhancer:
     def __repr__(self) -> str:
         return (f"SpeechEnhancer(schedule={self.schedule!r}, "
                 f"storm={'yes' if self.predictive_net is not None else 'no'})")
+
+
+def _upgrade(model: pydiff.Denoiser) -> pydiff.Denoiser:
+    """The Denoiser of a score checkpoint written before the core did the preconditioning.
+
+    Such checkpoints recorded ``precond=None, time_input="t"`` (the ScoreNet then applied EDM's
+    c_in/c_skip/c_out itself); the weights are the same network ``F``, so only the Denoiser
+    around it changes.
+    """
+    if isinstance(model.net, ScoreNet) and model.precond is None:
+        return make_denoiser(model.net)
+    return model
 
 
 # chunk starts land on multiples of this many frames: the UNet downsamples time 3 times, so

@@ -1,8 +1,8 @@
 """Networks of the speech domain: the SGMSE+ score network and StoRM's predictive network.
 
-- :class:`ScoreNet`: a small NCSN++-style :class:`pydiff.nn.UNet2D` on real-view spectrograms
-  that predicts the clean spectrogram ``x0``. It sees the current state ``x`` (unshifted), the
-  process mean ``y`` and the noisy spectrogram ``noisy``. For SGMSE+ the mean is the noisy
+- :class:`ScoreNet`: a small NCSN++-style :class:`pydiff.nn.UNet2D` on real-view spectrograms,
+  the raw network ``F`` of an x0 prediction with EDM preconditioning. Besides the state it sees
+  the process mean ``y`` and the noisy spectrogram ``noisy``. For SGMSE+ the mean is the noisy
   spectrogram itself; for StoRM it is the predictive network's estimate, so one network serves
   both.
 
@@ -10,18 +10,18 @@
   ``s / alpha = (x0 - y) + (sigma / alpha) z``, a variance-exploding process with
   ``sigma~ = sigma / alpha`` from 0.04 (``t_eps``) to 1.2 (``t = 1``) and data ``x0 - y`` of rms
   ~0.07 (compressed, peak-normalized spectrograms; 0.13 under the training's loudness weighting,
-  which the shipped checkpoint uses as ``sigma_data``). The network applies Karras et al.'s
-  (EDM) preconditioning in that coordinate: ``x0 - y = c_skip s / alpha + c_out F(c_in s /
-  alpha, ln(sigma~) / 4 | y, noisy)``, so even an untrained ``F`` gives the linear (Wiener)
-  estimate and ``F``'s target has unit scale at every noise level.
+  which the shipped checkpoint uses as ``sigma_data``). Karras et al.'s (EDM) preconditioning in
+  that coordinate, ``x0 - y = c_skip s / alpha + c_out F(c_in s / alpha, ln(sigma~) / 4 | y,
+  noisy)``, makes even an untrained ``F`` give the linear (Wiener) estimate and gives ``F``'s
+  target unit scale at every noise level. The core applies it: :func:`make_denoiser` wraps the
+  network in ``pydiff.Denoiser(precond="edm")``, which preconditions mean-reverting processes
+  in exactly this shifted coordinate.
 
   Why not SGMSE+'s ``-sigma * score`` (eps) output: here the noise never falls far below the
   data, and at ``t = 1`` ``x0 = (x - sigma eps) / alpha`` multiplies eps errors by 1.25. A
-  first checkpoint trained with the eps loss for 12 minutes reached eps MSE ~0.03 at ``t = 1``,
-  an x0 error several times the signal, and every sampler lost 10+ dB SI-SDR. The Denoiser
-  converts the x0 output to eps and to the score for the solvers (the PC corrector uses
-  ``(alpha x0 - x) / sigma^2``). ``pydiff.Denoiser(precond="edm")`` is not used because it
-  applies the skip to the unshifted ``x`` (see docs/speech.md).
+  first checkpoint trained with the eps loss reached an x0 error several times the signal, and
+  every sampler lost SI-SDR (docs/speech.md). The Denoiser converts the x0 output to eps and to
+  the score for the solvers (the PC corrector uses ``(alpha x0 - x) / sigma^2``).
 - :class:`PredictiveNet`: a UNet2D that maps the noisy spectrogram to a clean estimate (a
   residual correction), trained with MSE; StoRM starts its short diffusion from it.
 - :func:`make_denoiser`: the :class:`pydiff.Denoiser` that solvers and losses use.
@@ -67,13 +67,14 @@ def _unet(in_channels: int, cond_channels: int, base_channels: int,
 
 
 class ScoreNet(nn.Module):
-    """x0-predicting UNet2D with EDM preconditioning in the shifted coordinate (module docs).
+    """The raw network ``F`` of the speech Denoiser (EDM preconditioning by the core; module docs).
 
-    ``forward(x, t, y, noisy=None)``: spectrogram tensors ``[B, 2, F, T]`` and the continuous
-    time ``t`` (``[B]``; the Denoiser's ``time_input="t"``); ``noisy`` defaults to ``y``
-    (SGMSE+). ``schedule`` is the config of the diffusion schedule (default SGMSE+'s);
-    ``sigma_data`` the rms of ``x0 - y``; ``cond_scale`` scales ``y`` and ``noisy`` to about
-    unit rms. ``config`` holds the constructor kwargs.
+    ``forward(x, t, y, noisy=None) -> F``: the preconditioned shifted state ``x = c_in (x - y) /
+    alpha`` and the other spectrograms ``[B, 2, F, T]``, and EDM's noise input ``t =
+    ln(sigma~) / 4`` (``[B]``), as ``pydiff.Denoiser(precond="edm")`` calls it; ``noisy``
+    defaults to ``y`` (SGMSE+). ``schedule`` is the config of the diffusion schedule (default
+    SGMSE+'s); ``sigma_data`` the rms of ``x0 - y``; ``cond_scale`` scales ``y`` and ``noisy``
+    to about unit rms. ``config`` holds the constructor kwargs.
     """
 
     def __init__(self, base_channels: int = 12, channel_mult: Sequence[int] = (1, 2, 2, 2),
@@ -100,18 +101,8 @@ class ScoreNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, noisy: Tensor | None = None) -> Tensor:
         noisy = y if noisy is None else noisy
-        t64 = t.reshape(-1).to(torch.float64)
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        sig, sd = sigma / alpha, self.sigma_data  # noise level of the VE coordinate s / alpha
-        norm = torch.sqrt(sig**2 + sd**2)
-
-        def per_sample(c: Tensor) -> Tensor:
-            return c.to(x.dtype).reshape(-1, 1, 1, 1)
-
-        s = (x - y) / per_sample(alpha)
         cond = torch.cat([y, noisy], dim=1) * self.cond_scale
-        out = self.unet(s * per_sample(1 / norm), (torch.log(sig) / 4).to(x.dtype), cond=cond)
-        return y + per_sample(sd**2 / norm**2) * s + per_sample(sig * sd / norm) * out
+        return self.unet(x, t.to(x.dtype), cond=cond)
 
 
 class PredictiveNet(nn.Module):
@@ -137,11 +128,11 @@ class PredictiveNet(nn.Module):
 
 
 def make_denoiser(net: ScoreNet) -> Denoiser:
-    """The Denoiser of a :class:`ScoreNet`: x0 prediction, continuous time input.
+    """The Denoiser of a :class:`ScoreNet`: x0 prediction with EDM preconditioning.
 
     The schedule is the network's (default :func:`pydiff.domains.speech.stft.sgmse_schedule`,
-    SGMSE+'s OUVE in real-view units). Pass ``y`` (the process mean) and ``noisy`` as
-    conditioning.
+    SGMSE+'s OUVE in real-view units), ``sigma_data`` the network's. Pass ``y`` (the process
+    mean) and ``noisy`` as conditioning.
     """
-    return Denoiser(net, net.schedule, prediction="x0", time_input="t",
+    return Denoiser(net, net.schedule, prediction="x0", precond="edm", time_input="log_sigma",
                     sigma_data=net.sigma_data)

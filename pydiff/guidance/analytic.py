@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..denoiser import Denoiser
-from ..noise import Generators, randn
+from ..noise import Generators, add_noise, randn
 from ..schedules import F64, Schedule, as_time
 
 Tensor = torch.Tensor
@@ -86,10 +86,8 @@ class Gaussian:
     def marginal_sample(self, schedule: Schedule, t: float | Tensor, n: int,
                         generator: Generators = None) -> Tensor:
         """``n`` samples of ``x_t = alpha x0 + sigma eps``."""
-        tt = as_time(t)
         x0 = self.sample(n, generator)
-        z = randn((n, self.dim), generator, dtype=F64)
-        return schedule.alpha(tt).reshape(-1, 1) * x0 + schedule.sigma(tt).reshape(-1, 1) * z
+        return add_noise(schedule, x0, t, randn((n, self.dim), generator, dtype=F64))
 
     def denoiser(self, schedule: Schedule) -> Denoiser:
         """The exact denoiser as a :class:`pydiff.Denoiser` (eps output, raw time input)."""

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..denoiser import Denoiser
-from ..noise import randn_like
+from ..noise import add_noise, randn_like
 from ..schedules import Schedule, as_time
 from ..tree import State, batch_size, leaves, per_sample, tree_map
 from .time_samplers import TimeSampler, default_time_sampler, get_time_sampler
@@ -168,9 +168,7 @@ def diffusion_loss(
                                                  device=gdev))
         gamma = gamma.to(ref.device)
         seen = tree_map(lambda z, e: z + per_sample(gamma, e).to(e.dtype) * e, noise, extra)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    x_t = tree_map(lambda u, z: per_sample(alpha, u).to(u.dtype) * u
-                   + per_sample(sigma, z).to(z.dtype) * z, x0, seen)
+    x_t = add_noise(schedule, x0, t, seen)
     x0_hat, eps_hat = denoiser.predict(x_t, t, **cond)
     pred = targets(schedule, x0_hat, eps_hat, t, target)
     true = targets(schedule, x0, noise, t, target)
