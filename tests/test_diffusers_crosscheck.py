@@ -266,3 +266,80 @@ def test_unipc_noise_prediction(order):
     solver = pydiff.solvers.get_solver("unipc", order=order, variant="bh1", predict_x0=False)
     ours = run_pydiff(vp_model(s), x, solver, index_grid(s, sched.timesteps))
     check(ours, theirs)
+
+
+def test_pndm_prk():
+    # PNDM proper: three pseudo Runge-Kutta steps (stages at the half index), then PLMS
+    sched = diffusers.PNDMScheduler(num_train_timesteps=N_TRAIN, skip_prk_steps=False,
+                                    set_alpha_to_one=True, steps_offset=0, **BETAS)
+    sched.set_timesteps(20)
+    x = start_sample()
+    theirs = run_diffusers(sched, x, sched.timesteps)
+    s = discrete_schedule(sched)
+    # the PRK timesteps are the grid and its midpoints; every fourth output ends a step
+    grid = [sched.prk_timesteps[0]] + list(sched.prk_timesteps[3::4]) + list(
+        sched.plms_timesteps[1:])
+    ours = run_pydiff(vp_model(s), x, pydiff.solvers.get_solver("plms", warmup="prk"),
+                      index_grid(s, grid))
+    check(ours, theirs[3:12:4] + theirs[12:])
+
+
+@pytest.mark.parametrize("order,steps", [(1, 10), (2, 10), (2, 20), (3, 12), (3, 20)])
+def test_deis(order, steps):
+    sched = diffusers.DEISMultistepScheduler(num_train_timesteps=N_TRAIN, solver_order=order,
+                                             lower_order_final=True, **BETAS)
+    sched.set_timesteps(steps)
+    x = start_sample()
+    theirs = run_diffusers(sched, x, sched.timesteps)
+    s = discrete_schedule(sched)
+    # diffusers' DEIS ends at the table's first entry (index 0), not at alpha = 1
+    grid = index_grid(s, list(sched.timesteps) + [0], final_zero=False)
+    ours = run_pydiff(vp_model(s), x, pydiff.solvers.get_solver("deis", order=order), grid)
+    check(ours, theirs)
+
+
+def test_lms():
+    sched = diffusers.LMSDiscreteScheduler(num_train_timesteps=N_TRAIN, **BETAS)
+    sched.set_timesteps(20)
+    x = start_sample() * sched.init_noise_sigma
+    theirs = run_diffusers(sched, x, sched.timesteps)
+    model, grid = edm_setup(sched)
+    ours = run_pydiff(model, x, pydiff.solvers.get_solver("lms"), grid)
+    check(ours, theirs)
+
+
+def sigma_model(sched):
+    """A Denoiser on an EDMSchedule whose network sees diffusers' continuous timestep: KDPM2
+    evaluates between table entries, at the timestep its ``_sigma_to_t`` interpolates."""
+    log_sigmas = sched.log_sigmas.double()
+    sigmas = sched.sigmas.double()
+    schedule = pydiff.EDMSchedule(sigma_min=float(sigmas[sigmas > 0].min()),
+                                  sigma_max=float(sigmas.max()) + 1)
+
+    def net(x_ve, sigma):
+        # diffusers' _sigma_to_t: linear interpolation of the table index in log sigma
+        ls = torch.log(sigma.double())
+        idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        k = (idx - 1) + (ls - lo) / (hi - lo)
+        s = sigma.to(torch.float32).reshape(-1, *([1] * (x_ve.dim() - 1)))
+        return eps_fn(x_ve / ((s**2 + 1) ** 0.5), k)
+
+    model = pydiff.Denoiser(net, schedule, prediction="eps", time_input="t")
+    grid = pydiff.timesteps(schedule, 1, "custom", values=_unique(sigmas).tolist())
+    return model, grid
+
+
+@pytest.mark.parametrize("name,cls", [("dpm2", "KDPM2DiscreteScheduler"),
+                                      ("dpm2_ancestral", "KDPM2AncestralDiscreteScheduler")])
+def test_kdpm2(name, cls):
+    sched = getattr(diffusers, cls)(num_train_timesteps=N_TRAIN, **BETAS)
+    sched.set_timesteps(12)
+    x = start_sample() * sched.init_noise_sigma
+    stochastic = name == "dpm2_ancestral"
+    theirs = run_diffusers(sched, x, sched.timesteps, stochastic=stochastic)
+    model, grid = sigma_model(sched)
+    ours = run_pydiff(model, x, pydiff.solvers.get_solver(name), grid, stochastic=stochastic)
+    # diffusers returns after each stage: a step ends after every second one, the last (to
+    # sigma = 0, an Euler step) after one
+    check(ours, theirs[1::2] + theirs[-1:])

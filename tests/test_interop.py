@@ -275,3 +275,35 @@ def test_cross_attention_unet_conditioning_under_cfg():
         torch.testing.assert_close(eps, e_u + 7.5 * (e_c - e_u), atol=1e-5, rtol=1e-5)
         out = pydiff.sample(cfg, x, spec.solver(), grid=spec.grid(3))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("config,name,options", [
+    ({"_class_name": "LMSDiscreteScheduler"}, "lms", {}),
+    ({"_class_name": "KDPM2DiscreteScheduler"}, "dpm2", {"eta": 0.0}),
+    ({"_class_name": "KDPM2AncestralDiscreteScheduler"}, "dpm2_ancestral", {"eta": 1.0}),
+    ({"_class_name": "DEISMultistepScheduler", "solver_order": 3}, "deis", {"order": 3}),
+    ({"_class_name": "PNDMScheduler"}, "plms", {"warmup": "prk"}),
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "plms", {"warmup": "pseudo_heun"}),
+])
+def test_every_mapped_solver_exists(config, name, options):
+    solver = from_diffusers_config(config).solver()
+    assert solver.name == name
+    for key, value in options.items():
+        assert getattr(solver, key) == value, key
+
+
+def test_pndm_with_runge_kutta_warmup_reproduces_the_diffusers_loop():
+    # SD 1.5's PNDM config with the Runge-Kutta warm-up diffusers defaults to
+    cfg = {**_load("sd15_pndm.json"), "skip_prk_steps": False}
+    unet, x_T, steps = _unet(), _x_T(), 10
+    sch = diffusers.PNDMScheduler.from_config(cfg)
+    sch.set_timesteps(steps)
+    ref = x_T.clone()
+    with torch.no_grad():
+        for t in sch.timesteps:
+            ref = sch.step(unet(ref, t).sample, t, ref).prev_sample
+        spec = from_diffusers_config(cfg)
+        out = pydiff.sample(spec.denoiser(DiffusersNet(unet)), x_T, spec.solver(),
+                            grid=spec.grid(steps))
+    assert out.abs().max() > 1e-3
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)

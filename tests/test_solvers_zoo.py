@@ -41,6 +41,16 @@ ORDER_CASES = [
     ("plms", {}, VP, {}, (20, 40, 80), 2),
     ("plms", {}, EDM5, {}, (20, 40, 80), 4),
     ("plms", {"variable_step": True}, VP, {}, (40, 80, 160), 4),
+    ("plms", {"warmup": "prk"}, EDM5, {}, (20, 40, 80), 4),
+    ("plms", {"warmup": "prk", "variable_step": True}, VP, {}, (80, 160, 320), 4),
+    # LMS and DEIS start with an Euler step: order 2 at most, whatever their order
+    ("lms", {"order": 2}, VP, {}, (40, 80, 160), 2),
+    ("lms", {}, EDM5, {}, (80, 160, 320), 2),
+    ("deis", {"order": 1}, VP, {}, (20, 40, 80), 1),
+    ("deis", {}, VP, {}, (20, 40, 80), 2),
+    ("deis", {"order": 3}, EDM5, {}, (40, 80, 160), 2),
+    ("dpm2", {}, VP, {}, (20, 40, 80), 2),
+    ("dpm2", {}, EDM5, {}, (20, 40, 80), 2),
     ("heavy_ball", {"order": 2, "beta": 0.8}, VP, {}, (20, 40, 80), 1),
     ("ghvb", {"order": 2, "beta": 0.5}, EDM5, {}, (80, 160, 320), 2),
     ("ghvb", {"order": 1, "beta": 0.5}, EDM5, {}, (20, 40, 80), 1),
@@ -75,6 +85,15 @@ def test_variable_step_weights_reduce_to_adams_bashforth_on_equal_steps():
         assert got == pytest.approx(list(ADAMS_BASHFORTH[k]), abs=1e-12)
 
 
+def test_higher_order_multistep_weights_pay_off_after_the_start():
+    # the Euler start caps the global order at 2, but the interior steps of a higher order
+    # must still be far more accurate (the weights integrate the interpolant exactly)
+    for name, low, high in (("lms", 2, 4), ("deis", 2, 3)):
+        e_low, _ = flow_error(name, VP, 40, order=low)
+        e_high, _ = flow_error(name, VP, 40, order=high)
+        assert e_high < e_low / 5, (name, e_low, e_high)
+
+
 def test_errors_shrink_with_order_at_equal_nfe():
     # a sanity ranking at 20 NFE: third-order singlestep (60 NFE would be unfair) vs Euler
     e_euler, _ = flow_error("ddim", VP, 24)
@@ -92,6 +111,8 @@ MOMENT_CASES = [
     ("ddim", {"eta": 0.5}, VP, 100, "eps"),
     ("euler_ancestral", {}, VP, 200, "eps"),
     ("euler_ancestral", {"noise": "brownian"}, VP, 100, "eps"),
+    ("dpm2_ancestral", {}, VP, 100, "eps"),
+    ("dpm2_ancestral", {"eta": 0.5, "noise": "brownian"}, VP, 60, "v"),
     ("euler_maruyama", {}, VP, 200, "eps"),
     ("dpmpp_2m_sde", {}, VP, 40, "eps"),
     ("dpmpp_2m_sde", {"eta": 0.5, "noise": "brownian"}, VP, 40, "v"),
@@ -303,7 +324,10 @@ def test_bad_options_name_the_argument():
                              ("mr_sampler", {"form": "pde"}, "form"),
                              ("ghvb", {"beta": 0.0}, "beta"),
                              ("dpmpp_2m_sde", {"noise": "pink"}, "noise"),
-                             ("heun", {"S_churn": -1.0}, "S_churn")]:
+                             ("heun", {"S_churn": -1.0}, "S_churn"),
+                             ("deis", {"order": 4}, "order"), ("lms", {"order": 5}, "order"),
+                             ("plms", {"warmup": "rk45"}, "warmup"),
+                             ("dpm2_ancestral", {"eta": -1.0}, "eta")]:
         with pytest.raises(ValueError, match=word):
             get_solver(name, **opts)
 

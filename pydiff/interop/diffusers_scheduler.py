@@ -17,8 +17,10 @@
   ``lambda_min_clipped``, flow ``shift`` and dynamic shifting with ``mu``);
 - ``solver()``: the pydiff solver of the scheduler's algorithm (``DDIMScheduler -> "ddim"``,
   ``DPMSolverMultistepScheduler`` with ``dpmsolver++``/order 2 ``-> "dpmpp_2m"``,
-  ``PNDMScheduler -> "plms"``, ``UniPCMultistepScheduler -> "unipc"``, ...). A mapped
-  solver pydiff does not provide (yet) raises a ValueError naming it and the available ones;
+  ``PNDMScheduler -> "plms"`` (``warmup="prk"`` unless ``skip_prk_steps``),
+  ``UniPCMultistepScheduler -> "unipc"``, ``LMSDiscreteScheduler -> "lms"``,
+  ``KDPM2DiscreteScheduler -> "dpm2"``, ``DEISMultistepScheduler -> "deis"``, ...). A mapped
+  solver pydiff does not provide raises a ValueError naming it and the available ones;
   ``solver("ddim")`` overrides the choice;
 - ``denoiser(net)``: the Denoiser, wrapped in :class:`pydiff.guidance.ClipX0` for
   ``clip_sample`` and :class:`pydiff.guidance.DynamicThresholding` for ``thresholding``;
@@ -26,7 +28,10 @@
 
 Known differences: diffusers passes rounded integer timesteps to the network for Karras grids of
 DPM-Solver while pydiff passes the exact continuous index; DDIM with linspace/trailing spacing
-steps to ``t - N // steps`` in diffusers (not the next grid time), pydiff steps along the grid.
+steps to ``t - N // steps`` in diffusers (not the next grid time), pydiff steps along the grid;
+likewise PNDM's Runge-Kutta stages (``skip_prk_steps=False``) sit at ``t - N // steps // 2`` in
+diffusers, the middle of the step only for ``leading`` spacing with an even ``N // steps``, and
+always at the middle in pydiff.
 
 Example:
     >>> from pydiff.interop import from_diffusers_config
@@ -350,9 +355,6 @@ def _check_options(cls: str, c: dict[str, Any]) -> None:
     if c.get("interpolation_type", "linear") != "linear":
         raise ValueError(f"{cls}: interpolation_type={c['interpolation_type']!r} is not "
                          "supported (only 'linear')")
-    if cls == "PNDMScheduler" and not c["skip_prk_steps"]:
-        raise ValueError("PNDMScheduler with skip_prk_steps=False (Runge-Kutta warm-up) is not "
-                         "supported; pydiff's PLMS starts with lower-order steps")
 
 
 def _schedule(c: dict[str, Any]) -> DiscreteSchedule:
@@ -517,7 +519,7 @@ def _solver_for(cls: str, c: dict[str, Any]) -> tuple[str, dict[str, Any], str |
     if cls == "DDIMScheduler":
         return "ddim", {"eta": 0.0}, None
     if cls == "PNDMScheduler":
-        return "plms", {}, None
+        return "plms", ({} if c["skip_prk_steps"] else {"warmup": "prk"}), None
     if cls in _FLOW:
         if c.get("stochastic_sampling"):
             return "flow_euler", {}, "stochastic_sampling=True has no pydiff solver"

@@ -24,11 +24,12 @@ from .dpm import (
     DPMSolverSinglestep,
     MRSampler,
 )
+from .dpm2 import DPM2, DPM2Ancestral
 from .first_order import DDIM, DDPM, Euler, EulerAncestral, EulerMaruyama, Heun
 from .flow import FlowEuler, FlowMidpoint
 from .inversion import BDIA, BDIAInversion, DDIMInversion
 from .langevin import PredictorCorrector
-from .linear_multistep import GHVB, PLMS, HeavyBall
+from .linear_multistep import DEIS, GHVB, LMS, PLMS, HeavyBall
 from .time_shift import TimeShiftDDIM
 from .unipc import UniPC
 
@@ -48,7 +49,8 @@ def register(cls: type[Solver], *aliases: str) -> type[Solver]:
 for _cls in (DDPM, DDIM, Euler, Heun, EulerMaruyama, DPMSolverPP2M, DPMSolverPP3M,
              DPMSolverPP2MSDE, DPMSolverMultistep, DPMSolverSinglestep, MRSampler, EulerAncestral,
              PLMS, HeavyBall, GHVB, UniPC, FlowEuler, FlowMidpoint, MultistepConsistency,
-             PredictorCorrector, TimeShiftDDIM, DDIMInversion, BDIA, BDIAInversion):
+             PredictorCorrector, TimeShiftDDIM, DDIMInversion, BDIA, BDIAInversion, LMS, DEIS,
+             DPM2, DPM2Ancestral):
     register(_cls)
 register(PLMS, "pndm")  # diffusers' name (PNDMScheduler with skip_prk_steps)
 
@@ -79,4 +81,5 @@ __all__ = ["Solver", "SolverState", "Coefficients", "combine", "register", "get_
            "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MSDE", "DPMSolverMultistep",
            "DPMSolverSinglestep", "MRSampler", "EulerAncestral", "PLMS", "HeavyBall", "GHVB",
            "UniPC", "FlowEuler", "FlowMidpoint", "MultistepConsistency", "PredictorCorrector",
-           "TimeShiftDDIM", "DDIMInversion", "BDIA", "BDIAInversion"]
+           "TimeShiftDDIM", "DDIMInversion", "BDIA", "BDIAInversion", "LMS", "DEIS", "DPM2",
+           "DPM2Ancestral"]

@@ -271,6 +271,18 @@ def check_noise(noise: str) -> bool:
     return noise == "brownian"
 
 
+def warmup_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Per-step orders of a multistep solver: ``min(i + 1, order)`` while history builds up and,
+    with ``lower_order_final`` in runs shorter than 15 steps (diffusers' rule), first order on
+    the last step and at most second order on the one before."""
+    orders = [min(i + 1, order) for i in range(steps)]
+    if lower_order_final and steps < 15:
+        orders[-1] = 1
+        if steps > 1:
+            orders[-2] = min(orders[-2], 2)
+    return orders
+
+
 def step_index(table_like: Tensor) -> Tensor:
     """``[N, 1, ...]`` float64 step indices that broadcast against a table."""
     n = table_like.shape[0]

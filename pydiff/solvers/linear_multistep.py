@@ -1,14 +1,20 @@
-"""Linear multistep solvers in noise prediction: PLMS (PNDM) and heavy-ball momentum variants.
+"""Linear multistep solvers in noise prediction: PLMS (PNDM), LMS, DEIS and heavy-ball momentum.
 
-All three integrate ``d(x / alpha) = eps d(sigma / alpha)`` (DDIM's ODE in EDM coordinates) with
+All of them integrate ``d(x / alpha) = eps d(sigma / alpha)`` (DDIM's ODE in EDM coordinates) with
 the transfer ``x_s = (alpha_s / alpha_t) x_t + alpha_s (sigma~_s - sigma~_t) e`` (``sigma~ =
 sigma / alpha``), where ``e`` combines stored noise predictions with fixed Adams-Bashforth
 weights, as PNDM's pseudo linear multistep method does (Liu et al. 2022). The weights assume
 equally spaced steps in the variable that ``eps`` is smooth in; on other grids the scheme stays
 convergent but its order drops to 2 (see docs/solvers.md).
 
-- :class:`PLMS`: PNDM with ``skip_prk_steps`` (diffusers, CompVis): a pseudo-improved-Euler first
-  step (two evaluations; only the first is kept), then Adams-Bashforth 2, 3 and 4.
+- :class:`PLMS`: PNDM (diffusers, CompVis): a pseudo-improved-Euler first step (two evaluations;
+  only the first is kept; ``skip_prk_steps``), or PNDM's three pseudo Runge-Kutta steps, then
+  Adams-Bashforth up to order 4.
+- :class:`LMS`: k-diffusion's ``sample_lms`` (diffusers' ``LMSDiscreteScheduler``): the
+  polynomial through the newest ``order`` outputs in ``sigma~`` integrated exactly over the step
+  (variable-step Adams-Bashforth), started with lower orders.
+- :class:`DEIS`: DEIS' ``logrho`` multistep (Zhang & Chen 2023, diffusers'
+  ``DEISMultistepScheduler``): the polynomial is taken in ``log sigma~`` instead.
 - :class:`HeavyBall`: Polyak's heavy ball on the Adams-Bashforth direction (Wizadwongsa et al.
   2023): ``v <- (1 - beta) v + beta AB_k(eps)``, ``x`` steps along ``v``; first order.
 - :class:`GHVB`: generalized heavy ball: ``v <- (1 - beta) v + beta eps`` and Adams-Bashforth-like
@@ -19,10 +25,12 @@ Momentum solvers update two tensors (``x`` and ``v``): two fused stages per step
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..schedules import Schedule
-from .base import Solver, SolverState, combine
+from .base import Solver, SolverState, combine, warmup_orders
 
 Tensor = torch.Tensor
 
@@ -77,6 +85,35 @@ def variable_step_weights(st: Tensor, order: int) -> list[Tensor]:
     return [c.reshape(n, *st.shape[1:]) for c in cols]
 
 
+def deis_weights(st: Tensor, orders: Sequence[int]) -> list[Tensor]:
+    """DEIS' ``logrho`` weights: the Lagrange basis in ``log st`` integrated in ``st``.
+
+    Step ``i`` of order ``k = orders[i]`` integrates the polynomial in ``u = log st`` through the
+    newest ``k`` nodes over ``[st_i, st_{i+1}]``: ``w_j = int L_j(u) e^u du``. With
+    ``v = u - u_i`` and ``H = u_{i+1} - u_i`` the weights solve ``sum_j w_j v_j^p = st_i J_p``,
+    ``J_p = int_0^H v^p e^v dv = H^p e^H - p J_{p-1}``, ``J_0 = e^H - 1``. A step to ``st = 0``
+    (``H = -inf``) is first order, ``w_0 = -st_i`` (DDIM). Returns ``max(orders)`` columns.
+    """
+    n = st.shape[0] - 1
+    flat = st.reshape(n + 1, -1)
+    u = torch.log(flat)
+    cols = [torch.zeros_like(flat[:-1]) for _ in range(max(orders))]
+    for i, k in enumerate(orders):
+        ratio, h = flat[i + 1] / flat[i], u[i + 1] - u[i]  # e^H, H
+        moments = [torch.expm1(h)]
+        for p in range(1, k):
+            edge = torch.where(ratio == 0, 0.0, h**p * ratio)
+            moments.append(edge - p * moments[-1])
+        v = torch.stack([u[i - j] - u[i] for j in range(k)], -1)  # [M, k]
+        vander = torch.stack([v**p for p in range(k)], -2)  # [M, p, j]
+        w = torch.linalg.solve(vander, torch.stack(moments, -1).unsqueeze(-1)).squeeze(-1)
+        final = (ratio == 0).unsqueeze(-1)
+        w = torch.where(final, -torch.eye(k, dtype=w.dtype, device=w.device)[0], w)
+        for j in range(k):
+            cols[j][i] = flat[i] * w[:, j]
+    return [c.reshape(n, *st.shape[1:]) for c in cols]
+
+
 def _check(order: int, beta: float) -> None:
     if order not in ADAMS_BASHFORTH:
         raise ValueError(f"order must be 1..4, got {order!r}")
@@ -85,23 +122,33 @@ def _check(order: int, beta: float) -> None:
 
 
 class PLMS(Solver):
-    """PNDM / PLMS with ``skip_prk_steps`` (diffusers' ``PNDMScheduler``, CompVis' PLMS).
+    """PNDM / PLMS (diffusers' ``PNDMScheduler``, CompVis' PLMS).
 
     Args:
         variable_step: use Adams-Bashforth weights for the actual grid (in ``sigma / alpha``)
             instead of PNDM's fixed equal-step weights; keeps fourth order on any grid
             (False reproduces diffusers).
+        warmup: how the history is started. ``"pseudo_heun"`` (``skip_prk_steps=True``, CompVis'
+            PLMS): a pseudo-improved-Euler first step (two evaluations; only the first is kept),
+            then Adams-Bashforth 2 and 3. ``"prk"`` (PNDM's pseudo Runge-Kutta, diffusers'
+            ``skip_prk_steps=False``): the first three steps are classical fourth-order
+            Runge-Kutta steps of the same transfer, with stages at the step's midpoint in ``t``
+            (four evaluations each; the first of each is kept), so Adams-Bashforth 4 runs from
+            the fourth step on.
 
     Example:
-        >>> solver = PLMS(variable_step=True)
+        >>> solver = PLMS(warmup="prk")
     """
 
     name = "plms"
     order = 4
     default_spacing = "time"
 
-    def __init__(self, variable_step: bool = False):
+    def __init__(self, variable_step: bool = False, warmup: str = "pseudo_heun"):
+        if warmup not in ("pseudo_heun", "prk"):
+            raise ValueError(f"warmup must be 'pseudo_heun' or 'prk', got {warmup!r}")
         self.variable_step = bool(variable_step)
+        self.warmup = warmup
         self._freeze()
 
     def coefficients(self, schedule: Schedule, grid, alpha, sigma):
@@ -111,16 +158,27 @@ class PLMS(Solver):
             w = variable_step_weights(sigma / alpha, 4)
         else:
             w = _weight_table(lambda i: ADAMS_BASHFORTH[min(i + 1, 4)] if i else (1.0,), n, c_x)
-        return {"x": c_x, **{f"e{k}": c_e * w[k] for k in range(4)}, "half": 0.5 * c_e}
+        out = {"x": c_x, **{f"e{k}": c_e * w[k] for k in range(4)}, "half": 0.5 * c_e}
+        if self.warmup == "prk":
+            t_mid = (grid[:-1] + grid[1:]) / 2
+            a_m, s_m = schedule.alpha(t_mid), schedule.sigma(t_mid)
+            a_t, st_t = alpha[:-1], sigma[:-1] / alpha[:-1]
+            out.update(t_mid=t_mid, mid_x=a_m / a_t, mid_e=a_m * (s_m / a_m - st_t), rk_e=c_e,
+                       rk_e6=c_e / 6, rk_e3=c_e / 3)
+        return out
 
     def step_flags(self, schedule, grid, sigma):
         n = sigma.shape[0] - 1
+        if self.warmup == "prk":
+            return {"pseudo_heun": (False,) * n, "prk": tuple(i < 3 for i in range(n))}
         first_has_next = bool((sigma[1] > 0).all())
-        return {"pseudo_heun": (first_has_next,) + (False,) * (n - 1)}
+        return {"pseudo_heun": (first_has_next,) + (False,) * (n - 1), "prk": (False,) * n}
 
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
         e = self.predict(model, state)[1]
+        if state.flags["prk"][state.i]:
+            return self._runge_kutta(state, model, e)
         if state.flags["pseudo_heun"][state.i]:
             x_pred = combine([state.x, e], [c["x"], c["e0"]])
             e_next = self.predict(model, state, x_pred, state.i + 1)[1]
@@ -130,6 +188,85 @@ class PLMS(Solver):
         terms = [state.x, *hist]
         coeffs = [c["x"], *(c[f"e{k}"] for k in range(len(hist)))]
         return self.advance(state, combine(terms, coeffs), history=hist[:3])
+
+    def _runge_kutta(self, state: SolverState, model, e1) -> SolverState:
+        # RK4 on the transfer: two half-step stages, one full-step stage, weights 1/6, 1/3, 1/3, 1/6
+        c, x = state.coef, state.x
+        e2 = self.predict(model, state, combine([x, e1], [c["mid_x"], c["mid_e"]]), c["t_mid"])[1]
+        e3 = self.predict(model, state, combine([x, e2], [c["mid_x"], c["mid_e"]]), c["t_mid"])[1]
+        e4 = self.predict(model, state, combine([x, e3], [c["x"], c["rk_e"]]), state.i + 1)[1]
+        x = combine([x, e1, e2, e3, e4], [c["x"], c["rk_e6"], c["rk_e3"], c["rk_e3"], c["rk_e6"]])
+        return self.advance(state, x, history=(e1, *state.history)[:3], nfe=4)
+
+
+class LMS(Solver):
+    """Linear multistep in ``sigma~`` (k-diffusion's ``sample_lms``, diffusers'
+    ``LMSDiscreteScheduler``): Adams-Bashforth weights for the actual grid, of order
+    ``min(i + 1, order)`` at step ``i`` (one evaluation per step, no warm-up stages).
+
+    Args:
+        order: 1..4 (diffusers' and k-diffusion's default 4).
+
+    Example:
+        >>> solver = LMS(order=4)
+    """
+
+    name = "lms"
+    order = 4
+    default_spacing = "karras"
+
+    def __init__(self, order: int = 4):
+        _check(order, 1.0)
+        self.order = int(order)  # type: ignore[misc]
+        self._freeze()
+
+    def coefficients(self, schedule: Schedule, grid, alpha, sigma):
+        c_x, c_e = _transfer(alpha, sigma)
+        w = variable_step_weights(sigma / alpha, self.order)
+        return {"x": c_x, **{f"e{k}": c_e * w[k] for k in range(self.order)}}
+
+    def step(self, state: SolverState, model) -> SolverState:
+        c = state.coef
+        hist = (self.predict(model, state)[1], *state.history)[: self.order]
+        x = combine([state.x, *hist], [c["x"], *(c[f"e{k}"] for k in range(len(hist)))])
+        return self.advance(state, x, history=hist[: self.order - 1])
+
+
+class DEIS(LMS):
+    """DEIS multistep, ``logrho`` variant (Zhang & Chen 2023, diffusers' DEISMultistepScheduler).
+
+    Noise predictions are interpolated by a polynomial in ``log sigma~`` through the newest
+    ``order`` outputs and integrated exactly in ``sigma~`` (see :func:`deis_weights`); the step is
+    LMS's with these weights. Order
+    ``min(i + 1, order)`` at step ``i``; ``lower_order_final`` as in diffusers (first order on the
+    last step and at most second on the one before, in runs shorter than 15 steps); a step to
+    ``sigma = 0`` is first order (DDIM).
+
+    Args:
+        order: 1, 2 or 3 (diffusers' ``solver_order``; default 2).
+        lower_order_final: see above.
+
+    Example:
+        >>> solver = DEIS(order=3)
+    """
+
+    name = "deis"
+    order = 2
+    default_spacing = "logsnr"
+
+    def __init__(self, order: int = 2, lower_order_final: bool = True):
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        self.order = int(order)  # type: ignore[misc]
+        self.lower_order_final = bool(lower_order_final)
+        self._freeze()
+
+    def coefficients(self, schedule: Schedule, grid, alpha, sigma):
+        c_x, c_e = _transfer(alpha, sigma)
+        a_s = alpha[1:]
+        orders = warmup_orders(sigma.shape[0] - 1, self.order, self.lower_order_final)
+        w = deis_weights(sigma / alpha, orders)
+        return {"x": c_x, **{f"e{k}": a_s * w[k] for k in range(len(w))}}
 
 
 class HeavyBall(Solver):
