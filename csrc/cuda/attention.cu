@@ -15,9 +15,10 @@
 // (BENCHMARKS.md, "Kernels on a GPU").
 //
 // Linear attention forward: [K^T V | K^T 1] is a split-L reduction kernel (float32 or float64
-// accumulators, read in the input dtype, no converted copies), Q [K^T V | K^T 1] one cuBLAS GEMM
-// in the input dtype with the denominator as an extra column, and the normalization one
-// elementwise kernel. The backward is GEMMs plus one fused elementwise kernel.
+// accumulators, read in the input dtype, no converted copies) plus a kernel that sums the
+// chunks, Q [K^T V | K^T 1] one cuBLAS GEMM in the input dtype with the denominator as an extra
+// column, and the normalization one elementwise kernel. The backward is GEMMs in the input
+// dtype plus one fused elementwise kernel.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -353,17 +354,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
 }
 
 // ---- linear attention ----------------------------------------------------------------------
+//
+// The forward and backward work with the key MEAN [K^T V | K^T 1] / Lk rather than the sum: the
+// normalization is invariant to scaling numerator and denominator alike (with eps / Lk), and
+// in float16 the sum over thousands of keys overflows once multiplied by q.
+
+// Four consecutive accumulators from shared memory in one (float) or two (double) 16-byte loads.
+__device__ __forceinline__ void load4(const float* p, float (&r)[4]) {
+  const float4 x = *reinterpret_cast<const float4*>(p);
+  r[0] = x.x, r[1] = x.y, r[2] = x.z, r[3] = x.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&r)[4]) {
+  const double2 x = *reinterpret_cast<const double2*>(p);
+  const double2 y = *reinterpret_cast<const double2*>(p + 2);
+  r[0] = x.x, r[1] = x.y, r[2] = y.x, r[3] = y.y;
+}
 
 // Partial sums of K^T V and K^T 1 over one chunk of key rows, for a 64 x 64 tile of [D, Dv]:
 // part_kv[chunk, bh, d, e] = sum_r k[r, d] v[r, e] and part_ks[chunk, bh, d] = sum_r k[r, d].
 // A split over L, since one (batch, head) has only D x Dv outputs but L rows to reduce; the
 // chunks are summed afterwards (deterministically, no atomics). Rows are staged in shared
-// memory in the accumulation type; each of the 256 threads owns a 4 x 4 block of the tile.
+// memory in the accumulation type, the next tile's rows fetched into registers while the
+// current one is used; each of the 256 threads owns a 4 x 4 block of the tile.
 constexpr int kKvTile = 64;
 constexpr int kKvRows = 32;
+constexpr int kKvThreads = 256;
+constexpr int kKvPerThread = kKvRows * kKvTile / kKvThreads;
+
+// This thread's share of the next staged tile (rows r0 .. r0 + kKvRows) into registers, in the
+// input type: converted only when stored to shared memory, so the loads stay in flight.
+template <typename T>
+__device__ __forceinline__ void kv_fetch(const T* __restrict__ kb, const T* __restrict__ vb,
+                                         T (&kr)[kKvPerThread], T (&vr)[kKvPerThread],
+                                         int64_t r0, int64_t r_end, int64_t D, int64_t Dv,
+                                         int64_t d0, int64_t e0) {
+#pragma unroll
+  for (int i = 0; i < kKvPerThread; ++i) {
+    const int x = threadIdx.x + i * kKvThreads;
+    const int64_t r = r0 + x / kKvTile;
+    const int c = x % kKvTile;
+    kr[i] = (r < r_end && d0 + c < D) ? kb[r * D + d0 + c] : T(0);
+    vr[i] = (r < r_end && e0 + c < Dv) ? vb[r * Dv + e0 + c] : T(0);
+  }
+}
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kKvThreads)
     linear_kv_kernel(const T* __restrict__ k, const T* __restrict__ v, A* __restrict__ part_kv,
                      A* __restrict__ part_ks, int64_t L, int64_t D, int64_t Dv,
                      int64_t rows_per_chunk, int tiles_v) {
@@ -385,24 +421,25 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
   }
+  T kr[kKvPerThread], vr[kKvPerThread];
+  if (r_begin < r_end) kv_fetch(kb, vb, kr, vr, r_begin, r_end, D, Dv, d0, e0);
   for (int64_t r0 = r_begin; r0 < r_end; r0 += kKvRows) {
     __syncthreads();
-    for (int x = threadIdx.x; x < kKvRows * kKvTile; x += blockDim.x) {
-      const int rr = x / kKvTile, c = x % kKvTile;
-      const int64_t r = r0 + rr;
-      const bool row = r < r_end;
-      ks[rr][c] = (row && d0 + c < D) ? static_cast<A>(kb[r * D + d0 + c]) : A(0);
-      vs[rr][c] = (row && e0 + c < Dv) ? static_cast<A>(vb[r * Dv + e0 + c]) : A(0);
+#pragma unroll
+    for (int i = 0; i < kKvPerThread; ++i) {
+      const int x = threadIdx.x + i * kKvThreads;
+      ks[x / kKvTile][x % kKvTile] = static_cast<A>(kr[i]);
+      vs[x / kKvTile][x % kKvTile] = static_cast<A>(vr[i]);
     }
     __syncthreads();
+    if (r0 + kKvRows < r_end) {  // in flight during the products below
+      kv_fetch(kb, vb, kr, vr, r0 + kKvRows, r_end, D, Dv, d0, e0);
+    }
 #pragma unroll 8
     for (int rr = 0; rr < kKvRows; ++rr) {
       A a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        a[i] = ks[rr][ty * 4 + i];
-        b[i] = vs[rr][tx * 4 + i];
-      }
+      load4(&ks[rr][ty * 4], a);
+      load4(&vs[rr][tx * 4], b);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -428,44 +465,75 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// [K^T V | K^T 1 | 0 ...] per (batch, head) in the accumulation dtype, width padded to a
-// multiple of 8 so that the GEMM against it has aligned rows: [B, H, D, pad8(Dv + 1)].
-at::Tensor linear_kv(const at::Tensor& k, const at::Tensor& v, at::ScalarType acc) {
+// kv[bh, d, :] = [sum_c part_kv[c, bh, d, :] | sum_c part_ks[c, bh, d] | 0 ...] * scale, in the
+// output type O, rows of width W.
+template <typename A, typename O>
+__global__ void linear_kv_finalize_kernel(const A* __restrict__ part_kv,
+                                          const A* __restrict__ part_ks, O* __restrict__ kv,
+                                          int64_t chunks, int64_t rows, int64_t Dv, int64_t W,
+                                          A scale) {
+  const int64_t n = rows * W;
+  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < n;
+       x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = x / W, e = x % W;
+    A s = A(0);
+    if (e < Dv) {
+      for (int64_t c = 0; c < chunks; ++c) s += part_kv[(c * rows + row) * Dv + e];
+    } else if (e == Dv) {
+      for (int64_t c = 0; c < chunks; ++c) s += part_ks[c * rows + row];
+    }
+    kv[x] = static_cast<O>(s * scale);
+  }
+}
+
+int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + 255) / 256, 65535)); }
+
+// [K^T V | K^T 1 | 0 ...] / Lk per (batch, head), accumulated in `acc`, returned in `out_dtype`
+// as [B, H, D, W] with W = Dv + 1 padded to a multiple of 8 (aligned rows for the GEMMs).
+at::Tensor linear_kv_mean(const at::Tensor& k, const at::Tensor& v, at::ScalarType acc,
+                          at::ScalarType out_dtype) {
   const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
-  const int64_t BH = B * H, width = (Dv + 1 + 7) / 8 * 8;
-  at::Tensor kv = at::zeros({B, H, D, width}, k.options().dtype(acc));
-  if (BH == 0 || D == 0 || L == 0) return kv;
+  const int64_t BH = B * H, W = (Dv + 1 + 7) / 8 * 8;
+  if (BH == 0 || D == 0 || L == 0) return at::zeros({B, H, D, W}, k.options().dtype(out_dtype));
   const at::Tensor kc = k.contiguous(), vc = v.contiguous();
   const int tiles_d = static_cast<int>((D + kKvTile - 1) / kKvTile);
   const int tiles_v = static_cast<int>((Dv + kKvTile - 1) / kKvTile);
+  TORCH_CHECK(BH <= 65535 && tiles_d * tiles_v <= 65535,
+              "pydiff::linear_attention (CUDA): batch * heads must be at most 65535, got ", BH);
   // enough chunks for about four blocks per multiprocessor, each at least a staged tile of rows
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = std::max<int64_t>(1, (4 * sms + BH * tiles_d * tiles_v - 1) /
-                                                (BH * tiles_d * tiles_v));
+  const int64_t blocks = BH * tiles_d * tiles_v;
+  const int64_t want = std::max<int64_t>(1, (4 * sms + blocks - 1) / blocks);
   int64_t rows = (L + want - 1) / want;
   rows = (rows + kKvRows - 1) / kKvRows * kKvRows;
   const int64_t chunks = (L + rows - 1) / rows;
-  TORCH_CHECK(BH <= 65535 && tiles_d * tiles_v <= 65535,
-              "pydiff::linear_attention (CUDA): batch * heads must be at most 65535, got ", BH);
-  at::Tensor part_kv = at::empty({chunks, B, H, D, Dv}, kv.options());
-  at::Tensor part_ks = at::empty({chunks, B, H, D}, kv.options());
+  const auto opts = k.options().dtype(acc);
+  at::Tensor part_kv = at::empty({chunks, BH, D, Dv}, opts);
+  at::Tensor part_ks = at::empty({chunks, BH, D}, opts);
+  at::Tensor kv = at::empty({B, H, D, W}, k.options().dtype(out_dtype));
+  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k.scalar_type(), "pydiff_linear_kv",
                                   [&] {
     using T = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_kv_acc", [&] {
-      linear_kv_kernel<T, scalar_t>
-          <<<dim3(chunks, tiles_d * tiles_v, BH), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-              kc.data_ptr<T>(), vc.data_ptr<T>(), part_kv.data_ptr<scalar_t>(),
-              part_ks.data_ptr<scalar_t>(), L, D, Dv, rows, tiles_v);
+      using A = scalar_t;
+      linear_kv_kernel<T, A><<<dim3(chunks, tiles_d * tiles_v, BH), kKvThreads, 0, stream>>>(
+          kc.data_ptr<T>(), vc.data_ptr<T>(), part_kv.data_ptr<A>(), part_ks.data_ptr<A>(), L,
+          D, Dv, rows, tiles_v);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype,
+                                      "pydiff_linear_kv_out", [&] {
+        linear_kv_finalize_kernel<A, scalar_t><<<grid_for(BH * D * W), 256, 0, stream>>>(
+            part_kv.data_ptr<A>(), part_ks.data_ptr<A>(), kv.data_ptr<scalar_t>(), chunks,
+            BH * D, Dv, W, static_cast<A>(1.0 / static_cast<double>(L)));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
-  kv.narrow(-1, 0, Dv).copy_(part_kv.sum(0));
-  kv.select(-1, Dv).copy_(part_ks.sum(0));
   return kv;
 }
 
-// out[r, e] = t[r, e] / (t[r, Dv] + eps), t = Q [K^T V | K^T 1 | 0 ...] of row width `ld`,
+// out[r, e] = t[r, e] / (t[r, Dv] + eps), t = Q [K^T V | K^T 1 | 0 ...] / Lk of row width `ld`,
 // computed in the accumulation type A and written in the output's type T.
 template <typename T, typename A>
 __global__ void linear_normalize_kernel(const T* __restrict__ t, T* __restrict__ out,
@@ -479,49 +547,55 @@ __global__ void linear_normalize_kernel(const T* __restrict__ t, T* __restrict__
   }
 }
 
-// dA[r] = [g / den | -(g . num) / den^2], one warp per row
-template <typename T>
+// dA[r] = [g / den | -(g . num) / den^2] (den = t[r, Dv] + eps), one warp per row, computed in
+// A; t and dA have rows of width Dv + 1.
+template <typename T, typename A>
 __global__ void linear_grad_kernel(const T* __restrict__ t, const T* __restrict__ g,
-                                   T* __restrict__ da, int64_t rows, int64_t Dv, T eps) {
+                                   T* __restrict__ da, int64_t rows, int64_t Dv, A eps) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= rows) return;
   const T* tr = t + r * (Dv + 1);
   const T* gr = g + r * Dv;
   T* dr = da + r * (Dv + 1);
-  const T inv = T(1) / (tr[Dv] + eps);
-  T go = T(0);
+  const A inv = A(1) / (static_cast<A>(tr[Dv]) + eps);
+  A go = A(0);
   for (int64_t e = lane; e < Dv; e += kWarp) {
-    go += gr[e] * tr[e];
-    dr[e] = gr[e] * inv;
+    const A ge = static_cast<A>(gr[e]);
+    go += ge * static_cast<A>(tr[e]);
+    dr[e] = static_cast<T>(ge * inv);
   }
   go = warp_sum(go);
-  if (lane == 0) dr[Dv] = -go * inv * inv;
+  if (lane == 0) dr[Dv] = static_cast<T>(-go * inv * inv);
+}
+
+void check_linear(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiff::linear_attention: q, k, v must be [B, H, L, D]");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "pydiff::linear_attention: q, k, v must share a dtype");
 }
 
 at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  double eps) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-              "pydiff::linear_attention: q, k, v must be [B, H, L, D]");
+  check_linear(q, k, v);
   c10::cuda::CUDAGuard guard(q.device());
   const auto acc = acc_of(q.scalar_type());
   const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
+  const double eps_mean = eps / static_cast<double>(std::max<int64_t>(1, k.size(2)));
   // The GEMM runs in the input dtype (tensor cores for half types, float32 accumulation); the
   // small [D, Dv + 1] factor is rounded to it once.
-  const at::Tensor kv = linear_kv(k, v, acc);
-  const at::Tensor t = at::matmul(q, kv.to(q.scalar_type())).contiguous();
+  const at::Tensor t = at::matmul(q, linear_kv_mean(k, v, acc, q.scalar_type())).contiguous();
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), Dv}, q.options());
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                     "pydiff_linear_attention", [&] {
       using T = scalar_t;
       AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention_acc", [&] {
-        const int blocks =
-            static_cast<int>(std::min<int64_t>((out.numel() + 255) / 256, 65535));
         linear_normalize_kernel<T, scalar_t>
-            <<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+            <<<grid_for(out.numel()), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
                 t.data_ptr<T>(), out.data_ptr<T>(), rows, Dv, t.size(-1),
-                static_cast<scalar_t>(eps));
+                static_cast<scalar_t>(eps_mean));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -529,33 +603,41 @@ at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   return out;
 }
 
+// Backward in the input dtype (GEMMs on tensor cores for half types, as eager autograd runs
+// them), with the elementwise part in the accumulation type.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     double eps) {
+  check_linear(q, k, v);
   c10::cuda::CUDAGuard guard(q.device());
   const auto acc = acc_of(q.scalar_type());
-  const at::Tensor qc = q.to(acc), kc = k.to(acc), vc = v.to(acc);
-  const at::Tensor g = grad_out.to(acc).contiguous();
-  const at::Tensor kva = linear_kv(k, v, acc).narrow(-1, 0, v.size(3) + 1);
-  const at::Tensor t = at::matmul(qc, kva).contiguous();
   const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
+  const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(1, k.size(2)));
+  const at::Tensor kva = linear_kv_mean(k, v, acc, q.scalar_type()).narrow(-1, 0, Dv + 1);
+  const at::Tensor t = at::matmul(q, kva).contiguous();  // [B, H, Lq, Dv + 1]
+  const at::Tensor g = grad_out.to(q.scalar_type()).contiguous();
   at::Tensor da = at::empty_like(t);
   if (rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention_bwd", [&] {
-      const int64_t threads = rows * kWarp;
-      const int blocks = static_cast<int>((threads + 255) / 256);
-      linear_grad_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-          t.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), da.data_ptr<scalar_t>(), rows, Dv,
-          static_cast<scalar_t>(eps));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
+                                    "pydiff_linear_attention_bwd", [&] {
+      using T = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES(acc, "pydiff_linear_attention_bwd_acc", [&] {
+        linear_grad_kernel<T, scalar_t>
+            <<<static_cast<int>((rows * kWarp + 255) / 256), 256, 0,
+               at::cuda::getCurrentCUDAStream()>>>(t.data_ptr<T>(), g.data_ptr<T>(),
+                                                    da.data_ptr<T>(), rows, Dv,
+                                                    static_cast<scalar_t>(eps * inv_n));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
   const at::Tensor dq = at::matmul(da, kva.transpose(-1, -2));
-  const at::Tensor dkva = at::matmul(qc.transpose(-1, -2), da);  // [B, H, D, Dv + 1]
+  // d/d(mean) -> d/d(sum): the small [D, Dv + 1] factor takes the 1 / Lk
+  const at::Tensor dkva = at::matmul(q.transpose(-1, -2), da).mul_(inv_n);
   const at::Tensor dkv = dkva.narrow(-1, 0, Dv), dks = dkva.narrow(-1, Dv, 1);
-  const at::Tensor dk = at::matmul(vc, dkv.transpose(-1, -2)) + dks.transpose(-1, -2);
-  const at::Tensor dv = at::matmul(kc, dkv);
-  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+  const at::Tensor dk = at::matmul(v, dkv.transpose(-1, -2)).add_(dks.transpose(-1, -2));
+  const at::Tensor dv = at::matmul(k, dkv);
+  return {dq, dk, dv};
 }
 
 }  // namespace

@@ -267,8 +267,9 @@ def attention_backend(
 
     - CUDA: SDPA (flash / memory-efficient / cuDNN) for float16, bfloat16 and float32, masked
       or not, also with ``return_lse`` (head dims up to 256): our kernel is far slower there.
-      float64, which no fused SDPA backend takes, runs our kernel (O(L) memory, where SDPA's
-      math backend materializes the L x L scores).
+      float64, which no fused SDPA backend takes, goes to SDPA's math backend too while its
+      ``[B, H, Lq, Lk]`` scores take at most 2 GiB (faster there), else to our O(L)-memory
+      kernel, which also serves float64 ``return_lse``.
     - CPU: SDPA for inference. float32 training runs our kernel (forward+backward measured
       faster), except for what only SDPA does: broadcast batch/head dims, autocast, torch.func
       transforms, and traced graphs under torch.compile. Key-padding masks and ``return_lse``
@@ -286,7 +287,7 @@ def attention_backend(
         return "kernel"  # whose argument check says what is wrong
     if q.device.type == "cuda":
         if q.dtype == torch.float64:
-            return "kernel"
+            return "sdpa" if not return_lse and _sdpa.math_fits(q, k) else "kernel"
         if return_lse and not _sdpa.supports_lse(q, k, v):
             return "kernel"
         return "sdpa"

@@ -33,6 +33,10 @@ _aten = torch.ops.aten
 # dtypes and head dims for which the memory-efficient backend provides the log-sum-exp
 LSE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LSE_MAX_HEAD_DIM = 256
+# float64 has no fused SDPA backend: SDPA's math backend materializes the [B, H, Lq, Lk] scores.
+# It was still measured faster than pydiff's O(L)-memory kernel with 2 GiB of scores (BENCHMARKS.md,
+# "Kernels on a GPU"); beyond that the kernel keeps memory bounded.
+MATH_MAX_SCORE_BYTES = 1 << 31
 
 
 def supports_lse(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -45,24 +49,32 @@ def supports_lse(q: Tensor, k: Tensor, v: Tensor) -> bool:
     )
 
 
+def math_fits(q: Tensor, k: Tensor) -> bool:
+    """Whether SDPA's math backend (the only one for float64) may hold these scores."""
+    B, H, Lq, _ = q.shape
+    return B * H * Lq * k.shape[2] * q.element_size() <= MATH_MAX_SCORE_BYTES
+
+
 def attention(
     q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None, return_lse: bool
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax attention through SDPA with ``pydiff.ops.attention``'s semantics (see the
     module docstring); ``return_lse`` needs :func:`supports_lse`."""
-    empty = None
+    has_keys = None
     if mask is not None:
-        empty = ~mask.any(dim=-1)  # [B]: batch entries with no key to attend
-        mask = mask | empty[:, None]
+        # [B, 1]: batch entries with a key to attend; the others attend to every key and are
+        # set to 0 afterwards (few extra launches: they count at small sizes)
+        has_keys = mask.any(dim=-1, keepdim=True)
+        mask = torch.where(has_keys, mask, True)
     if return_lse:
         out, lse = _attention_with_lse(q, k, v, scale, mask)
     else:
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    if empty is not None:
-        out = out.masked_fill(empty[:, None, None, None], 0.0)
+    if has_keys is not None:
+        out = torch.where(has_keys[..., None, None], out, 0.0)
         if return_lse:
-            lse = lse.masked_fill(empty[:, None, None], float("-inf"))
+            lse = torch.where(has_keys[..., None], lse, float("-inf"))
     return (out, lse) if return_lse else out
 
 
