@@ -181,7 +181,7 @@ setup(
     extras_require={
         "policy": ["gymnasium>=1.0", "gym-pusht", "pymunk<7", "pillow"],
         "speech": ["soundfile", "soxr", "pesq", "pystoi", "pyroomacoustics", "noisereduce",
-                   "espeakng-loader"],
+                   "espeakng-loader", "librosa"],
     },
     entry_points={"console_scripts": ["pydiff = pydiff.apps.cli:main"]},
     zip_safe=False,

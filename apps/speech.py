@@ -4,13 +4,14 @@ Subcommands:
 
 - ``enhance IN -o OUT``: a file to a file, or a folder to a folder (every .wav/.flac/.ogg,
   with a progress bar; a file that fails is reported and the others still finish; existing
-  outputs are skipped unless ``--overwrite``, so a stopped job resumes).
+  outputs are skipped unless ``--overwrite``, so a stopped job resumes). ``--plot PNG`` (a
+  single file) also draws the noisy and enhanced spectrograms with ``librosa.display``.
 - ``train``: the training recipe (:mod:`pydiff.domains.speech.train`).
 - ``evaluate``: PESQ, ESTOI, SI-SDR and real-time factor on the held-out split for the noisy
   input, noisereduce and each sampler, plus spectrogram plots.
 
 Example:
-    $ pydiff speech enhance noisy.wav -o clean.wav --solver mr --steps 10
+    $ pydiff speech enhance noisy.wav -o clean.wav --solver mr --steps 10 --plot spec.png
     $ pydiff speech enhance noisy_dir/ -o clean_dir/
     $ pydiff speech evaluate --count 8 --output speech_eval/
 """
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e.add_argument("--overlap-seconds", type=float, default=0.5)
     e.add_argument("--checkpoint", default=None, help="a SpeechEnhancer folder (default: shipped)")
     e.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    e.add_argument("--plot", default=None, metavar="PNG",
+                   help="also save the noisy and enhanced spectrograms (librosa.display) to PNG; "
+                        "a single input file only (the first channel of multichannel audio)")
     e.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: faster than 2 for this small network)")
     e.set_defaults(func=run_enhance)
@@ -96,6 +100,16 @@ def _load(checkpoint: str | None):
     return SpeechEnhancer.from_pretrained(checkpoint)
 
 
+def _plot(noisy: Path, enhanced: Path, png: Path) -> Path:
+    """The noisy and enhanced spectrograms of a file (its first channel) as a PNG."""
+    import soundfile as sf
+    from pydiff.domains.speech.evaluate import plot_waves
+
+    x, sr = sf.read(str(noisy), dtype="float32", always_2d=True)
+    y, _ = sf.read(str(enhanced), dtype="float32", always_2d=True)
+    return plot_waves([("noisy", x[:, 0]), ("enhanced", y[:, 0])], sr, png)
+
+
 def run_enhance(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -111,6 +125,10 @@ def run_enhance(args: argparse.Namespace) -> int:
         return 2
     opts = dict(solver=args.solver, steps=args.steps, seed=args.seed,
                 chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds)
+    if args.plot is not None and not src.is_file():
+        print(f"pydiff speech enhance: --plot needs a single input file, got the folder "
+              f"{str(src)!r}", file=sys.stderr)
+        return 2
     if src.is_file():
         try:
             enhancer.enhance_file(src, dst, **opts)
@@ -118,6 +136,8 @@ def run_enhance(args: argparse.Namespace) -> int:
             print(f"pydiff speech enhance: {err}", file=sys.stderr)
             return 1
         print(f"wrote {dst}")
+        if args.plot is not None:
+            print(f"wrote {_plot(src, dst, Path(args.plot))}")
         return 0
 
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)

@@ -274,6 +274,41 @@ def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
     assert "skipped 3 existing" in capsys.readouterr().out
 
 
+def test_enhance_takes_what_librosa_load_returns(enhancer: SpeechEnhancer, tmp_path) -> None:
+    librosa = pytest.importorskip("librosa")
+    path = tmp_path / "noisy.wav"
+    write_audio(path, make_pair("test", 4).noisy[:8000], 16000)
+    loaded = librosa.load(path, sr=None)  # (float32 [N], 16000)
+    assert loaded[0].dtype == np.float32 and loaded[0].ndim == 1 and loaded[1] == 16000
+    out = enhancer.enhance(loaded, solver="mr", steps=1)
+    np.testing.assert_array_equal(out, enhancer.enhance(loaded[0], 16000, solver="mr", steps=1))
+    y, sr = librosa.load(path)  # librosa's default: resampled to 22050 Hz
+    assert sr == 22050 and enhancer.enhance((y, sr), solver="mr", steps=1).shape == y.shape
+    with pytest.raises(ValueError, match="no separate sample_rate"):
+        enhancer.enhance(loaded, 16000)
+    with pytest.raises(ValueError, match="sample_rate is missing"):
+        enhancer.enhance(loaded[0])
+
+
+def test_enhance_cli_plots_noisy_and_enhanced_spectrograms(tmp_path, capsys) -> None:
+    pytest.importorskip("librosa")
+    import matplotlib.image
+    from pydiff.apps.cli import main
+
+    src, dst, png = tmp_path / "noisy.wav", tmp_path / "clean.wav", tmp_path / "spec.png"
+    write_audio(src, make_pair("test", 5).noisy[:8000], 16000)
+    assert main(["speech", "enhance", str(src), "-o", str(dst), "--solver", "mr", "--steps",
+                 "1", "--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    img = matplotlib.image.imread(png)[..., :3]
+    top, bottom = img[: img.shape[0] // 2], img[img.shape[0] // 2:]
+    # two drawn panels (not a blank canvas) that differ: noisy above, enhanced below
+    assert top.std() > 0.1 and bottom.std() > 0.1 and np.abs(top - bottom).mean() > 0.01
+    assert main(["speech", "enhance", str(tmp_path), "-o", str(tmp_path / "o"), "--plot",
+                 str(png)]) == 2
+    assert "--plot needs a single input file" in capsys.readouterr().err
+
+
 # -- the shipped checkpoint ----------------------------------------------------------------------
 def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
     # a held-out voice in coloured noise at 0 dB (averaged over the test split the gains are

@@ -232,18 +232,35 @@ class SpeechEnhancer:
         return self.spectrogram.inverse(x, wave.shape[-1]).numpy()
 
     # -- waveforms ---------------------------------------------------------------------------
-    def enhance(self, wave: np.ndarray | Tensor, sample_rate: int, solver: str | None = None,
+    def enhance(self, wave: np.ndarray | Tensor | tuple[np.ndarray, int],
+                sample_rate: int | None = None, solver: str | None = None,
                 steps: int | None = None, *, seed: int = 0, chunk_seconds: float | None = 4.0,
                 overlap_seconds: float = 0.5, progress: bool = False) -> np.ndarray | Tensor:
         """Enhance ``wave`` (``[N]`` or ``[C, N]`` at ``sample_rate``); same shape, rate and type.
 
         Args:
+            wave: samples, channels first; integer PCM is scaled to [-1, 1). Or the
+                ``(samples, sample_rate)`` pair that ``librosa.load`` returns, as it is.
+            sample_rate: the rate of ``wave`` in Hz (any from 8 kHz up; not needed with a pair).
             solver, steps: a sampler from :data:`SAMPLERS` (default :attr:`default_solver`) and
                 its step count (default the sampler's).
             seed: seed of the prior noise (and of stochastic solvers).
             chunk_seconds: chunk length (``None``: the whole input at once).
             overlap_seconds: overlap of consecutive chunks (crossfaded).
+
+        Example (a file as librosa reads it)::
+
+            y = enhancer.enhance(librosa.load("noisy.wav", sr=None))
         """
+        if isinstance(wave, tuple):
+            if len(wave) != 2 or sample_rate is not None:
+                raise ValueError("wave may be a (samples, sample_rate) pair, as librosa.load "
+                                 f"returns, with no separate sample_rate; got a {len(wave)}-tuple"
+                                 f" and sample_rate={sample_rate!r}")
+            wave, sample_rate = wave
+        if sample_rate is None:
+            raise ValueError("sample_rate is missing: pass the rate of wave in Hz, or wave as the "
+                             "(samples, sample_rate) pair librosa.load returns")
         as_tensor = torch.is_tensor(wave)
         arr = wave.detach().cpu().numpy() if as_tensor else np.asarray(wave)
         mono = arr.ndim == 1

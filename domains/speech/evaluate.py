@@ -3,7 +3,8 @@
 :func:`evaluate` enhances the first ``count`` examples of the ``"test"`` split (held-out voices,
 noises and rooms) with every method and reports mean PESQ (wide-band), ESTOI, SI-SDR, network
 evaluations and real-time factor (processing seconds per second of audio on this machine).
-:func:`plot_spectrograms` draws the log-magnitude spectrograms of one example.
+:func:`plot_spectrograms` draws the log-magnitude spectrograms of one example, and
+:func:`plot_waves` those of any waves (``pydiff speech enhance --plot``), with ``librosa.display``.
 
 Example:
     >>> from pydiff.domains.speech import SpeechEnhancer
@@ -126,23 +127,44 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
 def plot_spectrograms(enhancer: SpeechEnhancer, pair: Pair, path: str | Path,
                       methods: Sequence[str] = DEFAULT_METHODS, seed: int = 0) -> Path:
     """Save log-magnitude spectrograms of the clean target and each method's output (PNG)."""
+    panels = [("clean", pair.clean)] + [(m, run_method(enhancer, METHODS[m], pair.noisy, seed))
+                                        for m in methods]
+    return plot_waves(panels, SAMPLE_RATE, path)
+
+
+def plot_waves(panels: Sequence[tuple[str, np.ndarray]], sample_rate: int,
+               path: str | Path) -> Path:
+    """Save the log-magnitude spectrograms of mono waves, one titled panel each (PNG).
+
+    ``librosa.display.specshow`` of ``librosa.stft`` (32 ms windows, 75% overlap) in dB, on one
+    colour scale for all panels (80 dB below the loudest), so the panels compare directly.
+
+    Example::
+
+        plot_waves([("noisy", noisy), ("enhanced", enhanced)], 16000, "out.png")
+    """
+    import librosa
+    import librosa.display
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    panels = [("clean", pair.clean)] + [(m, run_method(enhancer, METHODS[m], pair.noisy, seed))
-                                        for m in methods]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.6 * len(panels)), sharex=True)
-    spec = enhancer.spectrogram
-    for ax, (name, wave) in zip(np.atleast_1d(axes), panels):
-        mag = spec.stft(torch.from_numpy(np.asarray(wave, np.float32))).abs().numpy()
-        ax.imshow(20 * np.log10(mag + 1e-5), origin="lower", aspect="auto", vmin=-80, vmax=20,
-                  extent=(0, len(wave) / SAMPLE_RATE, 0, SAMPLE_RATE / 2000), cmap="magma")
-        ax.set_ylabel("kHz")
+    if not panels:
+        raise ValueError("panels is empty; expected (title, wave) pairs")
+    n_fft = 2 ** round(math.log2(0.032 * sample_rate))
+    hop = n_fft // 4
+    dbs = [librosa.amplitude_to_db(np.abs(librosa.stft(np.asarray(w, np.float32), n_fft=n_fft,
+                                                       hop_length=hop)), ref=1.0, amin=1e-5,
+                                   top_db=None) for _, w in panels]
+    top = max(float(d.max()) for d in dbs)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.8 * len(panels)), sharex=True,
+                             squeeze=False)
+    for ax, (name, _), db in zip(axes[:, 0], panels, dbs):
+        librosa.display.specshow(db, sr=sample_rate, hop_length=hop, n_fft=n_fft, x_axis="time",
+                                 y_axis="hz", ax=ax, cmap="magma", vmin=top - 80, vmax=top)
         ax.set_title(name, fontsize=9, loc="left")
-    np.atleast_1d(axes)[-1].set_xlabel("seconds")
+        ax.label_outer()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
