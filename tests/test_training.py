@@ -397,3 +397,45 @@ def test_pretrained_errors(tmp_path):
     assert isinstance(loaded.net, ToyMLP)
     with pytest.raises(ValueError, match="net_config"):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path / "lin")
+
+
+# -- immiscible noise assignment ---------------------------------------------------------------
+def test_immiscible_noise_is_the_minimum_distance_permutation():
+    import itertools
+
+    from pydiff.training.immiscible import immiscible_noise
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, 2, generator=g) * 2
+    noise = torch.randn(6, 3, 2, generator=g)
+    out = immiscible_noise(x0, noise)
+
+    def cost(z):
+        return float((x0 - z).flatten(1).norm(dim=1).sum())
+
+    best = min(cost(noise[list(p)]) for p in itertools.permutations(range(6)))
+    assert cost(out) == pytest.approx(best, rel=1e-12)
+    assert cost(out) < cost(noise)  # this draw is not already optimal
+    # a permutation of the rows: the batch of noise is unchanged as a set
+    rows = {tuple(r.flatten().tolist()) for r in noise}
+    assert {tuple(r.flatten().tolist()) for r in out} == rows
+    # dict states: one permutation over all leaves together
+    both = immiscible_noise({"a": x0, "b": x0[:, :1]}, {"a": noise, "b": noise[:, :1]})
+    assert torch.equal(both["b"], both["a"][:, :1])
+
+
+def test_diffusion_loss_with_immiscible_assignment_uses_the_assigned_noise():
+    from pydiff.training.immiscible import immiscible_noise
+
+    model = pydiff.Denoiser(lambda x, t: 0.3 * x, pydiff.VPSchedule())
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) * 3
+    out = diffusion_loss(model, x0, generator=torch.Generator().manual_seed(2),
+                         t_sampler="uniform", immiscible=True)
+    # the same draws by hand: t first, then the noise, then the assignment
+    g = torch.Generator().manual_seed(2)
+    t = pydiff.training.Uniform()(model.schedule, x0.shape, g)
+    noise = torch.randn(16, 2, generator=g)
+    ref = diffusion_loss(model, x0, t=t, noise=immiscible_noise(x0, noise))
+    plain = diffusion_loss(model, x0, t=t, noise=noise)
+    assert torch.equal(out.per_sample, ref.per_sample)
+    assert not torch.equal(out.per_sample, plain.per_sample)

@@ -3,6 +3,8 @@
 - :func:`diffusion_loss` / :class:`DiffusionLoss`: the denoising loss through a
   :class:`pydiff.Denoiser` (targets eps, x0, v, score, velocity; EDM preconditioning;
   mean-reverting schedules; per-position times; dict states).
+- :func:`immiscible_noise` (``diffusion_loss(immiscible=True)``): Immiscible Diffusion's
+  assignment of a batch's noise to its data by a linear assignment.
 - Time samplers: :class:`Uniform`, :class:`LogitNormal`, :class:`LogNormal` (EDM),
   :class:`DiscreteUniform` (DDPM indices), :class:`PerPosition` (independent or ramp).
 - Weightings: ``"none"``, ``"snr"``, ``"sigma2"``, ``"min_snr"`` (:class:`MinSNR`), ``"edm"``.
@@ -38,6 +40,7 @@ from .distributed import (
     init_distributed,
 )
 from .ema import EMA
+from .immiscible import immiscible_noise
 from .losses import DiffusionLoss, LossOutput, diffusion_loss, targets
 from .lr import WarmupConstant, WarmupCosine, constant_with_warmup, cosine_with_warmup
 from .time_samplers import (
@@ -54,7 +57,7 @@ from .trainer import Callback, Every, Trainer
 from .weighting import EDMWeight, MinSNR, get_weighting, x0_factor
 
 __all__ = [
-    "diffusion_loss", "DiffusionLoss", "LossOutput", "targets",
+    "diffusion_loss", "DiffusionLoss", "LossOutput", "targets", "immiscible_noise",
     "TimeSampler", "Uniform", "LogitNormal", "LogNormal", "DiscreteUniform", "PerPosition",
     "default_time_sampler", "get_time_sampler",
     "get_weighting", "MinSNR", "EDMWeight", "x0_factor",

@@ -36,6 +36,7 @@ from ..denoiser import Denoiser
 from ..noise import add_noise, randn_like
 from ..schedules import Schedule, as_time
 from ..tree import State, batch_size, leaves, per_sample, tree_map
+from .immiscible import immiscible_noise
 from .time_samplers import TimeSampler, default_time_sampler, get_time_sampler
 from .weighting import TARGETS, WeightFn, get_weighting
 
@@ -90,6 +91,7 @@ def diffusion_loss(
     leaf_weights: Mapping[str, float] | None = None,
     min_snr_gamma: float = 5.0,
     input_perturbation: float | tuple[float, float] = 0.0,
+    immiscible: bool = False,
 ) -> LossOutput:
     """Denoising loss of ``denoiser`` on clean data ``x0`` (see the module docstring).
 
@@ -118,6 +120,9 @@ def diffusion_loss(
             the paper uses 0.1. A pair ``(low, high)`` draws each sample's gamma uniformly
             from that range (after the noise), so the network sees a range of excess noise
             and must judge it from its input.
+        immiscible: assign the drawn noise to the batch's samples by a linear assignment that
+            minimises the data-noise distances (Immiscible Diffusion, Li et al. 2024; see
+            :func:`pydiff.training.immiscible.immiscible_noise`). Ignored with explicit ``noise``.
     """
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser must be a pydiff.Denoiser, got {type(denoiser).__name__}")
@@ -142,6 +147,7 @@ def diffusion_loss(
         if t.dim() == 0:
             t = t.expand(bsz)
     tree_map(lambda leaf: per_sample(t, leaf), x0)  # validates t's shape against every leaf
+    noise_given = noise is not None
     if noise is None:
         noise = randn_like(x0, generator)
 
@@ -153,6 +159,8 @@ def diffusion_loss(
                              f"pass cond={{'{denoiser.mean_key}': y}} (the observation)")
         shift = merged[denoiser.mean_key]
         x0 = tree_map(torch.sub, x0, shift)
+    if immiscible and not noise_given:
+        noise = immiscible_noise(x0, noise)
 
     low, high = (input_perturbation if isinstance(input_perturbation, (tuple, list))
                  else (input_perturbation, input_perturbation))
