@@ -1,6 +1,6 @@
 """Domain packages built on the pydiff core (installed as ``pydiff.domains``).
 
-Each domain imports only ``pydiff`` (never another domain): ``pydiff.domains.speech``,
-``pydiff.domains.medical``, ``pydiff.domains.policy``, ``pydiff.domains.molecules``,
-``pydiff.domains.timeseries``.
+Each domain imports only ``pydiff`` (never another domain). The domains that exist:
+``pydiff.domains.speech`` (diffusion speech enhancement: SGMSE+, StoRM, MR samplers) and
+``pydiff.domains.policy`` (diffusion policies and planners for control).
 """

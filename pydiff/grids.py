@@ -100,8 +100,8 @@ def timesteps(
         l0, l1 = schedule.log_snr(t0_in), schedule.log_snr(t1)
         grid = schedule.t_from_log_snr(l0 + (l1 - l0) * u)
     else:  # karras
-        s0, s1 = schedule.sigma_tilde(t0_in) ** (1 / rho), schedule.sigma_tilde(t1) ** (1 / rho)
-        grid = schedule.t_from_sigma_tilde((s0 + (s1 - s0) * u) ** rho)
+        grid = schedule.t_from_sigma_tilde(
+            karras_sigmas(schedule.sigma_tilde(t0_in), schedule.sigma_tilde(t1), u, rho))
     # inverse maps round; pin the endpoints exactly
     grid = grid.clone()
     grid[0] = t0
@@ -113,11 +113,37 @@ def timesteps(
     return grid
 
 
+def karras_sigmas(sigma_start: float | Tensor, sigma_end: float | Tensor, u: Tensor,
+                  rho: float = 7.0) -> Tensor:
+    """Karras et al.'s (EDM) spacing: uniform in ``sigma^(1/rho)``, ``sigma_start`` at ``u = 0``
+    to ``sigma_end`` at ``u = 1`` (the grids' ``"karras"``; diffusers' ``use_karras_sigmas``).
+
+    Example:
+        >>> import torch
+        >>> [round(float(s), 3) for s in karras_sigmas(80.0, 0.002, torch.linspace(0, 1, 3))]
+        [80.0, 2.515, 0.002]
+    """
+    s0, s1 = sigma_start ** (1 / rho), sigma_end ** (1 / rho)
+    return (s0 + (s1 - s0) * u) ** rho
+
+
+def flow_shift(t: Tensor, shift: float) -> Tensor:
+    """The resolution shift of SD3 / Flux: ``t -> shift t / (1 + (shift - 1) t)``.
+
+    ``shift > 1`` moves the steps towards noise (larger images keep more noise at a given t).
+    Flux's dynamic shifting is ``shift = exp(mu)``.
+
+    Example:
+        >>> import torch
+        >>> flow_shift(torch.tensor([0.0, 0.5, 1.0]), 3.0).tolist()
+        [0.0, 0.75, 1.0]
+    """
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def _apply_shift(schedule: Schedule, grid: Tensor) -> Tensor:
     shift = getattr(schedule, "shift", 1.0)
-    if shift == 1.0:
-        return grid
-    return shift * grid / (1 + (shift - 1) * grid)
+    return grid if shift == 1.0 else flow_shift(grid, shift)
 
 
 def _validate(schedule: Schedule, grid: Tensor, name: str) -> None:

@@ -162,7 +162,24 @@ def _vp_alpha_from_log_snr(lam: Tensor) -> Tensor:
     return torch.exp(-0.5 * torch.nn.functional.softplus(-2 * lam))
 
 
-class DiscreteSchedule(Schedule):
+class _VPFromLogAlpha(Schedule):
+    """Variance preserving families given by ``log alpha(t)`` (subclasses define ``_log_alpha``).
+
+    ``sigma = sqrt(1 - alpha^2)`` is computed as ``sqrt(-expm1(2 log alpha))``, which keeps its
+    relative precision near ``t = 0``, where ``1 - alpha^2`` would cancel.
+    """
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _alpha(self, t):
+        return torch.exp(self._log_alpha(t))
+
+    def _sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
+
+
+class DiscreteSchedule(_VPFromLogAlpha):
     """A DDPM table ``alphas_cumprod[n]`` in continuous time ``t = (n + 1) / N``.
 
     ``log alpha`` is piecewise linear in ``t`` between table entries and 0 at ``t = 0``, so every
@@ -234,12 +251,6 @@ class DiscreteSchedule(Schedule):
         w = t * n - idx.to(F64)
         return vals[idx] * (1 - w) + vals[idx + 1] * w
 
-    def _alpha(self, t):
-        return torch.exp(self._log_alpha(t))
-
-    def _sigma(self, t):
-        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
-
     def t_from_log_snr(self, lam):
         lam = as_time(lam)
         log_alpha = torch.log(_vp_alpha_from_log_snr(lam))
@@ -258,7 +269,7 @@ class DiscreteSchedule(Schedule):
         return {"type": "DiscreteSchedule", "kind": self._kind, **self._kind_args}
 
 
-class VPSchedule(Schedule):
+class VPSchedule(_VPFromLogAlpha):
     """Continuous variance preserving SDE with linear ``beta(t)`` (Song et al. 2021).
 
     ``log alpha(t) = -beta_d t^2 / 4 - beta_min t / 2`` with ``beta_d = beta_max - beta_min``.
@@ -269,12 +280,6 @@ class VPSchedule(Schedule):
 
     def _log_alpha(self, t):
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-    def _alpha(self, t):
-        return torch.exp(self._log_alpha(t))
-
-    def _sigma(self, t):
-        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
 
     def t_from_log_snr(self, lam):
         lam = as_time(lam)

@@ -108,11 +108,3 @@ def test_prior_takes_its_noise():
     with pytest.raises(ValueError, match=r"noise must be a tensor of the prior's shape \(3, 5\)"):
         pydiff.prior(VP, (3, 5), noise=z)
 
-
-@pytest.mark.parametrize("module", ["pydiff.noise", "pydiff.sampling"])
-def test_docstring_examples(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -14,23 +14,11 @@ import torch
 
 import pydiff
 from pydiff.testing import GaussianMixture
+from pydiff.testing.convergence import measured_order
 
 F64 = torch.float64
 GAUSS = GaussianMixture.gaussian([1.0, -0.5], [0.5, 2.0])  # variance != 1
 ODE_SOLVERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 2}
-
-
-def _measured_order(solver, sched, prediction, t0):
-    model = GAUSS.denoiser(sched, prediction)
-    x = GAUSS.marginal_sample(sched, t0, 32, torch.Generator().manual_seed(0))
-    t1 = sched.t_eps
-    exact = GAUSS.flow(sched, x, t0, t1)
-    errs = []
-    for n in (16, 32, 64):
-        y = pydiff.sample(model, x, solver, n, spacing="logsnr", final_zero=False, t_start=t0,
-                          t_end=t1)
-        errs.append(float((y - exact).abs().max()))
-    return math.log(errs[0] / errs[-1]) / math.log(4)
 
 
 @pytest.mark.parametrize("solver,order", sorted(ODE_SOLVERS.items()))
@@ -41,7 +29,9 @@ def _measured_order(solver, sched, prediction, t0):
     (pydiff.DiscreteSchedule.linear(), "v", 1.0),
 ], ids=["vp-eps", "edm-x0", "flow-velocity", "ddpm-v"])
 def test_ode_solver_global_order(solver, order, sched, prediction, t0):
-    assert abs(_measured_order(solver, sched, prediction, t0) - order) < 0.3
+    p = measured_order(solver, sched, (16, 32, 64), data=GAUSS, prediction=prediction,
+                       spacing="logsnr", t_start=t0, t_end=sched.t_eps, n=32)
+    assert abs(p - order) < 0.3
 
 
 def test_mean_reverting_ode_lands_on_exact_flow():

@@ -7,8 +7,8 @@ import torch
 
 import pydiff
 from pydiff.solvers import get_solver
-from pydiff.solvers.convergence import flow_error, measured_order
 from pydiff.testing import GaussianMixture
+from pydiff.testing.convergence import flow_error, measured_order
 
 F64 = torch.float64
 VP = pydiff.VPSchedule()

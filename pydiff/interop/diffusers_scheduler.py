@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from ..denoiser import Denoiser
+from ..grids import flow_shift, karras_sigmas
 from ..schedules import F64, DiscreteSchedule, EDMSchedule, FlowSchedule, Schedule
 from ..solvers import Solver, available_solvers, get_solver
 
@@ -469,8 +470,7 @@ def _convert(kind: str, sigma_min: float, sigma_max: float, steps: int,
              rho: float = 7.0) -> Tensor:
     ramp = torch.linspace(0, 1, steps, dtype=F64)
     if kind == "karras":
-        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-        return (hi + ramp * (lo - hi)) ** rho
+        return karras_sigmas(sigma_max, sigma_min, ramp, rho)
     return torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
 
 
@@ -491,19 +491,18 @@ def _flow_sigmas(c: dict[str, Any], steps: int, mu: float | None) -> Tensor:
         raise ValueError("this flow config uses dynamic shifting: pass grid(steps, mu=...) "
                          "(the resolution-dependent shift)")
 
-    def shift(s: Tensor) -> Tensor:
-        if dynamic:
-            if c.get("time_shift_type", "exponential") == "exponential":
-                return math.exp(mu) / (math.exp(mu) + (1 / s - 1))
-            return mu / (mu + (1 / s - 1))
+    # dynamic shifting (Flux) is the same shift with exp(mu) (or mu, "linear") for the factor
+    if not dynamic:
         k = c["shift"]
-        return k * s / (1 + (k - 1) * s)
-
+    elif c.get("time_shift_type", "exponential") == "exponential":
+        k = math.exp(mu)
+    else:
+        k = mu
     # set_timesteps spaces between the (already shifted, unless dynamic) training extremes
     train = torch.arange(n, 0, -1, dtype=F64) / n
-    train = train if dynamic else shift(train)
+    train = train if dynamic else flow_shift(train, k)
     sig = torch.linspace(float(train[0]) * n, float(train[-1]) * n, steps, dtype=F64) / n
-    sig = shift(sig)
+    sig = flow_shift(sig, k)
     conv = _conversion(c)
     if conv is not None:
         sig = _convert(conv, float(sig[-1]), float(sig[0]), steps)

@@ -4,7 +4,8 @@ For Gaussian-mixture data ``sum_k w_k N(mu_k, diag(c_k^2))`` every marginal of e
 a Gaussian mixture, so the exact denoiser ``E[x0 | x_t]`` (and with it eps, v, score and
 velocity) is closed form, for scalar, per-sample and per-position times. For a single Gaussian the
 probability-flow ODE is solved exactly too: it keeps the standardized value
-``(x - alpha mu) / sqrt(alpha^2 c^2 + sigma^2)``. Solver tests and the accuracy benchmarks use it.
+``(x - alpha mu) / sqrt(alpha^2 c^2 + sigma^2)``. Solver tests and the accuracy benchmarks use it;
+:mod:`pydiff.testing.convergence` measures solvers' global orders on it.
 
 Example:
     >>> import torch, pydiff
@@ -25,10 +26,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .denoiser import Denoiser
-from .noise import Generators, add_noise, randn
-from .schedules import F64, Schedule, as_time
-from .tree import per_sample
+from ..denoiser import Denoiser
+from ..noise import Generators, add_noise, randn
+from ..schedules import F64, Schedule, as_time
+from ..tree import per_sample
 
 Tensor = torch.Tensor
 

@@ -2,12 +2,13 @@
 
 ``flow_error`` runs a solver from ``t_start`` to ``t_end`` (no final jump to 0) on samples of a
 Gaussian's marginal and compares with the exact probability-flow map;
-``measured_order`` fits the global order ``p`` in ``error ~ steps^-p``. Tests and
-``benchmarks/solver_accuracy.py`` use them; they are handy for checking a new solver too.
+``measured_order`` fits the global order ``p`` in ``error ~ steps^-p``. The solver tests use
+them; they are handy for checking a new solver too. A measurement harness on top of
+:func:`pydiff.sample`, so it lives with the testing utilities, not with the solvers.
 
 Example:
     >>> import pydiff
-    >>> from pydiff.solvers.convergence import measured_order
+    >>> from pydiff.testing.convergence import measured_order
     >>> sched = pydiff.schedules.VPSchedule()
     >>> round(measured_order("ddim", sched, (20, 40)), 1)
     1.0
@@ -24,8 +25,8 @@ import torch
 from ..grids import timesteps
 from ..sampling import sample
 from ..schedules import Schedule
-from ..testing import GaussianMixture
-from . import Solver, get_solver
+from ..solvers import Solver, get_solver
+from . import GaussianMixture
 
 DEFAULT_DATA = GaussianMixture.gaussian(mean=[1.0, -0.5], std=[0.3, 1.5])
 

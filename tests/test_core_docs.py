@@ -1,0 +1,15 @@
+"""The docstring examples of the core modules run and hold."""
+
+import doctest
+import importlib
+
+import pytest
+
+CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "pydiff.schedules",
+                "pydiff.denoiser", "pydiff.hooks", "pydiff.testing", "pydiff.testing.convergence"]
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
