@@ -11,22 +11,27 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
+
+from pydiff.apps.cli import int_at_least, nonnegative_int, positive_int
+
+from pydiff.files import atomic_output, check_output, write_json
 
 DEMO_SOLVERS = ("ddpm", "ddim", "euler", "heun", "euler_maruyama", "dpmpp_2m")
 
 
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     p = sub.add_parser("demo", help=help_text, description=help_text)
-    p.add_argument("--train-steps", type=int, default=1500, help="training steps (default 1500)")
-    p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20],
+    p.add_argument("--train-steps", type=positive_int, default=1500,
+                   help="training steps (default 1500)")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[5, 10, 20],
                    help="solver step counts to compare (default 5 10 20)")
     p.add_argument("--solvers", nargs="+", default=list(DEMO_SOLVERS),
                    help=f"solvers to compare (default {' '.join(DEMO_SOLVERS)})")
-    p.add_argument("--samples", type=int, default=2000, help="samples per run (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int_at_least(2), default=2000,
+                   help="samples per run (default 2000)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="pydiff-demo", help="folder for the plot and JSON table")
     p.set_defaults(func=run)
 
@@ -40,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name in args.solvers:
         pydiff.get_solver(name)  # unknown names fail before training
-    if args.train_steps < 1 or args.samples < 2 or min(args.steps) < 1:
-        raise SystemExit("--train-steps, --samples and --steps must be positive")
-    os.makedirs(args.out, exist_ok=True)
+    check_output(args.out, "--out", folder=True)
     data = GaussianMixture.ring()
     sched = pydiff.DiscreteSchedule.linear()  # DDPM's table
     g = torch.Generator().manual_seed(args.seed)
@@ -75,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     floor = energy_distance(data.sample(args.samples, torch.Generator().manual_seed(99)).float(),
                             reference)
     _print_table(rows, floor)
-    with open(os.path.join(args.out, "demo.json"), "w") as f:
-        json.dump({"rows": rows, "data_vs_data": floor}, f, indent=1)
+    write_json(os.path.join(args.out, "demo.json"), {"rows": rows, "data_vs_data": floor},
+               "--out", indent=1)
     path = _plot(rows, samples, reference, args, floor)
     print(f"saved {path} and {os.path.join(args.out, 'demo.json')}")
     return 0
@@ -124,6 +127,7 @@ def _plot(rows, samples, reference, args, floor) -> str:
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     path = os.path.join(args.out, "demo.png")
-    fig.savefig(path, dpi=110)
+    with atomic_output(path, "--out") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -9,8 +9,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from pydiff.apps.cli import nonnegative_int, positive_float, positive_int
+
+from pydiff.errors import InputError
+from pydiff.files import check_input_dir, check_output, write_json
 
 
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
@@ -22,32 +25,35 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t = cmds.add_parser("train", help="train a policy on scripted demonstrations")
     t.add_argument("--env", required=True, help="pendulum or pointmass")
     t.add_argument("--out", default=None, help="output folder (default policy-<env>)")
-    t.add_argument("--episodes", type=int, default=None)
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--episodes", type=positive_int, default=None)
+    t.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    t.add_argument("--batch-size", type=positive_int, default=None)
+    t.add_argument("--lr", type=positive_float, default=None)
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
-    t.add_argument("--down-dims", type=int, nargs="+", default=None)
+    t.add_argument("--down-dims", type=positive_int, nargs="+", default=None)
     t.add_argument("--planner", action="store_true",
                    help="train the Diffuser-style trajectory planner instead of the policy")
-    t.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    t.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (the CPU is shared)")
     t.set_defaults(func=run_train)
 
     r = cmds.add_parser("run", help="run episodes in real time at a fixed control rate")
     _common(r)
-    r.add_argument("--hz", type=float, default=20.0, help="control rate")
+    r.add_argument("--hz", type=positive_float, default=20.0, help="control rate")
     r.add_argument("--mode", choices=("full", "rti", "stream"), default="rti")
     r.add_argument("--solver", default=None, help="any pydiff solver (default: the preset's)")
-    r.add_argument("--steps", type=int, default=None, help="solver steps of full inference")
-    r.add_argument("--seed", type=int, default=0, help="first env seed")
-    r.add_argument("--episodes", type=int, default=1)
+    r.add_argument("--steps", type=positive_int, default=None,
+                   help="solver steps of full inference")
+    r.add_argument("--seed", type=nonnegative_int, default=0, help="first env seed")
+    r.add_argument("--episodes", type=positive_int, default=1)
     r.set_defaults(func=run_run)
 
     e = cmds.add_parser("eval", help="evaluate many seeds in simulated time (table, plots, GIF)")
     _common(e)
-    e.add_argument("--seeds", type=int, default=50, help="number of env seeds (from --seed0)")
-    e.add_argument("--seed0", type=int, default=1000)
+    e.add_argument("--seeds", type=positive_int, default=50,
+                   help="number of env seeds (from --seed0)")
+    e.add_argument("--seed0", type=nonnegative_int, default=1000)
     e.add_argument("--presets", default="expert,ddim10,rti,stream",
                    help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, stream, "
                         "planner (pointmass)")
@@ -60,13 +66,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="a saved policy folder (default: the shipped checkpoint of --env)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
 
 
 def _threads(n: int) -> None:
     import torch
 
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(n)
+
+
+def _check_env(env: str) -> None:
+    from pydiff.domains.policy import make_env
+
+    make_env(env).close()  # an unknown name fails here, before any loading or training
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Refuse a bad --env, --checkpoint or --json before any work starts."""
+    _check_env(args.env)
+    if args.checkpoint is not None:
+        check_input_dir(args.checkpoint, "--checkpoint")
+    if args.json is not None:
+        check_output(args.json, "--json")
 
 
 def _recipe(defaults: dict, args: argparse.Namespace) -> dict:
@@ -88,11 +109,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.planner:
         return _train_planner(args)
     if args.env not in RECIPES:
-        print(f"pydiff policy train: --env {args.env!r} has no recipe; expected one of "
-              f"{sorted(RECIPES)}", file=sys.stderr)
-        return 2
+        raise InputError(f"--env {args.env!r} has no training recipe; expected one of "
+                         f"{sorted(RECIPES)}")
     recipe = _recipe(RECIPES[args.env], args)
     out = args.out or f"policy-{args.env}"
+    check_output(out, "--out", folder=True)
     policy = train_policy(args.env, out, seed=args.seed, prediction=args.prediction, **recipe)
     last = [h for h in policy.training_history if "loss" in h][-1:]
     print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
@@ -102,8 +123,10 @@ def run_train(args: argparse.Namespace) -> int:
 def _train_planner(args: argparse.Namespace) -> int:
     from pydiff.domains.policy.planner import PLANNER_RECIPE, train_planner
 
+    _check_env(args.env)
     recipe = _recipe(PLANNER_RECIPE, args)
     out = args.out or f"planner-{args.env}"
+    check_output(out, "--out", folder=True)
     train_planner(args.env, out, seed=args.seed, **recipe)
     print(f"saved {out}")
     return 0
@@ -125,8 +148,12 @@ def run_run(args: argparse.Namespace) -> int:
     from pydiff.domains.policy.control import run_episode, summarize
 
     _threads(args.threads)
+    _check_common(args)
     preset = dict(PRESETS["ddim10" if args.mode == "full" else args.mode])
     if args.solver:
+        import pydiff
+
+        pydiff.get_solver(args.solver)  # an unknown name fails here, naming the known ones
         preset["solver"] = args.solver
     if args.steps:
         preset["steps"] = args.steps
@@ -149,9 +176,9 @@ def run_run(args: argparse.Namespace) -> int:
           f"boundary jump mean {_fmt(s['boundary_jump']['mean'])} "
           f"max {_fmt(s['boundary_jump']['max'])}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args) | {"func": None}, "summary": s,
-                       "episodes": [r.summary() for r in results]}, f, indent=2, default=str)
+        write_json(args.json, {"args": vars(args) | {"func": None, "_prog": None}, "summary": s,
+                               "episodes": [r.summary() for r in results]}, "--json",
+                   default=str)
     return 0
 
 
@@ -194,8 +221,8 @@ def evaluate_presets(env: str, presets: list[str], seeds: list[int],
             policy = load_policy(checkpoint or env, **PRESETS[name])
             results = evaluate(policy, env, seeds)
         else:
-            raise ValueError(f"unknown preset {name!r}; expected 'expert' or one of "
-                             f"{sorted(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}; expected 'expert', 'planner' or one "
+                             f"of {sorted(PRESETS)}")
         table[name] = {"summary": summarize(results), "results": results}
     return table
 
@@ -204,14 +231,20 @@ def run_eval(args: argparse.Namespace) -> int:
     """``pydiff policy eval``: a table over many seeds; plots and a GIF with ``--plots``."""
     import os
 
+    from pydiff.domains.policy import PRESETS
+
     _threads(args.threads)
+    _check_common(args)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    known = ["expert", "planner", *PRESETS]
+    unknown = [p for p in presets if p not in known]
+    if unknown or not presets:
+        raise InputError(f"--presets {args.presets!r}: expected a comma-separated list of "
+                         f"{known}" + (f"; unknown: {unknown}" if unknown else ""))
+    if args.plots is not None:
+        check_output(args.plots, "--plots", folder=True)
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
-    try:
-        table = evaluate_presets(args.env, presets, seeds, args.checkpoint)
-    except ValueError as err:
-        print(f"pydiff policy eval: {err}", file=sys.stderr)
-        return 2
+    table = evaluate_presets(args.env, presets, seeds, args.checkpoint)
     print(f"env {args.env}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), simulated time")
     print(f"{'preset':<10} {'success':>8} {'return':>9} {'jump mean':>10} {'jump max':>9} "
           f"{'chunk p50 ms':>13} {'chunk p99 ms':>13} {'left':>5} {'right':>6}")
@@ -222,7 +255,6 @@ def run_eval(args: argparse.Namespace) -> int:
               f"{_fmt(s['chunk_latency_ms']['p50']):>13} {_fmt(s['chunk_latency_ms']['p99']):>13}"
               f" {s['sides']['left']:>5.2f} {s['sides']['right']:>6.2f}")
     if args.plots:
-        from pydiff.domains.policy import PRESETS
         from pydiff.domains.policy.control import run_episode
         from pydiff.domains.policy.plots import plot_action_chunks, plot_trajectories, save_gif
 
@@ -240,6 +272,5 @@ def run_eval(args: argparse.Namespace) -> int:
             save_gif(r.frames, os.path.join(args.plots, f"{args.env}_{name}.gif"))
         print(f"plots in {args.plots}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({name: row["summary"] for name, row in table.items()}, f, indent=2)
+        write_json(args.json, {name: row["summary"] for name, row in table.items()}, "--json")
     return 0

@@ -23,6 +23,11 @@ import json
 import sys
 from pathlib import Path
 
+from pydiff.apps.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+
+from pydiff.errors import InputError
+from pydiff.files import check_input_dir, check_output, write_json
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
@@ -37,51 +42,52 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e.add_argument("--solver", default=None,
                    help="pc, mr, mr_sde, storm or em (default storm when the checkpoint has a "
                         "predictive network, else mr)")
-    e.add_argument("--steps", type=int, default=None, help="solver steps (default: per solver)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--chunk-seconds", type=float, default=4.0)
-    e.add_argument("--overlap-seconds", type=float, default=0.5)
+    e.add_argument("--steps", type=positive_int, default=None,
+                   help="solver steps (default: per solver)")
+    e.add_argument("--seed", type=nonnegative_int, default=0)
+    e.add_argument("--chunk-seconds", type=positive_float, default=4.0)
+    e.add_argument("--overlap-seconds", type=nonnegative_float, default=0.5)
     e.add_argument("--checkpoint", default=None, help="a SpeechEnhancer folder (default: shipped)")
     e.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     e.add_argument("--plot", default=None, metavar="PNG",
                    help="also save the noisy and enhanced spectrograms (librosa.display) to PNG; "
                         "a single input file only (the first channel of multichannel audio)")
-    e.add_argument("--threads", type=int, default=1,
+    e.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: faster than 2 for this small network)")
     e.set_defaults(func=run_enhance)
 
     t = cmds.add_parser("train", help="train the score and predictive networks")
     t.add_argument("-o", "--output", required=True, help="folder for the SpeechEnhancer")
-    t.add_argument("--utterances", type=int, default=None)
-    t.add_argument("--predictive-steps", type=int, default=None)
-    t.add_argument("--score-steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--base-channels", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--utterances", type=positive_int, default=None)
+    t.add_argument("--predictive-steps", type=nonnegative_int, default=None)
+    t.add_argument("--score-steps", type=positive_int, default=None)
+    t.add_argument("--batch-size", type=positive_int, default=None)
+    t.add_argument("--base-channels", type=positive_int, default=None)
+    t.add_argument("--seed", type=nonnegative_int, default=None)
+    t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--init-from", default=None,
                    help="a SpeechEnhancer folder to fine-tune (same architecture)")
     t.add_argument("--bin-weighting", default=None, choices=["loudness", "none"],
                    help="per-bin loss weights (default loudness: see pydiff.domains.speech.train)")
-    t.add_argument("--sigma-data", type=float, default=None,
+    t.add_argument("--sigma-data", type=positive_float, default=None,
                    help="the score network's EDM data scale (default 0.13)")
-    t.add_argument("--input-perturbation", type=float, nargs="+", default=None,
+    t.add_argument("--input-perturbation", type=nonnegative_float, nargs="+", default=None,
                    metavar="GAMMA",
                    help="the score network's input perturbation: GAMMA, or LOW HIGH for a "
                         "per-sample uniform range (default 0 1; 0 turns it off; see "
                         "docs/speech.md)")
-    t.add_argument("--snapshot-every", type=int, default=None,
+    t.add_argument("--snapshot-every", type=positive_int, default=None,
                    help="save an enhancer to OUTPUT/snapshots every N score steps")
     t.set_defaults(func=run_train)
 
     v = cmds.add_parser("evaluate", help="metrics on the held-out split and spectrogram plots")
     v.add_argument("--checkpoint", default=None)
-    v.add_argument("--count", type=int, default=8, help="held-out examples")
+    v.add_argument("--count", type=positive_int, default=8, help="held-out examples")
     v.add_argument("--methods", default=None,
                    help="comma-separated, from noisy,noisereduce,pc-60,mr-1,mr-5,mr-10,storm,"
                    "mr-sde-10")
     v.add_argument("--output", default=None, help="folder for results.json and plots")
-    v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--threads", type=positive_int, default=None)
     v.set_defaults(func=run_evaluate)
 
 
@@ -89,14 +95,14 @@ def _threads(n: int | None) -> None:
     if n is not None:
         import torch
 
-        if n < 1:
-            raise SystemExit(f"--threads must be >= 1, got {n}")
         torch.set_num_threads(n)
 
 
 def _load(checkpoint: str | None):
     from pydiff.domains.speech import SpeechEnhancer
 
+    if checkpoint is not None:
+        check_input_dir(checkpoint, "--checkpoint")
     return SpeechEnhancer.from_pretrained(checkpoint)
 
 
@@ -116,36 +122,35 @@ def run_enhance(args: argparse.Namespace) -> int:
     _threads(args.threads)
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
-        print(f"pydiff speech enhance: input {str(src)!r} does not exist", file=sys.stderr)
-        return 2
-    try:
-        enhancer = _load(args.checkpoint)
-    except ValueError as err:
-        print(f"pydiff speech enhance: {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"input {str(src)!r} does not exist; expected an audio file or a "
+                         "folder of audio files")
+    if args.overlap_seconds >= args.chunk_seconds:
+        raise InputError(f"--overlap-seconds {args.overlap_seconds:g} must be shorter than "
+                         f"--chunk-seconds {args.chunk_seconds:g}")
+    check_output(dst, "output (-o)", folder=src.is_dir())
+    if args.plot is not None:
+        if not src.is_file():
+            raise InputError(f"--plot needs a single input file, got the folder {str(src)!r}")
+        check_output(args.plot, "--plot")
+    from pydiff.domains.speech import SAMPLERS
+
+    if args.solver is not None and args.solver not in SAMPLERS:
+        raise InputError(f"--solver {args.solver!r} is not a speech sampler; expected one of "
+                         f"{sorted(SAMPLERS)}")
+    enhancer = _load(args.checkpoint)
     opts = dict(solver=args.solver, steps=args.steps, seed=args.seed,
                 chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds)
-    if args.plot is not None and not src.is_file():
-        print(f"pydiff speech enhance: --plot needs a single input file, got the folder "
-              f"{str(src)!r}", file=sys.stderr)
-        return 2
     if src.is_file():
-        try:
-            enhancer.enhance_file(src, dst, **opts)
-        except ValueError as err:
-            print(f"pydiff speech enhance: {err}", file=sys.stderr)
-            return 1
+        enhancer.enhance_file(src, dst, **opts)
         print(f"wrote {dst}")
         if args.plot is not None:
             print(f"wrote {_plot(src, dst, Path(args.plot))}")
         return 0
 
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                   and not p.name.startswith("."))
     if not files:
-        print(f"pydiff speech enhance: no {'/'.join(AUDIO_SUFFIXES)} files in {src}",
-              file=sys.stderr)
-        return 2
-    dst.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"input folder {str(src)!r} has no {'/'.join(AUDIO_SUFFIXES)} files")
     failed: list[tuple[Path, str]] = []
     done = skipped = 0
     for path in tqdm(files, desc="enhance", unit="file"):
@@ -153,7 +158,6 @@ def run_enhance(args: argparse.Namespace) -> int:
         if out.exists() and not args.overwrite:
             skipped += 1
             continue
-        out.parent.mkdir(parents=True, exist_ok=True)
         try:
             enhancer.enhance_file(path, out, **opts)
             done += 1
@@ -175,12 +179,14 @@ def run_train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if name == "input_perturbation" and value is not None:
             if len(value) > 2:
-                print("pydiff speech train: --input-perturbation takes GAMMA or LOW HIGH",
-                      file=sys.stderr)
-                return 2
+                raise InputError(f"--input-perturbation takes GAMMA or LOW HIGH, got "
+                                 f"{len(value)} values")
             value = value[0] if len(value) == 1 else tuple(value)
         if value is not None:
             setattr(config, name, value)
+    if config.init_from is not None:
+        check_input_dir(config.init_from, "--init-from")
+    check_output(args.output, "output (-o)", folder=True)
     enhancer = train(config, args.output)
     print(json.dumps(enhancer.metadata, indent=2))
     print(f"saved to {args.output}")
@@ -191,24 +197,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pydiff.domains.speech.data import make_pair
     from pydiff.domains.speech.evaluate import (
         DEFAULT_METHODS,
+        METHODS,
         evaluate,
         format_table,
         plot_spectrograms,
     )
 
     _threads(args.threads)
-    methods = DEFAULT_METHODS if args.methods is None else tuple(args.methods.split(","))
+    methods = DEFAULT_METHODS if args.methods is None else tuple(
+        m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"--methods {args.methods!r}: expected a comma-separated list from "
+                         f"{sorted(METHODS)}" + (f"; unknown: {unknown}" if unknown else ""))
+    if args.output:
+        check_output(args.output, "--output", folder=True)
     enhancer = _load(args.checkpoint)
-    try:
-        table = evaluate(enhancer, count=args.count, methods=methods, progress=True)
-    except ValueError as err:
-        print(f"pydiff speech evaluate: {err}", file=sys.stderr)
-        return 2
+    table = evaluate(enhancer, count=args.count, methods=methods, progress=True)
     print(format_table(table))
     if args.output:
         out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(table, indent=2))
+        write_json(out / "results.json", table, "--output")
         plot = plot_spectrograms(enhancer, make_pair("test", 0), out / "spectrograms.png",
                                  methods)
         print(f"wrote {out / 'results.json'} and {plot}")

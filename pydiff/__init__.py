@@ -12,8 +12,9 @@ Example:
 
 from __future__ import annotations
 
-from . import hooks, noise, ops, schedules, solvers
+from . import files, hooks, noise, ops, schedules, solvers
 from .denoiser import Denoiser
+from .errors import InputError
 from .grids import timesteps
 from .noise import add_noise
 from .sampling import prior, sample
@@ -52,5 +53,5 @@ __all__ = [
     "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
     "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",
-    "save_pretrained", "from_pretrained", "__version__",
+    "save_pretrained", "from_pretrained", "InputError", "files", "__version__",
 ]

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from . import ops
+from .errors import InputError
 from .schedules import DiscreteSchedule, Schedule, as_time
 from .tree import State, batch_size, leaves, per_sample, tree_map
 
@@ -77,21 +78,21 @@ class Denoiser:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a pydiff Schedule, got {type(schedule).__name__}")
         if precond not in PRECONDS:
-            raise ValueError(f"unknown precond={precond!r}; expected one of {PRECONDS}")
+            raise InputError(f"unknown precond={precond!r}; expected one of {PRECONDS}")
         if prediction is None:
             prediction = "x0" if precond == "edm" else "eps"
         if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction={prediction!r}; expected one of {PREDICTIONS}")
+            raise InputError(f"unknown prediction={prediction!r}; expected one of {PREDICTIONS}")
         if precond == "edm" and prediction != "x0":
-            raise ValueError("precond='edm' makes the network predict x0 through c_skip/c_out; "
+            raise InputError("precond='edm' makes the network predict x0 through c_skip/c_out; "
                              f"prediction must be 'x0', got {prediction!r}")
         if time_input is None:
             time_input = "log_sigma" if precond == "edm" else schedule.default_time_input
         if not callable(time_input) and time_input not in TIME_INPUTS:
-            raise ValueError(f"unknown time_input={time_input!r}; expected one of {TIME_INPUTS} "
+            raise InputError(f"unknown time_input={time_input!r}; expected one of {TIME_INPUTS} "
                              "or a callable")
         if time_input == "index" and not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("time_input='index' needs a DiscreteSchedule, got "
+            raise InputError("time_input='index' needs a DiscreteSchedule, got "
                              f"{type(schedule).__name__}")
         self.net, self.schedule, self.prediction, self.precond = net, schedule, prediction, precond
         self.time_input, self.time_scale, self.dtype, self.mean_key = (
@@ -115,7 +116,7 @@ class Denoiser:
         if not self.schedule.mean_reverting:
             return None
         if self.mean_key not in self.cond:
-            raise ValueError(f"a mean-reverting schedule needs its mean: call with "
+            raise InputError(f"a mean-reverting schedule needs its mean: call with "
                              f"{self.mean_key}=... or bind({self.mean_key}=...)")
         return self.cond[self.mean_key]
 
@@ -204,7 +205,7 @@ class Denoiser:
         shift = None
         if self.schedule.mean_reverting:
             if self.mean_key not in cond:
-                raise ValueError(f"a mean-reverting schedule needs its mean: pass "
+                raise InputError(f"a mean-reverting schedule needs its mean: pass "
                                  f"{self.mean_key}=... (the noisy observation)")
             shift = cond[self.mean_key]
 
@@ -290,7 +291,7 @@ class Denoiser:
 def _check_shape(out: Tensor, x: Tensor) -> Tensor:
     if not torch.is_tensor(out) or out.shape != x.shape:
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ValueError(f"the network returned {got} for an input of shape {tuple(x.shape)}; "
+        raise InputError(f"the network returned {got} for an input of shape {tuple(x.shape)}; "
                          "it must return a tensor of the input's shape")
     return out
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
 from .schedules import F64, Schedule, as_time
 
 Tensor = torch.Tensor
@@ -62,26 +63,26 @@ def timesteps(
     """
     if spacing == "custom":
         if values is None:
-            raise ValueError("spacing='custom' needs values=[t_0, t_1, ...] (decreasing)")
+            raise InputError("spacing='custom' needs values=[t_0, t_1, ...] (decreasing)")
         grid = as_time(values, device)
         if grid.dim() < 1 or grid.shape[0] < 2:
-            raise ValueError(f"values must hold at least 2 times, got shape {tuple(grid.shape)}")
+            raise InputError(f"values must hold at least 2 times, got shape {tuple(grid.shape)}")
         _validate(schedule, grid, "values")
         return grid
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing={spacing!r}; expected one of {SPACINGS}")
+        raise InputError(f"unknown spacing={spacing!r}; expected one of {SPACINGS}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
 
     t0 = as_time(schedule.t_max if t_start is None else t_start, device)
     t1 = as_time(schedule.t_eps if t_end is None else t_end, device)
     schedule.check_time(t0, "t_start")
     schedule.check_time(t1, "t_end")
     if bool((t1 <= 0).any()) and (final_zero or spacing in ("logsnr", "karras")):
-        raise ValueError(f"t_end must be > 0 with spacing={spacing!r} and final_zero={final_zero}"
+        raise InputError(f"t_end must be > 0 with spacing={spacing!r} and final_zero={final_zero}"
                          f", got {t1.tolist()}")
     if bool((t0 <= t1).any()):
-        raise ValueError(f"t_start={t0.tolist()} must be larger than t_end={t1.tolist()}")
+        raise InputError(f"t_start={t0.tolist()} must be larger than t_end={t1.tolist()}")
 
     n = steps if final_zero else steps + 1  # points before the optional final 0
     t0, t1 = torch.broadcast_tensors(t0, t1)
@@ -149,14 +150,14 @@ def _apply_shift(schedule: Schedule, grid: Tensor) -> Tensor:
 def _validate(schedule: Schedule, grid: Tensor, name: str) -> None:
     schedule.check_time(grid, name)
     if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError(f"{name} must be strictly decreasing, got {grid.tolist()}")
+        raise InputError(f"{name} must be strictly decreasing, got {grid.tolist()}")
 
 
 def check_grid(schedule: Schedule, grid: Tensor) -> Tensor:
     """Validate a user grid (float64, decreasing along dim 0, inside the schedule's range)."""
     grid = as_time(grid)
     if grid.dim() < 1 or grid.shape[0] < 2:
-        raise ValueError(f"grid must have shape [steps + 1, ...] with steps >= 1, got "
+        raise InputError(f"grid must have shape [steps + 1, ...] with steps >= 1, got "
                          f"{tuple(grid.shape)}")
     _validate(schedule, grid, "grid")
     return grid

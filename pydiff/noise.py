@@ -25,6 +25,7 @@ from typing import Union
 import torch
 
 from . import ops
+from .errors import InputError
 from .schedules import F64, Schedule, as_time
 from .tree import State, per_sample
 
@@ -47,7 +48,7 @@ def randn(
         return z.to(device) if device is not None else z
     gens = list(generator)
     if not shape or len(gens) != shape[0]:
-        raise ValueError(f"generator is a list of {len(gens)} generators but the batch size is "
+        raise InputError(f"generator is a list of {len(gens)} generators but the batch size is "
                          f"{shape[0] if shape else 'undefined'}: give one generator per sample")
     zs = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
     z = torch.stack(zs)
@@ -67,7 +68,7 @@ def check_generator(generator: Generators, batch: int) -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if len(list(generator)) != batch:
-        raise ValueError(f"generator is a list of {len(list(generator))} generators but the "
+        raise InputError(f"generator is a list of {len(list(generator))} generators but the "
                          f"batch size is {batch}: give one generator per sample")
 
 
@@ -123,7 +124,7 @@ def noised(x0: State, alpha: float | Tensor, sigma: float | Tensor, noise: State
         [2.5, 2.5]
     """
     if (mask is None) != (x is None):
-        raise ValueError("mask and x go together: mask selects where the noised x0 replaces x; "
+        raise InputError("mask and x go together: mask selects where the noised x0 replaces x; "
                          f"got mask={'None' if mask is None else 'a tensor'} and "
                          f"x={'None' if x is None else 'a state'}")
 

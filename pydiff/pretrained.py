@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .denoiser import Denoiser
+from .errors import InputError
+from .files import atomic_output_dir
 from .schedules import schedule_from_config
 
 FORMAT = "pydiff"
@@ -53,7 +54,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
            "float16": torch.float16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A folder that is not a loadable pydiff checkpoint (foreign, newer, or incomplete)."""
 
 
@@ -80,9 +81,10 @@ def save_pretrained(model: Denoiser | nn.Module, path: str | os.PathLike, *,
                     metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a Denoiser around an ``nn.Module``, or a bare module) to folder ``path``.
 
-    Files are written to temporary names and moved into place, so an interrupted save never
-    leaves a half-written checkpoint. Conditioning bound with ``Denoiser.bind`` is not saved.
-    Returns the folder.
+    The files are written to a temporary folder and moved into place once both are complete
+    (:func:`pydiff.files.atomic_output_dir`), so an interrupted save never leaves a half-written
+    checkpoint; other files in ``path`` stay. Conditioning bound with ``Denoiser.bind`` is not
+    saved. Returns the folder.
     """
     path = Path(path)
     net = model.net if isinstance(model, Denoiser) else model
@@ -106,15 +108,9 @@ def save_pretrained(model: Denoiser | nn.Module, path: str | os.PathLike, *,
             "dtype": None if model.dtype is None else str(model.dtype).removeprefix("torch."),
         }
         config["schedule"] = model.schedule.config()
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp", delete=False) as f:
-        tmp_weights = f.name
-    save_model(net, tmp_weights, metadata={"format": FORMAT})
-    os.replace(tmp_weights, path / WEIGHTS_NAME)
-    with tempfile.NamedTemporaryFile("w", dir=path, suffix=".tmp", delete=False) as f:
-        json.dump(config, f, indent=2)
-        tmp_config = f.name
-    os.replace(tmp_config, path / CONFIG_NAME)
+    with atomic_output_dir(path, "checkpoint folder") as tmp:
+        save_model(net, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return path
 
 

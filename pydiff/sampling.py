@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,12 +21,13 @@ import torch
 
 from . import ops
 from .denoiser import Denoiser
+from .errors import InputError
 from .grids import timesteps
 from .hooks import Hook
 from .noise import Generators, noised, randn
 from .schedules import Schedule, as_time
 from .solvers import Solver, SolverState, get_solver
-from .tree import State, leaves, tree_map
+from .tree import State, leaves, per_sample, tree_map
 
 Tensor = torch.Tensor
 
@@ -56,15 +58,26 @@ def prior(
         >>> pydiff.prior(sched, y.shape, mean=y, noise=z).tolist()  # y + sigma(T) * 0
         [[1.0, 1.0, 1.0, 1.0]]
     """
-    shape = tuple(shape.shape) if torch.is_tensor(shape) else tuple(shape)
+    given = tuple(shape.shape) if torch.is_tensor(shape) else tuple(shape)
+    try:
+        shape = tuple(operator.index(n) for n in given)
+    except TypeError:
+        shape = ()
+    if not shape or min(shape) < 0:
+        raise InputError(f"shape must be a non-empty sequence of integers >= 0, got {given}")
+    if device is not None:
+        check_device(device, "device")
+    t = schedule.t_max if t is None else t
+    if not torch.is_tensor(t) or t.device.type == "cpu":
+        schedule.check_time(as_time(t), "t")  # (a device tensor is not checked: no sync)
     if noise is None:
         z = randn(shape, generator, device=device)
     elif not torch.is_tensor(noise) or tuple(noise.shape) != shape:
         got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
-        raise ValueError(f"noise must be a tensor of the prior's shape {shape}, got {got}")
+        raise InputError(f"noise must be a tensor of the prior's shape {shape}, got {got}")
     else:
         z = noise if device is None else noise.to(device)
-    tt = as_time(schedule.t_max if t is None else t, z.device)
+    tt = as_time(t, z.device)
     sigma = schedule.sigma(tt)
     if mean is None:
         return ops.lincomb([z], [sigma])
@@ -118,14 +131,25 @@ def sample(
     if not isinstance(model, Denoiser) and not hasattr(model, "x0"):
         raise TypeError("model must be a pydiff.Denoiser (or provide .x0(x, t)); wrap your "
                         "network: pydiff.Denoiser(net, schedule, prediction=...)")
+    if not (torch.is_tensor(x) or (isinstance(x, dict) and x
+                                   and all(torch.is_tensor(v) for v in x.values()))):
+        raise TypeError(f"x must be a tensor or a non-empty dict of tensors, got "
+                        f"{type(x).__name__}")
     solver = get_solver(solver, **solver_options)
     schedule = model.schedule
     ref = leaves(x)[0]
+    if ref.is_meta:
+        raise InputError("x is a meta tensor (a shape without data); expected a tensor on a "
+                         "real device such as 'cpu' or 'cuda'")
     if grid is None:
         if spacing is None:
             spacing = schedule.default_spacing or solver.default_spacing
         grid = timesteps(schedule, steps, spacing, t_start=t_start,
                          t_end=t_end, final_zero=final_zero, device=ref.device)
+        name = "t_start" if torch.is_tensor(t_start) and t_start.dim() else "t_end"
+    else:
+        name = "grid"
+    _check_time_shape(grid[0] if torch.is_tensor(grid) and grid.dim() else grid, x, name)
     shift = getattr(model, "shift", None)
     if shift is not None:
         x = tree_map(torch.sub, x, shift)
@@ -159,6 +183,36 @@ def sample(
     if shift is not None:
         out = tree_map(torch.add, out, shift)
     return out
+
+
+def check_device(device: torch.device | str, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` if it exists here, else an InputError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"{name}={device!r} is not a torch device; expected e.g. 'cpu', 'cuda' "
+                         "or 'cuda:0'") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise InputError(f"{name}={device!r} is not available: this machine has {count} "
+                             f"CUDA device(s) (torch {torch.__version__})")
+    return dev
+
+
+def _check_time_shape(t: Tensor, x: State, name: str) -> None:
+    """Per-sample times must fit the state before a solver broadcasts them deep inside."""
+    if not torch.is_tensor(t):
+        return
+    for leaf in leaves(x):
+        try:
+            per_sample(t, leaf)
+        except ValueError:
+            batch = leaf.shape[0] if leaf.dim() else "?"
+            raise InputError(
+                f"{name} has shape {tuple(t.shape)}, which does not fit the state x of shape "
+                f"{tuple(leaf.shape)} (batch size {batch}): expected a scalar, one value per "
+                f"sample [{batch}], or a shape broadcastable to x") from None
 
 
 def _progress(total: int, name: str):

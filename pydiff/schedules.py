@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+
 Tensor = torch.Tensor
 F64 = torch.float64
 
@@ -138,9 +140,10 @@ class Schedule:
         return f, 2 * s * ds - 2 * f * s**2
 
     def check_time(self, t: Tensor, name: str = "t") -> None:
-        """Raise a ValueError if any ``t`` lies outside ``[0, t_max]`` (host sync: call at init)."""
+        """Raise an InputError if any ``t`` lies outside ``[0, t_max]`` (a host sync: call at
+        init)."""
         if torch.isnan(t).any() or (t < 0).any() or (t > self.t_max * (1 + 1e-12)).any():
-            raise ValueError(
+            raise InputError(
                 f"{name}={_brief(t)} lies outside this {type(self).__name__}'s range "
                 f"[0, {self.t_max}]"
             )
@@ -198,9 +201,9 @@ class DiscreteSchedule(_VPFromLogAlpha):
     def __init__(self, alphas_cumprod: Tensor | list[float], kind: str = "custom", **kind_args):
         ac = torch.as_tensor(alphas_cumprod, dtype=F64).flatten()
         if ac.numel() < 2 or not bool(((ac > 0) & (ac <= 1)).all()):
-            raise ValueError("alphas_cumprod must hold at least 2 values in (0, 1]")
+            raise InputError("alphas_cumprod must hold at least 2 values in (0, 1]")
         if not bool((ac[1:] <= ac[:-1]).all()):
-            raise ValueError("alphas_cumprod must be non-increasing")
+            raise InputError("alphas_cumprod must be non-increasing")
         self.alphas_cumprod = ac
         self.num_train_timesteps = n = ac.numel()
         self.t_eps = 1.0 / n
@@ -327,7 +330,7 @@ class VESchedule(Schedule):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_eps: float = 1e-5):
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+            raise InputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max, self.t_eps = float(sigma_min), float(sigma_max), t_eps
 
     def _alpha(self, t):
@@ -358,7 +361,7 @@ class EDMSchedule(Schedule):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+            raise InputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.sigma_data = float(sigma_data)
         self.t_max, self.t_eps = self.sigma_max, self.sigma_min
@@ -426,7 +429,7 @@ class MeanRevertingSchedule(Schedule):
     def __init__(self, theta: float = 1.5, sigma_min: float = 0.05, sigma_max: float = 0.5,
                  t_eps: float = 0.03):
         if not (theta > 0 and 0 < sigma_min < sigma_max):
-            raise ValueError(f"need theta > 0 and 0 < sigma_min < sigma_max, got "
+            raise InputError(f"need theta > 0 and 0 < sigma_min < sigma_max, got "
                              f"theta={theta}, sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.theta = float(theta)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
@@ -458,7 +461,7 @@ def schedule_from_config(config: dict[str, Any]) -> Schedule:
     config = dict(config)
     kind = config.pop("type", None)
     if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule type {kind!r}; known: {sorted(SCHEDULES)}")
+        raise InputError(f"unknown schedule type {kind!r}; known: {sorted(SCHEDULES)}")
     if kind == "DiscreteSchedule" and "kind" in config:
         return getattr(DiscreteSchedule, config.pop("kind"))(**config)
     return SCHEDULES[kind](**config)

@@ -7,6 +7,8 @@ from typing import Any, Union
 
 import torch
 
+from .errors import InputError
+
 Tensor = torch.Tensor
 State = Union[Tensor, dict[str, Tensor]]  # noqa: UP007 (a runtime alias)
 
@@ -16,7 +18,7 @@ def tree_map(fn: Callable[..., Any], tree: State, *rest: State) -> State:
     if isinstance(tree, dict):
         for other in rest:
             if not isinstance(other, dict) or other.keys() != tree.keys():
-                raise ValueError(f"dict states must share keys: {sorted(tree)} vs "
+                raise InputError(f"dict states must share keys: {sorted(tree)} vs "
                                  f"{sorted(other) if isinstance(other, dict) else type(other)}")
         return {k: fn(v, *(o[k] for o in rest)) for k, v in tree.items()}
     return fn(tree, *rest)
@@ -31,7 +33,7 @@ def batch_size(tree: State) -> int:
     """Leading (batch) dimension of a state."""
     first = leaves(tree)[0]
     if first.dim() == 0:
-        raise ValueError("states must be batch-first tensors with at least one dimension")
+        raise InputError("states must be batch-first tensors with at least one dimension")
     return first.shape[0]
 
 
@@ -50,7 +52,7 @@ def per_sample(c: Tensor, like: Tensor) -> Tensor:
     except RuntimeError:
         shape = None
     if shape != like.shape:
-        raise ValueError(
+        raise InputError(
             f"a time/coefficient of shape {tuple(c.shape)} does not broadcast to the state of "
             f"shape {tuple(like.shape)}: expected a scalar, [B]=[{like.shape[0]}], or a shape "
             f"broadcastable to the state"

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pydiff.errors import InputError
+
 from .envs import env_spec, episode_success, make_env, pendulum_angle
 from .metrics import jump_summary, latency_summary
 from .validation import ActionClipper, check_observation
@@ -132,7 +134,7 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
         render: keep ``env.render()`` frames (for GIFs).
     """
     if hz is not None and not hz > 0:
-        raise ValueError(f"hz must be > 0 (or None for simulated time), got {hz}")
+        raise InputError(f"hz must be > 0 (or None for simulated time), got {hz}")
     spec = env_spec(env_name)
     env = make_env(env_name, render_mode="rgb_array" if render else None)
     steps_limit = max_steps or spec.max_steps
@@ -214,7 +216,7 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
     Finished envs keep receiving (ignored) actions until all are done.
     """
     if not seeds:
-        raise ValueError("seeds must name at least one seed")
+        raise InputError("seeds must name at least one seed")
     spec = env_spec(env_name)
     steps_limit = max_steps or spec.max_steps
     envs = [make_env(env_name) for _ in seeds]

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pydiff.errors import InputError
+
 from .envs import env_spec, episode_success, make_env
 from .experts import make_expert
 
@@ -84,7 +86,7 @@ def collect_demonstrations(env_name: str, episodes: int, seed: int = 0,
     balancing, which would otherwise dominate the data).
     """
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise InputError(f"episodes must be >= 1, got {episodes}")
     out: list[Episode] = []
     s = seed
     while len(out) < episodes and s < seed + 3 * episodes:

@@ -28,6 +28,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from pydiff.errors import InputError
+
 POINTMASS_ID = "pydiff/PointMassObstacle-v0"
 ALIASES = {
     "pendulum": "Pendulum-v1",
@@ -146,7 +148,7 @@ _register()
 def resolve_env_id(name: str) -> str:
     """The gymnasium id for a short name (``pendulum``, ``pointmass``, ``pusht``) or an id."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"env must be a non-empty name, got {name!r}; expected one of "
+        raise InputError(f"env must be a non-empty name, got {name!r}; expected one of "
                          f"{sorted(ALIASES)} or a gymnasium id")
     return ALIASES.get(name.lower(), name)
 
@@ -165,7 +167,7 @@ def make_env(name: str, render_mode: str | None = None, **kwargs: Any) -> gym.En
                               "(pip install gym-pusht 'pymunk<7')") from err
         kwargs.setdefault("obs_type", "state")
     if env_id not in gym.registry:
-        raise ValueError(f"env={name!r} is not registered; expected one of {sorted(ALIASES)} "
+        raise InputError(f"env={name!r} is not registered; expected one of {sorted(ALIASES)} "
                          "or a registered gymnasium id")
     return gym.make(env_id, render_mode=render_mode, **kwargs)
 
@@ -200,7 +202,7 @@ def env_spec(name: str) -> EnvSpec:
     """The :class:`EnvSpec` of an env (short name or id)."""
     env_id = resolve_env_id(name)
     if env_id not in SPECS:
-        raise ValueError(f"no EnvSpec for env={name!r}; known: {sorted(SPECS)}")
+        raise InputError(f"no EnvSpec for env={name!r}; known: {sorted(SPECS)}")
     return SPECS[env_id]
 
 

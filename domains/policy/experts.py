@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pydiff.errors import InputError
+
 # Pendulum-v1 dynamics: w' = 3 g / (2 l) sin(th) + 3 / (m l^2) u with g = 10, m = l = 1
 _PEND_A, _PEND_B, _PEND_MAX_TORQUE = 15.0, 3.0, 2.0
 
@@ -43,7 +45,7 @@ class PendulumExpert:
     def __init__(self, direction: int = 1, k_energy: float = 0.5, k_p: float = 10.0,
                  k_d: float = 2.0, catch_angle: float = 0.6):
         if direction not in (-1, 1):
-            raise ValueError(f"direction must be -1 or 1, got {direction!r}")
+            raise InputError(f"direction must be -1 or 1, got {direction!r}")
         self.direction, self.k_energy, self.k_p, self.k_d = direction, k_energy, k_p, k_d
         self.catch_angle = catch_angle
 
@@ -75,7 +77,7 @@ class PointMassExpert:
     def __init__(self, side: int = 1, waypoint_x: float = 0.55, gain: float = 3.0,
                  goal: tuple[float, float] = (0.0, 0.75)):
         if side not in (-1, 1):
-            raise ValueError(f"side must be -1 or 1, got {side!r}")
+            raise InputError(f"side must be -1 or 1, got {side!r}")
         self.side, self.gain = side, gain
         self.waypoints = [np.array([side * waypoint_x, -0.15]),
                           np.array([side * waypoint_x, 0.15]), np.asarray(goal, dtype=np.float64)]
@@ -159,7 +161,7 @@ def make_expert(env_id: str, mode: int = 1):
         return PointMassExpert(side=mode)
     if env_id == "gym_pusht/PushT-v0":
         return PushTExpert()
-    raise ValueError(f"no scripted expert for env={env_id!r}")
+    raise InputError(f"no scripted expert for env={env_id!r}")
 
 
 __all__ = ["PendulumExpert", "PointMassExpert", "PushTExpert", "make_expert"]

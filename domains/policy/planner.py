@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 import pydiff
+from pydiff.errors import InputError
 from pydiff.guidance import ClipX0, RewardGuidance
 from pydiff.hooks import InpaintReplace
 from pydiff.nn import UNet1D
@@ -86,14 +87,14 @@ class PlannerConfig:
         for name in ("obs_dim", "action_dim", "horizon", "steps", "replan_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if self.horizon < 2:
-            raise ValueError(f"horizon must be >= 2 (start and goal), got {self.horizon}")
+            raise InputError(f"horizon must be >= 2 (start and goal), got {self.horizon}")
         bad = [d for d in self.goal_dims if not 0 <= d < self.obs_dim]
         if bad:
-            raise ValueError(f"goal_dims {bad} are not state dimensions (obs_dim={self.obs_dim})")
+            raise InputError(f"goal_dims {bad} are not state dimensions (obs_dim={self.obs_dim})")
         if self.solver not in pydiff.available_solvers():
-            raise ValueError(f"solver={self.solver!r}; expected one of "
+            raise InputError(f"solver={self.solver!r}; expected one of "
                              f"{pydiff.available_solvers()}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,7 +266,7 @@ def side_value(side: int) -> Callable[[Tensor], Tensor]:
     """A value that prefers passing the obstacle on ``side`` (-1 left, +1 right): the mean
     signed ``x`` of the planned positions in the obstacle's band ``|y| < 0.4``."""
     if side not in (-1, 1):
-        raise ValueError(f"side must be -1 or 1, got {side!r}")
+        raise InputError(f"side must be -1 or 1, got {side!r}")
 
     def value(traj: Tensor) -> Tensor:
         x, y = traj[..., 0], traj[..., 1]

@@ -15,10 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from pydiff.errors import InputError
+from pydiff.files import atomic_output
 
 from .control import EpisodeResult
 from .envs import pendulum_angle, resolve_env_id
@@ -61,8 +63,8 @@ def plot_trajectories(results: Sequence[EpisodeResult], env: str, path: str,
         ax.set_xlabel("x (blue: left, orange: right)")
     ax.set_title(title or f"{env}: {len(results)} episodes")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path, "plot") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -81,8 +83,8 @@ def plot_action_chunks(result: EpisodeResult, path: str, title: str = "") -> str
     ax.legend(loc="best")
     ax.set_title(title or "action chunks")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path, "plot") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -90,13 +92,13 @@ def plot_action_chunks(result: EpisodeResult, path: str, title: str = "") -> str
 def save_gif(frames: Sequence[np.ndarray], path: str, fps: int = 20) -> str:
     """Write RGB frames ``[H, W, 3]`` (uint8) as an animated GIF."""
     if not frames:
-        raise ValueError("save_gif needs at least one frame (run the episode with render=True)")
+        raise InputError("save_gif needs at least one frame (run the episode with render=True)")
     from PIL import Image
 
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps),
-                   loop=0)
+    with atomic_output(path, "GIF") as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=int(1000 / fps), loop=0)
     return path
 
 

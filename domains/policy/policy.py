@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 import pydiff
+from pydiff.errors import InputError
 from pydiff.guidance import ClipX0
 from pydiff.nn import UNet1D
 
@@ -119,26 +120,26 @@ class DiffusionPolicyConfig:
                      "steps", "rti_steps", "stream_steps", "num_train_timesteps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if self.n_action_steps > self.horizon:
-            raise ValueError(f"n_action_steps={self.n_action_steps} must be <= horizon="
+            raise InputError(f"n_action_steps={self.n_action_steps} must be <= horizon="
                              f"{self.horizon} (only predicted actions can be executed)")
         if self.prediction not in ("eps", "x0"):
-            raise ValueError(f"prediction={self.prediction!r}; expected 'eps' or 'x0'")
+            raise InputError(f"prediction={self.prediction!r}; expected 'eps' or 'x0'")
         if self.beta_schedule not in ("cosine", "linear"):
-            raise ValueError(f"beta_schedule={self.beta_schedule!r}; expected 'cosine' or "
+            raise InputError(f"beta_schedule={self.beta_schedule!r}; expected 'cosine' or "
                              "'linear'")
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r}; expected one of {MODES}")
+            raise InputError(f"mode={self.mode!r}; expected one of {MODES}")
         if not 0.0 < self.rti_t_start <= 1.0:
-            raise ValueError(f"rti_t_start={self.rti_t_start} must lie in (0, 1]")
+            raise InputError(f"rti_t_start={self.rti_t_start} must lie in (0, 1]")
         if not 0.0 <= self.stream_fraction <= 1.0:
-            raise ValueError(f"stream_fraction={self.stream_fraction} must lie in [0, 1]")
+            raise InputError(f"stream_fraction={self.stream_fraction} must lie in [0, 1]")
         if self.solver not in pydiff.available_solvers():
-            raise ValueError(f"solver={self.solver!r}; expected one of "
+            raise InputError(f"solver={self.solver!r}; expected one of "
                              f"{pydiff.available_solvers()}")
         if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
-            raise ValueError(f"action_low/action_high must hold action_dim={self.action_dim} "
+            raise InputError(f"action_low/action_high must hold action_dim={self.action_dim} "
                              f"values, got {self.action_low} and {self.action_high}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +202,7 @@ class DiffusionPolicy(nn.Module):
                  "num_train_timesteps", "beta_schedule")
         changed = [k for k in overrides if k in fixed and overrides[k] != getattr(self.config, k)]
         if changed:
-            raise ValueError(f"cannot change architecture fields {changed} of a built policy")
+            raise InputError(f"cannot change architecture fields {changed} of a built policy")
         self.config = dataclasses.replace(self.config, **overrides)
         self.reset()
         return self
@@ -210,14 +211,14 @@ class DiffusionPolicy(nn.Module):
     def _condition(self, obs_history: Tensor) -> Tensor:
         cfg = self.config
         if obs_history.dim() != 3 or obs_history.shape[1:] != (cfg.n_obs_steps, cfg.obs_dim):
-            raise ValueError(f"obs_history has shape {tuple(obs_history.shape)}; expected "
+            raise InputError(f"obs_history has shape {tuple(obs_history.shape)}; expected "
                              f"[B, n_obs_steps={cfg.n_obs_steps}, obs_dim={cfg.obs_dim}]")
         return self.obs_normalizer.normalize(obs_history).flatten(1)
 
     def _generators(self, batch: int, generator: torch.Generator | list | None):
         if generator is None or isinstance(generator, torch.Generator) or len(generator) == batch:
             return generator
-        raise ValueError(f"generator must be one torch.Generator or a list of {batch}, got a "
+        raise InputError(f"generator must be one torch.Generator or a list of {batch}, got a "
                          f"list of {len(generator)}")
 
     # -- inference --------------------------------------------------------------------------
@@ -235,7 +236,7 @@ class DiffusionPolicy(nn.Module):
         """
         mode = mode or self.config.mode
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}; expected one of {MODES}")
+            raise InputError(f"mode={mode!r}; expected one of {MODES}")
         obs_history = torch.as_tensor(obs_history, dtype=torch.float32)
         cond = self._condition(obs_history)
         model = self.inference_model().bind(global_cond=cond)
@@ -327,7 +328,7 @@ class DiffusionPolicy(nn.Module):
         x = check_observation(obs, self.config.obs_dim)
         single = len(np.shape(obs)) == 1
         if self._obs_history and self._obs_history[-1].shape[0] != x.shape[0]:
-            raise ValueError(f"observation batch size changed from "
+            raise InputError(f"observation batch size changed from "
                              f"{self._obs_history[-1].shape[0]} to {x.shape[0]}; call reset()")
         while len(self._obs_history) < self.config.n_obs_steps - 1:
             self._obs_history.append(x)

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydiff.errors import InputError
+
 from .data import MinMaxNormalizer, collect_demonstrations, policy_windows
 from .envs import make_env
 from .policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -51,7 +53,7 @@ def checkpoint_path(env: str) -> Path:
     if not (path / "config.json").is_file():
         shipped = sorted(p.name for p in CHECKPOINT_ROOT.iterdir()) if CHECKPOINT_ROOT.is_dir() \
             else []
-        raise FileNotFoundError(f"no shipped checkpoint for env={env!r}; shipped: {shipped}")
+        raise InputError(f"no shipped checkpoint for env={env!r}; shipped: {shipped}")
     return path
 
 
@@ -98,10 +100,17 @@ def train_policy(env: str, out_dir: str | os.PathLike | None, *, episodes: int =
 
 
 def load_policy(env_or_path: str | os.PathLike, **overrides: Any) -> DiffusionPolicy:
-    """A shipped checkpoint by env name, or a saved folder, with config overrides."""
+    """A shipped checkpoint by env name, or a saved folder, with config overrides.
+
+    A ``Path``, or a string with a path separator, is always a folder (a missing one is an
+    error naming it, never taken for an env name).
+    """
     path = Path(env_or_path)
-    if not (path / "config.json").is_file():
-        path = checkpoint_path(str(env_or_path))
+    text = os.fspath(env_or_path)
+    is_path = isinstance(env_or_path, os.PathLike) or os.sep in text or (
+        os.altsep is not None and os.altsep in text)
+    if not is_path and not (path / "config.json").is_file():
+        path = checkpoint_path(text)
         overrides = {**SHIPPED_INFERENCE.get(str(env_or_path), {}), **overrides}
     return DiffusionPolicy.from_pretrained(path, **overrides)
 

@@ -1,9 +1,9 @@
 """Guards between the world and the motors: observation checks and action clipping.
 
 Bad input never becomes a motor command: an observation of the wrong shape or with NaN/inf
-raises :class:`ObservationError` (a ``ValueError``) naming what was received and what is
-expected, and every action leaves through :class:`ActionClipper`, which clips it to the action
-space and counts the clipped entries.
+raises :class:`ObservationError` (a :class:`pydiff.InputError`, so a ``ValueError``) naming
+what was received and what is expected, and every action leaves through
+:class:`ActionClipper`, which clips it to the action space and counts the clipped entries.
 
 Example:
     >>> import torch
@@ -22,10 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pydiff.errors import InputError
+
 Tensor = torch.Tensor
 
 
-class ObservationError(ValueError):
+class ObservationError(InputError):
     """An observation that must not reach the policy (wrong shape, NaN or inf)."""
 
 
@@ -71,7 +73,7 @@ class ActionClipper:
         self.low = torch.as_tensor(low, dtype=torch.float32).flatten()
         self.high = torch.as_tensor(high, dtype=torch.float32).flatten()
         if self.low.shape != self.high.shape or not bool((self.low <= self.high).all()):
-            raise ValueError(f"action bounds must have equal shapes and low <= high, got "
+            raise InputError(f"action bounds must have equal shapes and low <= high, got "
                              f"low={self.low.tolist()}, high={self.high.tolist()}")
         self.reset_counts()
 
@@ -82,7 +84,7 @@ class ActionClipper:
     def __call__(self, action: Tensor) -> Tensor:
         """Clip ``action [..., action_dim]`` (NaN actions raise: they are a model failure)."""
         if action.shape[-1] != self.low.numel():
-            raise ValueError(f"action has shape {tuple(action.shape)}; expected last dim "
+            raise InputError(f"action has shape {tuple(action.shape)}; expected last dim "
                              f"{self.low.numel()}")
         if not bool(torch.isfinite(action).all()):
             raise FloatingPointError("the policy produced a NaN/inf action; refusing to send it")

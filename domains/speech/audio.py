@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pydiff.errors import InputError
+from pydiff.files import atomic_output
+
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 384000
 CLIP_LEVEL = 0.999
@@ -38,10 +41,10 @@ class ClippingWarning(UserWarning):
 def check_sample_rate(sample_rate: int, name: str = "sample_rate") -> int:
     """Validate a sample rate (8 kHz .. 384 kHz, an integer)."""
     if isinstance(sample_rate, bool) or not float(sample_rate).is_integer():
-        raise ValueError(f"{name} must be an integer number of Hz, got {sample_rate!r}")
+        raise InputError(f"{name} must be an integer number of Hz, got {sample_rate!r}")
     sr = int(sample_rate)
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
-        raise ValueError(f"{name}={sr} Hz is outside the supported {MIN_SAMPLE_RATE}.."
+        raise InputError(f"{name}={sr} Hz is outside the supported {MIN_SAMPLE_RATE}.."
                          f"{MAX_SAMPLE_RATE} Hz (speech below 8 kHz has no wide-band content "
                          "to enhance)")
     return sr
@@ -55,18 +58,18 @@ def check_wave(wave: np.ndarray, sample_rate: int, name: str = "wave",
     if arr.dtype.kind in "iu":  # integer PCM: scale to [-1, 1)
         arr = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max + 1)
     elif arr.dtype.kind != "f":
-        raise ValueError(f"{name} must hold real audio samples, got dtype {arr.dtype}")
+        raise InputError(f"{name} must hold real audio samples, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be [N] (mono) or [C, N] (channels first), got shape "
+        raise InputError(f"{name} must be [N] (mono) or [C, N] (channels first), got shape "
                          f"{arr.shape}")
     if arr.shape[-1] == 0 or arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); expected at least one sample")
+        raise InputError(f"{name} is empty (shape {arr.shape}); expected at least one sample")
     bad = ~np.isfinite(arr)
     if bad.any():
         ch, idx = np.argwhere(bad)[0]
-        raise ValueError(f"{name} contains {int(bad.sum())} non-finite samples (NaN/inf), the "
+        raise InputError(f"{name} contains {int(bad.sum())} non-finite samples (NaN/inf), the "
                          f"first at sample {idx} of channel {ch}; expected finite audio")
     if warn_clipping:
         warn_if_clipped(arr, name)
@@ -91,21 +94,21 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise ValueError(f"cannot read audio file {str(path)!r}: {err}") from err
+        raise InputError(f"cannot read audio file {str(path)!r}: {err}") from err
     return np.ascontiguousarray(data.T), int(sr)
 
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:
-    """Write ``[N]`` or ``[C, N]`` float audio as 16-bit PCM WAV, atomically (temp + rename)."""
+    """Write ``[N]`` or ``[C, N]`` float audio as 16-bit PCM WAV, atomically
+    (:func:`pydiff.files.atomic_output`)."""
     import soundfile as sf
 
     path = Path(path)
     arr = np.asarray(wave, dtype=np.float32)
     arr = arr[None] if arr.ndim == 1 else arr
-    tmp = path.with_name(f".{path.name}.partial")
-    sf.write(str(tmp), np.clip(arr.T, -1.0, 1.0), int(sample_rate), subtype="PCM_16",
-             format="WAV")
-    tmp.replace(path)
+    with atomic_output(path, "audio output") as tmp:
+        sf.write(str(tmp), np.clip(arr.T, -1.0, 1.0), int(sample_rate), subtype="PCM_16",
+                 format="WAV")
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 
 import pydiff
+from pydiff.errors import InputError
+from pydiff.files import atomic_output, atomic_output_dir, check_input_file
 from pydiff.pretrained import from_pretrained, save_pretrained
 
 from .audio import CLIP_FRACTION, CLIP_LEVEL, ClippingWarning, check_sample_rate, check_wave
@@ -136,14 +138,14 @@ class SpeechEnhancer:
             self.model = score_net
         else:
             if schedule is not None and schedule.config() != score_net.schedule.config():
-                raise ValueError(f"schedule {schedule} differs from the network's "
+                raise InputError(f"schedule {schedule} differs from the network's "
                                  f"{score_net.schedule}")
             self.model = make_denoiser(score_net.eval())
         self.predictive_net = None if predictive_net is None else predictive_net.eval()
         self.spectrogram = spectrogram or Spectrogram()
         self.metadata = dict(metadata or {})
         if self.spectrogram.config.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"the model works at {SAMPLE_RATE} Hz, got a spectrogram at "
+            raise InputError(f"the model works at {SAMPLE_RATE} Hz, got a spectrogram at "
                              f"{self.spectrogram.config.sample_rate} Hz")
 
     @property
@@ -157,8 +159,11 @@ class SpeechEnhancer:
         path = Path(path) if path is not None else PRETRAINED_DIR
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
-            raise ValueError(f"{str(path)!r} is not a speech enhancer checkpoint: no {CONFIG_NAME}")
-        cfg = json.loads(cfg_file.read_text())
+            raise InputError(f"{str(path)!r} is not a speech enhancer checkpoint: no {CONFIG_NAME}")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"{str(cfg_file)!r} is not valid JSON: {err}") from err
         model = _upgrade(from_pretrained(path / "score"))
         predictive = None
         if (path / "predictive").is_dir():
@@ -169,14 +174,14 @@ class SpeechEnhancer:
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``score/``, ``predictive/`` (pydiff checkpoints) and ``speech.json``."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_pretrained(self.model, path / "score")
-        if self.predictive_net is not None:
-            save_pretrained(self.predictive_net, path / "predictive")
         cfg = {"spectrogram": self.spectrogram.config.to_dict(), "metadata": self.metadata}
-        tmp = path / f".{CONFIG_NAME}.partial"
-        tmp.write_text(json.dumps(cfg, indent=2))
-        tmp.replace(path / CONFIG_NAME)
+        # all parts complete before any replaces the folder's (other entries such as
+        # snapshots/ stay)
+        with atomic_output_dir(path, "checkpoint folder") as tmp:
+            save_pretrained(self.model, tmp / "score")
+            if self.predictive_net is not None:
+                save_pretrained(self.predictive_net, tmp / "predictive")
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
         return path
 
     # -- the spectrogram-domain core -----------------------------------------------------------
@@ -190,7 +195,7 @@ class SpeechEnhancer:
         """``solver``, or the default for ``None``; a clear error for unknown names."""
         solver = self.default_solver if solver is None else solver
         if solver not in SAMPLERS:
-            raise ValueError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
+            raise InputError(f"solver must be one of {sorted(SAMPLERS)}, got {solver!r}")
         return solver
 
     @torch.no_grad()
@@ -205,7 +210,7 @@ class SpeechEnhancer:
         spec = SAMPLERS[solver]
         steps = spec.steps if steps is None else int(steps)
         if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+            raise InputError(f"steps must be >= 1, got {steps}")
         core = _resolve_solver(solver, spec)
         if noise is None:
             noise = torch.stack([frame_noise(seed, c, first_frame, y.shape[-1], y.shape[-2])
@@ -213,7 +218,7 @@ class SpeechEnhancer:
         mean = y
         if spec.storm:
             if self.predictive_net is None:
-                raise ValueError("solver='storm' needs a predictive network; this checkpoint has "
+                raise InputError("solver='storm' needs a predictive network; this checkpoint has "
                                  "none")
             mean = self.predictive_net(y)
         t_start = self.schedule.t_max if spec.t_start is None else spec.t_start
@@ -282,14 +287,14 @@ class SpeechEnhancer:
         """
         import soundfile as sf
 
-        source, target = Path(source), Path(target)
+        source, target = check_input_file(source, "audio file"), Path(target)
         try:
             info = sf.info(str(source))
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise ValueError(f"cannot read audio file {str(source)!r}: {err}") from err
+            raise InputError(f"cannot read audio file {str(source)!r}: {err}") from err
         sr = check_sample_rate(info.samplerate, "sample rate of " + str(source))
         if info.frames == 0:
-            raise ValueError(f"audio file {str(source)!r} is empty (0 samples)")
+            raise InputError(f"audio file {str(source)!r} is empty (0 samples)")
         block = max(int(block_seconds * sr), 1)
         peak, at_full_scale = 0.0, 0
         for i, b in enumerate(sf.blocks(str(source), blocksize=block, dtype="float32",
@@ -304,13 +309,12 @@ class SpeechEnhancer:
                           ClippingWarning, stacklevel=2)
         blocks = (b.T for b in sf.blocks(str(source), blocksize=block, dtype="float32",
                                          always_2d=True))
-        tmp = target.with_name(f".{target.name}.partial")
-        with sf.SoundFile(str(tmp), "w", samplerate=sr, channels=info.channels,
-                          subtype="PCM_16", format="WAV") as out:
+        with atomic_output(target, "output") as tmp, sf.SoundFile(
+                str(tmp), "w", samplerate=sr, channels=info.channels, subtype="PCM_16",
+                format="WAV") as out:
             for piece in self._stream(blocks, sr, peak, solver, steps, seed, chunk_seconds,
                                       overlap_seconds):
                 out.write(np.clip(piece.T, -1.0, 1.0))
-        tmp.replace(target)
         return {"sample_rate": sr, "channels": info.channels, "seconds": info.frames / sr,
                 "clipped": clipped}
 
@@ -327,7 +331,7 @@ class SpeechEnhancer:
         chunk = None if chunk_seconds is None else _to_hops(chunk_seconds, hop, "chunk_seconds")
         overlap = _to_hops(overlap_seconds, hop, "overlap_seconds", allow_zero=True)
         if chunk is not None and overlap >= chunk:
-            raise ValueError(f"overlap_seconds={overlap_seconds} must be shorter than "
+            raise InputError(f"overlap_seconds={overlap_seconds} must be shorter than "
                              f"chunk_seconds={chunk_seconds}")
         silent = peak <= 0.0
         scale = 1.0 if silent else 1.0 / peak
@@ -357,7 +361,7 @@ class SpeechEnhancer:
                 if y.shape[1]:
                     yield y
         if channels is None:
-            raise ValueError("wave is empty; expected at least one sample")
+            raise InputError("wave is empty; expected at least one sample")
         tail16 = down.resample_chunk(np.zeros((0, channels), np.float32), last=True).T \
             if resample else np.zeros((channels, 0), np.float32)
         outs = chunker.push(tail16) + chunker.flush()
@@ -396,7 +400,7 @@ FRAME_ALIGN = 8
 
 def _to_hops(seconds: float, hop: int, name: str, allow_zero: bool = False) -> int:
     if not seconds >= 0 or (seconds == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {seconds}")
+        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {seconds}")
     unit = hop * FRAME_ALIGN
     return max(int(round(seconds * SAMPLE_RATE / unit)), 0 if allow_zero else 1) * unit
 

@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from pydiff.errors import InputError
+from pydiff.files import atomic_output
+
 from .data import SAMPLE_RATE, Pair, make_pair
 from .enhancer import SAMPLERS, SpeechEnhancer
 from .metrics import all_metrics, spectral_gating
@@ -69,7 +72,7 @@ def run_method(enhancer: SpeechEnhancer, method: Method, noisy: np.ndarray,
             return noisy
         if method.label == "noisereduce":
             return spectral_gating(noisy, SAMPLE_RATE)
-        raise ValueError(f"unknown method {method.label!r}")
+        raise InputError(f"unknown method {method.label!r}")
     return enhancer.enhance(noisy, SAMPLE_RATE, solver=method.solver, steps=method.steps,
                             seed=seed, chunk_seconds=None)
 
@@ -80,9 +83,9 @@ def evaluate(enhancer: SpeechEnhancer, count: int = 16, methods: Sequence[str] =
     """Mean metrics of each method over the first ``count`` examples of ``split``."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {sorted(METHODS)}")
+        raise InputError(f"unknown methods {unknown}; expected some of {sorted(METHODS)}")
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise InputError(f"count must be >= 1, got {count}")
     pairs = [make_pair(split, i) for i in range(count)]
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     iterator: Any = [(m, p) for m in methods for p in pairs]
@@ -167,6 +170,7 @@ def plot_waves(panels: Sequence[tuple[str, np.ndarray]], sample_rate: int,
         ax.label_outer()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=90)
+    with atomic_output(path, "plot") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return path

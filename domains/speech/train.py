@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pydiff.errors import InputError
 from pydiff.training import BatchLoader, EDMWeight, Every, Trainer, diffusion_loss
 
 from .data import make_pairs
@@ -112,7 +113,7 @@ def bin_weights(y: Tensor, kind: str) -> Tensor | None:
     if kind == "none":
         return None
     if kind != "loudness":
-        raise ValueError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got {kind!r}")
+        raise InputError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got {kind!r}")
     power = (y**2).sum(dim=1, keepdim=True)  # |y|^2 of each complex bin
     return 1 + power / power.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
 
@@ -167,7 +168,7 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     """Train both stages and return (and optionally save) a :class:`SpeechEnhancer`."""
     config = config or TrainConfig()
     if config.bin_weighting not in BIN_WEIGHTINGS:
-        raise ValueError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got "
+        raise InputError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got "
                          f"{config.bin_weighting!r}")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
@@ -195,7 +196,7 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     callbacks = []
     if config.snapshot_every:
         if output is None:
-            raise ValueError("snapshot_every needs an output folder")
+            raise InputError("snapshot_every needs an output folder")
 
         def snapshot(trainer: Trainer) -> None:
             # a usable enhancer at intermediate steps: long CPU runs can be judged (and
@@ -232,13 +233,13 @@ def _warm_start(predictive: torch.nn.Module, score_net: torch.nn.Module,
     """Load both networks from the checkpoint at ``path``; returns its metadata."""
     start = SpeechEnhancer.from_pretrained(path)
     if start.predictive_net is None:
-        raise ValueError(f"init_from={path!r} has no predictive network")
+        raise InputError(f"init_from={path!r} has no predictive network")
     for name, net, src in [("predictive", predictive, start.predictive_net),
                            ("score", score_net, start.model.net)]:
         try:
             net.load_state_dict(src.state_dict())
         except RuntimeError as err:
-            raise ValueError(f"init_from={path!r}: its {name} network does not match the "
+            raise InputError(f"init_from={path!r}: its {name} network does not match the "
                              f"recipe's architecture ({err})") from None
     return dict(start.metadata or {})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import InputError
 from .base import Coefficients, Solver, SolverState, combine
 from .consistency import MultistepConsistency
 from .dpm import (
@@ -69,7 +70,7 @@ def get_solver(solver: str | Solver, **kwargs: Any) -> Solver:
         return solver
     if solver not in SOLVERS:
         known = ", ".join(available_solvers())
-        raise ValueError(f"unknown solver={solver!r}; known solvers: {known}")
+        raise InputError(f"unknown solver={solver!r}; known solvers: {known}")
     try:
         return SOLVERS[solver](**kwargs)
     except TypeError as err:

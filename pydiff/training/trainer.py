@@ -39,7 +39,6 @@ import contextlib
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 
 from ..denoiser import Denoiser
+from ..files import atomic_output, write_text
 from .distributed import (
     all_reduce_gradients,
     all_reduce_mean,
@@ -477,17 +477,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_save(obj: Any, file: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as f:
-        tmp = f.name
-    torch.save(obj, tmp)
-    os.replace(tmp, file)
+    with atomic_output(file, "checkpoint") as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_write(file: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=file.parent, suffix=".tmp", delete=False) as f:
-        f.write(text)
-        tmp = f.name
-    os.replace(tmp, file)
+    write_text(file, text, "checkpoint pointer")
 
 
 __all__ = ["Trainer", "Callback", "Every"]

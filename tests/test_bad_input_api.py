@@ -1,0 +1,226 @@
+"""Bad input to the public Python entry points: one mistake per row (wrong type, shape, range,
+device), each raising a clear exception that names the culprit rather than a broadcasting
+``RuntimeError`` from deep inside. Value mistakes raise :class:`pydiff.InputError` (a
+``ValueError``), type mistakes ``TypeError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+import pydiff
+from pydiff import InputError
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    call: Callable[[], object]
+    error: type[BaseException] | tuple[type[BaseException], ...]
+    culprit: tuple[str, ...]
+
+
+SCHED = pydiff.VPSchedule()
+X = torch.randn(8, 3)
+
+
+def zeros_net(x, t):
+    return torch.zeros_like(x)
+
+
+MODEL = pydiff.Denoiser(zeros_net, SCHED, prediction="eps")
+
+
+def sample(**kw):
+    args = {"model": MODEL, "x": X, "steps": 3} | kw
+    return pydiff.sample(args.pop("model"), args.pop("x"), **args)
+
+
+CORE: list[Row] = [
+    # pydiff.sample
+    Row("sample-model-not-a-denoiser", lambda: sample(model=zeros_net), TypeError, ("model",)),
+    Row("sample-x-a-list", lambda: sample(x=[1.0, 2.0]), TypeError, ("x must be",)),
+    Row("sample-x-empty-dict", lambda: sample(x={}), TypeError, ("x must be",)),
+    Row("sample-x-0-dim", lambda: sample(x=torch.tensor(1.0)), InputError, ("dimension",)),
+    Row("sample-steps-zero", lambda: sample(steps=0), InputError, ("steps", "0")),
+    Row("sample-steps-float", lambda: sample(steps=2.5), InputError, ("steps", "2.5")),
+    Row("sample-unknown-solver", lambda: sample(solver="nosuch"), InputError, ("nosuch",)),
+    Row("sample-solver-bad-option", lambda: sample(solver="ddim", bogus=1), TypeError,
+        ("ddim", "bogus")),
+    Row("sample-t-start-wrong-batch", lambda: sample(t_start=torch.tensor([0.3, 0.4])),
+        InputError, ("t_start", "(2,)", "batch size 8")),
+    Row("sample-t-start-nan", lambda: sample(t_start=float("nan")), InputError, ("t_start",)),
+    Row("sample-t-start-out-of-range", lambda: sample(t_start=2.0), InputError,
+        ("t_start", "2.0")),
+    Row("sample-t-end-above-t-start", lambda: sample(t_start=0.1, t_end=0.5), InputError,
+        ("t_start", "t_end")),
+    Row("sample-grid-increasing", lambda: sample(grid=torch.tensor([0.1, 0.5, 1.0])),
+        InputError, ("grid", "decreasing")),
+    Row("sample-grid-wrong-batch", lambda: sample(grid=torch.linspace(1, 0, 4)[:, None]
+                                                  .expand(4, 5)),
+        InputError, ("grid", "batch size 8")),
+    Row("sample-unknown-spacing", lambda: sample(spacing="fast"), InputError, ("spacing",)),
+    Row("sample-nan-state", lambda: sample(x=torch.full((2, 3), float("nan"))),
+        FloatingPointError, ("non-finite",)),
+    Row("sample-x-on-meta-device", lambda: sample(x=X.to("meta")), InputError, ("meta",)),
+    Row("sample-generator-list-wrong-length",
+        lambda: sample(solver="ddpm", generator=[torch.Generator()] * 3), InputError,
+        ("generator", "3", "8")),
+    # pydiff.prior
+    Row("prior-negative-shape", lambda: pydiff.prior(SCHED, (-1, 2)), InputError, ("shape",)),
+    Row("prior-t-out-of-range", lambda: pydiff.prior(SCHED, (2, 2), t=5.0), InputError,
+        ("t=", "5.0")),
+    Row("prior-shape-a-float", lambda: pydiff.prior(SCHED, (2.5, 2)), InputError, ("shape",)),
+    Row("prior-unknown-device", lambda: pydiff.prior(SCHED, (2, 2), device="gpu0"),
+        InputError, ("device", "gpu0")),
+    Row("prior-missing-device", lambda: pydiff.prior(SCHED, (2, 2), device="cuda:7"),
+        InputError, ("device", "cuda:7")),
+    # pydiff.Denoiser
+    Row("denoiser-net-not-callable", lambda: pydiff.Denoiser(5, SCHED), TypeError, ("net",)),
+    Row("denoiser-schedule-a-string", lambda: pydiff.Denoiser(zeros_net, "vp"), TypeError,
+        ("schedule",)),
+    Row("denoiser-unknown-prediction", lambda: pydiff.Denoiser(zeros_net, SCHED, "noise"),
+        InputError, ("prediction", "noise")),
+    Row("denoiser-unknown-time-input",
+        lambda: pydiff.Denoiser(zeros_net, SCHED, time_input="steps"), InputError,
+        ("time_input", "steps")),
+    Row("denoiser-net-output-shape",
+        lambda: pydiff.Denoiser(lambda x, t: x[:, :1], SCHED).x0(X, 0.5), InputError,
+        ("network returned (8, 1)", "(8, 3)")),
+    Row("denoiser-net-output-broadcastable",
+        lambda: pydiff.Denoiser(lambda x, t: x[:1], SCHED).x0(X, 0.5), InputError,
+        ("network returned (1, 3)", "(8, 3)")),
+    Row("denoiser-net-output-not-a-tensor",
+        lambda: pydiff.Denoiser(lambda x, t: x.tolist(), SCHED).x0(X, 0.5), InputError,
+        ("network returned list",)),
+    Row("denoiser-t-wrong-batch", lambda: MODEL.x0(X, torch.full((5,), 0.5)), InputError,
+        ("(5,)", "(8, 3)")),
+    Row("denoiser-dict-state-tensor-output",
+        lambda: pydiff.Denoiser(lambda x, t: x["a"], SCHED).x0({"a": X}, 0.5), TypeError,
+        ("same structure",)),
+    # solvers and grids
+    Row("get-solver-unknown", lambda: pydiff.get_solver("nosuch"), InputError,
+        ("nosuch", "known solvers")),
+    Row("get-solver-not-a-name", lambda: pydiff.get_solver(5), InputError, ("5",)),
+    Row("solver-init-increasing-grid",
+        lambda: pydiff.get_solver("euler").init(X, SCHED, torch.tensor([0.2, 0.6, 1.0])),
+        InputError, ("grid", "decreasing")),
+    Row("timesteps-steps-negative", lambda: pydiff.timesteps(SCHED, -2), InputError,
+        ("steps", "-2")),
+    Row("timesteps-unknown-spacing", lambda: pydiff.timesteps(SCHED, 4, "linear"), InputError,
+        ("spacing", "linear")),
+]
+
+
+@pytest.mark.parametrize("row", CORE, ids=[r.id for r in CORE])
+def test_core_entry_points(row: Row) -> None:
+    _check(row)
+
+
+def _check(row: Row) -> None:
+    with pytest.raises(row.error) as info:
+        row.call()
+    message = str(info.value)
+    for culprit in row.culprit:
+        assert culprit in message, (culprit, message)
+
+
+# -- speech ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def enhancer():
+    from pydiff.domains.speech import SpeechEnhancer
+
+    return SpeechEnhancer.from_pretrained()
+
+
+WAVE = (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)
+SPEECH: list[tuple[str, Callable, type[BaseException], tuple[str, ...]]] = [
+    ("wave-with-nan", lambda e: e.enhance(np.where(np.arange(4000) == 7, np.nan, WAVE), 16000),
+     InputError, ("non-finite",)),
+    ("wave-3-dim", lambda e: e.enhance(WAVE.reshape(1, 1, -1), 16000), InputError,
+     ("shape", "(1, 1, 4000)")),
+    ("wave-empty", lambda e: e.enhance(np.zeros(0, np.float32), 16000), InputError,
+     ("empty",)),
+    ("wave-strings", lambda e: e.enhance(np.array(["a", "b"]), 16000), InputError,
+     ("dtype",)),
+    ("sample-rate-zero", lambda e: e.enhance(WAVE, 0), InputError, ("0",)),
+    ("sample-rate-float", lambda e: e.enhance(WAVE, 16000.5), InputError, ("16000.5",)),
+    ("unknown-solver", lambda e: e.enhance(WAVE, 16000, solver="nosuch"), InputError,
+     ("solver", "nosuch")),
+    ("steps-zero", lambda e: e.enhance(WAVE, 16000, solver="mr", steps=0), InputError,
+     ("steps",)),
+    ("chunk-negative", lambda e: e.enhance(WAVE, 16000, chunk_seconds=-1.0), InputError,
+     ("chunk_seconds",)),
+    ("overlap-longer-than-chunk",
+     lambda e: e.enhance(WAVE, 16000, chunk_seconds=0.5, overlap_seconds=1.0), InputError,
+     ("overlap_seconds",)),
+    ("enhance-file-missing", lambda e: e.enhance_file("/nonexistent.wav", "/tmp/x.wav"),
+     InputError, ("/nonexistent.wav",)),
+]
+
+
+@pytest.mark.parametrize("case", SPEECH, ids=[c[0] for c in SPEECH])
+def test_speech_entry_points(case, enhancer) -> None:
+    name, call, error, culprit = case
+    _check(Row(name, lambda: call(enhancer), error, culprit))
+
+
+# -- policy ---------------------------------------------------------------------------------------
+def _policy():
+    from pydiff.domains.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+    cfg = DiffusionPolicyConfig(obs_dim=3, action_dim=1, action_low=[-2.0], action_high=[2.0],
+                                down_dims=(8, 16), steps=2)
+    policy = DiffusionPolicy(cfg)
+    policy.reset()
+    return policy
+
+
+def _config(**kw):
+    from pydiff.domains.policy import DiffusionPolicyConfig
+
+    return DiffusionPolicyConfig(**({"obs_dim": 3, "action_dim": 1, "action_low": [-2.0],
+                                     "action_high": [2.0]} | kw))
+
+
+def _policy_rows() -> list[Row]:
+    from pydiff.domains.policy import ObservationError, load_policy, make_env
+    from pydiff.domains.policy.control import evaluate, run_episode
+
+    return [
+        Row("config-steps-zero", lambda: _config(steps=0), InputError, ("steps",)),
+        Row("config-unknown-mode", lambda: _config(mode="fast"), InputError, ("mode", "fast")),
+        Row("config-unknown-solver", lambda: _config(solver="nosuch"), InputError,
+            ("solver", "nosuch")),
+        Row("config-action-bounds", lambda: _config(action_low=[-1.0, -1.0]), InputError,
+            ("action_low",)),
+        Row("observation-wrong-size", lambda: _policy().select_action(torch.zeros(5)),
+            ObservationError, ("observation", "3")),
+        Row("observation-nan", lambda: _policy().select_action(torch.tensor([0.0, np.nan, 0])),
+            ObservationError, ("observation",)),
+        Row("observation-a-string", lambda: _policy().select_action("up"), ObservationError,
+            ("observation",)),
+        Row("load-policy-missing-folder", lambda: load_policy("/nonexistent/policy"),
+            InputError, ("/nonexistent/policy",)),
+        Row("load-policy-unknown-env", lambda: load_policy("nosuch"), InputError, ("nosuch",)),
+        Row("make-env-unknown", lambda: make_env("nosuch"), InputError, ("nosuch",)),
+        Row("run-episode-hz-negative", lambda: run_episode(_policy(), "pendulum", 0, hz=-5),
+            InputError, ("hz", "-5")),
+        Row("evaluate-no-seeds", lambda: evaluate(_policy(), "pendulum", []), InputError,
+            ("seeds",)),
+    ]
+
+
+def test_policy_entry_points() -> None:
+    failures = []
+    for row in _policy_rows():
+        try:
+            _check(row)
+        except BaseException as err:  # noqa: BLE001 -- report every failing row at once
+            failures.append(f"{row.id}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)

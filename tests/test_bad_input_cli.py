@@ -1,0 +1,375 @@
+"""Bad input never ends in a traceback: one mistake per row, for every ``pydiff`` command.
+
+Each row runs the real command line (``pydiff.apps.cli.main``, what the ``pydiff`` script calls)
+in a subprocess with one mistake and checks the exit status (2 for user errors), that no
+traceback is printed, that stderr is one line ``pydiff <command>: ...``, and that the line names
+the culprit (the option, the file or the bad value). Importing torch costs each process a
+second or two, so the rows run in batches, one process per command group, two processes at a
+time; the Ctrl-C rows and the exit-status rows run one command per process through
+``python -m pydiff.apps.cli``.
+
+A new command adds its rows to ``ROWS`` (see DEVELOPERS.md, "Command-line errors").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    argv: list[str]  # {tmp} is replaced by the fixture folder
+    culprit: tuple[str, ...]  # every string must appear in the error line
+    code: int = USER_ERROR
+    read_only: bool = False  # needs a read-only folder (skipped where those are writable)
+    after: tuple[str, ...] = field(default=())  # files that must exist afterwards
+
+
+NAN = "nan"
+
+
+# Each command's row starts from cheap settings, so a mistake that slipped through would fail
+# the row quickly instead of training for minutes; the mistake comes last (argparse keeps the
+# last value of an option).
+def demo(*mistake: str) -> list[str]:
+    return ["demo", "--train-steps", "1", "--samples", "2", "--steps", "1", "--solvers",
+            "euler", "--out", "{tmp}/demo_out", *mistake]
+
+
+def policy_train(*mistake: str) -> list[str]:
+    return ["policy", "train", "--env", "pointmass", "--episodes", "2", "--steps", "1",
+            "--out", "{tmp}/policy_out", *mistake]
+
+
+def policy_run(*mistake: str) -> list[str]:
+    return ["policy", "run", "--env", "pointmass", *mistake]
+
+
+def policy_eval(*mistake: str) -> list[str]:
+    return ["policy", "eval", "--env", "pointmass", "--seeds", "1", "--presets", "expert",
+            *mistake]
+
+
+def enhance(source: str = "{tmp}/noisy.wav", output: str = "{tmp}/o.wav",
+            *mistake: str) -> list[str]:
+    return ["speech", "enhance", source, "-o", output, "--solver", "mr", "--steps", "1",
+            *mistake]
+
+
+def speech_train(*mistake: str) -> list[str]:
+    return ["speech", "train", "-o", "{tmp}/sp", "--utterances", "2", "--score-steps", "1",
+            "--predictive-steps", "0", *mistake]
+
+
+def evaluate(*mistake: str) -> list[str]:
+    return ["speech", "evaluate", "--count", "1", "--methods", "noisy", *mistake]
+
+
+ROWS: list[Row] = [
+    # -- demo
+    Row("demo-train-steps-zero", demo("--train-steps", "0"), ("--train-steps", "'0'")),
+    Row("demo-samples-negative", demo("--samples", "-3"), ("--samples", "'-3'")),
+    Row("demo-steps-nan", demo("--steps", "5", NAN), ("--steps", "'nan'")),
+    Row("demo-unknown-solver", demo("--solvers", "euler", "nosuch"), ("nosuch",)),
+    Row("demo-out-is-a-file", demo("--out", "{tmp}/a_file"), ("--out", "a_file", "file")),
+    Row("demo-out-read-only", demo("--out", "{tmp}/read_only/demo"),
+        ("--out", "read_only", "not writable"), read_only=True),
+    Row("demo-unknown-option", demo("--bogus"), ("--bogus",)),
+    # -- info
+    Row("info-unknown-option", ["info", "--verbose"], ("--verbose",)),
+    Row("no-such-command", ["nosuch"], ("nosuch",)),
+    # -- policy train
+    Row("train-unknown-env", policy_train("--env", "nosuch"), ("--env", "nosuch")),
+    Row("train-missing-env", ["policy", "train"], ("--env",)),
+    Row("train-steps-zero", policy_train("--steps", "0"), ("--steps",)),
+    Row("train-lr-nan", policy_train("--lr", NAN), ("--lr", "nan")),
+    Row("train-batch-negative", policy_train("--batch-size", "-1"), ("--batch-size",)),
+    Row("train-out-is-a-file", policy_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
+    Row("train-out-read-only", policy_train("--out", "{tmp}/read_only/policy"),
+        ("--out", "not writable"), read_only=True),
+    # -- policy run
+    Row("run-hz-negative", policy_run("--hz", "-5"), ("--hz", "-5")),
+    Row("run-hz-nan", policy_run("--hz", NAN), ("--hz", "nan")),
+    Row("run-hz-zero", policy_run("--hz", "0"), ("--hz",)),
+    Row("run-unknown-env", policy_run("--env", "nosuch"), ("nosuch",)),
+    Row("run-unknown-solver", policy_run("--solver", "nosuch"), ("nosuch",)),
+    Row("run-unknown-mode", policy_run("--mode", "fast"), ("--mode", "fast")),
+    Row("run-episodes-zero", policy_run("--episodes", "0"), ("--episodes",)),
+    Row("run-checkpoint-missing", policy_run("--checkpoint", "/nonexistent"),
+        ("--checkpoint", "/nonexistent")),
+    Row("run-checkpoint-not-a-checkpoint", policy_run("--checkpoint", "{tmp}/empty_dir"),
+        ("empty_dir", "config.json")),
+    Row("run-json-read-only", policy_run("--json", "{tmp}/read_only/run.json"),
+        ("--json", "not writable"), read_only=True),
+    # -- policy eval
+    Row("eval-checkpoint-missing", ["policy", "eval", "--env", "pendulum", "--seeds", "2",
+                                    "--checkpoint", "/nonexistent"],
+        ("--checkpoint", "/nonexistent", "does not exist")),
+    Row("eval-checkpoint-is-a-file", policy_eval("--checkpoint", "{tmp}/a_file"),
+        ("--checkpoint", "a_file", "file")),
+    Row("eval-checkpoint-bad-json", policy_eval("--presets", "rti", "--checkpoint",
+                                                "{tmp}/bad_json_ckpt"),
+        ("bad_json_ckpt", "JSON")),
+    Row("eval-seeds-zero", policy_eval("--seeds", "0"), ("--seeds",)),
+    Row("eval-seed0-negative", policy_eval("--seed0", "-1"), ("--seed0",)),
+    Row("eval-unknown-preset", policy_eval("--presets", "rti,foo"), ("--presets", "foo")),
+    Row("eval-plots-is-a-file", policy_eval("--plots", "{tmp}/a_file"), ("--plots", "a_file")),
+    # -- speech enhance
+    Row("enhance-input-missing", enhance("{tmp}/missing.wav"), ("missing.wav", "does not exist")),
+    Row("enhance-input-empty", enhance("{tmp}/empty.wav"), ("empty.wav", "empty")),
+    Row("enhance-input-not-audio", enhance("{tmp}/not_audio.wav"),
+        ("not_audio.wav", "cannot read audio")),
+    Row("enhance-input-folder-without-audio", enhance("{tmp}/empty_dir", "{tmp}/outs"),
+        ("empty_dir", ".wav")),
+    Row("enhance-output-is-a-folder", enhance(output="{tmp}/empty_dir"),
+        ("empty_dir", "folder")),
+    Row("enhance-output-read-only", enhance(output="{tmp}/read_only/x.wav"),
+        ("read_only", "not writable"), read_only=True),
+    Row("enhance-output-under-a-file", enhance(output="{tmp}/a_file/x.wav"),
+        ("a_file", "not a folder")),
+    Row("enhance-steps-zero", enhance("{tmp}/noisy.wav", "{tmp}/o.wav", "--steps", "0"),
+        ("--steps",)),
+    Row("enhance-chunk-nan", enhance("{tmp}/noisy.wav", "{tmp}/o.wav", "--chunk-seconds", NAN),
+        ("--chunk-seconds", "nan")),
+    Row("enhance-overlap-too-long", enhance("{tmp}/noisy.wav", "{tmp}/o.wav",
+                                            "--chunk-seconds", "1", "--overlap-seconds", "2"),
+        ("--overlap-seconds",)),
+    Row("enhance-unknown-solver", enhance("{tmp}/noisy.wav", "{tmp}/o.wav", "--solver",
+                                          "nosuch"), ("--solver", "nosuch")),
+    Row("enhance-checkpoint-missing", enhance("{tmp}/noisy.wav", "{tmp}/o.wav", "--checkpoint",
+                                              "/nonexistent"), ("--checkpoint", "/nonexistent")),
+    Row("enhance-checkpoint-not-a-checkpoint", enhance("{tmp}/noisy.wav", "{tmp}/o.wav",
+                                                       "--checkpoint", "{tmp}/empty_dir"),
+        ("empty_dir",)),
+    # a missing output folder is created (the one row that succeeds)
+    Row("enhance-output-folder-created", enhance(output="{tmp}/new_dir/sub/x.wav"), (),
+        code=0, after=("new_dir/sub/x.wav",)),
+    # -- speech train
+    Row("train-speech-output-is-a-file", speech_train("-o", "{tmp}/a_file"), ("-o", "a_file")),
+    Row("train-speech-output-read-only", speech_train("-o", "{tmp}/read_only/sp"),
+        ("read_only", "not writable"), read_only=True),
+    Row("train-speech-score-steps-zero", speech_train("--score-steps", "0"),
+        ("--score-steps",)),
+    Row("train-speech-sigma-nan", speech_train("--sigma-data", NAN), ("--sigma-data",)),
+    Row("train-speech-perturbation-3-values", speech_train("--input-perturbation", "0", "0.5",
+                                                           "1"), ("--input-perturbation",)),
+    Row("train-speech-init-from-missing", speech_train("--init-from", "/nonexistent"),
+        ("--init-from", "/nonexistent")),
+    Row("train-speech-missing-output", ["speech", "train"], ("-o",)),
+    # -- speech evaluate
+    Row("evaluate-count-zero", evaluate("--count", "0"), ("--count",)),
+    Row("evaluate-unknown-method", evaluate("--methods", "noisy,foo"), ("--methods", "foo")),
+    Row("evaluate-checkpoint-empty", evaluate("--checkpoint", "{tmp}/empty_dir"),
+        ("empty_dir",)),
+    Row("evaluate-output-is-a-file", evaluate("--output", "{tmp}/a_file"),
+        ("--output", "a_file")),
+]
+
+# the driver runs rows one after the other in one process, each with its own stdout/stderr
+DRIVER = r"""
+import contextlib, io, json, sys
+from pydiff.apps.cli import main
+results = []
+for argv in json.load(open(sys.argv[1])):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own exits (--help, usage errors)
+            code = e.code if isinstance(e.code, int) else 1
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def _cli_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYDIFF_DEBUG="0")
+    env.pop("PYTHONPATH", None)  # the installed package, as users run it
+    return env
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """The fixture folder: the files and folders the rows point at."""
+    import soundfile as sf
+
+    tmp = tmp_path_factory.mktemp("bad_input")
+    (tmp / "a_file").write_text("a file, not a folder")
+    (tmp / "empty.wav").write_bytes(b"")
+    (tmp / "not_audio.wav").write_text("not audio at all")
+    (tmp / "empty_dir").mkdir()
+    (tmp / "bad_json_ckpt").mkdir()
+    (tmp / "bad_json_ckpt" / "config.json").write_text("{not json")
+    rng = np.random.default_rng(0)
+    sf.write(tmp / "noisy.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    (tmp / "read_only").mkdir()
+    os.chmod(tmp / "read_only", 0o555)
+    return tmp
+
+
+def _read_only_is_writable(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        probe.write_text("x")
+    except PermissionError:
+        return False
+    probe.unlink()
+    return True  # root (or a file system that ignores modes)
+
+
+@pytest.fixture(scope="module")
+def results(files) -> dict[str, dict]:
+    """Run every row: one process per command group, two processes at a time."""
+    skip_read_only = _read_only_is_writable(files / "read_only")
+    groups: dict[str, list[Row]] = {}
+    for row in ROWS:
+        if row.read_only and skip_read_only:
+            continue  # it would run the whole command (as root the folder is writable)
+        key = row.argv[0] if row.argv[0] != "policy" else f"policy-{row.argv[1]}"
+        groups.setdefault(key, []).append(row)
+
+    def run(rows: list[Row]) -> list[dict]:
+        name = rows[0].id
+        spec, out = files / f"rows-{name}.json", files / f"results-{name}.json"
+        spec.write_text(json.dumps([[a.replace("{tmp}", str(files)) for a in r.argv]
+                                    for r in rows]))
+        proc = subprocess.run([sys.executable, "-c", DRIVER, str(spec), str(out)],
+                              capture_output=True, text=True, env=_cli_env(), cwd=files,
+                              timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        done = dict(zip(groups, pool.map(run, groups.values())))
+    print(f"\n{len(ROWS)} bad-input rows in {len(groups)} processes: "
+          f"{time.perf_counter() - start:.1f} s")
+    return {row.id: res for key, rows in groups.items() for row, res in zip(rows, done[key])}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input_row(row: Row, results, files) -> None:
+    if row.read_only and _read_only_is_writable(files / "read_only"):
+        pytest.skip("read-only folders are writable here (running as root)")
+    res = results[row.id]
+    err = res["stderr"]
+    assert res["code"] == row.code, (res["code"], err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    for path in row.after:
+        assert (files / path).is_file(), path
+    if row.code == 0:
+        return
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # one line, nothing else
+    words = row.argv[:2] if row.argv[0] in ("policy", "speech") else row.argv[:1]
+    prog = "pydiff" if row.id == "no-such-command" else " ".join(["pydiff", *words])
+    assert lines[0].startswith(f"{prog}: "), lines[0]
+    for culprit in row.culprit:
+        assert culprit in lines[0], (culprit, lines[0])
+
+
+def test_no_partial_files_left(results, files) -> None:
+    leftovers = [p for p in files.rglob("*") if ".partial" in p.name]
+    assert not leftovers, leftovers
+    for output in ("sp", "o.wav", "outs", "demo_out", "policy_out"):
+        assert not (files / output).exists(), output
+
+
+# -- whole processes: exit status, --debug, Ctrl-C -------------------------------------------------
+def _cli(*argv: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pydiff.apps.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_exit_status_and_debug(files) -> None:
+    """The process's own exit status is 2; --debug and PYDIFF_DEBUG=1 add the traceback."""
+    argv = ["policy", "eval", "--env", "pendulum", "--checkpoint", "/nonexistent"]
+    procs = [_cli(*argv, env=_cli_env()),
+             _cli(*argv, "--debug", env=_cli_env()),
+             _cli(*argv, env=dict(_cli_env(), PYDIFF_DEBUG="1"))]
+    outs = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    (_, plain, code), *debug = outs
+    assert code == USER_ERROR and plain.count("\n") == 1 and "Traceback" not in plain
+    assert plain.startswith("pydiff policy eval: --checkpoint '/nonexistent' does not exist")
+    for _, err, code in debug:
+        assert code == USER_ERROR and "Traceback" in err and "InputError" in err
+        assert err.strip().splitlines()[-1] == plain.strip()
+
+
+def test_internal_error_keeps_its_traceback(monkeypatch, capsys) -> None:
+    """A bug (any exception but InputError) prints its traceback and exits with status 1."""
+    import pydiff.apps.info as info
+    from pydiff.apps.cli import main
+
+    def broken(args):
+        return {}["a key that is not there"]  # a bug, not bad input
+
+    monkeypatch.setattr(info, "run", broken)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err and "internal error" in err
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> tuple[str, str]:
+    """Send SIGINT once ``ready(stderr_so_far)`` holds; returns (stdout, stderr)."""
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1),
+                                                                "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not ready("".join(chunks)):
+        assert proc.poll() is None, f"finished before the interrupt: {''.join(chunks)[-2000:]}"
+        assert time.monotonic() < deadline, "never became ready"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    return out, "".join(chunks)
+
+
+def test_ctrl_c_keeps_existing_outputs_whole(files, tmp_path) -> None:
+    """Ctrl-C mid-run: status 130, one line, the old outputs untouched, nothing partial left."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "long.wav"
+    sf.write(src, (0.1 * rng.standard_normal(16000 * 60)).astype(np.float32), 16000)
+    old = tmp_path / "out" / "enhanced.wav"
+    old.parent.mkdir()
+    old.write_bytes(b"the previous result")
+    policy_out = tmp_path / "policy"
+    procs = {
+        # enhancing writes while it computes: interrupt once the partial output exists
+        "speech enhance": (_cli("speech", "enhance", str(src), "-o", str(old), "--solver", "mr",
+                                "--steps", "5", env=_cli_env()),
+                           lambda err: any(".partial" in p.name for p in old.parent.iterdir())),
+        # training: interrupt once the progress bar shows
+        "policy train": (_cli("policy", "train", "--env", "pointmass", "--episodes", "4",
+                              "--steps", "100000", "--out", str(policy_out), env=_cli_env()),
+                         lambda err: "it/s" in err or "s/it" in err),
+    }
+    for command, (proc, ready) in procs.items():
+        _, err = _interrupt_when(proc, ready)
+        assert proc.returncode == 130, err[-2000:]
+        assert "Traceback" not in err, err[-3000:]
+        # (after the progress bar's last line, which may not end in a newline)
+        assert err.rstrip().endswith(f"pydiff {command}: interrupted"), err[-500:]
+    assert old.read_bytes() == b"the previous result"
+    assert sorted(p.name for p in old.parent.iterdir()) == ["enhanced.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "out"]
