@@ -210,7 +210,7 @@ def _check_time_shape(t: Tensor, x: State, name: str) -> None:
         except ValueError:
             batch = leaf.shape[0] if leaf.dim() else "?"
             raise InputError(
-                f"{name} has shape {tuple(t.shape)}, which does not fit the state x of shape "
+                f"{name} has shape {tuple(t.shape)}, which does not broadcast to the state x of shape "
                 f"{tuple(leaf.shape)} (batch size {batch}): expected a scalar, one value per "
                 f"sample [{batch}], or a shape broadcastable to x") from None
 

@@ -291,17 +291,18 @@ def test_no_partial_files_left(results, files) -> None:
 
 
 # -- whole processes: exit status, --debug, Ctrl-C -------------------------------------------------
-def _cli(*argv: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pydiff.apps.cli", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def _cli(*argv: str, cwd: Path, debug: str = "0") -> subprocess.Popen:
+    # (cwd away from the repository, whose pydiff/ folder would shadow the installed package)
+    return subprocess.Popen([sys.executable, "-m", "pydiff.apps.cli", *argv], cwd=cwd,
+                            env=dict(_cli_env(), PYDIFF_DEBUG=debug), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_exit_status_and_debug(files) -> None:
     """The process's own exit status is 2; --debug and PYDIFF_DEBUG=1 add the traceback."""
     argv = ["policy", "eval", "--env", "pendulum", "--checkpoint", "/nonexistent"]
-    procs = [_cli(*argv, env=_cli_env()),
-             _cli(*argv, "--debug", env=_cli_env()),
-             _cli(*argv, env=dict(_cli_env(), PYDIFF_DEBUG="1"))]
+    procs = [_cli(*argv, cwd=files), _cli(*argv, "--debug", cwd=files),
+             _cli(*argv, cwd=files, debug="1")]
     outs = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     (_, plain, code), *debug = outs
     assert code == USER_ERROR and plain.count("\n") == 1 and "Traceback" not in plain
@@ -357,11 +358,11 @@ def test_ctrl_c_keeps_existing_outputs_whole(files, tmp_path) -> None:
     procs = {
         # enhancing writes while it computes: interrupt once the partial output exists
         "speech enhance": (_cli("speech", "enhance", str(src), "-o", str(old), "--solver", "mr",
-                                "--steps", "5", env=_cli_env()),
+                                "--steps", "5", cwd=tmp_path),
                            lambda err: any(".partial" in p.name for p in old.parent.iterdir())),
         # training: interrupt once the progress bar shows
         "policy train": (_cli("policy", "train", "--env", "pointmass", "--episodes", "4",
-                              "--steps", "100000", "--out", str(policy_out), env=_cli_env()),
+                              "--steps", "100000", "--out", str(policy_out), cwd=tmp_path),
                          lambda err: "it/s" in err or "s/it" in err),
     }
     for command, (proc, ready) in procs.items():
