@@ -156,6 +156,10 @@ ROWS: list[Row] = [
     Row("enhance-checkpoint-not-a-checkpoint", enhance("{tmp}/noisy.wav", "{tmp}/o.wav",
                                                        "--checkpoint", "{tmp}/empty_dir"),
         ("empty_dir",)),
+    Row("enhance-plot-for-a-folder", enhance("{tmp}/empty_dir", "{tmp}/outs", "--plot",
+                                             "{tmp}/p.png"), ("--plot", "empty_dir")),
+    Row("enhance-plot-under-a-file", enhance("{tmp}/noisy.wav", "{tmp}/o.wav", "--plot",
+                                             "{tmp}/a_file/p.png"), ("--plot", "a_file")),
     # a missing output folder is created (the one row that succeeds)
     Row("enhance-output-folder-created", enhance(output="{tmp}/new_dir/sub/x.wav"), (),
         code=0, after=("new_dir/sub/x.wav",)),
