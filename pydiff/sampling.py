@@ -210,9 +210,9 @@ def _check_time_shape(t: Tensor, x: State, name: str) -> None:
         except ValueError:
             batch = leaf.shape[0] if leaf.dim() else "?"
             raise InputError(
-                f"{name} has shape {tuple(t.shape)}, which does not broadcast to the state x of shape "
-                f"{tuple(leaf.shape)} (batch size {batch}): expected a scalar, one value per "
-                f"sample [{batch}], or a shape broadcastable to x") from None
+                f"{name} has shape {tuple(t.shape)}, which does not broadcast to the state x of "
+                f"shape {tuple(leaf.shape)} (batch size {batch}): expected a scalar, one value "
+                f"per sample [{batch}], or a shape broadcastable to x") from None
 
 
 def _progress(total: int, name: str):
