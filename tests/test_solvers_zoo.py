@@ -402,3 +402,14 @@ def test_steps_do_not_read_device_values_on_the_host(name, monkeypatch):
         state = solver.step(state, _NoSyncModel())
     monkeypatch.undo()
     assert torch.isfinite(state.x).all()
+
+
+def test_prk_warmup_in_short_runs_ends_with_a_multistep_step():
+    # on a DDPM table the midpoint of a step to t = 0 lies inside the first interval (sigma
+    # near 0); runs of 1-3 steps must still end finite and use PRK only before that step
+    sched = pydiff.DiscreteSchedule.linear()
+    model = DATA.denoiser(sched, "x0")
+    x = pydiff.prior(sched, (16, 2), generator=torch.Generator().manual_seed(0)).double()
+    for steps, nfe in ((1, 1), (2, 5), (3, 9), (4, 13)):
+        state = pydiff.sample(model, x, "plms", steps=steps, warmup="prk", return_state=True)
+        assert torch.isfinite(state.x).all() and state.nfe == nfe, (steps, state.nfe)

@@ -134,7 +134,8 @@ class PLMS(Solver):
             ``skip_prk_steps=False``): the first three steps are classical fourth-order
             Runge-Kutta steps of the same transfer, with stages at the step's midpoint in ``t``
             (four evaluations each; the first of each is kept), so Adams-Bashforth 4 runs from
-            the fourth step on.
+            the fourth step on. In runs of three steps or fewer, a step to ``sigma = 0`` takes
+            the Adams-Bashforth update instead (diffusers needs more steps for its warm-up).
 
     Example:
         >>> solver = PLMS(warmup="prk")
@@ -170,7 +171,11 @@ class PLMS(Solver):
     def step_flags(self, schedule, grid, sigma):
         n = sigma.shape[0] - 1
         if self.warmup == "prk":
-            return {"pseudo_heun": (False,) * n, "prk": tuple(i < 3 for i in range(n))}
+            # a step to clean data takes the multistep update: its midpoint would sit inside the
+            # table's first interval (sigma near 0), where eps = (x - alpha x0) / sigma blows up
+            has_next = (sigma[1:].reshape(n, -1) > 0).all(dim=1).tolist()
+            return {"pseudo_heun": (False,) * n,
+                    "prk": tuple(i < 3 and bool(has_next[i]) for i in range(n))}
         first_has_next = bool((sigma[1] > 0).all())
         return {"pseudo_heun": (first_has_next,) + (False,) * (n - 1), "prk": (False,) * n}
 
