@@ -40,6 +40,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 PYDIFF_ODE = [
     ("ddim", {}), ("euler", {}), ("heun", {}), ("plms", {}), ("plms", {"variable_step": True}),
+    ("plms", {"warmup": "prk"}), ("lms", {}), ("deis", {}), ("deis", {"order": 3}), ("dpm2", {}),
     ("dpmpp_2m", {}),
     ("dpmpp_3m", {}), ("dpm_solver", {"order": 2}), ("dpm_solver", {"order": 3}),
     ("unipc", {"order": 2}), ("unipc", {"order": 3}), ("heavy_ball", {"order": 2}),
@@ -50,7 +51,7 @@ PYDIFF_ODE = [
 PYDIFF_SDE = [
     ("ddpm", {}), ("euler_ancestral", {}), ("euler_maruyama", {}), ("dpmpp_2m_sde", {}),
     ("dpmpp_2m_sde", {"noise": "brownian"}), ("pc", {}), ("heun", {"S_churn": 10.0}),
-    ("consistency", {}),
+    ("consistency", {}), ("dpm2_ancestral", {}),
 ]
 DIFFUSERS_ODE = [
     ("DDIMScheduler", {}), ("DDIMScheduler", {"clip_sample": False}), ("PNDMScheduler", {}),
@@ -58,12 +59,13 @@ DIFFUSERS_ODE = [
     ("DPMSolverMultistepScheduler", {"solver_order": 3}), ("DPMSolverSinglestepScheduler", {}),
     ("UniPCMultistepScheduler", {}), ("UniPCMultistepScheduler", {"solver_order": 3}),
     ("DEISMultistepScheduler", {}), ("EulerDiscreteScheduler", {}),
-    ("HeunDiscreteScheduler", {}), ("LMSDiscreteScheduler", {}),
+    ("HeunDiscreteScheduler", {}), ("LMSDiscreteScheduler", {}), ("KDPM2DiscreteScheduler", {}),
 ]
 DIFFUSERS_SDE = [
     ("DDPMScheduler", {}), ("DDPMScheduler", {"clip_sample": False}),
     ("EulerAncestralDiscreteScheduler", {}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    ("KDPM2AncestralDiscreteScheduler", {}),
 ]
 
 
@@ -138,13 +140,22 @@ def diffusers_run(p: Problem, cls_name: str, opts: dict, nfe: int, stochastic: b
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t)
         if ve_coords:  # diffusers' own sigma for this stage
-            eps = p.eps_ve(x, float(sched.sigmas[sched.step_index]))
+            eps = p.eps_ve(x, _stage_sigma(sched))
         else:
             a = float(sched.alphas_cumprod[int(t)])
             eps = p.eps_ve(inp / math.sqrt(a), math.sqrt((1 - a) / a))
         kw = {"generator": gen} if stochastic and "generator" in _step_args(sched) else {}
         x = sched.step(eps, t, x, **kw).prev_sample
     return x.double(), len(sched.timesteps)
+
+
+def _stage_sigma(sched) -> float:
+    """diffusers' own sigma of this stage: KDPM2's second stage sits at its interpolated sigma
+    (indexed one behind in the ancestral scheduler, as its ``scale_model_input`` does)."""
+    i = sched.step_index
+    if getattr(sched, "state_in_first_order", True) or not hasattr(sched, "sigmas_interpol"):
+        return float(sched.sigmas[i])
+    return float(sched.sigmas_interpol[i - 1 if hasattr(sched, "sigmas_up") else i])
 
 
 def _step_args(sched) -> tuple[str, ...]:
