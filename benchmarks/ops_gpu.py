@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -213,28 +214,39 @@ def _linear_eager(q, k, v, eps=1e-6):
     return (q @ kv) / den
 
 
+LINEAR_PATHS = [("kernel", "gemm"), ("gemm", "gemm"), ("kernel", "fused"), ("gemm", "fused")]
+
+
 def bench_linear_attention() -> list[dict]:
+    """Each implementation of the two steps (PYDIFF_LINEAR_KV: K^T V by our reduction kernel or
+    by cuBLAS; PYDIFF_LINEAR_APPLY: q [K^T V | K^T 1] by cuBLAS + a normalization kernel, or
+    fused on tensor cores for half types) against the eager formula."""
     rows = []
     B, H, L, D = 2, 8, 16384, 64
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         q, k, v = (t.abs() for t in _qkv(B, H, L, L, D, dtype))
         q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
-        err = (ops.linear_attention(q, k, v).double()
-               - _linear_eager(q.double(), k.double(), v.double())).norm()
-        rel = (err / _linear_eager(q.double(), k.double(), v.double()).norm()).item()
-        t_o = cuda_time(_no_grad, ops.linear_attention, q, k, v)
+        want = _linear_eager(q.double(), k.double(), v.double())
         t_e = cuda_time(_no_grad, _linear_eager, q, k, v)
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-        t_ob = cuda_time(_fwd_bwd, ops.linear_attention, qg, kg, vg)
         t_eb = cuda_time(_fwd_bwd, _linear_eager, qg, kg, vg)
-        moved = 4 * q.numel() * q.element_size()  # q, k, v read once, out written once
-        rows.append({
-            "B": B, "H": H, "L": L, "D": D, "dtype": DTYPE_NAMES[dtype],
-            "ours_fwd_ms": t_o * 1e3, "eager_fwd_ms": t_e * 1e3, "speedup_fwd": t_e / t_o,
-            "ours_fwd_bytes_per_s": moved / t_o,
-            "ours_fwdbwd_ms": t_ob * 1e3, "eager_fwdbwd_ms": t_eb * 1e3,
-            "speedup_fwdbwd": t_eb / t_ob, "rel_error_vs_fp64": rel,
-        })
+        for kv_path, apply_path in LINEAR_PATHS:
+            if apply_path == "fused" and dtype == torch.float32:
+                continue  # tensor-core apply is for half types
+            os.environ["PYDIFF_LINEAR_KV"], os.environ["PYDIFF_LINEAR_APPLY"] = kv_path, apply_path
+            rel = ((ops.linear_attention(q, k, v).double() - want).norm() / want.norm()).item()
+            t_o = cuda_time(_no_grad, ops.linear_attention, q, k, v)
+            t_ob = cuda_time(_fwd_bwd, ops.linear_attention, qg, kg, vg)
+            moved = 4 * q.numel() * q.element_size()  # q, k, v read once, out written once
+            rows.append({
+                "B": B, "H": H, "L": L, "D": D, "dtype": DTYPE_NAMES[dtype], "kv": kv_path,
+                "apply": apply_path, "ours_fwd_ms": t_o * 1e3, "eager_fwd_ms": t_e * 1e3,
+                "speedup_fwd": t_e / t_o, "ours_fwd_bytes_per_s": moved / t_o,
+                "ours_fwdbwd_ms": t_ob * 1e3, "eager_fwdbwd_ms": t_eb * 1e3,
+                "speedup_fwdbwd": t_eb / t_ob, "rel_error_vs_fp64": rel,
+            })
+        os.environ.pop("PYDIFF_LINEAR_KV")
+        os.environ.pop("PYDIFF_LINEAR_APPLY")
     return rows
 
 

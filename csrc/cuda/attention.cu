@@ -22,7 +22,13 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include "../attention_backward.h"
 #include "pydiff/common.h"
@@ -488,12 +494,42 @@ __global__ void linear_kv_finalize_kernel(const A* __restrict__ part_kv,
 
 int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + 255) / 256, 65535)); }
 
+// Which implementation a step of linear attention takes: the environment variable `name` if
+// set (benchmarks/ops_gpu.py times each), else `fallback`. Read per call (cheap next to a launch).
+bool linear_path_is(const char* name, const char* value, const char* fallback) {
+  const char* set = std::getenv(name);
+  return std::strcmp(set != nullptr && *set != '\0' ? set : fallback, value) == 0;
+}
+
+// Row width of [K^T V | K^T 1 | 0 ...]: Dv + 1 padded to a multiple of 16 (aligned rows for the
+// GEMMs, whole 16-column tiles for the tensor-core kernel).
+int64_t kv_width(int64_t Dv) { return (Dv + 1 + 15) / 16 * 16; }
+
+// The same through cuBLAS (tensor cores for half types): K^T V with alpha = 1 / Lk, so the sum
+// is never formed in the half type, and the key mean.
+at::Tensor linear_kv_mean_gemm(const at::Tensor& k, const at::Tensor& v,
+                               at::ScalarType out_dtype) {
+  const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
+  at::Tensor kv = at::zeros({B, H, D, kv_width(Dv)}, k.options().dtype(out_dtype));
+  if (B * H == 0 || D == 0 || L == 0) return kv;
+  const at::Tensor k3 = k.reshape({B * H, L, D}), v3 = v.reshape({B * H, L, Dv});
+  const at::Tensor kvv = at::baddbmm(at::empty({B * H, D, Dv}, k.options()), k3.transpose(1, 2),
+                                     v3, /*beta=*/0, /*alpha=*/1.0 / static_cast<double>(L));
+  at::Tensor kv3 = kv.view({B * H, D, kv.size(-1)});
+  kv3.narrow(-1, 0, Dv).copy_(kvv);
+  kv3.select(-1, Dv).copy_(k3.mean(1));
+  return kv;
+}
+
 // [K^T V | K^T 1 | 0 ...] / Lk per (batch, head), accumulated in `acc`, returned in `out_dtype`
-// as [B, H, D, W] with W = Dv + 1 padded to a multiple of 8 (aligned rows for the GEMMs).
+// as [B, H, D, kv_width(Dv)].
 at::Tensor linear_kv_mean(const at::Tensor& k, const at::Tensor& v, at::ScalarType acc,
                           at::ScalarType out_dtype) {
+  if (linear_path_is("PYDIFF_LINEAR_KV", "gemm", "kernel")) {
+    return linear_kv_mean_gemm(k, v, out_dtype);
+  }
   const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
-  const int64_t BH = B * H, W = (Dv + 1 + 7) / 8 * 8;
+  const int64_t BH = B * H, W = kv_width(Dv);
   if (BH == 0 || D == 0 || L == 0) return at::zeros({B, H, D, W}, k.options().dtype(out_dtype));
   const at::Tensor kc = k.contiguous(), vc = v.contiguous();
   const int tiles_d = static_cast<int>((D + kKvTile - 1) / kKvTile);
@@ -576,6 +612,150 @@ void check_linear(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
               "pydiff::linear_attention: q, k, v must share a dtype");
 }
 
+// Tensor-core (WMMA) forward for float16/bfloat16: out = (q kv)[:Dv] / ((q kv)[Dv] + eps) in one
+// pass over q, with kv = [K^T V | K^T 1 | 0 ...] / Lk (width W, NF tiles of 16) staged in shared
+// memory. Four warps, 16 query rows each; float32 accumulation; the normalization is applied to
+// the accumulators, so the [Lq, W] product is never written out.
+constexpr int kApplyWarps = 4;
+constexpr int kApplyRows = 16 * kApplyWarps;
+constexpr int kApplyMaxTiles = 9;  // W up to 144 (Dv up to 143)
+
+template <typename T>
+struct WmmaType;
+template <>
+struct WmmaType<at::Half> {
+  using type = __half;
+};
+template <>
+struct WmmaType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T, int NF>
+__global__ void __launch_bounds__(kApplyWarps * kWarp)
+    linear_apply_wmma_kernel(const T* __restrict__ q, const T* __restrict__ kv,
+                             T* __restrict__ out, int64_t Lq, int D, int Dv, float eps) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using WT = typename WmmaType<T>::type;
+  constexpr int W = NF * 16;
+  // WMMA loads and stores need 32-byte aligned tiles: every offset below is a multiple of that
+  extern __shared__ __align__(128) unsigned char apply_smem[];
+  uint16_t* kvs = reinterpret_cast<uint16_t*>(apply_smem);  // [D][W]
+  uint16_t* qs = kvs + D * W;                              // [kApplyRows][D]
+  float* scratch = reinterpret_cast<float*>(qs + kApplyRows * D) + (threadIdx.x / kWarp) * 256;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t bh = blockIdx.y, row0 = static_cast<int64_t>(blockIdx.x) * kApplyRows;
+  // stage kv and the block's q rows (zeros past Lq), 8 half values per 16-byte access
+  const uint4* kvg = reinterpret_cast<const uint4*>(kv + bh * D * W);
+  for (int x = threadIdx.x; x < D * W / 8; x += blockDim.x) {
+    reinterpret_cast<uint4*>(kvs)[x] = kvg[x];
+  }
+  const uint4* qg = reinterpret_cast<const uint4*>(q + bh * Lq * D);
+  const int per_row = D / 8;
+  for (int x = threadIdx.x; x < kApplyRows * per_row; x += blockDim.x) {
+    const int64_t r = row0 + x / per_row;
+    reinterpret_cast<uint4*>(qs)[x] =
+        r < Lq ? qg[r * per_row + x % per_row] : make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NF];
+#pragma unroll
+  for (int n = 0; n < NF; ++n) wmma::fill_fragment(acc[n], 0.0f);
+  for (int d0 = 0; d0 < D; d0 += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a;
+    wmma::load_matrix_sync(a, reinterpret_cast<const WT*>(qs) + warp * 16 * D + d0, D);
+#pragma unroll
+    for (int n = 0; n < NF; ++n) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::row_major> b;
+      wmma::load_matrix_sync(b, reinterpret_cast<const WT*>(kvs) + d0 * W + n * 16, W);
+      wmma::mma_sync(acc[n], a, b, acc[n]);
+    }
+  }
+  // lane i < 16 holds the denominator of the warp's row i
+  float den = 0.0f;
+#pragma unroll
+  for (int n = 0; n < NF; ++n) {
+    if (n == Dv / 16) {
+      wmma::store_matrix_sync(scratch, acc[n], 16, wmma::mem_row_major);
+      __syncwarp();
+      den = lane < 16 ? scratch[lane * 16 + Dv % 16] + eps : 1.0f;
+      __syncwarp();
+    }
+  }
+  const int64_t wrow0 = row0 + warp * 16;
+#pragma unroll
+  for (int n = 0; n < NF; ++n) {
+    if (n * 16 >= Dv) continue;
+    wmma::store_matrix_sync(scratch, acc[n], 16, wmma::mem_row_major);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int idx = lane + 32 * i, row = idx / 16, e = n * 16 + idx % 16;
+      const float d = __shfl_sync(0xffffffffu, den, row);
+      if (wrow0 + row < Lq && e < Dv) {
+        out[(bh * Lq + wrow0 + row) * Dv + e] = static_cast<T>(scratch[idx] / d);
+      }
+    }
+    __syncwarp();
+  }
+#endif
+}
+
+template <typename T, int NF>
+void launch_apply_wmma(const at::Tensor& q, const at::Tensor& kv, at::Tensor& out, double eps,
+                       size_t smem) {
+  auto kernel = linear_apply_wmma_kernel<T, NF>;
+  const int64_t BH = q.size(0) * q.size(1), Lq = q.size(2);
+  const dim3 grid((Lq + kApplyRows - 1) / kApplyRows, BH);
+  kernel<<<grid, kApplyWarps * kWarp, smem, at::cuda::getCurrentCUDAStream()>>>(
+      q.data_ptr<T>(), kv.data_ptr<T>(), out.data_ptr<T>(), Lq, static_cast<int>(q.size(3)),
+      static_cast<int>(out.size(3)), static_cast<float>(eps));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// NF, the number of 16-column tiles of kv, is a template parameter: the accumulators are an
+// array of fragments indexed by unrolled loops, which keeps them in registers.
+template <typename T>
+void launch_apply_tiles(int64_t tiles, const at::Tensor& q, const at::Tensor& kv,
+                        at::Tensor& out, double eps, size_t smem) {
+  switch (tiles) {
+    case 1: return launch_apply_wmma<T, 1>(q, kv, out, eps, smem);
+    case 2: return launch_apply_wmma<T, 2>(q, kv, out, eps, smem);
+    case 3: return launch_apply_wmma<T, 3>(q, kv, out, eps, smem);
+    case 4: return launch_apply_wmma<T, 4>(q, kv, out, eps, smem);
+    case 5: return launch_apply_wmma<T, 5>(q, kv, out, eps, smem);
+    case 6: return launch_apply_wmma<T, 6>(q, kv, out, eps, smem);
+    case 7: return launch_apply_wmma<T, 7>(q, kv, out, eps, smem);
+    case 8: return launch_apply_wmma<T, 8>(q, kv, out, eps, smem);
+    default: return launch_apply_wmma<T, 9>(q, kv, out, eps, smem);
+  }
+}
+
+// The tensor-core forward where it applies (half types, sm_80+, D a multiple of 16 up to 256,
+// W up to 144, 16-byte aligned rows, the tiles within the default shared memory); false where
+// the caller should take the GEMM path.
+bool linear_apply_wmma(const at::Tensor& q, const at::Tensor& kv, at::Tensor& out, double eps) {
+  if (!linear_path_is("PYDIFF_LINEAR_APPLY", "fused", "gemm")) return false;
+  const auto dt = q.scalar_type();
+  if (dt != at::kHalf && dt != at::kBFloat16) return false;
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t D = q.size(3), W = kv.size(3), BH = q.size(0) * q.size(1);
+  const size_t smem = static_cast<size_t>(D * W + kApplyRows * D) * 2 + kApplyWarps * 256 * 4;
+  if (prop->major < 8 || D % 16 != 0 || D > 256 || W / 16 > kApplyMaxTiles || BH > 65535 ||
+      static_cast<int64_t>(smem) > kSmemBudget || !q.is_contiguous() || !kv.is_contiguous() ||
+      reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(kv.data_ptr()) % 16 != 0) {
+    return false;
+  }
+  if (dt == at::kHalf) {
+    launch_apply_tiles<at::Half>(W / 16, q, kv, out, eps, smem);
+  } else {
+    launch_apply_tiles<at::BFloat16>(W / 16, q, kv, out, eps, smem);
+  }
+  return true;
+}
+
 at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  double eps) {
   check_linear(q, k, v);
@@ -583,11 +763,15 @@ at::Tensor linear_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   const auto acc = acc_of(q.scalar_type());
   const int64_t Dv = v.size(3), rows = q.size(0) * q.size(1) * q.size(2);
   const double eps_mean = eps / static_cast<double>(std::max<int64_t>(1, k.size(2)));
-  // The GEMM runs in the input dtype (tensor cores for half types, float32 accumulation); the
-  // small [D, Dv + 1] factor is rounded to it once.
-  const at::Tensor t = at::matmul(q, linear_kv_mean(k, v, acc, q.scalar_type())).contiguous();
+  // The product with q runs in the input dtype (tensor cores for half types, float32
+  // accumulation); the small [D, Dv + 1] factor is rounded to it once.
+  const at::Tensor kv = linear_kv_mean(k, v, acc, q.scalar_type());
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), Dv}, q.options());
-  if (out.numel() > 0) {
+  if (out.numel() == 0) return out;
+  const at::Tensor qc = q.contiguous();
+  if (linear_apply_wmma(qc, kv, out, eps_mean)) return out;
+  const at::Tensor t = at::matmul(qc, kv).contiguous();
+  {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                     "pydiff_linear_attention", [&] {
       using T = scalar_t;

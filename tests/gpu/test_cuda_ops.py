@@ -224,9 +224,18 @@ def test_attention_kernel_launch_fits_every_head_dim():
         assert torch.isfinite(q.grad).all()
 
 
+LINEAR_PATHS = [("kernel", "gemm"), ("gemm", "gemm"), ("kernel", "fused"), ("gemm", "fused")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 4, 1000, 700, 32, 48), (1, 3, 300, 4100, 130, 70)])
-def test_linear_attention_cuda_matches_reference(dtype, shape):
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 1000, 700, 32, 48), (1, 3, 300, 4100, 130, 70), (1, 2, 77, 50, 64, 143)]
+)
+@pytest.mark.parametrize("paths", LINEAR_PATHS)
+def test_linear_attention_cuda_matches_reference(dtype, shape, paths, monkeypatch):
+    # every implementation of each step (PYDIFF_LINEAR_KV / PYDIFF_LINEAR_APPLY, read per call)
+    monkeypatch.setenv("PYDIFF_LINEAR_KV", paths[0])
+    monkeypatch.setenv("PYDIFF_LINEAR_APPLY", paths[1])
     B, H, Lq, Lk, D, Dv = shape
     g = torch.Generator(device=DEV).manual_seed(2)
     q = torch.rand(B, H, Lq, D, generator=g, device=DEV).to(dtype)
@@ -239,7 +248,9 @@ def test_linear_attention_cuda_matches_reference(dtype, shape):
     torch.testing.assert_close(ops.linear_attention(qt, kt, vt).double(), want, **TOL[dtype])
 
 
-def test_linear_attention_cuda_gradcheck():
+@pytest.mark.parametrize("kv_path", ["kernel", "gemm"])
+def test_linear_attention_cuda_gradcheck(kv_path, monkeypatch):
+    monkeypatch.setenv("PYDIFF_LINEAR_KV", kv_path)
     g = torch.Generator(device=DEV).manual_seed(4)
     ins = [torch.rand(1, 2, n, d, generator=g, device=DEV, dtype=torch.float64).requires_grad_()
            for n, d in ((5, 3), (6, 3), (6, 2))]
