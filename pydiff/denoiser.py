@@ -242,7 +242,14 @@ class Denoiser:
             x_in = tree_map(lambda v: v.to(run_dtype), x_in)
         # time stays at least float32: bf16 would round 999 t to multiples of 4 near 1000
         t_dtype = torch.float64 if run_dtype == torch.float64 else torch.float32
-        out = self.net(x_in, t_net.to(t_dtype), **cond)
+        try:
+            out = self.net(x_in, t_net.to(t_dtype), **cond)
+        except RuntimeError as err:  # say so when the cause is weights and state on two devices
+            weights, state = _weights_device(self.net), leaves(x_in)[0].device
+            if weights is None or weights == state:
+                raise
+            raise InputError(f"the network's weights are on {weights} but the state x is on "
+                             f"{state}: put both on one device (net.to(x.device))") from err
         if isinstance(x_in, dict) != isinstance(out, dict):
             raise TypeError("the network must return the same structure as the state "
                             "(a tensor for tensor states, a dict for dict states)")
@@ -286,6 +293,12 @@ class Denoiser:
         return (f"Denoiser(net={type(self.net).__name__}, schedule={self.schedule!r}, "
                 f"prediction={self.prediction!r}, precond={self.precond!r}, "
                 f"time_input={self.time_input!r})")
+
+
+def _weights_device(net: Any) -> torch.device | None:
+    for p in net.parameters() if isinstance(net, torch.nn.Module) else ():
+        return p.device
+    return None
 
 
 def _check_shape(out: Tensor, x: Tensor) -> Tensor:

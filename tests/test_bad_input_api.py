@@ -33,6 +33,18 @@ def zeros_net(x, t):
     return torch.zeros_like(x)
 
 
+class MetaNet(torch.nn.Module):
+    """Weights on the meta device: a network on another device than the state (no GPU
+    needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 3, device="meta")
+
+    def forward(self, x, t):
+        return self.layer(x)
+
+
 MODEL = pydiff.Denoiser(zeros_net, SCHED, prediction="eps")
 
 
@@ -98,6 +110,10 @@ CORE: list[Row] = [
     Row("denoiser-net-output-not-a-tensor",
         lambda: pydiff.Denoiser(lambda x, t: x.tolist(), SCHED).x0(X, 0.5), InputError,
         ("network returned list",)),
+    Row("denoiser-net-on-another-device", lambda: pydiff.Denoiser(MetaNet(), SCHED).x0(X, 0.5),
+        InputError, ("weights are on meta", "x is on cpu")),
+    Row("sample-net-on-another-device", lambda: sample(model=pydiff.Denoiser(MetaNet(), SCHED)),
+        InputError, ("weights are on meta", "x is on cpu")),
     Row("denoiser-t-wrong-batch", lambda: MODEL.x0(X, torch.full((5,), 0.5)), InputError,
         ("(5,)", "(8, 3)")),
     Row("denoiser-dict-state-tensor-output",
