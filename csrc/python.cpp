@@ -1,9 +1,10 @@
 // The Python module pydiff._C: importing it runs the op registrations of ops.cpp and
 // cpu/*.cpp; it also holds one eager fast path for pydiff.ops.lincomb.
 //
-// Why a fast path: a solver step on a small state (16K elements, a robot's action chunk) costs
-// ~2 us of memory traffic, while reaching the kernel through pydiff.ops.lincomb's Python
-// argument handling and torch.ops' generic argument parsing costs ~20 us. lincomb_fast parses
+// Why a fast path: on a small state (16K elements, a robot's action chunk) a solver step's
+// memory traffic costs a fraction of reaching the kernel through pydiff.ops.lincomb's Python
+// argument handling and torch.ops' generic argument parsing (both measured by
+// benchmarks/ops_lincomb.py; figures in BENCHMARKS.md, lincomb). lincomb_fast parses
 // the same arguments in C++ and calls the registered op through the dispatcher (so CPU and CUDA
 // kernels, version counters and profiling behave as usual), below the autograd keys, which is
 // only correct when nothing requires grad, so it bails out in that case. It returns None for

@@ -48,8 +48,8 @@ def test_backend_is_extension_when_required():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF check")
 def test_extension_is_built_with_openmp():
     # at::parallel_for is `#pragma omp parallel` in a header: a build without -fopenmp still
-    # works, silently on one thread (measured: linear attention 57 ms on 1 or 2 threads, 30 ms
-    # with OpenMP on 2). The library must link libgomp (torch's copy at run time).
+    # works, silently on one thread (the first build did: BENCHMARKS.md, Kernels). The library
+    # must link libgomp (torch's copy at run time).
     with open(ops._C.__file__, "rb") as f:
         assert b"libgomp.so" in f.read()
 

@@ -312,7 +312,7 @@ def test_enhance_cli_plots_noisy_and_enhanced_spectrograms(tmp_path, capsys) -> 
 # -- the shipped checkpoint ----------------------------------------------------------------------
 def test_shipped_checkpoint_improves_si_sdr(enhancer: SpeechEnhancer) -> None:
     # a held-out voice in coloured noise at 0 dB (averaged over the test split the gains are
-    # smaller: +0.3 dB for MR-10, +2.5 dB for StoRM, BENCHMARKS.md)
+    # smaller: BENCHMARKS.md, Speech)
     pair = make_pair("test", 7, kind="coloured", snr_db=0.0, reverb=False)
     before = si_sdr(pair.clean, pair.noisy)
     one = enhancer.enhance(pair.noisy, 16000, solver="mr", steps=1, chunk_seconds=None)

@@ -24,7 +24,7 @@ void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, con
 // Makes the BLAS of the calling thread single-threaded for the guard's lifetime. The kernels
 // call gemm() from inside at::parallel_for, one tile per thread; MKL would otherwise start a
 // nested team of threads in every call (torch turns MKL's dynamic adjustment off), and the
-// oversubscribed, spin-waiting teams cost 20-30x the CPU time of the work (measured).
+// oversubscribed, spin-waiting teams cost many times the CPU time of the work.
 class SingleThreadedBlas {
  public:
   SingleThreadedBlas();
@@ -57,8 +57,9 @@ const char* gemm_backend();
 
 // Ask the kernel for transparent huge pages on a fresh, untouched output buffer of at least
 // 8 MB (only the 2 MB-aligned interior; a no-op where THP is off or unsupported). With the
-// common THP mode "madvise", first-touch page faults of a 32 MB output cost 11 ms in 4 KB
-// pages, as much as the GEMM that fills it (measured on the 2-core Xeon of BENCHMARKS.md).
+// common THP mode "madvise", first-touch page faults of a large fresh output in 4 KB pages
+// cost as much as the GEMM that fills it (benchmarks/ops_linear_parts.py; BENCHMARKS.md,
+// linear attention).
 void advise_huge_pages(void* data, size_t bytes);
 
 }  // namespace pydiff::cpu

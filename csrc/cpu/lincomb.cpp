@@ -42,10 +42,9 @@ inline void stream_store(void* p, __m256i v) { _mm256_stream_si256(static_cast<_
 #endif
 
 constexpr int64_t kChunk = 1024;
-// Below this many elements the whole op runs on the calling thread: waking the pool costs a few
-// microseconds, as much as the work. 3 terms + noise, float32, 1 vs 2 threads: 64K 14.9 vs
-// 10.6 us (benchmarks/ops_lincomb_threads.py); with the threshold at 16K for the measurement,
-// 16K 5.4 vs 6.5 us and 32K 8.1 vs 8.0 (BENCHMARKS.md).
+// Below this many elements the whole op runs on the calling thread: waking the pool costs as
+// much as the work. Where a second thread starts to pay is measured by
+// benchmarks/ops_lincomb_threads.py (figures in BENCHMARKS.md, "Threads from 64K elements on").
 constexpr int64_t kParallelMinElems = 1 << 16;
 // From this output size on, results bypass the cache (non-temporal stores) unless out is one of
 // the terms (see run_plan): a result this large is evicted before anyone reads it, and a normal
@@ -171,7 +170,7 @@ constexpr int kMaxFusedTerms = 16;
 // The common case in one pass with the sum in registers: every term and out share one float
 // dtype T, are unit-stride, and every coefficient is constant along the chunk. (The general
 // path below round-trips a float buffer in L1 once per term; at L2-resident sizes that, not
-// DRAM, is the limit, and this path is ~1.5x faster there.)
+// DRAM, is the limit, so this path is the faster one there: BENCHMARKS.md, lincomb.)
 template <typename T>
 void fused_same_dtype(T* __restrict out, const T* const* p, const float* c, int K, int64_t n,
                       bool stream, bool prefetch) {
@@ -329,8 +328,8 @@ void run_plan(const LincombPlan& p) {
   const int64_t out_bytes = p.numel * p.ops[0].elsize;
   // An in-place update (out is a term, as solvers write it) has just read every line it
   // writes, so a normal store costs no extra read, and streaming would push the lines out of
-  // the cache only to write them: in place, streaming measured 0.65-0.91x normal stores
-  // (benchmarks/ops_lincomb_paths.py --inplace).
+  // the cache only to write them: in place, streaming measured slower than normal stores
+  // (benchmarks/ops_lincomb_paths.py --inplace; figures in BENCHMARKS.md).
   bool out_is_a_term = false;
   for (size_t k = 0; k < p.coef_op.size(); ++k)
     out_is_a_term |= p.ops[1 + k].data == p.ops[0].data;
@@ -357,7 +356,7 @@ void run_plan(const LincombPlan& p) {
 #ifdef PYDIFF_STREAM_STORES
     // Orders the write-combined stores before whatever this thread does next. Once per thread's
     // range, not per chunk: a fence waits for every pending streaming store to reach memory,
-    // and fencing each 4 KB chunk made 64M float32 1.13x slower (in-kernel A/B, BENCHMARKS.md).
+    // and fencing each 4 KB chunk made large outputs slower (in-kernel A/B, BENCHMARKS.md).
     if (stream) _mm_sfence();
 #endif
   };

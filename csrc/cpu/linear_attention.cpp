@@ -43,7 +43,7 @@ at::Tensor prep(const at::Tensor& t, at::ScalarType acc) {
 
 // KV = K^T V (D x Dv, row-major) and ks = K^T 1 (D) of one (batch, head). KV accumulates over
 // key chunks that fit in L2, so ks sums each chunk of K while it is in cache instead of reading
-// K from memory a second time (3 ms of 40 at L = 16384).
+// K from memory a second time (a pass of its own: benchmarks/ops_linear_parts.py, BENCHMARKS.md).
 template <typename T>
 void kv_and_ks(const T* kt, int64_t ldk, const T* vt, int64_t ldv, int64_t Lk, int64_t D,
                int64_t Dv, T* kv, T* ks) {
@@ -65,9 +65,9 @@ void kv_and_ks(const T* kt, int64_t ldk, const T* vt, int64_t ldv, int64_t Lk, i
 template <typename T>
 void linear_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, T eps,
                      at::Tensor& out) {
-  // KV (D x Dv) and ks (D) stay apart: a tile GEMM with Dv + 1 = 65 columns ran at less than
-  // half the speed of one with 64 (measured with MKL: 26.6 vs 11.7 ms for L = 16384, H = 8),
-  // and the denominator is one more GEMV on the query block while it is in cache.
+  // KV (D x Dv) and ks (D) stay apart: a tile GEMM with Dv + 1 = 65 columns is much slower
+  // than one with 64 (benchmarks/ops_linear_parts.py; BENCHMARKS.md, linear attention), and
+  // the denominator is one more GEMV on the query block while it is in cache.
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3),
                 Dv = v.size(3);
   std::vector<T> kv(B * H * D * Dv), ks(B * H * D);

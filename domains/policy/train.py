@@ -42,7 +42,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 # Inference settings applied when a shipped checkpoint is loaded by env name (measured with
 # benchmarks/policy_bench.py). Pendulum balances an unstable equilibrium: executing Ta = 8
-# actions open loop succeeds on 11 of 20 seeds (DDIM 10), Ta = 4 on 20 of 20. The shipped
+# actions open loop fails on seeds where Ta = 4 succeeds (BENCHMARKS.md, Policy). The shipped
 # pendulum checkpoint was trained before Ta = 4 entered its recipe (Ta does not affect training).
 SHIPPED_INFERENCE: dict[str, dict[str, Any]] = {"pendulum": {"n_action_steps": 4}}
 

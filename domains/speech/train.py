@@ -53,10 +53,10 @@ Tensor = torch.Tensor
 class TrainConfig:
     """Recipe knobs.
 
-    The defaults are the one-run form of the shipped checkpoint's recipe (an estimate, not a
-    timed run: 10000 score steps at 0.7-1 s and 2000 predictive steps, about 3 h on one core
-    here). The shipped checkpoint itself was trained in five warm-started stages,
-    recorded under ``metadata["warm_start"]`` and listed with their commands in BENCHMARKS.md.
+    The defaults are the one-run form of the shipped checkpoint's recipe (10000 score steps and
+    2000 predictive steps; never run in one piece). The shipped checkpoint itself was trained
+    in five warm-started stages, recorded under ``metadata["warm_start"]`` and listed with their
+    commands and times in BENCHMARKS.md.
     """
 
     utterances: int = 800

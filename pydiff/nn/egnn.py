@@ -47,6 +47,19 @@ def _check_graph(h: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
     return mask.bool()
 
 
+def _edge_attr(edge_attr: Tensor | None, b: int, n: int, edge_dim: int, dtype: torch.dtype,
+               owner: str) -> list[Tensor]:
+    """The edge features to concatenate: ``[edge_attr]`` checked against ``edge_dim``, or none."""
+    if not edge_dim:
+        if edge_attr is not None:
+            raise ValueError(f"edge_attr was given but the {owner} was built with edge_dim=0")
+        return []
+    if edge_attr is None or edge_attr.shape != (b, n, n, edge_dim):
+        got = None if edge_attr is None else tuple(edge_attr.shape)
+        raise ValueError(f"edge_attr has shape {got}; expected [B, N, N, {edge_dim}]")
+    return [edge_attr.to(dtype)]
+
+
 class EGNNLayer(nn.Module):
     """One E(n)-equivariant message-passing layer (EGNN, eqs. 3-6, with normalized differences).
 
@@ -139,13 +152,7 @@ class EGNNLayer(nn.Module):
             h_in[:, None, :, :].expand(b, n, n, -1),
             d2,
         ]
-        if self.edge_dim:
-            if edge_attr is None or edge_attr.shape != (b, n, n, self.edge_dim):
-                got = None if edge_attr is None else tuple(edge_attr.shape)
-                raise ValueError(f"edge_attr has shape {got}; expected [B, N, N, {self.edge_dim}]")
-            feats.append(edge_attr.to(h.dtype))
-        elif edge_attr is not None:
-            raise ValueError("edge_attr was given but the layer was built with edge_dim=0")
+        feats += _edge_attr(edge_attr, b, n, self.edge_dim, h.dtype, "layer")
         m = self.phi_e(torch.cat(feats, dim=-1))
         if self.att is not None:
             m = m * self.att(m)
@@ -287,13 +294,7 @@ class EGNN(nn.Module):
             raise ValueError("t was given but the network was built with time_embedding=None")
         diff = x[:, :, None, :] - x[:, None, :, :]
         edges = [diff.pow(2).sum(-1, keepdim=True)]
-        if self.edge_dim:
-            if edge_attr is None or edge_attr.shape != (b, n, n, self.edge_dim):
-                got = None if edge_attr is None else tuple(edge_attr.shape)
-                raise ValueError(f"edge_attr has shape {got}; expected [B, N, N, {self.edge_dim}]")
-            edges.append(edge_attr.to(h.dtype))
-        elif edge_attr is not None:
-            raise ValueError("edge_attr was given but the network was built with edge_dim=0")
+        edges += _edge_attr(edge_attr, b, n, self.edge_dim, h.dtype, "network")
         edge_feats = torch.cat(edges, dim=-1)
 
         hh = self.embed_in(torch.cat(feats, dim=-1))
