@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pydiff.apps.cli import nonnegative_int, positive_float, positive_int
 
@@ -19,7 +20,7 @@ from pydiff.files import check_input_dir, check_output, write_json
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     """Add ``pydiff policy {train,run,eval}``."""
     p = sub.add_parser("policy", help=help_text, description=help_text)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
     cmds = p.add_subparsers(dest="policy_command", metavar="{train,run,eval}")
 
     t = cmds.add_parser("train", help="train a policy on scripted demonstrations")

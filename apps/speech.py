@@ -3,7 +3,8 @@
 Subcommands:
 
 - ``enhance IN -o OUT``: a file to a file, or a folder to a folder (every .wav/.flac/.ogg,
-  with a progress bar; a file that fails is reported and the others still finish; existing
+  with a progress bar; a file that fails is reported and the others still finish (exit
+  status 2 when every failure was bad input, 1 when one was a bug, with its traceback); existing
   outputs are skipped unless ``--overwrite``, so a stopped job resumes). ``--plot PNG`` (a
   single file) also draws the noisy and enhanced spectrograms with ``librosa.display``.
 - ``train``: the training recipe (:mod:`pydiff.domains.speech.train`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from pydiff.apps.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
@@ -34,7 +36,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     p = sub.add_parser("speech", help=help_text, description=help_text)
     cmds = p.add_subparsers(dest="speech_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
     e = cmds.add_parser("enhance", help="enhance a file or every audio file of a folder")
     e.add_argument("input", help="an audio file or a folder of audio files")
@@ -151,7 +153,7 @@ def run_enhance(args: argparse.Namespace) -> int:
                    and not p.name.startswith("."))
     if not files:
         raise InputError(f"input folder {str(src)!r} has no {'/'.join(AUDIO_SUFFIXES)} files")
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, Exception]] = []
     done = skipped = 0
     for path in tqdm(files, desc="enhance", unit="file"):
         out = (dst / path.relative_to(src)).with_suffix(".wav")
@@ -162,11 +164,16 @@ def run_enhance(args: argparse.Namespace) -> int:
             enhancer.enhance_file(path, out, **opts)
             done += 1
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the batch
-            failed.append((path, f"{type(err).__name__}: {err}"))
+            failed.append((path, err))
     print(f"enhanced {done}, skipped {skipped} existing, failed {len(failed)} of {len(files)}")
-    for path, msg in failed:
-        print(f"  FAILED {path}: {msg}", file=sys.stderr)
-    return 1 if failed else 0
+    bugs = [err for _, err in failed if not isinstance(err, InputError)]
+    for err in bugs:  # a bug keeps its traceback, as everywhere on the command line
+        traceback.print_exception(err)
+    for path, err in failed:
+        kind = "" if isinstance(err, InputError) else f"{type(err).__name__} (a bug): "
+        print(f"  FAILED {path}: {kind}{' '.join(str(err).split())}", file=sys.stderr)
+    # like a single file: 2 when every failure was bad input, 1 when a bug was among them
+    return (1 if bugs else 2) if failed else 0
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -265,12 +265,12 @@ def test_folder_mode_isolates_failures(tmp_path, capsys) -> None:
     write_audio(src / "low.wav", np.zeros(100), 16000)
     code = main(["speech", "enhance", str(src), "-o", str(dst), "--solver", "mr", "--steps",
                  "1", "--threads", "1"])
-    assert code == 1
+    assert code == 2  # every failure was bad input (a bug among them would make it 1)
     assert sorted(p.name for p in dst.iterdir()) == ["low.wav", "ok0.wav", "ok1.wav"]
     err = capsys.readouterr().err
     assert "FAILED" in err and "bad.wav" in err and "ok0.wav" not in err
     # a rerun skips the finished files and still reports the broken one
-    assert main(["speech", "enhance", str(src), "-o", str(dst), "--steps", "1"]) == 1
+    assert main(["speech", "enhance", str(src), "-o", str(dst), "--steps", "1"]) == 2
     assert "skipped 3 existing" in capsys.readouterr().out
 
 
