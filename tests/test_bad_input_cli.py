@@ -116,6 +116,8 @@ ROWS: list[Row] = [
         ("empty_dir", "config.json")),
     Row("run-json-read-only", policy_run("--json", "{tmp}/read_only/run.json"),
         ("--json", "not writable"), read_only=True),
+    Row("run-json-is-a-folder", policy_run("--json", "{tmp}/empty_dir"),
+        ("--json", "empty_dir", "folder")),
     # -- policy eval
     Row("eval-checkpoint-missing", ["policy", "eval", "--env", "pendulum", "--seeds", "2",
                                     "--checkpoint", "/nonexistent"],
@@ -129,6 +131,8 @@ ROWS: list[Row] = [
     Row("eval-seed0-negative", policy_eval("--seed0", "-1"), ("--seed0",)),
     Row("eval-unknown-preset", policy_eval("--presets", "rti,foo"), ("--presets", "foo")),
     Row("eval-plots-is-a-file", policy_eval("--plots", "{tmp}/a_file"), ("--plots", "a_file")),
+    Row("eval-json-under-a-file", policy_eval("--json", "{tmp}/a_file/x.json"),
+        ("--json", "a_file", "not a folder")),
     # -- speech enhance
     Row("enhance-input-missing", enhance("{tmp}/missing.wav"), ("missing.wav", "does not exist")),
     Row("enhance-input-empty", enhance("{tmp}/empty.wav"), ("empty.wav", "empty")),
