@@ -175,9 +175,17 @@ SPEECH: list[tuple[str, Callable, type[BaseException], tuple[str, ...]]] = [
     ("overlap-longer-than-chunk",
      lambda e: e.enhance(WAVE, 16000, chunk_seconds=0.5, overlap_seconds=1.0), InputError,
      ("overlap_seconds",)),
+    ("train-output-is-a-file", lambda e: _speech_train(__file__), InputError,
+     ("output", "is a file")),
     ("enhance-file-missing", lambda e: e.enhance_file("/nonexistent.wav", "/tmp/x.wav"),
      InputError, ("/nonexistent.wav",)),
 ]
+
+
+def _speech_train(output):
+    from pydiff.domains.speech.train import TrainConfig, train
+
+    return train(TrainConfig(utterances=2, score_steps=1, predictive_steps=0), output)
 
 
 @pytest.mark.parametrize("case", SPEECH, ids=[c[0] for c in SPEECH])
@@ -207,6 +215,7 @@ def _config(**kw):
 def _policy_rows() -> list[Row]:
     from pydiff.domains.policy import ObservationError, load_policy, make_env
     from pydiff.domains.policy.control import evaluate, run_episode
+    from pydiff.domains.policy.train import train_policy
 
     return [
         Row("config-steps-zero", lambda: _config(steps=0), InputError, ("steps",)),
@@ -227,6 +236,9 @@ def _policy_rows() -> list[Row]:
         Row("make-env-unknown", lambda: make_env("nosuch"), InputError, ("nosuch",)),
         Row("run-episode-hz-negative", lambda: run_episode(_policy(), "pendulum", 0, hz=-5),
             InputError, ("hz", "-5")),
+        Row("train-policy-out-dir-is-a-file",
+            lambda: train_policy("pointmass", __file__, episodes=2, steps=1), InputError,
+            ("out_dir", "is a file")),
         Row("evaluate-no-seeds", lambda: evaluate(_policy(), "pendulum", []), InputError,
             ("seeds",)),
     ]

@@ -285,11 +285,14 @@ def train_planner(env: str, out_dir: str | os.PathLike | None, *, episodes: int 
                   steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                   progress: bool = True, **config: Any) -> TrajectoryPlanner:
     """Train a planner on expert trajectories with :class:`pydiff.training.Trainer`."""
+    from pydiff.files import check_output
     from pydiff.training import BatchLoader, Trainer
 
     from .data import collect_demonstrations, trajectory_windows
     from .envs import make_env
 
+    if out_dir is not None:
+        check_output(out_dir, "out_dir", folder=True)  # before training, not after
     demos = collect_demonstrations(env, episodes, seed=seed)
     probe = make_env(env)
     cfg = PlannerConfig(obs_dim=int(probe.observation_space.shape[0]),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pydiff.errors import InputError
+from pydiff.files import check_output
 
 from .data import MinMaxNormalizer, collect_demonstrations, policy_windows
 from .envs import make_env
@@ -73,6 +74,8 @@ def train_policy(env: str, out_dir: str | os.PathLike | None, *, episodes: int =
     """
     from pydiff.training import BatchLoader, Trainer
 
+    if out_dir is not None:
+        check_output(out_dir, "out_dir", folder=True)  # before training, not after
     demos = collect_demonstrations(env, episodes, seed=seed, max_steps=demo_steps)
     probe = make_env(env)
     obs_dim = int(probe.observation_space.shape[0])

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from pydiff.errors import InputError
+from pydiff.files import check_output
 from pydiff.training import BatchLoader, EDMWeight, Every, Trainer, diffusion_loss
 
 from .data import make_pairs
@@ -170,6 +171,8 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None) -
     if config.bin_weighting not in BIN_WEIGHTINGS:
         raise InputError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got "
                          f"{config.bin_weighting!r}")
+    if output is not None:
+        check_output(output, "output", folder=True)  # before training, not after
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
     spec = Spectrogram()
