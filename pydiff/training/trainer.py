@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..denoiser import Denoiser
-from ..files import atomic_output, write_text
+from ..files import atomic_output, check_output, write_text
 from .distributed import (
     all_reduce_gradients,
     all_reduce_mean,
@@ -202,6 +202,8 @@ class Trainer:
         self.generator = torch.Generator(gen_device).manual_seed(seed + 7919 * self.info.rank)
         self.callbacks = list(callbacks)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.checkpoint_dir is not None:
+            check_output(self.checkpoint_dir, "checkpoint_dir", folder=True)  # before training
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.progress, self.log_every = progress, max(1, int(log_every))
         self.step = 0
@@ -356,6 +358,7 @@ class Trainer:
             path = self.checkpoint_dir / f"step_{self.step:08d}"
         path = Path(path)
         rank = self.info.rank
+        check_output(path, "checkpoint", folder=True)
         path.mkdir(parents=True, exist_ok=True)
         if rank == 0:
             state = {
