@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soxr  # with the module: a Ctrl-C inside its (nanobind) initialization aborts the process
 import torch
 
 import pydiff
@@ -322,8 +323,6 @@ class SpeechEnhancer:
                 solver: str | None, steps: int | None, seed: int, chunk_seconds: float | None,
                 overlap_seconds: float) -> Iterator[np.ndarray]:
         """Blocks ``[C, n]`` at ``sample_rate`` in, enhanced blocks out (same total length)."""
-        import soxr
-
         solver = self._sampler_name(solver)  # fail before reading anything
         opts = {"solver": solver, "steps": steps, "seed": seed}
         _resolve_solver(solver, SAMPLERS[solver])
