@@ -3,15 +3,20 @@
 For each size (float32 elements) the script times, in the same run:
 
 - ``copy_``: copying the sample into a preallocated tensor (the memory-traffic floor);
-- ``pydiff (x0)``: ``solver.step`` with a model whose x0 prediction is ready (the solver's own
+- ``pydiff x0``: ``solver.step`` with a model whose x0 prediction is ready (the solver's own
   cost: one fused ``lincomb`` plus bookkeeping);
-- ``pydiff (eps)``: the same through ``pydiff.Denoiser`` with an eps network (adds the Denoiser's
-  conversion to x0);
-- ``diffusers (x0)`` / ``diffusers (eps)``: ``scheduler.step`` with ``prediction_type="sample"``
-  / ``"epsilon"``.
+- ``pydiff eps`` / ``v`` / ``score``: the same through ``pydiff.Denoiser`` with an eps, v or
+  score network (the parameterization folds into the step: one ``lincomb_multi`` pass writes
+  the next state and the x0 the history keeps);
+- ``pydiff eps16``: the eps network returning float16 (a half-precision model; the state stays
+  float32);
+- ``diffusers x0`` / ``eps`` / ``v``: ``scheduler.step`` with ``prediction_type="sample"`` /
+  ``"epsilon"`` / ``"v_prediction"``.
 
 The network itself costs nothing (it returns a precomputed tensor). Times are medians over
-steps in the middle of a 1000-step schedule. Prints a table and writes
+steps in the middle of a 1000-step schedule. Derived columns: ``eps/x0`` (the parameterization's
+cost relative to the x0-ready step), ``copies`` (pydiff eps step / copy_) and ``vs diff.``
+(diffusers' eps step / pydiff's eps step). Prints a table and writes
 ``benchmarks/results/solver_step.json``.
 
 Usage::
@@ -51,22 +56,24 @@ def _reps(n: int) -> int:
     return max(5, min(200, int(2e8 / max(n, 1) / 20)))
 
 
-class _ReadyX0:
-    """A 'model' whose x0 prediction is already computed (measures the solver alone)."""
+class _ReadyX0(pydiff.Model):
+    """A model whose x0 prediction is already computed (measures the solver alone)."""
 
-    def __init__(self, d: torch.Tensor):
+    def __init__(self, schedule, d: torch.Tensor):
+        super().__init__(schedule)
         self.d = d
 
-    def x0(self, x, t):
-        return self.d
+    def evaluate(self, x, t):
+        return pydiff.Prediction((self.d,), x0=(1.0,), eps=(None,))
 
 
-def time_pydiff(n: int, reps: int, with_denoiser: bool) -> float:
+def time_pydiff(n: int, reps: int, prediction: str | None, out_dtype=torch.float32) -> float:
+    """One step; ``prediction=None`` is the x0-ready model, else a Denoiser network."""
     sched = pydiff.DiscreteSchedule.scaled_linear()
     x = torch.randn(1, n)
-    out = torch.randn(1, n) * 0.1
-    model = (pydiff.Denoiser(lambda x, t: out, sched, prediction="eps")
-             if with_denoiser else _ReadyX0(out))
+    out = (torch.randn(1, n) * 0.1).to(out_dtype)
+    model = (_ReadyX0(sched, out) if prediction is None
+             else pydiff.Denoiser(lambda x, t: out, sched, prediction=prediction))
     solver = pydiff.solvers.get_solver("dpmpp_2m")
     state = solver.init(x, sched, pydiff.timesteps(sched, STEPS, "logsnr"))
     for _ in range(3):
@@ -114,25 +121,35 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     rows = []
-    head = (f"{'elements':>10} {'copy_':>10} {'pydiff x0':>10} {'pydiff eps':>10} "
-            f"{'diff. x0':>10} {'diff. eps':>10} {'speedup':>8} {'x copy':>7}")
+    cols = [("copy_", "copy_us"), ("x0", "pydiff_x0_us"), ("eps", "pydiff_eps_us"),
+            ("v", "pydiff_v_us"), ("score", "pydiff_score_us"), ("eps16", "pydiff_eps16_us"),
+            ("diff.x0", "diffusers_x0_us"), ("diff.eps", "diffusers_eps_us"),
+            ("diff.v", "diffusers_v_us")]
     print(f"backend={pydiff.ops.backend()} threads={args.threads} torch={torch.__version__}")
-    print(head)
+    print(f"{'elements':>10} " + " ".join(f"{c:>9}" for c, _ in cols)
+          + f" {'eps/x0':>7} {'v/x0':>6} {'eps16/x0':>8} {'copies':>6} {'vs diff.':>8}")
     for n in args.sizes:
         reps = _reps(n)
         r = {"elements": n,
              "copy_us": time_copy(n, reps) * 1e6,
-             "pydiff_x0_us": time_pydiff(n, reps, False) * 1e6,
-             "pydiff_eps_us": time_pydiff(n, reps, True) * 1e6,
+             "pydiff_x0_us": time_pydiff(n, reps, None) * 1e6,
+             "pydiff_eps_us": time_pydiff(n, reps, "eps") * 1e6,
+             "pydiff_v_us": time_pydiff(n, reps, "v") * 1e6,
+             "pydiff_score_us": time_pydiff(n, reps, "score") * 1e6,
+             "pydiff_eps16_us": time_pydiff(n, reps, "eps", torch.float16) * 1e6,
              "diffusers_x0_us": time_diffusers(n, reps, "sample") * 1e6,
-             "diffusers_eps_us": time_diffusers(n, reps, "epsilon") * 1e6}
-        r["speedup_eps"] = r["diffusers_eps_us"] / r["pydiff_eps_us"]
+             "diffusers_eps_us": time_diffusers(n, reps, "epsilon") * 1e6,
+             "diffusers_v_us": time_diffusers(n, reps, "v_prediction") * 1e6}
+        r["eps_over_x0"] = r["pydiff_eps_us"] / r["pydiff_x0_us"]
+        r["v_over_x0"] = r["pydiff_v_us"] / r["pydiff_x0_us"]
+        r["eps16_over_x0"] = r["pydiff_eps16_us"] / r["pydiff_x0_us"]
+        r["pydiff_eps_in_copies"] = r["pydiff_eps_us"] / r["copy_us"]
         r["pydiff_x0_in_copies"] = r["pydiff_x0_us"] / r["copy_us"]
+        r["speedup_eps"] = r["diffusers_eps_us"] / r["pydiff_eps_us"]
         rows.append(r)
-        print(f"{n:>10} {r['copy_us']:>10.1f} {r['pydiff_x0_us']:>10.1f} "
-              f"{r['pydiff_eps_us']:>10.1f} {r['diffusers_x0_us']:>10.1f} "
-              f"{r['diffusers_eps_us']:>10.1f} {r['speedup_eps']:>7.1f}x "
-              f"{r['pydiff_x0_in_copies']:>6.1f}")
+        print(f"{n:>10} " + " ".join(f"{r[k]:>9.1f}" for _, k in cols)
+              + f" {r['eps_over_x0']:>6.2f}x {r['v_over_x0']:>5.2f}x {r['eps16_over_x0']:>7.2f}x"
+              f" {r['pydiff_eps_in_copies']:>6.1f} {r['speedup_eps']:>7.1f}x")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "solver_step.json")
     with open(path, "w") as f:

@@ -12,9 +12,34 @@
 namespace pydiff {
 
 constexpr int kMaxDims = 16;
+// pydiff::lincomb_multi: outputs per call and entries (term x coefficient) over all of them.
+constexpr int kMaxOutputs = 4;
+constexpr int kMaxEntries = 32;
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Entry k's coefficient: none (-1) or a float tensor that broadcasts to the term shape, on the
+// terms' device (or a 0-dim CPU tensor).
+inline void check_coef(at::TensorList coeffs, int64_t ci, const at::Tensor& x, size_t k) {
+  if (ci < 0) return;
+  TORCH_CHECK(ci < static_cast<int64_t>(coeffs.size()), "pydiff::lincomb: coeff_index[", k,
+              "] = ", ci, " but only ", coeffs.size(), " coefficient tensors were given");
+  const at::Tensor* c = &coeffs[ci];
+  TORCH_CHECK(is_supported_float(c->scalar_type()), "pydiff::lincomb: coeffs[", k,
+              "] has dtype ", c->scalar_type(), ", expected a floating dtype");
+  TORCH_CHECK(c->device() == x.device() || (c->dim() == 0 && c->device().is_cpu()),
+              "pydiff::lincomb: coeffs[", k, "] is on ", c->device(), ", expected ", x.device(),
+              " (or a 0-dim CPU tensor)");
+  TORCH_CHECK(c->dim() <= x.dim(), "pydiff::lincomb: coeffs[", k, "] has shape ", c->sizes(),
+              ", which does not broadcast to the term shape ", x.sizes());
+  const int64_t off = x.dim() - c->dim();
+  for (int64_t d = 0; d < c->dim(); ++d) {
+    TORCH_CHECK(c->size(d) == 1 || c->size(d) == x.size(off + d), "pydiff::lincomb: coeffs[", k,
+                "] has shape ", c->sizes(), ", which does not broadcast to the term shape ",
+                x.sizes());
+  }
 }
 
 // Validates the op's arguments with messages that name the argument. Python checks the same
@@ -37,25 +62,55 @@ inline void check_lincomb_args(at::TensorList terms, at::TensorList coeffs,
                 t.scalar_type(), ", expected float32, float64, float16 or bfloat16");
     TORCH_CHECK(t.device() == x.device(), "pydiff::lincomb: terms[", k, "] is on ", t.device(),
                 ", expected ", x.device(), " like terms[0]");
-    const int64_t ci = coeff_index[k];
-    if (ci < 0) continue;
-    TORCH_CHECK(ci < static_cast<int64_t>(coeffs.size()), "pydiff::lincomb: coeff_index[", k,
-                "] = ", ci, " but only ", coeffs.size(), " coefficient tensors were given");
-    const at::Tensor* c = &coeffs[ci];
-    TORCH_CHECK(is_supported_float(c->scalar_type()), "pydiff::lincomb: coeffs[", k,
-                "] has dtype ", c->scalar_type(), ", expected a floating dtype");
-    TORCH_CHECK(c->device() == x.device() || (c->dim() == 0 && c->device().is_cpu()),
-                "pydiff::lincomb: coeffs[", k, "] is on ", c->device(), ", expected ", x.device(),
-                " (or a 0-dim CPU tensor)");
-    TORCH_CHECK(c->dim() <= x.dim(), "pydiff::lincomb: coeffs[", k, "] has shape ", c->sizes(),
-                ", which does not broadcast to the term shape ", x.sizes());
-    const int64_t off = x.dim() - c->dim();
-    for (int64_t d = 0; d < c->dim(); ++d) {
-      TORCH_CHECK(c->size(d) == 1 || c->size(d) == x.size(off + d), "pydiff::lincomb: coeffs[", k,
-                  "] has shape ", c->sizes(), ", which does not broadcast to the term shape ",
-                  x.sizes());
+    check_coef(coeffs, coeff_index[k], x, k);
+  }
+}
+
+// Checks of pydiff::lincomb_multi: outputs j = 0..R-1 in order, output j the sum of its
+// counts[j] entries; entry e adds scales[e] * coeffs[coeff_index[e]] * source sources[e], where
+// sources 0..K-1 are the terms and K + l is output l (l < j).
+inline void check_lincomb_multi_args(at::TensorList terms, at::TensorList coeffs,
+                                     at::IntArrayRef coeff_index, at::ArrayRef<double> scales,
+                                     at::IntArrayRef sources, at::IntArrayRef counts,
+                                     at::IntArrayRef keep) {
+  TORCH_CHECK(!terms.empty(), "pydiff::lincomb_multi: terms must hold at least one tensor");
+  const int64_t K = static_cast<int64_t>(terms.size());
+  const int64_t R = static_cast<int64_t>(counts.size());
+  TORCH_CHECK(R >= 1 && R <= kMaxOutputs, "pydiff::lincomb_multi: got ", R,
+              " outputs, expected 1 to ", kMaxOutputs);
+  TORCH_CHECK(static_cast<int64_t>(keep.size()) == R, "pydiff::lincomb_multi: keep has ",
+              keep.size(), " entries for ", R, " outputs");
+  const size_t E = sources.size();
+  TORCH_CHECK(coeff_index.size() == E && scales.size() == E, "pydiff::lincomb_multi: got ", E,
+              " sources, ", coeff_index.size(), " coeff_index entries and ", scales.size(),
+              " scales; expected one of each per entry");
+  TORCH_CHECK(E <= static_cast<size_t>(kMaxEntries), "pydiff::lincomb_multi: at most ",
+              kMaxEntries, " entries are supported, got ", E);
+  const auto& x = terms[0];
+  TORCH_CHECK(x.dim() <= kMaxDims, "pydiff::lincomb_multi: terms have ", x.dim(),
+              " dims, at most ", kMaxDims, " are supported");
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const auto& t = terms[k];
+    TORCH_CHECK(t.sizes() == x.sizes(), "pydiff::lincomb_multi: terms[", k, "] has shape ",
+                t.sizes(), ", expected the shape of terms[0] ", x.sizes());
+    TORCH_CHECK(is_supported_float(t.scalar_type()), "pydiff::lincomb_multi: terms[", k,
+                "] has dtype ", t.scalar_type(), ", expected float32, float64, float16 or bfloat16");
+    TORCH_CHECK(t.device() == x.device(), "pydiff::lincomb_multi: terms[", k, "] is on ",
+                t.device(), ", expected ", x.device(), " like terms[0]");
+  }
+  size_t e = 0;
+  for (int64_t j = 0; j < R; ++j) {
+    TORCH_CHECK(counts[j] >= 0, "pydiff::lincomb_multi: counts[", j, "] = ", counts[j]);
+    for (int64_t q = 0; q < counts[j]; ++q, ++e) {
+      TORCH_CHECK(e < E, "pydiff::lincomb_multi: counts add up to more than the ", E,
+                  " entries");
+      TORCH_CHECK(sources[e] >= 0 && sources[e] < K + j, "pydiff::lincomb_multi: sources[", e,
+                  "] = ", sources[e], " in output ", j, "; expected a term (0..", K - 1,
+                  ") or an earlier output (", K, "..", K + j - 1, ")");
+      check_coef(coeffs, coeff_index[e], x, e);
     }
   }
+  TORCH_CHECK(e == E, "pydiff::lincomb_multi: counts add up to ", e, " entries, got ", E);
 }
 
 inline void check_lincomb_out(at::TensorList terms, const at::Tensor& out) {
@@ -98,8 +153,9 @@ struct Operand {
 };
 
 // The iteration space of one lincomb call after broadcasting and dimension coalescing:
-// ops[0] is out, ops[1..K] the terms, then one operand per tensor coefficient (coef_op[k] is
-// its index in ops, or -1 when term k has a plain float coefficient).
+// ops[0..nout-1] are the outputs, ops[nout..nout+K-1] the terms, then one operand per tensor
+// coefficient (coef_op[e] is its index in ops, or -1 when entry e has a plain float
+// coefficient). A plain lincomb has one output and one entry per term.
 struct LincombPlan {
   int ndim = 0;                            // after coalescing; the last dim is the inner one
   std::array<int64_t, kMaxDims> size{};    // sizes of the coalesced dims
@@ -107,14 +163,17 @@ struct LincombPlan {
   std::vector<int> coef_op;
   std::vector<double> scales;
   int64_t numel = 0;
+  int nout = 1;
 };
 
 inline LincombPlan make_lincomb_plan(at::TensorList terms, at::TensorList coeffs,
                                      at::IntArrayRef coeff_index, at::ArrayRef<double> scales,
-                                     const at::Tensor& out) {
+                                     at::TensorList outs) {
   LincombPlan p;
+  const at::Tensor& out = outs[0];
   const int64_t nd = out.dim();
   p.numel = out.numel();
+  p.nout = static_cast<int>(outs.size());
   p.scales.assign(scales.begin(), scales.end());
   auto add = [&](const at::Tensor& t) {
     Operand o;
@@ -128,10 +187,10 @@ inline LincombPlan make_lincomb_plan(at::TensorList terms, at::TensorList coeffs
     }
     p.ops.push_back(o);
   };
-  add(out);
+  for (const auto& o : outs) add(o);
   for (const auto& t : terms) add(t);
-  p.coef_op.assign(terms.size(), -1);
-  for (size_t k = 0; k < terms.size(); ++k) {
+  p.coef_op.assign(coeff_index.size(), -1);
+  for (size_t k = 0; k < coeff_index.size(); ++k) {
     if (coeff_index[k] < 0) continue;
     p.coef_op[k] = static_cast<int>(p.ops.size());
     add(coeffs[coeff_index[k]]);

@@ -21,6 +21,16 @@ TORCH_LIBRARY(pydiff, m) {
       "lincomb_out(Tensor[] terms, Tensor[] coeffs, int[] coeff_index, float[] scales, "
       "Tensor(a!) out) -> ()");
 
+  // Several combinations of the same terms in one pass, computed in order: output j sums its
+  // counts[j] entries, entry e adding scales[e] * coeffs[coeff_index[e]] * source sources[e],
+  // where sources 0..K-1 are the terms and K + l is output l < j (summed in registers or L1,
+  // never re-read from memory). Returns the outputs with keep[j] set, in order, each with
+  // terms[0]'s shape and dtype, contiguous. (A solver step with an eps model: x0 = a x + b eps
+  // kept for the history, x_next = c x + d x0 + ..., both from one read of x and eps.)
+  m.def(
+      "lincomb_multi(Tensor[] terms, Tensor[] coeffs, int[] coeff_index, float[] scales, "
+      "int[] sources, int[] counts, int[] keep) -> Tensor[]");
+
   // Flash-style softmax attention over [B, H, L, D]; mask is a bool key-padding mask [B, Lk]
   // (True = attend). Returns (out [B, H, Lq, Dv] in q's dtype, lse [B, H, Lq] in float32, or
   // float64 for float64 inputs). All-masked rows give out = 0 and lse = -inf.

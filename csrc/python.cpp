@@ -15,6 +15,8 @@
 #include <torch/csrc/autograd/variable.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 
+#include "lincomb_plan.h"
+
 #include <optional>
 #include <vector>
 
@@ -84,13 +86,49 @@ bool parse_coef(PyObject* o, const at::Tensor& x, std::vector<at::Tensor>& tens,
 
 constexpr int64_t kReleaseGilElems = 1 << 16;
 
+// False under modes (TorchDispatchMode, functorch transforms, ...: they put keys in the TLS
+// include set) and TorchFunctionModes: the Python path handles those.
+bool plain_dispatch() {
+  if (!(c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty())
+    return false;
+  return !at::impl::torch_function_mode_enabled();
+}
+
+// The terms of a fast call: plain tensors of one shape, device and supported dtype that do not
+// require grad (when grad mode is on), on a device with a kernel; false otherwise.
+bool parse_terms(PyObject* terms, std::vector<at::Tensor>& ts) {
+  if (!(PyList_Check(terms) || PyTuple_Check(terms))) return false;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(terms);
+  if (n == 0) return false;
+  PyObject** items = PySequence_Fast_ITEMS(terms);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    at::Tensor t;
+    if (!plain_tensor(items[i], &t)) return false;
+    ts.push_back(std::move(t));
+  }
+  return true;
+}
+
+bool usable_terms(const std::vector<at::Tensor>& ts) {
+  const at::Tensor& x = ts[0];
+  // Only devices with a kernel in this build (a CPU-only build has no CUDA kernels).
+  static const bool has_cuda = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("pydiff::lincomb_out", "")
+                                   .hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+  if (!(x.device().is_cpu() || (x.device().is_cuda() && has_cuda))) return false;
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const auto& t : ts) {
+    if (!supported(t.scalar_type()) || t.sizes() != x.sizes() || t.device() != x.device())
+      return false;
+    if (grad_mode && t.requires_grad()) return false;
+  }
+  return true;
+}
+
 py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noise_obj,
                         py::handle noise_coeff_obj, py::handle out_obj) {
   const py::object none = py::none();
-  // modes (TorchDispatchMode, functorch transforms, ...) put keys in the TLS include set
-  if (!(c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set).empty())
-    return none;
-  if (at::impl::torch_function_mode_enabled()) return none;  // TorchFunctionMode active
+  if (!plain_dispatch()) return none;
   PyObject* terms = terms_obj.ptr();
   PyObject* coeffs = coeffs_obj.ptr();
   if (!(PyList_Check(terms) || PyTuple_Check(terms))) return none;
@@ -108,29 +146,15 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
 
   std::vector<at::Tensor> ts;
   ts.reserve(n + 1);
-  PyObject** titems = PySequence_Fast_ITEMS(terms);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    at::Tensor t;
-    if (!plain_tensor(titems[i], &t)) return none;
-    ts.push_back(std::move(t));
-  }
+  if (!parse_terms(terms, ts)) return none;
   if (has_noise) {
     at::Tensor z;
     if (!plain_tensor(noise_obj.ptr(), &z)) return none;
     ts.push_back(std::move(z));
   }
+  if (!usable_terms(ts)) return none;
   const at::Tensor& x = ts[0];
-  // Only devices with a kernel in this build (a CPU-only build has no CUDA kernels).
-  static const bool has_cuda = c10::Dispatcher::singleton()
-                                   .findSchemaOrThrow("pydiff::lincomb_out", "")
-                                   .hasKernelForDispatchKey(c10::DispatchKey::CUDA);
-  if (!(x.device().is_cpu() || (x.device().is_cuda() && has_cuda))) return none;
   const bool grad_mode = at::GradMode::is_enabled();
-  for (const auto& t : ts) {
-    if (!supported(t.scalar_type()) || t.sizes() != x.sizes() || t.device() != x.device())
-      return none;
-    if (grad_mode && t.requires_grad()) return none;
-  }
   std::vector<at::Tensor> tens;
   std::vector<int64_t> index;
   std::vector<double> scales;
@@ -206,6 +230,69 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
   return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res)));
 }
 
+// Eager fast path of pydiff.ops.lincomb_multi (same contract as lincomb_fast).
+py::object lincomb_multi_fast(py::handle terms_obj, py::handle rows_obj, py::handle keep_obj) {
+  const py::object none = py::none();
+  if (!plain_dispatch()) return none;
+  std::vector<at::Tensor> ts;
+  if (!parse_terms(terms_obj.ptr(), ts) || !usable_terms(ts)) return none;
+  const at::Tensor& x = ts[0];
+  PyObject* rows = rows_obj.ptr();
+  if (!(PyList_Check(rows) || PyTuple_Check(rows))) return none;
+  const Py_ssize_t R = PySequence_Fast_GET_SIZE(rows);
+  if (R < 1 || R > kMaxOutputs) return none;
+  std::vector<int64_t> keep;
+  if (keep_obj.is_none()) {
+    keep.assign(R, 1);
+  } else {
+    PyObject* k = keep_obj.ptr();
+    if (!(PyList_Check(k) || PyTuple_Check(k)) || PySequence_Fast_GET_SIZE(k) != R) return none;
+    for (Py_ssize_t j = 0; j < R; ++j) {
+      PyObject* b = PySequence_Fast_GET_ITEM(k, j);
+      if (b != Py_True && b != Py_False) return none;
+      keep.push_back(b == Py_True ? 1 : 0);
+    }
+  }
+  std::vector<at::Tensor> tens;
+  std::vector<int64_t> index, sources, counts;
+  std::vector<double> scales;
+  const Py_ssize_t K = static_cast<Py_ssize_t>(ts.size());
+  for (Py_ssize_t j = 0; j < R; ++j) {
+    PyObject* row = PySequence_Fast_GET_ITEM(rows, j);
+    if (!(PyList_Check(row) || PyTuple_Check(row))) return none;
+    const Py_ssize_t m = PySequence_Fast_GET_SIZE(row);
+    if (m > K + j) return none;
+    PyObject** items = PySequence_Fast_ITEMS(row);
+    int64_t count = 0;
+    for (Py_ssize_t k = 0; k < m; ++k) {
+      if (items[k] == Py_None) continue;
+      if (!parse_coef(items[k], x, tens, index, scales)) return none;
+      sources.push_back(k);
+      ++count;
+    }
+    counts.push_back(count);
+  }
+  if (sources.size() > static_cast<size_t>(kMaxEntries)) return none;
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const auto& c : tens)
+    if (grad_mode && c.requires_grad()) return none;
+  static auto fn = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pydiff::lincomb_multi", "")
+                       .typed<std::vector<at::Tensor>(
+                           at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
+                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  std::vector<at::Tensor> res;
+  {
+    std::optional<py::gil_scoped_release> no_gil;
+    if (x.numel() >= kReleaseGilElems) no_gil.emplace();
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing requires grad (checked above)
+    res = fn.call(ts, tens, index, scales, sources, counts, keep);
+  }
+  py::list out;
+  for (auto& t : res) out.append(py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(t))));
+  return std::move(out);
+}
+
 }  // namespace
 }  // namespace pydiff
 
@@ -223,4 +310,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("lincomb_fast", &pydiff::lincomb_fast, py::arg("terms"), py::arg("coeffs"),
         py::arg("noise"), py::arg("noise_coeff"), py::arg("out"),
         "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");
+  m.def("lincomb_multi_fast", &pydiff::lincomb_multi_fast, py::arg("terms"), py::arg("rows"),
+        py::arg("keep"),
+        "Eager fast path of pydiff.ops.lincomb_multi; returns None when the Python path must run.");
 }

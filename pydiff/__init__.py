@@ -17,6 +17,7 @@ from .denoiser import Denoiser
 from .errors import InputError
 from .grids import timesteps
 from .noise import add_noise
+from .model import Linear, Model, Prediction
 from .sampling import prior, sample
 from .schedules import (
     CosineSchedule,
@@ -49,8 +50,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pydiff' has no attribute {name!r}")
 
 __all__ = [
-    "Denoiser", "sample", "prior", "add_noise", "timesteps", "get_solver", "available_solvers",
-    "SolverState",
+    "Denoiser", "Model", "Prediction", "Linear", "sample", "prior", "add_noise", "timesteps",
+    "get_solver", "available_solvers", "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
     "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",
     "save_pretrained", "from_pretrained", "InputError", "files", "__version__",

@@ -47,6 +47,7 @@ import torch
 
 from . import ops
 from .errors import InputError
+from .model import Model, Prediction, eps_from_x0_coefs, x0_from_eps_coefs
 from .schedules import DiscreteSchedule, Schedule, as_time
 from .tree import State, batch_size, leaves, per_sample, tree_map
 
@@ -56,8 +57,13 @@ TIME_INPUTS = ("t", "index", "scaled", "log_sigma", "sigma")
 PRECONDS = (None, "edm")
 
 
-class Denoiser:
-    """A network plus the schedule it was trained on (see the module docstring)."""
+class Denoiser(Model):
+    """A network plus the schedule it was trained on (see the module docstring).
+
+    Its :meth:`evaluate` hands solvers the network output with the parameterization's linear
+    map (a :class:`pydiff.Prediction` over ``(x, output)``), so the eps/v/score -> x0 conversion
+    folds into the solver's fused step.
+    """
 
     def __init__(
         self,
@@ -75,8 +81,7 @@ class Denoiser:
     ):
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t, **cond), got {type(net).__name__}")
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a pydiff Schedule, got {type(schedule).__name__}")
+        super().__init__(schedule, cond)
         if precond not in PRECONDS:
             raise InputError(f"unknown precond={precond!r}; expected one of {PRECONDS}")
         if prediction is None:
@@ -99,27 +104,9 @@ class Denoiser:
             time_input, float(time_scale), dtype, mean_key)
         self.sigma_data = float(sigma_data if sigma_data is not None
                                 else getattr(schedule, "sigma_data", 0.5))
-        self.cond: dict[str, Any] = dict(cond or {})
         self._levels: dict[tuple, tuple[Tensor, list[dict[str, Any]]]] = {}
 
     # -- configuration ---------------------------------------------------------------------
-    def bind(self, **cond: Any) -> Denoiser:
-        """A copy with conditioning fixed (solvers call ``x0(x, t)`` with no extra arguments)."""
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.cond = {**self.cond, **cond}
-        return new
-
-    @property
-    def shift(self) -> Tensor | None:
-        """The mean ``y`` of a mean-reverting process (state = x - y), else None."""
-        if not self.schedule.mean_reverting:
-            return None
-        if self.mean_key not in self.cond:
-            raise InputError(f"a mean-reverting schedule needs its mean: call with "
-                             f"{self.mean_key}=... or bind({self.mean_key}=...)")
-        return self.cond[self.mean_key]
-
     def network_time(self, t: Tensor) -> Tensor:
         """Map float64 continuous time to the network's time input (float64)."""
         ti = self.time_input
@@ -159,41 +146,54 @@ class Denoiser:
         hit = self._levels.get(key)
         if hit is None or hit[0] is not base:
             whole = self._compute_level(base)
-            rows = [{name: tuple(v[r] for v in value) if isinstance(value, tuple) else value[r]
-                     for name, value in whole.items()} for r in range(base.shape[0])]
+            rows = [{name: tuple(_row(v, r) for v in value) if isinstance(value, tuple)
+                     else value[r] for name, value in whole.items()} for r in range(base.shape[0])]
             if len(self._levels) >= 16:
                 self._levels.clear()
             hit = self._levels[key] = (base, rows)
         return hit[1][row]
 
     def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
+        """Float64 network time and the linear maps ``x0``/``eps`` on the basis ``(x, out)``
+        (``(x, out, y)`` for an x0 network on a mean-reverting schedule without precond)."""
         a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        level = {"t_net": self.network_time(t), "alpha": a, "sigma": s}
+        level = {"t_net": self.network_time(t)}
         p = self.prediction
-        if p == "eps":  # x0 = (x - s eps) / a
-            level["x0"] = (1 / a, -s / a)
-        elif p == "x0":  # eps = (x - a x0) / s
-            level["eps"] = (1 / s, -a / s)
+        if self.precond == "edm":  # x0 = c_skip x + c_out F (F: the network output)
+            sd, sig = self.sigma_data, s / a
+            level["c_in"] = 1 / torch.sqrt(sig**2 + sd**2) / a
+            x0 = (sd**2 / (sig**2 + sd**2) / a, sig * sd / torch.sqrt(sig**2 + sd**2))
+        elif p == "x0":
+            x0 = (None, 1.0)
+        elif p == "eps":  # x0 = (x - s eps) / a
+            x0 = x0_from_eps_coefs(a, s)
         elif p == "score":  # eps = -s score
-            level["x0"], level["eps"] = (1 / a, s * s / a), (-s,)
+            c_x, c_eps = x0_from_eps_coefs(a, s)
+            x0 = (c_x, -s * c_eps)
         elif p == "v":  # v = a eps - s x0 and x = a x0 + s eps
             n = a * a + s * s
-            level["x0"], level["eps"] = (a / n, -s / n), (s / n, a / n)
+            x0 = (a / n, -s / n)
         else:  # velocity v = a' x0 + s' eps
             da, ds = self.schedule.derivatives(t)
             det = a * ds - s * da
-            level["x0"], level["eps"] = (ds / det, -s / det), (-da / det, a / det)
-        if self.precond == "edm":
-            sd, sig = self.sigma_data, s / a
-            level["c_in"] = 1 / torch.sqrt(sig**2 + sd**2) / a
-            level["edm"] = (sd**2 / (sig**2 + sd**2) / a, sig * sd / torch.sqrt(sig**2 + sd**2))
+            x0 = (ds / det, -s / det)
+        if p == "eps":
+            eps = (None, 1.0)
+        else:  # eps = (x - a x0) / s, with x0 = x0[0] x + x0[1] out
+            c_x, c_x0 = eps_from_x0_coefs(a, s)
+            eps = (c_x if x0[0] is None else c_x + c_x0 * x0[0], c_x0 * x0[1])
+        if self.schedule.mean_reverting and self.precond is None and p == "x0":
+            # the network predicts the unshifted x0: x0 - y in the state's coordinate
+            x0, eps = (*x0, -1.0), (*eps, -eps[1])
+        level["x0"], level["eps"] = x0, eps
         return level
 
     # -- the one network call --------------------------------------------------------------
-    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
-        """``(x0, eps)`` predicted at state ``x`` and time ``t`` (one network evaluation)."""
-        cond = {**self.cond, **cond}
-        ref = leaves(x)[0]
+    def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
+        """x0 and eps at state ``x`` and time ``t`` (one network evaluation), as the network
+        output and the parameterization's linear map (see :class:`pydiff.Prediction`)."""
+        cond = {**self.cond, **cond} if cond else self.cond
+        ref = x if isinstance(x, Tensor) else leaves(x)[0]
         t = as_time(t, ref.device)
         level = self._level(t)
         if t.dim() == 0:
@@ -214,36 +214,21 @@ class Denoiser:
             # schedules that is the shifted state x - y, so the network sees c_in (x - y) / alpha
             # (y comes as conditioning) and c_skip (x - y) / alpha + c_out F is x0 - y
             x_in = tree_map(lambda v: ops.lincomb([v], [level["c_in"]]), x)
-            out = self._call_net(x_in, t_net, cond, ref.dtype)
-            out = tree_map(lambda v, f: ops.lincomb([v, f], level["edm"]), x, out)
+            out = self._call_net(x_in, t_net, cond)
         else:
             x_in = x if shift is None else tree_map(torch.add, x, shift)
-            out = self._call_net(x_in, t_net, cond, ref.dtype)
+            out = self._call_net(x_in, t_net, cond)
             if shift is not None and self.prediction == "x0":
-                out = tree_map(torch.sub, out, shift)  # into the shifted coordinate
+                return Prediction((x, out, shift), level["x0"], level["eps"])
+        return Prediction((x, out), level["x0"], level["eps"])
 
-        def convert(xv: Tensor, o: Tensor) -> tuple[Tensor, Tensor]:
-            if self.prediction == "x0":
-                return o, ops.lincomb([xv, o], level["eps"])
-            x0 = ops.lincomb([xv, o], level["x0"])
-            if self.prediction == "eps":
-                return x0, o
-            eps_terms = [o] if self.prediction == "score" else [xv, o]
-            return x0, ops.lincomb(eps_terms, level["eps"])
-
-        if isinstance(x, dict):
-            pairs = {k: convert(x[k], out[k]) for k in x}
-            return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
-        return convert(x, out)
-
-    def _call_net(self, x_in: State, t_net: Tensor, cond: dict, dtype: torch.dtype) -> State:
-        run_dtype = self.dtype or dtype
+    def _call_net(self, x_in: State, t_net: Tensor, cond: dict) -> State:
+        # a half-precision output stays half: the solver's fused step reads it as it is
+        run_dtype = self.dtype or (x_in if isinstance(x_in, Tensor) else leaves(x_in)[0]).dtype
         if self.dtype is not None:
             x_in = tree_map(lambda v: v.to(run_dtype), x_in)
-        # time stays at least float32: bf16 would round 999 t to multiples of 4 near 1000
-        t_dtype = torch.float64 if run_dtype == torch.float64 else torch.float32
         try:
-            out = self.net(x_in, t_net.to(t_dtype), **cond)
+            out = self.net(x_in, self._net_time(t_net, run_dtype), **cond)
         except RuntimeError as err:  # say so when the cause is weights and state on two devices
             weights, state = _weights_device(self.net), leaves(x_in)[0].device
             if weights is None or weights == state:
@@ -253,41 +238,7 @@ class Denoiser:
         if isinstance(x_in, dict) != isinstance(out, dict):
             raise TypeError("the network must return the same structure as the state "
                             "(a tensor for tensor states, a dict for dict states)")
-        return tree_map(lambda o, v: _check_shape(o, v).to(dtype), out, x_in)
-
-    # -- every parameterization ------------------------------------------------------------
-    def x0(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Predicted clean data (in the shifted coordinate for mean-reverting schedules)."""
-        return self.predict(x, t, **cond)[0]
-
-    def eps(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Predicted noise."""
-        return self.predict(x, t, **cond)[1]
-
-    def score(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Predicted score ``-eps / sigma``."""
-        eps = self.eps(x, t, **cond)
-        sigma = self.schedule.sigma(as_time(t, leaves(x)[0].device))
-        return tree_map(lambda e: -e / per_sample(sigma, e).to(e.dtype), eps)
-
-    def v(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Predicted ``v = alpha eps - sigma x0``."""
-        x0, eps = self.predict(x, t, **cond)
-        tt = as_time(t, leaves(x)[0].device)
-        a, s = self.schedule.alpha(tt), self.schedule.sigma(tt)
-        return tree_map(lambda u, e: per_sample(a, e).to(e.dtype) * e
-                        - per_sample(s, u).to(u.dtype) * u, x0, eps)
-
-    def velocity(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Predicted probability-flow velocity ``alpha' x0 + sigma' eps`` of the marginals."""
-        x0, eps = self.predict(x, t, **cond)
-        da, ds = self.schedule.derivatives(as_time(t, leaves(x)[0].device))
-        return tree_map(lambda u, e: per_sample(da, u).to(u.dtype) * u
-                        + per_sample(ds, e).to(e.dtype) * e, x0, eps)
-
-    def __call__(self, x: State, t: float | Tensor, **cond: Any) -> State:
-        """Same as :meth:`x0`."""
-        return self.x0(x, t, **cond)
+        return tree_map(_check_shape, out, x_in)
 
     def __repr__(self) -> str:
         return (f"Denoiser(net={type(self.net).__name__}, schedule={self.schedule!r}, "
@@ -299,6 +250,11 @@ def _weights_device(net: Any) -> torch.device | None:
     for p in net.parameters() if isinstance(net, torch.nn.Module) else ():
         return p.device
     return None
+
+
+def _row(v: Any, r: int) -> Any:
+    """Row r of a level coefficient: tensors over the grid are indexed, numbers and None kept."""
+    return v[r] if isinstance(v, Tensor) else v
 
 
 def _check_shape(out: Tensor, x: Tensor) -> Tensor:

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from . import ops
-from .denoiser import Denoiser
 from .errors import InputError
 from .grids import timesteps
 from .hooks import Hook
+from .model import Model
 from .noise import Generators, noised, randn
 from .schedules import Schedule, as_time
 from .solvers import Solver, SolverState, get_solver
@@ -86,7 +86,7 @@ def prior(
 
 
 def sample(
-    model: Denoiser,
+    model: Model,
     x: State,
     solver: str | Solver = "dpmpp_2m",
     steps: int = 10,
@@ -107,7 +107,8 @@ def sample(
     """Run ``solver`` from ``x`` (a sample at ``t_start``) to clean data.
 
     Args:
-        model: a :class:`pydiff.Denoiser` (or a guidance wrapper returning one).
+        model: a :class:`pydiff.Model`: a :class:`pydiff.Denoiser`, a guidance wrapper, or a
+            model of your own.
         x: the start sample: noise from :func:`prior`, or a partly noised sample for warm starts.
         solver: a name from :func:`pydiff.solvers.available_solvers` or a solver instance.
         steps: number of solver steps (network evaluations are ``steps`` times the stages).
@@ -128,9 +129,10 @@ def sample(
         return_state: return the final :class:`SolverState` instead of the sample.
         **solver_options: passed to the solver's constructor when ``solver`` is a name.
     """
-    if not isinstance(model, Denoiser) and not hasattr(model, "x0"):
-        raise TypeError("model must be a pydiff.Denoiser (or provide .x0(x, t)); wrap your "
-                        "network: pydiff.Denoiser(net, schedule, prediction=...)")
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a pydiff.Model (a Denoiser, a guidance wrapper or your "
+                        f"own, see pydiff.model), got {type(model).__name__}; wrap a network: "
+                        "pydiff.Denoiser(net, schedule, prediction=...)")
     if not (torch.is_tensor(x) or (isinstance(x, dict) and x
                                    and all(torch.is_tensor(v) for v in x.values()))):
         raise TypeError(f"x must be a tensor or a non-empty dict of tensors, got "
@@ -150,7 +152,7 @@ def sample(
     else:
         name = "grid"
     _check_time_shape(grid[0] if torch.is_tensor(grid) and grid.dim() else grid, x, name)
-    shift = getattr(model, "shift", None)
+    shift = model.shift
     if shift is not None:
         x = tree_map(torch.sub, x, shift)
     state = solver.init(x, schedule, grid, generator=generator, hooks=hooks)

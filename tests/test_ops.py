@@ -555,3 +555,129 @@ def test_eager_fast_path_hands_over_what_it_cannot_do():
     a = ops.lincomb([x, x], [0.3, h])
     b = torch.ops.pydiff.lincomb.default([x, x], [h.reshape(3, 1)], [-1, 0], [0.3, 1.0])
     assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# lincomb_multi: several outputs in one pass
+
+
+def _multi_truth(terms, rows):
+    """float64 ground truth of lincomb_multi (every output, kept or not)."""
+    values = [t.double() for t in terms]
+    outs = []
+    for row in rows:
+        acc = torch.zeros(terms[0].shape, dtype=torch.float64)
+        for k, c in enumerate(row):
+            if c is None:
+                continue
+            if torch.is_tensor(c) and c.dim() == 1 and terms[0].dim() > 1:
+                c = c.reshape(-1, *([1] * (terms[0].dim() - 1)))
+            cv = c.double() if torch.is_tensor(c) else c
+            acc = acc + cv * values[k]
+        outs.append(acc)
+        values.append(acc)
+    return outs
+
+
+MULTI_COEFS = ["float", "0dim", "batch", "position"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("coef", MULTI_COEFS)
+@pytest.mark.parametrize("keep", [[True, True], [False, True], [True, False]])
+def test_lincomb_multi_matches_truth(backend, dtype, coef, keep):
+    # a DPM-Solver++(2M) step with an eps network, the output in half precision or not
+    g = torch.Generator().manual_seed(5)
+    shape = (3, 5, 71)
+    x = torch.randn(shape, generator=g).to(dtype)
+    out = torch.randn(shape, generator=g).to(torch.float16 if dtype == torch.float32 else dtype)
+    m1 = torch.randn(shape, generator=g).to(dtype)
+
+    def c(i):
+        v = 0.3 * (i + 1) - 0.7
+        if coef == "float":
+            return v
+        if coef == "0dim":
+            return torch.tensor(v, dtype=torch.float64)
+        if coef == "batch":
+            return torch.rand(shape[0], generator=g, dtype=torch.float64)
+        return torch.rand(1, shape[1], shape[2], generator=g, dtype=torch.float64)
+
+    rows = [[c(0), c(1)], [c(2), None, c(3), c(4)]]
+    got = ops.lincomb_multi([x, out, m1], rows, keep)
+    truth = _multi_truth([x, out, m1], rows)
+    want = [t for t, k in zip(truth, keep) if k]
+    assert len(got) == len(want)
+    for a, t in zip(got, want):
+        assert a.dtype == dtype and a.shape == shape and a.is_contiguous()
+        # three rounding steps at most: the half output, the kept x0, the result
+        tol = 4 * EPS[dtype] * (t.abs() + 1) + 1e-6
+        assert ((a.double() - t).abs() <= tol).all(), (a.double() - t).abs().max()
+
+
+@pytest.mark.parametrize("num_threads", [1, 2], indirect=True)
+def test_lincomb_multi_large_strided_and_parallel(backend, num_threads):
+    # above the single-thread threshold; a transposed term, per-position and [B] coefficients,
+    # an output that reads two earlier ones, four outputs
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 256, 300, generator=g)
+    e = torch.randn(4, 300, 256, generator=g).transpose(1, 2)
+    p = torch.rand(1, 256, 300, generator=g, dtype=torch.float64)
+    h = torch.rand(4, dtype=torch.float64)
+    rows = [[0.5, h], [p, None, 2.0], [None, 1.0, -1.0, h], [1.0, None, None, None, 0.5]]
+    got = ops.lincomb_multi([x, e], rows, [True, False, True, True])
+    truth = _multi_truth([x, e], rows)
+    for a, t in zip(got, [truth[0], truth[2], truth[3]]):
+        torch.testing.assert_close(a.double(), t, atol=1e-5, rtol=1e-5)
+
+
+def test_lincomb_multi_gradients_flow_through_terms_and_coefficients(backend):
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    out = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, out, a):
+        x0, nxt = ops.lincomb_multi([x, out], [[a, -0.5], [0.3, None, 2.0]])
+        return x0.sin() + nxt
+
+    assert torch.autograd.gradcheck(f, (x, out, a))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda x: ops.lincomb_multi([x], [[1.0, 2.0]]), r"rows\[0\] has 2 entries"),
+        (lambda x: ops.lincomb_multi([x], [[1.0]] * 5), "1 to 4"),
+        (lambda x: ops.lincomb_multi([x], [[1.0]], [True, False]), "keep has 2"),
+        (lambda x: ops.lincomb_multi([x, x[:1]], [[1.0, 1.0]]), r"terms\[1\] has shape"),
+        (lambda x: ops.lincomb_multi([x], [[torch.ones(7)]]), r"rows\[0\]\[0\] has shape"),
+    ],
+)
+def test_lincomb_multi_bad_arguments_name_the_argument(backend, call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(torch.zeros(3, 4))
+
+
+@needs_ext
+def test_lincomb_multi_direct_op_checks_and_opcheck():
+    x, e = torch.randn(3, 4), torch.randn(3, 4)
+    h = torch.rand(3, 1, dtype=torch.float64)
+    args = ([x, e], [h], [-1, 0, -1, -1], [0.5, 1.0, 2.0, 1.0], [0, 1, 0, 2], [2, 2], [1, 1])
+    torch.library.opcheck(torch.ops.pydiff.lincomb_multi.default, args)
+    with pytest.raises(RuntimeError, match="earlier output"):
+        torch.ops.pydiff.lincomb_multi.default([x], [], [-1], [1.0], [1], [1], [1])
+    with pytest.raises(RuntimeError, match="counts add up"):
+        torch.ops.pydiff.lincomb_multi.default([x], [], [-1], [1.0], [0], [2], [1])
+
+
+@needs_ext
+def test_lincomb_multi_fast_path_agrees_with_the_python_path(monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    x, e, m = (torch.randn(2, 9, generator=g) for _ in range(3))
+    row = torch.rand(3, dtype=torch.float64)
+    rows = [[row[0], row[1]], [row[2], None, 0.5, 1.5]]
+    fast = ops.lincomb_multi([x, e, m], rows, [True, True])
+    monkeypatch.setattr(ops, "_lincomb_multi_fast", None)
+    slow = ops.lincomb_multi([x, e, m], rows, [True, True])
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)

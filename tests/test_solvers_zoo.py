@@ -194,17 +194,17 @@ def test_time_shift_picks_per_sample_times_and_still_samples_the_target():
     state = solver.init(torch.zeros(8, 4096, dtype=F64), VP, grid)
     seen = []
 
-    class Spy:
-        def x0(self, x, t):
+    class Spy(pydiff.Model):
+        def evaluate(self, x, t):
             seen.append(t)
-            return torch.zeros_like(x)
+            return pydiff.Prediction((torch.zeros_like(x),), x0=(1.0,), eps=(None,))
 
     state = state.replace(i=5)
     t_nom = float(grid[5])
     a, s = VP.alpha(grid[5]), VP.sigma(grid[5])
     z = torch.randn(4, 4096, generator=g, dtype=F64)
     noisy = torch.cat([z * float(torch.sqrt(a**2 * 0.25 + s**2)), z * 3.0])
-    solver.step(state.replace(x=noisy), Spy())
+    solver.step(state.replace(x=noisy), Spy(VP))
     t_shift = seen[0]
     assert t_shift.shape == (8,)
     assert abs(float(t_shift[:4].mean()) - t_nom) < 0.03
@@ -365,20 +365,14 @@ def test_hooks_see_each_reached_level_including_inversion():
         assert seen == pytest.approx(expected.tolist()), name
 
 
-class _NoSyncModel:
+class _NoSyncModel(pydiff.Model):
     """A model made of tensor ops only (no host reads), to isolate the solvers' own syncs."""
 
-    schedule = VP
+    def __init__(self):
+        super().__init__(VP)
 
-    def predict(self, x, t):
-        a, s = VP.alpha(t), VP.sigma(t)
-        a = a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) if a.dim() else a.to(x.dtype)
-        s = s.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) if s.dim() else s.to(x.dtype)
-        x0 = 0.5 * torch.tanh(x)
-        return x0, (x - a * x0) / s
-
-    def x0(self, x, t):
-        return self.predict(x, t)[0]
+    def evaluate(self, x, t):
+        return pydiff.Prediction.from_x0(x, 0.5 * torch.tanh(x), VP.alpha(t), VP.sigma(t))
 
 
 NO_SYNC_OPTIONS = {"pc": {"corrector": "langevin"}, "time_shift": {"window": 0.1},

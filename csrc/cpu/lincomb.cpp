@@ -240,6 +240,63 @@ bool fusable(const LincombPlan& p) {
   return p.ops[0].stride[in] == 1;
 }
 
+// Entry e's coefficient over elements [j0, j0 + n): nullptr with the constant in *cbuf when it
+// is constant along the chunk, else cbuf filled with the per-element values.
+template <typename A>
+const A* entry_coef(const LincombPlan& p, int e, const int64_t* off, int64_t j0, int64_t n,
+                    A* cbuf) {
+  const int in = p.ndim - 1;
+  const int ci = p.coef_op[e];
+  const A scale = static_cast<A>(p.scales[e]);
+  cbuf[0] = scale;
+  if (ci < 0) return nullptr;
+  const Operand& co = p.ops[ci];
+  const char* cp = co.data + off[ci] + j0 * co.stride[in] * co.elsize;
+  if (co.stride[in] == 0) {
+    cbuf[0] = scale * read_scalar<A>(cp, co.dtype);
+    return nullptr;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, co.dtype, "lincomb_coef", [&] {
+    gather<A, scalar_t>(cbuf, reinterpret_cast<const scalar_t*>(cp), co.stride[in], n, scale);
+  });
+  return cbuf;
+}
+
+// acc (=|+=) coefficient * operand `q` over elements [j0, j0 + n) of the inner dimension; the
+// coefficient is the per-element `cv`, or the constant `c` when cv is nullptr.
+template <typename A>
+void add_term(A* acc, const LincombPlan& p, int q, const A* cv, A c, const int64_t* off,
+              int64_t j0, int64_t n, bool assign) {
+  const int in = p.ndim - 1;
+  const Operand& t = p.ops[q];
+  const char* tp = t.data + off[q] + j0 * t.stride[in] * t.elsize;
+  const int64_t ts = t.stride[in];
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.dtype, "lincomb_term", [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(tp);
+    if (ts == 1) {
+      if (cv == nullptr) axpy_scalar<A, scalar_t>(acc, c, x, n, assign);
+      else axpy_vector<A, scalar_t>(acc, cv, x, n, assign);
+    } else if (cv == nullptr) {
+      if (assign) for (int64_t i = 0; i < n; ++i) acc[i] = c * static_cast<A>(x[i * ts]);
+      else for (int64_t i = 0; i < n; ++i) acc[i] += c * static_cast<A>(x[i * ts]);
+    } else {
+      if (assign) for (int64_t i = 0; i < n; ++i) acc[i] = cv[i] * static_cast<A>(x[i * ts]);
+      else for (int64_t i = 0; i < n; ++i) acc[i] += cv[i] * static_cast<A>(x[i * ts]);
+    }
+  });
+}
+
+template <typename A>
+void store_output(const A* acc, const LincombPlan& p, int q, const int64_t* off, int64_t j0,
+                  int64_t n) {
+  const int in = p.ndim - 1;
+  const Operand& o = p.ops[q];
+  char* op = o.data + off[q] + j0 * o.stride[in] * o.elsize;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.dtype, "lincomb_store", [&] {
+    store<A, scalar_t>(acc, reinterpret_cast<scalar_t*>(op), o.stride[in], n);
+  });
+}
+
 // Processes elements [j0, j0 + n) of the inner dimension, with per-operand byte offsets `off`
 // of the current outer index.
 template <typename A>
@@ -275,68 +332,22 @@ void run_chunk(const LincombPlan& p, const int64_t* off, int64_t j0, int64_t n, 
   A acc[kChunk];
   A cbuf[kChunk];
   for (int k = 0; k < K; ++k) {
-    const Operand& t = p.ops[1 + k];
-    const char* tp = t.data + off[1 + k] + j0 * t.stride[in] * t.elsize;
-    const int64_t ts = t.stride[in];
-    const int ci = p.coef_op[k];
-    const A scale = static_cast<A>(p.scales[k]);
-    bool scalar_coef = true;
-    A c = scale;
-    if (ci >= 0) {
-      const Operand& co = p.ops[ci];
-      const char* cp = co.data + off[ci] + j0 * co.stride[in] * co.elsize;
-      if (co.stride[in] == 0) {
-        c = scale * read_scalar<A>(cp, co.dtype);
-      } else {
-        scalar_coef = false;
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, co.dtype, "lincomb_coef", [&] {
-          gather<A, scalar_t>(cbuf, reinterpret_cast<const scalar_t*>(cp), co.stride[in], n, scale);
-        });
-      }
-    }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.dtype, "lincomb_term", [&] {
-      const scalar_t* x = reinterpret_cast<const scalar_t*>(tp);
-      const A* cv = cbuf;
-      if (ts == 1) {
-        if (scalar_coef) axpy_scalar<A, scalar_t>(acc, c, x, n, k == 0);
-        else axpy_vector<A, scalar_t>(acc, cv, x, n, k == 0);
-      } else if (scalar_coef) {
-        if (k == 0) for (int64_t i = 0; i < n; ++i) acc[i] = c * static_cast<A>(x[i * ts]);
-        else for (int64_t i = 0; i < n; ++i) acc[i] += c * static_cast<A>(x[i * ts]);
-      } else {
-        if (k == 0) for (int64_t i = 0; i < n; ++i) acc[i] = cv[i] * static_cast<A>(x[i * ts]);
-        else for (int64_t i = 0; i < n; ++i) acc[i] += cv[i] * static_cast<A>(x[i * ts]);
-      }
-    });
+    const A* cv = entry_coef<A>(p, k, off, j0, n, cbuf);
+    add_term<A>(acc, p, 1 + k, cv, cbuf[0], off, j0, n, k == 0);
   }
-  const Operand& o = p.ops[0];
-  char* op = o.data + off[0] + j0 * o.stride[in] * o.elsize;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.dtype, "lincomb_store", [&] {
-    store<A, scalar_t>(acc, reinterpret_cast<scalar_t*>(op), o.stride[in], n);
-  });
+  store_output<A>(acc, p, 0, off, j0, n);
 }
 
-template <typename A>
-void run_plan(const LincombPlan& p) {
+// Calls chunk(off, j0, n) over the plan's chunks of kChunk inner elements (`off`: the byte
+// offsets of each operand at the chunk's row), on the pool from kParallelMinElems elements.
+template <typename F>
+void for_each_chunk(const LincombPlan& p, bool fence, const F& chunk) {
   const int in = p.ndim - 1;
   const int64_t inner = p.size[in];
   const int64_t chunks_per_row = (inner + kChunk - 1) / kChunk;
   const int64_t rows = p.numel / inner;
   const int64_t items = rows * chunks_per_row;
   const size_t nops = p.ops.size();
-  const bool fused = fusable(p);
-  const int64_t out_bytes = p.numel * p.ops[0].elsize;
-  // An in-place update (out is a term, as solvers write it) has just read every line it
-  // writes, so a normal store costs no extra read, and streaming would push the lines out of
-  // the cache only to write them: in place, streaming measured slower than normal stores
-  // (benchmarks/ops_lincomb_paths.py --inplace; figures in BENCHMARKS.md).
-  bool out_is_a_term = false;
-  for (size_t k = 0; k < p.coef_op.size(); ++k)
-    out_is_a_term |= p.ops[1 + k].data == p.ops[0].data;
-  const bool stream = fused && !out_is_a_term && out_bytes >= kStreamMinBytes &&
-                      switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
-  const bool prefetch =
-      fused && out_bytes >= kPrefetchMinBytes && switch_enabled("PYDIFF_LINCOMB_PREFETCH");
   auto work = [&](int64_t begin, int64_t end) {
     std::vector<int64_t> off(nops);
     for (int64_t it = begin; it < end; ++it) {
@@ -350,14 +361,13 @@ void run_plan(const LincombPlan& p) {
         r /= p.size[d];
         for (size_t q = 0; q < nops; ++q) off[q] += idx * p.ops[q].stride[d] * p.ops[q].elsize;
       }
-      run_chunk<A>(p, off.data(), j0, std::min(kChunk, inner - j0), fused, stream,
-                   prefetch);
+      chunk(off.data(), j0, std::min(kChunk, inner - j0));
     }
 #ifdef PYDIFF_STREAM_STORES
     // Orders the write-combined stores before whatever this thread does next. Once per thread's
     // range, not per chunk: a fence waits for every pending streaming store to reach memory,
     // and fencing each 4 KB chunk made large outputs slower (in-kernel A/B, BENCHMARKS.md).
-    if (stream) _mm_sfence();
+    if (fence) _mm_sfence();
 #endif
   };
   if (p.numel < kParallelMinElems) {
@@ -366,6 +376,203 @@ void run_plan(const LincombPlan& p) {
     const int64_t grain = std::max<int64_t>(1, (kParallelMinElems / 2) / kChunk);
     at::parallel_for(0, items, grain, work);
   }
+}
+
+template <typename A>
+void run_plan(const LincombPlan& p) {
+  const bool fused = fusable(p);
+  const int64_t out_bytes = p.numel * p.ops[0].elsize;
+  // An in-place update (out is a term, as solvers write it) has just read every line it
+  // writes, so a normal store costs no extra read, and streaming would push the lines out of
+  // the cache only to write them: in place, streaming measured slower than normal stores
+  // (benchmarks/ops_lincomb_paths.py --inplace; figures in BENCHMARKS.md).
+  bool out_is_a_term = false;
+  for (size_t k = 0; k < p.coef_op.size(); ++k)
+    out_is_a_term |= p.ops[1 + k].data == p.ops[0].data;
+  const bool stream = fused && !out_is_a_term && out_bytes >= kStreamMinBytes &&
+                      switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
+  const bool prefetch =
+      fused && out_bytes >= kPrefetchMinBytes && switch_enabled("PYDIFF_LINCOMB_PREFETCH");
+  for_each_chunk(p, stream, [&](const int64_t* off, int64_t j0, int64_t n) {
+    run_chunk<A>(p, off, j0, n, fused, stream, prefetch);
+  });
+}
+
+// What pydiff::lincomb_multi computes besides the plan: the source of each entry and how many
+// entries each output has (see check_lincomb_multi_args).
+struct MultiSpec {
+  int K = 0;
+  std::vector<int64_t> source, count, keep;
+};
+
+inline fVec load_any(const char* p, at::ScalarType dt, int64_t i) {
+  switch (dt) {
+    case at::kFloat: return fVec::loadu(reinterpret_cast<const float*>(p) + i);
+    case at::kHalf: return load_f(reinterpret_cast<const at::Half*>(p) + i);
+    default: return load_f(reinterpret_cast<const at::BFloat16*>(p) + i);
+  }
+}
+
+inline float read_any(const char* p, at::ScalarType dt, int64_t i) {
+  switch (dt) {
+    case at::kFloat: return reinterpret_cast<const float*>(p)[i];
+    case at::kHalf: return static_cast<float>(reinterpret_cast<const at::Half*>(p)[i]);
+    default: return static_cast<float>(reinterpret_cast<const at::BFloat16*>(p)[i]);
+  }
+}
+
+template <int U>
+inline fVec pick(const fVec (&a)[kMaxOutputs][U], int64_t l, int u) {
+  switch (l) {
+    case 0: return a[0][u];
+    case 1: return a[1][u];
+    case 2: return a[2][u];
+    default: return a[3][u];
+  }
+}
+
+// The common case of lincomb_multi with the sums in registers (as fused_same_dtype): unit-stride
+// float32/half/bf16 terms and outputs, coefficients constant along the chunk. Term dtypes may
+// differ (a float32 state with a half-precision network output).
+template <typename TO>
+void fused_multi(const MultiSpec& m, const char* const* tp, const at::ScalarType* tdt,
+                 const float* c, TO* const* outp, int64_t n, bool prefetch) {
+  constexpr int U = 4;
+  constexpr int64_t W = fVec::size();
+  const int R = static_cast<int>(m.count.size());
+  int64_t i = 0;
+  for (; i + U * W <= n; i += U * W) {
+    if (prefetch) {
+      for (int k = 0; k < m.K; ++k) {
+        const char* ahead = tp[k] + (i * at::elementSize(tdt[k])) + kPrefetchBytes;
+        for (int64_t b = 0; b < U * W * 4; b += kCacheLine) __builtin_prefetch(ahead + b, 0, 3);
+      }
+    }
+    fVec a[kMaxOutputs][U];
+    int e = 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < kMaxOutputs; ++j) {
+      if (j >= R) break;
+      for (int u = 0; u < U; ++u) a[j][u] = fVec(0.f);
+      for (int64_t q = 0; q < m.count[j]; ++q, ++e) {
+        const fVec cv(c[e]);
+        const int64_t src = m.source[e];
+        if (src < m.K) {
+          for (int u = 0; u < U; ++u)
+            a[j][u] = at::vec::fmadd(cv, load_any(tp[src], tdt[src], i + u * W), a[j][u]);
+        } else {
+          for (int u = 0; u < U; ++u)
+            a[j][u] = at::vec::fmadd(cv, pick<U>(a, src - m.K, u), a[j][u]);
+        }
+      }
+      if (outp[j] != nullptr) {
+        if constexpr (std::is_same_v<TO, float>) {
+          for (int u = 0; u < U; ++u) a[j][u].store(outp[j] + i + u * W);
+        } else {
+          for (int u = 0; u < U; u += 2)
+            at::vec::convert_from_float<TO>(a[j][u], a[j][u + 1]).store(outp[j] + i + u * W);
+        }
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    float a[kMaxOutputs] = {0.f, 0.f, 0.f, 0.f};
+    int e = 0;
+    for (int j = 0; j < R; ++j) {
+      for (int64_t q = 0; q < m.count[j]; ++q, ++e) {
+        const int64_t src = m.source[e];
+        a[j] += c[e] * (src < m.K ? read_any(tp[src], tdt[src], i) : a[src - m.K]);
+      }
+      if (outp[j] != nullptr) outp[j][i] = static_cast<TO>(a[j]);
+    }
+  }
+}
+
+// Whether a lincomb_multi plan can take fused_multi (decided once per call).
+bool multi_fusable(const LincombPlan& p, int K) {
+  const int in = p.ndim - 1;
+  for (int q = 0; q < static_cast<int>(p.ops.size()); ++q) {
+    const Operand& o = p.ops[q];
+    if (q >= p.nout + K) {  // a coefficient tensor: constant along the chunk
+      if (o.stride[in] != 0) return false;
+    } else if (o.stride[in] != 1 || o.dtype == at::kDouble) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// One chunk of lincomb_multi: the outputs are summed in order in L1 buffers, so an output that
+// reads an earlier one (the x0 a solver step folds in) reads it from the buffer, every input is
+// read from memory once per chunk, and only the kept outputs are stored.
+template <typename A>
+void multi_chunk(const LincombPlan& p, const MultiSpec& m, const int64_t* off, int64_t j0,
+                 int64_t n, bool fused, bool prefetch) {
+  const int R = static_cast<int>(m.count.size());
+  if constexpr (std::is_same_v<A, float>) {
+    if (fused) {
+      const char* tp[kMaxEntries];
+      at::ScalarType tdt[kMaxEntries];
+      for (int k = 0; k < m.K; ++k) {
+        const Operand& t = p.ops[p.nout + k];
+        tp[k] = t.data + off[p.nout + k] + j0 * t.elsize;
+        tdt[k] = t.dtype;
+      }
+      float cs[kMaxEntries];
+      for (size_t e = 0; e < m.source.size(); ++e) {
+        const int ci = p.coef_op[e];
+        cs[e] = static_cast<float>(p.scales[e]);
+        if (ci >= 0) cs[e] *= read_scalar<float>(p.ops[ci].data + off[ci], p.ops[ci].dtype);
+      }
+      char* op[kMaxOutputs] = {nullptr, nullptr, nullptr, nullptr};
+      int slot = 0;
+      for (int j = 0; j < R; ++j)
+        if (m.keep[j]) op[j] = p.ops[slot].data + off[slot] + j0 * p.ops[slot].elsize, ++slot;
+      auto go = [&](auto tag) {
+        using TO = decltype(tag);
+        TO* outp[kMaxOutputs];
+        for (int j = 0; j < kMaxOutputs; ++j) outp[j] = reinterpret_cast<TO*>(op[j]);
+        fused_multi<TO>(m, tp, tdt, cs, outp, n, prefetch);
+      };
+      const auto dt = p.ops[0].dtype;
+      if (dt == at::kFloat) go(float{});
+      else if (dt == at::kBFloat16) go(at::BFloat16{});
+      else go(at::Half{});  // multi_fusable() admits no other dtype
+      return;
+    }
+  }
+  A acc[kMaxOutputs][kChunk];
+  A cbuf[kChunk];
+  if (prefetch) {
+    // the next chunk of every unit-stride term, one chunk ahead (see kPrefetchMinBytes)
+    const int in = p.ndim - 1;
+    for (int k = 0; k < m.K; ++k) {
+      const Operand& t = p.ops[p.nout + k];
+      if (t.stride[in] != 1) continue;
+      const char* next = t.data + off[p.nout + k] + (j0 + n) * t.elsize;
+      const int64_t bytes = std::min<int64_t>(n, p.size[in] - j0 - n) * t.elsize;
+      for (int64_t b = 0; b < bytes; b += kCacheLine) __builtin_prefetch(next + b, 0, 3);
+    }
+  }
+  int e = 0;
+  for (int j = 0; j < R; ++j) {
+    if (m.count[j] == 0) std::fill(acc[j], acc[j] + n, A(0));
+    for (int64_t q = 0; q < m.count[j]; ++q, ++e) {
+      const A* cv = entry_coef<A>(p, e, off, j0, n, cbuf);
+      const A c = cbuf[0];
+      const int64_t src = m.source[e];
+      if (src < m.K) {
+        add_term<A>(acc[j], p, p.nout + static_cast<int>(src), cv, c, off, j0, n, q == 0);
+      } else if (cv == nullptr) {
+        axpy_scalar<A, A>(acc[j], c, acc[src - m.K], n, q == 0);
+      } else {
+        axpy_vector<A, A>(acc[j], cv, acc[src - m.K], n, q == 0);
+      }
+    }
+  }
+  int slot = 0;  // kept outputs are ops[0..nout-1], in order
+  for (int j = 0; j < R; ++j)
+    if (m.keep[j]) store_output<A>(acc[j], p, slot++, off, j0, n);
 }
 
 void lincomb_into(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
@@ -379,7 +586,41 @@ void lincomb_into(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef c
 
 }  // namespace
 
+std::vector<at::Tensor> lincomb_multi_cpu(at::TensorList terms, at::TensorList coeffs,
+                                          at::IntArrayRef coeff_index,
+                                          at::ArrayRef<double> scales, at::IntArrayRef sources,
+                                          at::IntArrayRef counts, at::IntArrayRef keep) {
+  check_lincomb_multi_args(terms, coeffs, coeff_index, scales, sources, counts, keep);
+  std::vector<at::Tensor> outs;
+  for (int64_t k : keep) {
+    if (k) {
+      outs.push_back(at::empty(terms[0].sizes(),
+                               terms[0].options().memory_format(at::MemoryFormat::Contiguous)));
+    }
+  }
+  if (outs.empty() || terms[0].numel() == 0) return outs;
+  const LincombPlan plan = make_lincomb_plan(terms, coeffs, coeff_index, scales, outs);
+  MultiSpec m;
+  m.K = static_cast<int>(terms.size());
+  m.source.assign(sources.begin(), sources.end());
+  m.count.assign(counts.begin(), counts.end());
+  m.keep.assign(keep.begin(), keep.end());
+  const bool prefetch = plan.numel * terms[0].element_size() >= kPrefetchMinBytes &&
+                        switch_enabled("PYDIFF_LINCOMB_PREFETCH");
+  const bool fused = multi_fusable(plan, m.K);
+  auto run = [&](auto tag) {
+    using A = decltype(tag);
+    for_each_chunk(plan, false, [&](const int64_t* off, int64_t j0, int64_t n) {
+      multi_chunk<A>(plan, m, off, j0, n, fused, prefetch);
+    });
+  };
+  if (terms[0].scalar_type() == at::kDouble) run(double{});
+  else run(float{});
+  return outs;
+}
+
 TORCH_LIBRARY_IMPL(pydiff, CPU, m) {
+  m.impl("lincomb_multi", &lincomb_multi_cpu);
   m.impl("lincomb", &lincomb_via<lincomb_into>);
   m.impl("lincomb_out", &lincomb_out_via<lincomb_into>);
 }

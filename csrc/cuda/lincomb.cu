@@ -7,6 +7,8 @@
 //    bandwidth-bound.
 //  - generic: anything else the plan allows (mixed dtypes, strides, per-sample and per-position
 //    coefficients): one element per thread, offsets from the coalesced dims of the plan.
+// lincomb_multi (several outputs from one read of the terms, see ops.cpp) has one kernel of the
+// generic kind, the outputs summed in registers in order.
 // Coefficient tensors on the device are read by the kernels (no host sync); 0-dim CPU
 // coefficients and Python floats are folded into the per-term scale on the host.
 #include <ATen/ATen.h>
@@ -263,9 +265,158 @@ void lincomb_into_cuda(at::TensorList terms, at::TensorList coeffs, at::IntArray
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ---- lincomb_multi ---------------------------------------------------------------------------
+
+constexpr int kCudaMultiOps = 40;
+
+struct MultiParams {
+  int K, R, ndim, nops, nout;
+  int64_t numel;
+  int64_t size[kCudaMaxDims];
+  // operands: 0..nout-1 = kept outputs, nout..nout+K-1 = terms, then coefficient tensors
+  const char* data[kCudaMultiOps];
+  int dtype[kCudaMultiOps];
+  int64_t stride[kCudaMultiOps][kCudaMaxDims];  // bytes
+  int source[kMaxEntries];
+  int coef_op[kMaxEntries];
+  double scale[kMaxEntries];
+  int count[kMaxOutputs];
+  int slot[kMaxOutputs];  // operand of a kept output, or -1
+};
+
+template <typename A>
+__device__ __forceinline__ A pick(const A (&acc)[kMaxOutputs], int l) {
+  return l == 0 ? acc[0] : l == 1 ? acc[1] : l == 2 ? acc[2] : acc[3];
+}
+
+template <typename A>
+__global__ void lincomb_multi_kernel(MultiParams p) {
+  const int64_t gstride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < p.numel;
+       e += gstride) {
+    int64_t off[kCudaMultiOps];
+    for (int q = 0; q < p.nops; ++q) off[q] = 0;
+    int64_t r = e;
+    for (int d = p.ndim - 1; d >= 0; --d) {
+      const int64_t idx = r % p.size[d];
+      r /= p.size[d];
+      for (int q = 0; q < p.nops; ++q) off[q] += idx * p.stride[q][d];
+    }
+    A acc[kMaxOutputs];
+    int en = 0;
+#pragma unroll
+    for (int j = 0; j < kMaxOutputs; ++j) {
+      acc[j] = A(0);
+      if (j >= p.R) continue;
+      A sum = A(0);
+      for (int q = 0; q < p.count[j]; ++q, ++en) {
+        A c = static_cast<A>(p.scale[en]);
+        const int ci = p.coef_op[en];
+        if (ci >= 0) c *= load_as<A>(p.data[ci] + off[ci], p.dtype[ci]);
+        const int src = p.source[en];
+        const A v = src < p.K ? load_as<A>(p.data[p.nout + src] + off[p.nout + src],
+                                           p.dtype[p.nout + src])
+                              : pick(acc, src - p.K);
+        sum += c * v;
+      }
+      acc[j] = sum;
+      if (p.slot[j] >= 0) {
+        store_as<A>(const_cast<char*>(p.data[p.slot[j]]) + off[p.slot[j]], p.dtype[p.slot[j]],
+                    sum);
+      }
+    }
+  }
+}
+
+void lincomb_multi_into_cuda(at::TensorList terms, at::TensorList coeffs,
+                             at::IntArrayRef coeff_index, at::ArrayRef<double> scales,
+                             at::IntArrayRef sources, at::IntArrayRef counts,
+                             at::IntArrayRef keep, at::TensorList outs) {
+  const int64_t n = outs[0].numel();
+  if (n == 0) return;
+  c10::cuda::CUDAGuard guard(outs[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int E = static_cast<int>(sources.size());
+  // Fold 0-dim CPU coefficients into the scales (no device sync); device tensors stay.
+  std::vector<double> sc(scales.begin(), scales.end());
+  std::vector<int64_t> idx(E, -1);
+  std::vector<at::Tensor> dev;
+  for (int e = 0; e < E; ++e) {
+    if (coeff_index[e] < 0) continue;
+    const at::Tensor& c = coeffs[coeff_index[e]];
+    if (c.device().is_cpu()) {
+      sc[e] *= c.item<double>();
+    } else {
+      idx[e] = static_cast<int64_t>(dev.size());
+      dev.push_back(c);
+    }
+  }
+  LincombPlan plan = make_lincomb_plan(terms, dev, idx, sc, outs);
+  TORCH_CHECK(static_cast<int>(plan.ops.size()) <= kCudaMultiOps,
+              "pydiff::lincomb_multi (CUDA): at most ", kCudaMultiOps,
+              " operands (outputs, terms and coefficient tensors) are supported, got ",
+              plan.ops.size());
+  if (plan.ndim > kCudaMaxDims) {  // rare: materialize the broadcasts, then it coalesces
+    std::vector<at::Tensor> ts;
+    for (const auto& t : terms) ts.push_back(t.contiguous());
+    std::vector<at::Tensor> cs;
+    for (const auto& c : dev) cs.push_back(c.expand(outs[0].sizes()).contiguous());
+    lincomb_multi_into_cuda(ts, cs, idx, sc, sources, counts, keep, outs);
+    return;
+  }
+  MultiParams p{};
+  p.K = static_cast<int>(terms.size());
+  p.R = static_cast<int>(counts.size());
+  p.nout = static_cast<int>(outs.size());
+  p.ndim = plan.ndim;
+  p.numel = n;
+  p.nops = static_cast<int>(plan.ops.size());
+  for (int d = 0; d < plan.ndim; ++d) p.size[d] = plan.size[d];
+  for (int q = 0; q < p.nops; ++q) {
+    p.data[q] = plan.ops[q].data;
+    p.dtype[q] = code(plan.ops[q].dtype);
+    for (int d = 0; d < plan.ndim; ++d) p.stride[q][d] = plan.ops[q].stride[d] * plan.ops[q].elsize;
+  }
+  for (int e = 0; e < E; ++e) {
+    p.source[e] = static_cast<int>(sources[e]);
+    p.coef_op[e] = plan.coef_op[e];
+    p.scale[e] = plan.scales[e];
+  }
+  int slot = 0;
+  for (int j = 0; j < p.R; ++j) {
+    p.count[j] = static_cast<int>(counts[j]);
+    p.slot[j] = keep[j] ? slot++ : -1;
+  }
+  if (terms[0].scalar_type() == at::kDouble) {
+    lincomb_multi_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(p);
+  } else {
+    lincomb_multi_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(p);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::vector<at::Tensor> lincomb_multi_cuda(at::TensorList terms, at::TensorList coeffs,
+                                           at::IntArrayRef coeff_index,
+                                           at::ArrayRef<double> scales, at::IntArrayRef sources,
+                                           at::IntArrayRef counts, at::IntArrayRef keep) {
+  check_lincomb_multi_args(terms, coeffs, coeff_index, scales, sources, counts, keep);
+  std::vector<at::Tensor> outs;
+  for (int64_t k : keep) {
+    if (k) {
+      outs.push_back(at::empty(terms[0].sizes(),
+                               terms[0].options().memory_format(at::MemoryFormat::Contiguous)));
+    }
+  }
+  if (!outs.empty()) {
+    lincomb_multi_into_cuda(terms, coeffs, coeff_index, scales, sources, counts, keep, outs);
+  }
+  return outs;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydiff, CUDA, m) {
+  m.impl("lincomb_multi", &lincomb_multi_cuda);
   m.impl("lincomb", &lincomb_via<lincomb_into_cuda>);
   m.impl("lincomb_out", &lincomb_out_via<lincomb_into_cuda>);
 }

@@ -1,14 +1,16 @@
-"""Guidance: wrappers that turn a Denoiser into another Denoiser, and consistency hooks.
+"""Guidance: wrappers that turn a model into another model, and consistency hooks.
 
-Wrappers (each is a :class:`pydiff.Denoiser`, so they nest and every solver accepts them):
+Wrappers (each is a :class:`pydiff.Model` wrapping a Model, so they nest and every solver
+accepts them; see :mod:`pydiff.guidance.base`):
 
 - :class:`ClassifierFreeGuidance` (one batched forward, per-sample scales, rescaled CFG);
 - :class:`DynamicThresholding`, :class:`ClipX0`, :class:`ProjectX0` (projections of x0-hat);
 - :class:`GradientGuidance`, :class:`MeasurementGuidance` (DPS), :class:`RewardGuidance`
   (value guidance), :class:`SelfGuidance` (TSDiff): gradients of an objective of x0-hat.
 
-Post-step hooks and solver wrappers: :class:`DataConsistency` (hard data consistency),
-:class:`pydiff.hooks.InpaintReplace` (replacement), :class:`Resampling` (RePaint jumps).
+Post-step hooks: :class:`DataConsistency` (hard data consistency),
+:class:`pydiff.hooks.InpaintReplace` (replacement); RePaint's jumps are a solver,
+:class:`pydiff.solvers.Resampling` (also importable from here).
 
 Composition is nesting; gradient guidance goes outermost (it needs the batch of B samples that
 classifier-free guidance doubles internally)::
@@ -36,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+from ..solvers.resampling import Resampling
 from .base import Guided
 from .cfg import ClassifierFreeGuidance
 from .consistency import DataConsistency
@@ -46,7 +49,6 @@ from .gradient import (
     SelfGuidance,
     gaussian_posterior_variance,
 )
-from .resample import Resampling
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
 
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",

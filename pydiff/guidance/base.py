@@ -1,17 +1,19 @@
-"""The guidance wrapper protocol: a Denoiser built from another Denoiser.
+"""The guidance wrapper protocol: a :class:`pydiff.Model` built from another Model.
 
-A guidance wrapper is a :class:`pydiff.Denoiser` whose :meth:`predict` calls the wrapped model's
-``predict`` and changes the answer. Because every parameterization of a Denoiser (``x0``, ``eps``,
-``score``, ``v``, ``velocity``) goes through ``predict``, and solvers only ever call the model's
-``x0``, a wrapper works with :func:`pydiff.sample`, every solver and every other wrapper, so
-guidance composes by nesting::
+A guidance wrapper is a :class:`pydiff.Model` whose :meth:`evaluate` evaluates the wrapped
+model (:meth:`Guided.inner`) and changes the answer. Every parameterization (``x0``, ``eps``,
+``score``, ``v``, ``velocity``, ``predict``) derives from ``evaluate``, and solvers only call
+``evaluate``, so a wrapper works with :func:`pydiff.sample`, every solver and every other
+wrapper, and guidance composes by nesting::
 
     model = MeasurementGuidance(
         ClassifierFreeGuidance(DynamicThresholding(base), 5.0, uncond), A, y)
 
-Wrappers keep ``x = alpha x0 + sigma eps`` true for what they return, so solvers that use either
-prediction see the same guided model. Attributes a wrapper does not define (``net``,
-``prediction``, ``time_input``, ...) are read from the wrapped model.
+Wrappers keep ``x = alpha x0 + sigma eps`` true for what they return: a wrapper that changes
+one prediction recomputes the other with :meth:`pydiff.Prediction.with_x0` /
+:meth:`~pydiff.Prediction.with_eps` (the one conversion, shared with the Denoiser). A wrapper
+holds the wrapped ``model`` and its own bound conditioning (``bind``); nothing else is
+forwarded: read the network's attributes from the base Denoiser.
 
 Example:
     >>> import torch, pydiff
@@ -31,35 +33,41 @@ from typing import Any
 
 import torch
 
-from ..denoiser import Denoiser
+from ..model import Model, Prediction
 from ..schedules import as_time
-from ..tree import State, batch_size, leaves, per_sample, tree_map
+from ..tree import State, batch_size, leaves
 
 Tensor = torch.Tensor
 Scale = float | Tensor | Callable[[Tensor], Tensor]
 
 
-class Guided(Denoiser):
-    """Base class of guidance wrappers: holds the wrapped ``model`` and forwards to it.
+class Guided(Model):
+    """Base class of guidance wrappers: holds the wrapped ``model`` (any :class:`pydiff.Model`).
 
-    Subclasses override :meth:`predict` and call :meth:`inner` for the wrapped prediction.
-    ``bind(**cond)`` works as on a Denoiser; ``cond`` is the wrapped model's bound conditioning
-    merged with this wrapper's.
+    Subclasses define :meth:`evaluate` and call :meth:`inner` for the wrapped prediction.
+    ``bind(**cond)`` fixes this wrapper's conditioning, which reaches the wrapped model on every
+    call (merged over the wrapped model's own bound conditioning).
     """
 
-    def __init__(self, model: Denoiser):
-        # Denoiser.__init__ is deliberately not called: a wrapper has no network of its own.
-        if not (hasattr(model, "predict") and hasattr(model, "schedule")):
-            raise TypeError("model must be a pydiff.Denoiser (or a wrapper with .predict(x, t, "
-                            f"**cond) and .schedule), got {type(model).__name__}")
+    def __init__(self, model: Model):
+        if not isinstance(model, Model):
+            raise TypeError("model must be a pydiff.Model (a Denoiser or a guidance wrapper), "
+                            f"got {type(model).__name__}")
         self.model = model
-        self.schedule = model.schedule
-        self._own_cond: dict[str, Any] = {}
+        super().__init__(model.schedule)
 
-    # -- plumbing ----------------------------------------------------------------------------
+    @property
+    def mean_key(self) -> str:  # type: ignore[override]
+        return self.model.mean_key
+
     @property
     def cond(self) -> dict[str, Any]:  # type: ignore[override]
-        return {**getattr(self.model, "cond", {}), **self._own_cond}
+        """All bound conditioning: the wrapped model's, then this wrapper's."""
+        return {**self.model.cond, **self._own_cond}
+
+    @cond.setter
+    def cond(self, value: dict[str, Any]) -> None:
+        self._own_cond = dict(value)
 
     def bind(self, **cond: Any) -> Guided:
         """A copy with conditioning fixed (it reaches the wrapped model on every call)."""
@@ -67,19 +75,9 @@ class Guided(Denoiser):
         new._own_cond = {**self._own_cond, **cond}
         return new
 
-    def __getattr__(self, name: str) -> Any:
-        # only reached when normal lookup fails: read the wrapped model's attributes
-        model = self.__dict__.get("model")
-        if model is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(model, name)
-
-    def inner(self, x: State, t: Tensor, **cond: Any) -> tuple[State, State]:
-        """The wrapped model's ``(x0, eps)`` with this wrapper's bound conditioning."""
-        return self.model.predict(x, t, **{**self._own_cond, **cond})
-
-    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
-        raise NotImplementedError
+    def inner(self, x: State, t: Tensor, **cond: Any) -> Prediction:
+        """The wrapped model's prediction with this wrapper's bound conditioning."""
+        return self.model.evaluate(x, t, **{**self._own_cond, **cond})
 
     def coefficients(self, x: State, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(t, alpha, sigma)`` as float64 tensors on the state's device."""
@@ -91,28 +89,6 @@ class Guided(Denoiser):
 
 
 # -- helpers shared by the wrappers ---------------------------------------------------------
-
-def eps_from_x0(x: State, x0: State, eps_old: State, alpha: Tensor, sigma: Tensor) -> State:
-    """``(x - alpha x0) / sigma``; where ``sigma = 0`` (clean data) the old eps is kept."""
-
-    def one(xv: Tensor, u: Tensor, e: Tensor) -> Tensor:
-        a, s = per_sample(alpha, xv).to(xv.dtype), per_sample(sigma, xv).to(xv.dtype)
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        return torch.where(s > 0, (xv - a * u) / safe, e)
-
-    return tree_map(one, x, x0, eps_old)
-
-
-def x0_from_eps(x: State, eps: State, x0_old: State, alpha: Tensor, sigma: Tensor) -> State:
-    """``(x - sigma eps) / alpha``; where ``alpha = 0`` (pure noise) the old x0 is kept."""
-
-    def one(xv: Tensor, e: Tensor, u: Tensor) -> Tensor:
-        a, s = per_sample(alpha, xv).to(xv.dtype), per_sample(sigma, xv).to(xv.dtype)
-        safe = torch.where(a > 0, a, torch.ones_like(a))
-        return torch.where(a > 0, (xv - s * e) / safe, u)
-
-    return tree_map(one, x, eps, x0_old)
-
 
 def resolve_scale(scale: Scale, t: Tensor, batch: int, name: str = "scale") -> Tensor:
     """A guidance scale as a float64 tensor: scalar, ``[B]``, or ``scale(t)`` for callables."""
@@ -137,5 +113,4 @@ def per_sample_sum(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).sum(1) if v.dim() > 1 else v
 
 
-__all__ = ["Guided", "eps_from_x0", "x0_from_eps", "resolve_scale", "check_batch",
-           "per_sample_sum", "Scale"]
+__all__ = ["Guided", "resolve_scale", "check_batch", "per_sample_sum", "Scale"]

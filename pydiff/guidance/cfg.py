@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from ..denoiser import Denoiser
+from ..model import Model, Prediction
 from ..tree import State, batch_size, per_sample, tree_map
-from .base import Guided, Scale, eps_from_x0, resolve_scale, x0_from_eps
+from .base import Guided, Scale, resolve_scale
 
 Tensor = torch.Tensor
 RESCALE_ON = ("eps", "x0")
@@ -58,7 +58,7 @@ class ClassifierFreeGuidance(Guided):
         rescale_on: ``"eps"`` (diffusers' ``guidance_rescale``) or ``"x0"``.
     """
 
-    def __init__(self, model: Denoiser, scale: Scale = 1.0, uncond: dict[str, Any] | None = None,
+    def __init__(self, model: Model, scale: Scale = 1.0, uncond: dict[str, Any] | None = None,
                  rescale: float = 0.0, rescale_on: str = "eps"):
         super().__init__(model)
         if not uncond:
@@ -71,7 +71,7 @@ class ClassifierFreeGuidance(Guided):
         self.scale, self.uncond = scale, dict(uncond)
         self.rescale, self.rescale_on = float(rescale), rescale_on
 
-    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
+    def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         tt, alpha, sigma = self.coefficients(x, t)
         bsz = batch_size(x)
         if isinstance(self.scale, int | float) and self.scale == 1 and self.rescale == 0:
@@ -84,9 +84,9 @@ class ClassifierFreeGuidance(Guided):
         cond2 = {k: _pair(v, self.uncond[k] if k in self.uncond else None, bsz, k)
                  for k, v in full.items()}
         x2 = tree_map(lambda v: torch.cat([v, v]), x)
-        x0_2, eps_2 = self.model.predict(x2, _pair_time(tt, x, bsz), **cond2)
-        x0_c, x0_u = _halves(x0_2, bsz)
-        eps_c, eps_u = _halves(eps_2, bsz)
+        p2 = self.model.evaluate(x2, _pair_time(tt, x, bsz), **cond2)
+        x0_c, x0_u = _halves(p2.x0(), bsz)
+        eps_c, eps_u = _halves(p2.eps(), bsz)
 
         w = resolve_scale(self.scale, tt, bsz)
 
@@ -94,15 +94,14 @@ class ClassifierFreeGuidance(Guided):
             wv = per_sample(w, c).to(c.dtype)
             return u + wv * (c - u)
 
-        x0, eps = tree_map(mix, x0_c, x0_u), tree_map(mix, eps_c, eps_u)
+        guided = Prediction.of(tree_map(mix, x0_c, x0_u), tree_map(mix, eps_c, eps_u))
         if self.rescale > 0:
             if self.rescale_on == "eps":
-                eps = tree_map(self._rescale, eps, eps_c)
-                x0 = x0_from_eps(x, eps, x0, alpha, sigma)
-            else:
-                x0 = tree_map(self._rescale, x0, x0_c)
-                eps = eps_from_x0(x, x0, eps, alpha, sigma)
-        return x0, eps
+                eps = tree_map(self._rescale, guided.eps(), eps_c)
+                return guided.with_eps(x, eps, alpha, sigma)
+            x0 = tree_map(self._rescale, guided.x0(), x0_c)
+            return guided.with_x0(x, x0, alpha, sigma)
+        return guided
 
     def _rescale(self, guided: Tensor, conditional: Tensor) -> Tensor:
         dims = tuple(range(1, guided.dim()))

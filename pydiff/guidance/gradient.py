@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from ..denoiser import Denoiser
+from ..model import Model, Prediction
 from ..schedules import Schedule, as_time
 from ..tree import State, batch_size, leaves, per_sample, tree_map
 from .base import Guided, Scale, check_batch, per_sample_sum, resolve_scale
@@ -70,7 +70,7 @@ class GradientGuidance(Guided):
             objective with ``x0_hat = None`` and needs no network gradient.
     """
 
-    def __init__(self, model: Denoiser, objective: Objective | None = None, scale: Scale = 1.0,
+    def __init__(self, model: Model, objective: Objective | None = None, scale: Scale = 1.0,
                  on: str = "x0"):
         super().__init__(model)
         if objective is not None and not callable(objective):
@@ -96,15 +96,14 @@ class GradientGuidance(Guided):
         return self.objective(x0, x, t), self.step_weight(x0, x, t)
 
     # -- the guided prediction -----------------------------------------------------------------
-    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
+    def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         tt, alpha, sigma = self.coefficients(x, t)
         if torch.is_inference_mode_enabled():
             # inference tensors cannot enter autograd: leave inference mode, use plain copies
             with torch.inference_mode(False):
                 x = tree_map(torch.clone, x)
                 cond = {k: v.clone() if torch.is_tensor(v) else v for k, v in cond.items()}
-                x0, eps = self._guided(x, tt, alpha, sigma, cond)
-            return x0, eps
+                return self._guided(x, tt, alpha, sigma, cond)
         return self._guided(x, tt, alpha, sigma, cond)
 
     def _guided(self, x, tt, alpha, sigma, cond):
@@ -113,11 +112,11 @@ class GradientGuidance(Guided):
         with torch.enable_grad():
             xg = x if outer else tree_map(lambda v: v.detach().requires_grad_(True), x)
             if self.on == "x0":
-                x0, eps = self.inner(xg, tt, **cond)
+                x0, eps = self.inner(xg, tt, **cond).predictions()
                 obj_x0 = x0
             else:
                 with torch.set_grad_enabled(outer):
-                    x0, eps = self.inner(x, tt, **cond)
+                    x0, eps = self.inner(x, tt, **cond).predictions()
                 obj_x0 = None
             objective, weight = self.terms(obj_x0, xg, tt)
             if weight is not None:
@@ -139,7 +138,7 @@ class GradientGuidance(Guided):
             factor = torch.where(a > 0, s * s / torch.where(a > 0, a, torch.ones_like(a)), 0)
             return u + factor * per_sample(scale, u).to(u.dtype) * g
 
-        return tree_map(x0_new, x0, grad), tree_map(eps_new, eps, grad)
+        return Prediction.of(tree_map(x0_new, x0, grad), tree_map(eps_new, eps, grad))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, scale={self.scale!r}, on={self.on!r})"
@@ -166,7 +165,7 @@ class MeasurementGuidance(GradientGuidance):
     Example: ``MeasurementGuidance(model, lambda x0: mask * x0, y, step="dps", scale=1.0)``.
     """
 
-    def __init__(self, model: Denoiser, operator: Callable[[State], Tensor], measurement: Tensor,
+    def __init__(self, model: Model, operator: Callable[[State], Tensor], measurement: Tensor,
                  step: str = "dps", scale: Scale = 1.0,
                  noise_std: float | Callable[[Tensor], Tensor] | None = None):
         super().__init__(model, scale=scale)
@@ -220,7 +219,7 @@ class RewardGuidance(GradientGuidance):
     Example: ``RewardGuidance(model, lambda x0: -(x0[:, -1] - goal).pow(2).sum(-1), scale=0.1)``.
     """
 
-    def __init__(self, model: Denoiser, reward: Callable[..., Tensor], scale: Scale = 1.0,
+    def __init__(self, model: Model, reward: Callable[..., Tensor], scale: Scale = 1.0,
                  on: str = "x0"):
         super().__init__(model, scale=scale, on=on)
         if not callable(reward):
@@ -249,7 +248,7 @@ class SelfGuidance(GradientGuidance):
             ``k = 1..K``, as in TSDiff; default ``0.5`` for every sample.
     """
 
-    def __init__(self, model: Denoiser, observed: Tensor, mask: Tensor, loss: str = "quantile",
+    def __init__(self, model: Model, observed: Tensor, mask: Tensor, loss: str = "quantile",
                  scale: Scale = 1.0, quantiles: Tensor | int | None = None):
         super().__init__(model, scale=scale)
         if loss not in LOSSES:

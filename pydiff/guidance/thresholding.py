@@ -1,7 +1,8 @@
 """Projections of the x0 prediction: static clipping, dynamic thresholding (Imagen), any map.
 
 The wrapped model's ``x0`` is replaced by ``fn(x0, t)`` and ``eps`` is recomputed from
-``x = alpha x0 + sigma eps``, so every solver sees a consistent, projected prediction.
+``x = alpha x0 + sigma eps`` (:meth:`pydiff.Prediction.with_x0`), so every solver sees a
+consistent, projected prediction.
 
 - :class:`ProjectX0`: any ``fn(x0, t) -> x0`` (DDNM/DDS-style data consistency on x0-hat, ...).
 - :class:`ClipX0`: ``clamp(x0, -bound, bound)`` (diffusers' ``clip_sample``).
@@ -28,9 +29,9 @@ from typing import Any
 
 import torch
 
-from ..denoiser import Denoiser
+from ..model import Model, Prediction
 from ..tree import State, tree_map
-from .base import Guided, eps_from_x0
+from .base import Guided
 
 Tensor = torch.Tensor
 
@@ -43,7 +44,7 @@ class ProjectX0(Guided):
         fn: the projection, ``fn(x0, t) -> x0`` on the state structure.
     """
 
-    def __init__(self, model: Denoiser, fn: Callable[[State, Tensor], State]):
+    def __init__(self, model: Model, fn: Callable[[State, Tensor], State]):
         super().__init__(model)
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(x0, t), got {type(fn).__name__}")
@@ -52,11 +53,10 @@ class ProjectX0(Guided):
     def project(self, x0: State, t: Tensor) -> State:
         return self.fn(x0, t)
 
-    def predict(self, x: State, t: float | Tensor, **cond: Any) -> tuple[State, State]:
+    def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         tt, alpha, sigma = self.coefficients(x, t)
-        x0, eps = self.inner(x, tt, **cond)
-        x0_new = self.project(x0, tt)
-        return x0_new, eps_from_x0(x, x0_new, eps, alpha, sigma)
+        p = self.inner(x, tt, **cond)
+        return p.with_x0(x, self.project(p.x0(), tt), alpha, sigma)
 
 
 class ClipX0(ProjectX0):
@@ -65,7 +65,7 @@ class ClipX0(ProjectX0):
     Example: ``ClipX0(model, bound=1.0)`` for data scaled to ``[-1, 1]``.
     """
 
-    def __init__(self, model: Denoiser, bound: float = 1.0):
+    def __init__(self, model: Model, bound: float = 1.0):
         if not bound > 0:
             raise ValueError(f"bound must be > 0, got {bound}")
         self.bound = float(bound)
@@ -88,7 +88,7 @@ class DynamicThresholding(ProjectX0):
         max_value: optional upper cap on ``s`` (diffusers' ``sample_max_value``).
     """
 
-    def __init__(self, model: Denoiser, percentile: float = 0.995, bound: float = 1.0,
+    def __init__(self, model: Model, percentile: float = 0.995, bound: float = 1.0,
                  max_value: float | None = None):
         if not 0 < percentile <= 1:
             raise ValueError(f"percentile must lie in (0, 1], got {percentile}")

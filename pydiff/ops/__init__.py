@@ -31,6 +31,7 @@ __all__ = [
     "backend",
     "cpu_capability",
     "lincomb",
+    "lincomb_multi",
     "linear_attention",
 ]
 
@@ -56,6 +57,7 @@ _EXT = _C is not None
 # Eager fast path (C++ argument parsing, see csrc/python.cpp): returns None when this module's
 # Python path has to handle the call (autograd, modes, odd arguments, error messages).
 _lincomb_fast = getattr(_C, "lincomb_fast", None)
+_lincomb_multi_fast = getattr(_C, "lincomb_multi_fast", None)
 
 
 def _kernel_table() -> dict[tuple[str, str], bool]:
@@ -66,7 +68,8 @@ def _kernel_table() -> dict[tuple[str, str], bool]:
     table: dict[tuple[str, str], bool] = {}
     if not _EXT:
         return table
-    for op in ("pydiff::lincomb", "pydiff::attention", "pydiff::linear_attention"):
+    for op in ("pydiff::lincomb", "pydiff::lincomb_multi", "pydiff::attention",
+               "pydiff::linear_attention"):
         for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA")):
             table[op, device_type] = torch._C._dispatch_has_kernel_for_dispatch_key(
                 op, dispatch_key
@@ -141,6 +144,26 @@ def _split_coeff(c: object, x: Tensor, name: str) -> tuple[Tensor | None, float]
     raise TypeError(f"lincomb: {name} is {type(c).__name__}; expected a Python number or a tensor")
 
 
+def _check_terms(terms: Sequence[Tensor], op: str, last_is_noise: bool = False) -> None:
+    x = terms[0]
+    for i, t in enumerate(terms):
+        name = "noise" if last_is_noise and i == len(terms) - 1 else f"terms[{i}]"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} is {type(t).__name__}; expected a tensor")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"{op}: {name} has dtype {t.dtype}; expected float32, float64, float16 or "
+                "bfloat16 (complex states travel as view_as_real)"
+            )
+        if t.shape != x.shape:
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(t.shape)}; expected {tuple(x.shape)} "
+                "(the shape of terms[0])"
+            )
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device}, terms[0] on {x.device}")
+
+
 def lincomb(
     terms: Sequence[Tensor],
     coeffs: Sequence[float | Tensor],
@@ -186,22 +209,7 @@ def lincomb(
     elif noise_coeff is not None:
         raise ValueError("lincomb: noise_coeff was given without noise")
     x = terms[0]
-    for i, t in enumerate(terms):
-        name = f"terms[{i}]" if i < len(coeffs) - (noise is not None) else "noise"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"lincomb: {name} is {type(t).__name__}; expected a tensor")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(
-                f"lincomb: {name} has dtype {t.dtype}; expected float32, float64, float16 or "
-                "bfloat16 (complex states travel as view_as_real)"
-            )
-        if t.shape != x.shape:
-            raise ValueError(
-                f"lincomb: {name} has shape {tuple(t.shape)}; expected {tuple(x.shape)} "
-                "(the shape of terms[0])"
-            )
-        if t.device != x.device:
-            raise ValueError(f"lincomb: {name} is on {t.device}, terms[0] on {x.device}")
+    _check_terms(terms, "lincomb", noise is not None)
     tens: list[Tensor] = []
     index: list[int] = []
     scales: list[float] = []
@@ -236,6 +244,85 @@ def lincomb(
     if out is None:
         return res
     return out.copy_(res)
+
+
+_MAX_OUTPUTS = 4  # kMaxOutputs and kMaxEntries in csrc/lincomb_plan.h
+_MAX_ENTRIES = 32
+
+
+def lincomb_multi(
+    terms: Sequence[Tensor],
+    rows: Sequence[Sequence[float | Tensor | None]],
+    keep: Sequence[bool] | None = None,
+) -> list[Tensor]:
+    """Several fused combinations of the same terms, in one pass over memory.
+
+    Output ``j`` is ``sum_k rows[j][k] * S[k]``, where ``S`` is the terms followed by the outputs
+    before ``j`` (``rows[j]`` has at most ``len(terms) + j`` entries; ``None`` adds nothing).
+    Every term is read from memory once and every kept output written once; an output that a
+    later one reads is summed in registers (or L1), never re-read. Returns the outputs with
+    ``keep[j]`` (default: all), each with terms[0]'s shape and dtype, accumulated as in
+    :func:`lincomb`; coefficients as in :func:`lincomb`. At most 4 outputs and 32 entries.
+    Differentiable (through the pure-torch reference when something requires grad).
+
+    This is how a solver step folds the model's parameterization in: with an eps network,
+    ``x0 = (x - sigma eps) / alpha`` (kept for a multistep history) and the next state, from
+    one read of ``x``, ``eps`` and the stored ``x0_prev``.
+
+    Example:
+        >>> import torch
+        >>> x, eps, x0_prev = torch.ones(2, 3), torch.full((2, 3), 0.5), torch.zeros(2, 3)
+        >>> x0, x_next = lincomb_multi([x, eps, x0_prev],
+        ...                            [[2.0, -1.0],              # x0 = 2 x - eps
+        ...                             [0.5, None, 0.1, 0.25]])  # 0.5 x + 0.1 x0_prev + x0 / 4
+        >>> x0[0, 0].item(), x_next[0, 0].item()
+        (1.5, 0.875)
+    """
+    if _EXT and _lincomb_multi_fast is not None and not torch.compiler.is_compiling():
+        res = _lincomb_multi_fast(terms, rows, keep)
+        if res is not None:
+            return res
+    if isinstance(terms, Tensor) or len(terms) == 0:
+        raise TypeError("lincomb_multi: terms must be a non-empty sequence of tensors")
+    terms = list(terms)
+    _check_terms(terms, "lincomb_multi")
+    x, n_terms = terms[0], len(terms)
+    if isinstance(rows, Tensor) or not 1 <= len(rows) <= _MAX_OUTPUTS:
+        raise ValueError(f"lincomb_multi: rows must be a sequence of 1 to {_MAX_OUTPUTS} "
+                         "coefficient rows, one per output")
+    keep = [True] * len(rows) if keep is None else [bool(k) for k in keep]
+    if len(keep) != len(rows):
+        raise ValueError(f"lincomb_multi: keep has {len(keep)} entries for {len(rows)} rows")
+    tens: list[Tensor] = []
+    index: list[int] = []
+    scales: list[float] = []
+    sources: list[int] = []
+    counts: list[int] = []
+    for j, row in enumerate(rows):
+        if len(row) > n_terms + j:
+            raise ValueError(
+                f"lincomb_multi: rows[{j}] has {len(row)} entries; output {j} combines at most "
+                f"{n_terms + j} sources (the {n_terms} terms and the {j} outputs before it)")
+        count = 0
+        for k, c in enumerate(row):
+            if c is None:
+                continue
+            ct, s = _split_coeff(c, x, f"rows[{j}][{k}]")
+            index.append(-1 if ct is None else len(tens))
+            if ct is not None:
+                tens.append(ct)
+            scales.append(s)
+            sources.append(k)
+            count += 1
+        counts.append(count)
+    if len(sources) > _MAX_ENTRIES:
+        raise ValueError(f"lincomb_multi: {len(sources)} coefficients; at most {_MAX_ENTRIES}")
+    args = (terms, tens, index, scales, sources, counts, [int(k) for k in keep])
+    needs_grad = torch.is_grad_enabled() and (
+        any(t.requires_grad for t in terms) or any(c.requires_grad for c in tens))
+    if not needs_grad and _has_kernel(x.device, "pydiff::lincomb_multi"):
+        return list(torch.ops.pydiff.lincomb_multi.default(*args))
+    return _reference.lincomb_multi(*args)
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,43 @@ def lincomb(
     return res.to(dtype).contiguous()
 
 
+def lincomb_multi(
+    terms: Sequence[Tensor],
+    coeffs: Sequence[Tensor],
+    coeff_index: Sequence[int],
+    scales: Sequence[float],
+    sources: Sequence[int],
+    counts: Sequence[int],
+    keep: Sequence[int],
+) -> list[Tensor]:
+    """Several combinations of the same terms, computed in order (see ``csrc/ops.cpp``).
+
+    Output j sums its ``counts[j]`` entries; entry e adds ``scales[e] * coeffs[coeff_index[e]]
+    * S[sources[e]]`` where ``S`` is the terms followed by the outputs so far (kept in the
+    accumulation dtype, as the kernels keep them in registers). Returns the outputs with
+    ``keep[j]``, in terms[0]'s dtype, contiguous.
+    """
+    dtype = terms[0].dtype
+    acc = acc_dtype(dtype)
+    values: list[Tensor] = []
+    kept: list[Tensor] = []
+    e = 0
+    for j, count in enumerate(counts):
+        res = torch.zeros(terms[0].shape, dtype=acc, device=terms[0].device)
+        for _ in range(count):
+            src, i, s = sources[e], coeff_index[e], scales[e]
+            t = terms[src].to(acc) if src < len(terms) else values[src - len(terms)]
+            if i < 0:
+                res = res + t * s
+            else:
+                res = res + (coeffs[i].to(device=t.device, dtype=acc) * s) * t
+            e += 1
+        values.append(res)
+        if keep[j]:
+            kept.append(res.to(dtype).contiguous())
+    return kept
+
+
 def check_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
     """Raise a ValueError naming the argument when q, k, v, mask do not fit together."""
     for name, t in (("q", q), ("k", k), ("v", v)):

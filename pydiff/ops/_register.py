@@ -74,6 +74,27 @@ def _lincomb_backward(ctx: Any, grad: Tensor) -> tuple:
     return grad_terms, grad_coeffs, None, None
 
 
+def _lincomb_multi_fake(
+    terms: list[Tensor],
+    coeffs: list[Tensor],
+    coeff_index: list[int],
+    scales: list[float],
+    sources: list[int],
+    counts: list[int],
+    keep: list[int],
+) -> list[Tensor]:
+    x = terms[0]
+    return [x.new_empty(x.shape) for k in keep if k]
+
+
+def _lincomb_multi_backward(ctx: Any, *grads: Tensor) -> tuple:
+    raise RuntimeError(
+        "pydiff::lincomb_multi has no derivative of its own: pydiff.ops.lincomb_multi computes "
+        "the outputs with differentiable pydiff.ops.lincomb calls when a term or coefficient "
+        "requires grad; call that instead of torch.ops.pydiff.lincomb_multi"
+    )
+
+
 def _attention_fake(
     q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -161,6 +182,10 @@ def register() -> None:
     torch.library.register_fake("pydiff::lincomb_out")(_lincomb_out_fake)
     torch.library.register_autograd(
         "pydiff::lincomb", _lincomb_backward, setup_context=_lincomb_setup_context
+    )
+    torch.library.register_fake("pydiff::lincomb_multi")(_lincomb_multi_fake)
+    torch.library.register_autograd(
+        "pydiff::lincomb_multi", _lincomb_multi_backward, setup_context=_setup_nothing
     )
     torch.library.register_fake("pydiff::attention")(_attention_fake)
     torch.library.register_fake("pydiff::attention_backward")(_attention_backward_fake)

@@ -31,6 +31,7 @@ from .flow import FlowEuler, FlowMidpoint
 from .inversion import BDIA, BDIAInversion, DDIMInversion
 from .langevin import PredictorCorrector
 from .linear_multistep import DEIS, GHVB, LMS, PLMS, HeavyBall
+from .resampling import Resampling
 from .time_shift import TimeShiftDDIM
 from .unipc import UniPC
 
@@ -78,7 +79,8 @@ def get_solver(solver: str | Solver, **kwargs: Any) -> Solver:
 
 
 __all__ = ["Solver", "SolverState", "Coefficients", "combine", "register", "get_solver",
-           "available_solvers", "SOLVERS", "DDPM", "DDIM", "Euler", "Heun", "EulerMaruyama",
+           "available_solvers", "SOLVERS", "Resampling", "DDPM", "DDIM", "Euler", "Heun",
+           "EulerMaruyama",
            "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MSDE", "DPMSolverMultistep",
            "DPMSolverSinglestep", "MRSampler", "EulerAncestral", "PLMS", "HeavyBall", "GHVB",
            "UniPC", "FlowEuler", "FlowMidpoint", "MultistepConsistency", "PredictorCorrector",

@@ -14,6 +14,12 @@ Writing a solver means writing two methods:
 - ``step(state, model) -> SolverState``: ``x0 = self.evaluate(model, state)``, then
   ``self.advance(state, combine([...], [c["a"], c["b"]]), history=...)`` with ``c = state.coef``.
 
+The model is a :class:`pydiff.Model`: ``model.evaluate(x, t)`` returns a
+:class:`pydiff.Prediction`, whose x0 (or eps) reaches the solver as a lazy
+:class:`pydiff.Linear` term when the network predicts something else (eps, v, score): ``combine``
+folds that map into the stage's one pass (``keep=`` writes the x0 a multistep history stores in
+the same pass), so an eps network costs the step no extra pass over memory.
+
 Example:
     >>> import torch, pydiff
     >>> sched = pydiff.schedules.VPSchedule()
@@ -38,6 +44,7 @@ import torch
 from .. import ops
 from ..grids import check_grid
 from ..hooks import Hook, StepContext, apply_hooks
+from ..model import Linear, Prediction
 from ..noise import Generators, check_generator, randn_like
 from ..schedules import F64, Schedule
 from ..tree import State, batch_size, leaves, per_sample, tree_map
@@ -119,14 +126,99 @@ class SolverState:
         return dataclasses.replace(self, **changes)
 
 
-def combine(terms: Sequence[State], coeffs: Sequence[Coef], noise: State | None = None,
-            noise_coeff: Coef | None = None) -> State:
-    """One fused solver stage ``sum c_k T_k + c_z z`` on tensor or dict states."""
-    if isinstance(terms[0], dict):
-        return {k: ops.lincomb([t[k] for t in terms], coeffs,
-                               None if noise is None else noise[k], noise_coeff)
-                for k in terms[0]}
-    return ops.lincomb(list(terms), list(coeffs), noise, noise_coeff)
+def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State | None = None,
+            noise_coeff: Coef | None = None, *, keep: State | Linear | None = None
+            ) -> State | tuple[State, State]:
+    """One fused solver stage ``sum c_k T_k + c_z z`` on tensor or dict states.
+
+    A term may be a :class:`pydiff.Linear` (a model's x0 or eps not yet in memory, from
+    :meth:`Solver.evaluate`): its map folds into the same pass, which reads the network output
+    and the state once. ``keep`` (one of the terms) is the model output a multistep solver
+    stores: ``combine`` then returns ``(result, keep as a tensor)``, both written in that pass.
+    """
+    if not any(isinstance(t, Linear) for t in terms):
+        if isinstance(terms[0], dict):
+            res = {k: ops.lincomb([t[k] for t in terms], coeffs,
+                                  None if noise is None else noise[k], noise_coeff)
+                   for k in terms[0]}
+        else:
+            res = ops.lincomb(list(terms), list(coeffs), noise, noise_coeff)
+        return res if keep is None else (res, keep)
+    first = terms[0].basis[0] if isinstance(terms[0], Linear) else terms[0]
+    if isinstance(first, dict):
+        parts = {k: _fused(terms, coeffs, noise, noise_coeff, keep, k) for k in first}
+        res = {k: v[0] for k, v in parts.items()}
+        return res if keep is None else (res, {k: v[1] for k, v in parts.items()})
+    res, kept = _fused(terms, coeffs, noise, noise_coeff, keep, None)
+    return res if keep is None else (res, kept)
+
+
+def _fused(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State | None,
+           noise_coeff: Coef | None, keep: State | Linear | None, key: str | None
+           ) -> tuple[Tensor, Tensor | None]:
+    """:func:`combine` with Linear terms, on one leaf (``key`` of dict states): one
+    ``ops.lincomb_multi`` whose first outputs are the Linear terms (kept or not) and whose last
+    is the stage."""
+    def leaf(v: State) -> Tensor:
+        return v if key is None else v[key]
+
+    inputs: list[Tensor] = []
+    slots: dict[int, int] = {}
+
+    def slot(v: State) -> int:
+        t = leaf(v)
+        i = slots.get(id(t))
+        if i is None:
+            i = slots[id(t)] = len(inputs)
+            inputs.append(t)
+        return i
+
+    linears: list[Linear] = []
+    for t in terms:
+        if isinstance(t, Linear):
+            if all(t is not u for u in linears):
+                linears.append(t)
+            for b in t.basis:
+                slot(b)
+        else:
+            slot(t)
+    if len(linears) > 3:  # the kernel's 4 outputs: materialize the rest first
+        extra = linears[3:]
+        values = [u.value() for u in extra]
+        terms = [values[extra.index(t)] if any(t is u for u in extra) else t for t in terms]
+        if any(keep is u for u in extra):
+            keep = values[[keep is u for u in extra].index(True)]
+        return _fused(terms, coeffs, noise, noise_coeff, keep, key)
+    if noise is not None:
+        slot(noise)
+    n = len(inputs)
+    rows: list[list] = []
+    for lin in linears:
+        row: list = [None] * n
+        for b, c in zip(lin.basis, lin.coefs):
+            if c is not None:
+                _add(row, slots[id(leaf(b))], c)
+        rows.append(row)
+    last: list = [None] * (n + len(linears))
+    for t, c in zip(terms, coeffs):
+        if isinstance(t, Linear):
+            _add(last, n + next(j for j, u in enumerate(linears) if u is t), c)
+        else:
+            _add(last, slots[id(leaf(t))], c)
+    if noise is not None:
+        _add(last, slots[id(leaf(noise))], noise_coeff)
+    rows.append(last)
+    keep_at = next((j for j, u in enumerate(linears) if u is keep), None)
+    flags = [j == keep_at for j in range(len(linears))] + [True]
+    outs = ops.lincomb_multi(inputs, rows, flags)
+    if keep is None or keep_at is not None:
+        return outs[-1], (outs[0] if keep_at is not None else None)
+    return outs[-1], leaf(keep)
+
+
+def _add(row: list, i: int, c: Coef) -> None:
+    # a source met twice (a history slot that repeats the newest output) sums its coefficients
+    row[i] = c if row[i] is None else row[i] + c
 
 
 class Solver:
@@ -211,20 +303,23 @@ class Solver:
                            times=grid.unbind(0))
 
     def evaluate(self, model: Any, state: SolverState, x: State | None = None,
-                 at: int | Tensor | None = None) -> State:
+                 at: int | Tensor | None = None) -> State | Linear:
         """The model's x0 prediction at ``x`` (default: the state) and grid point ``at``.
 
-        ``at`` is a grid index or a float64 time tensor (intermediate stage times).
+        ``at`` is a grid index or a float64 time tensor (intermediate stage times). The result
+        is a solver term: a tensor, or a :class:`pydiff.Linear` (the network output and the
+        parameterization's map) that :func:`combine` folds into the step's fused pass; call
+        ``.value()`` where a tensor is needed.
         """
-        return model.x0(state.x if x is None else x, _time(state, at))
+        return _evaluate(model, state.x if x is None else x, _time(state, at)).x0_term
 
     def predict(self, model: Any, state: SolverState, x: State | None = None,
-                at: int | Tensor | None = None) -> tuple[State, State]:
-        """``(x0, eps)`` at ``x`` (default: the state) and grid point ``at`` (or a time tensor).
-
-        Solvers written in noise prediction use this instead of :meth:`evaluate`.
+                at: int | Tensor | None = None) -> tuple[State | Linear, State | Linear]:
+        """``(x0, eps)`` terms at ``x`` (default: the state) and grid point ``at`` (or a time
+        tensor), as :meth:`evaluate` gives x0. Solvers written in noise prediction use this.
         """
-        return model.predict(state.x if x is None else x, _time(state, at))
+        p = _evaluate(model, state.x if x is None else x, _time(state, at))
+        return p.x0_term, p.eps_term
 
     def noise(self, state: SolverState, *, path: bool = True) -> State:
         """Standard normal noise shaped like the state, from the state's generator(s).
@@ -240,6 +335,9 @@ class Solver:
                 nfe: int = 1, aux: tuple[State, ...] = ()) -> SolverState:
         """Finish a step: run the hooks at the new level, move to the next grid point."""
         i = state.i + 1
+        # a model output stored without combine(keep=...) is materialized here
+        history = tuple(h.value() if isinstance(h, Linear) else h for h in history)
+        aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux)
         if state.hooks:
             ctx = StepContext(step=state.i, t=state.grid[i], alpha=state.alpha[i],
                               sigma=state.sigma[i], generator=state.generator,
@@ -250,6 +348,14 @@ class Solver:
     def __repr__(self) -> str:
         args = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+
+def _evaluate(model: Any, x: State, t: Tensor) -> Prediction:
+    evaluate = getattr(model, "evaluate", None)
+    if evaluate is None:
+        raise TypeError(f"model must implement pydiff.Model (evaluate(x, t) -> Prediction), got "
+                        f"{type(model).__name__}; wrap a network in pydiff.Denoiser")
+    return evaluate(x, t)
 
 
 def _time(state: SolverState, at: int | Tensor | None) -> Tensor:

@@ -169,8 +169,8 @@ class DPMSolverMultistep(_ExpIntegrator):
     def step(self, state: SolverState, model) -> SolverState:
         c = state.coef
         m = self.output(model, state)
-        hist = (m, *state.history)[: self.order]
-        prev = [hist[k] if k < len(hist) else m for k in (1, 2)]  # unused slots weigh 0
+        old = state.history
+        prev = [old[k] if k < len(old) else m for k in (0, 1)]  # unused slots weigh 0
         terms, coeffs = [state.x, m], [c["x"], c["m0"]]
         if self.order >= 2:
             terms.append(prev[0])
@@ -178,11 +178,12 @@ class DPMSolverMultistep(_ExpIntegrator):
         if self.order >= 3:
             terms.append(prev[1])
             coeffs.append(c["m2"])
+        # m (x0 or eps) is written for the history in the same pass as the step
         if self.eta > 0:
-            x = combine(terms, coeffs, self.noise(state), c["z"])
+            x, m = combine(terms, coeffs, self.noise(state), c["z"], keep=m)
         else:
-            x = combine(terms, coeffs)
-        return self.advance(state, x, history=hist)
+            x, m = combine(terms, coeffs, keep=m)
+        return self.advance(state, x, history=(m, *old)[: self.order])
 
 
 class DPMSolverPP2M(DPMSolverMultistep):

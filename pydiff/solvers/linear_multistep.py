@@ -192,7 +192,8 @@ class PLMS(Solver):
         hist = (e, *state.history)[:4]
         terms = [state.x, *hist]
         coeffs = [c["x"], *(c[f"e{k}"] for k in range(len(hist)))]
-        return self.advance(state, combine(terms, coeffs), history=hist[:3])
+        x, e = combine(terms, coeffs, keep=e)
+        return self.advance(state, x, history=(e, *hist[1:3]))
 
     def _runge_kutta(self, state: SolverState, model, e1) -> SolverState:
         # RK4 on the transfer: two half-step stages, one full-step stage, weights 1/6, 1/3, 1/3, 1/6
@@ -304,7 +305,9 @@ class HeavyBall(Solver):
         e = self.predict(model, state)[1]
         hist = (e, *state.history)[: self.ab_order]
         v = state.aux[0] if state.aux else e  # v starts at the first eps
-        v = combine([v, *hist], [1 - self.beta, *(c[f"v_e{k}"] for k in range(len(hist)))])
+        v, e = combine([v, *hist], [1 - self.beta, *(c[f"v_e{k}"] for k in range(len(hist)))],
+                       keep=e)
+        hist = (e, *hist[1:])
         x = combine([state.x, v], [c["x"], c["e"]])
         return self.advance(state, x, history=hist[: self.ab_order - 1], aux=(v,))
 

@@ -158,8 +158,10 @@ class UniPC(Solver):
         x = state.x
         if state.flags["correct"][state.i]:
             prev = state.history
-            x = combine([state.aux[0], m, *prev],
-                        [c["c_x"], c["c_new"], *(c[f"c_m{k}"] for k in range(len(prev)))])
+            x, m = combine([state.aux[0], m, *prev],
+                           [c["c_x"], c["c_new"], *(c[f"c_m{k}"] for k in range(len(prev)))],
+                           keep=m)
         hist = (m, *state.history)[: self.order]
-        x_next = combine([x, *hist], [c["p_x"], *(c[f"p_m{k}"] for k in range(len(hist)))])
-        return self.advance(state, x_next, history=hist, aux=(x,))
+        x_next, m = combine([x, *hist], [c["p_x"], *(c[f"p_m{k}"] for k in range(len(hist)))],
+                            keep=m)
+        return self.advance(state, x_next, history=(m, *hist[1:]), aux=(x,))

@@ -19,7 +19,7 @@ in every pass).
 
 Example:
     >>> import torch, pydiff
-    >>> from pydiff.guidance import Resampling
+    >>> from pydiff.solvers import Resampling
     >>> sched = pydiff.schedules.VPSchedule()
     >>> model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), sched)
     >>> known, mask = torch.ones(2, 4), torch.tensor([1.0, 1.0, 0.0, 0.0])
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ..schedules import Schedule
-from ..solvers import Solver, SolverState, combine, get_solver
+from .base import Solver, SolverState, combine
 
 Tensor = torch.Tensor
 
@@ -60,6 +60,8 @@ class Resampling(Solver):
         for arg, value in (("jumps", jumps), ("jump_length", jump_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
+        from . import get_solver  # the registry imports this module
+
         self.base = get_solver(solver, **options)
         self.jumps, self.jump_length = jumps, jump_length
         self.order = self.base.order
