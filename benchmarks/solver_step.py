@@ -13,7 +13,9 @@ For each size (float32 elements) the script times, in the same run:
 - ``diffusers x0`` / ``eps`` / ``v``: ``scheduler.step`` with ``prediction_type="sample"`` /
   ``"epsilon"`` / ``"v_prediction"``.
 
-The network itself costs nothing (it returns a precomputed tensor). Times are medians over
+The network itself costs nothing: it returns one of two precomputed tensors in turn (so the
+history of a multistep step is distinct memory, as with a real network; a model returning the
+very same tensor every step made the x0 step read one tensor twice). Times are medians over
 steps in the middle of a 1000-step schedule. Derived columns: ``eps/x0`` (the parameterization's
 cost relative to the x0-ready step), ``copies`` (pydiff eps step / copy_) and ``vs diff.``
 (diffusers' eps step / pydiff's eps step). Prints a table and writes
@@ -59,21 +61,34 @@ def _reps(n: int) -> int:
 class _ReadyX0(pydiff.Model):
     """A model whose x0 prediction is already computed (measures the solver alone)."""
 
-    def __init__(self, schedule, d: torch.Tensor):
+    def __init__(self, schedule, outputs: list[torch.Tensor]):
         super().__init__(schedule)
-        self.d = d
+        self.outputs, self.calls = outputs, 0
 
     def evaluate(self, x, t):
-        return pydiff.Prediction((self.d,), x0=(1.0,), eps=(None,))
+        self.calls += 1
+        return pydiff.Prediction((self.outputs[self.calls % 2],), x0=(1.0,), eps=(None,))
+
+
+def _alternating(outputs: list[torch.Tensor]):
+    """A network returning two precomputed outputs in turn: like a real network, each step's
+    output is a tensor of its own, so a multistep history reads distinct memory."""
+    calls = [0]
+
+    def net(x, t):
+        calls[0] += 1
+        return outputs[calls[0] % 2]
+
+    return net
 
 
 def time_pydiff(n: int, reps: int, prediction: str | None, out_dtype=torch.float32) -> float:
     """One step; ``prediction=None`` is the x0-ready model, else a Denoiser network."""
     sched = pydiff.DiscreteSchedule.scaled_linear()
     x = torch.randn(1, n)
-    out = (torch.randn(1, n) * 0.1).to(out_dtype)
-    model = (_ReadyX0(sched, out) if prediction is None
-             else pydiff.Denoiser(lambda x, t: out, sched, prediction=prediction))
+    outputs = [(torch.randn(1, n) * 0.1).to(out_dtype) for _ in range(2)]
+    model = (_ReadyX0(sched, outputs) if prediction is None
+             else pydiff.Denoiser(_alternating(outputs), sched, prediction=prediction))
     solver = pydiff.solvers.get_solver("dpmpp_2m")
     state = solver.init(x, sched, pydiff.timesteps(sched, STEPS, "logsnr"))
     for _ in range(3):

@@ -17,6 +17,7 @@
 
 #include "lincomb_plan.h"
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -230,6 +231,28 @@ py::object lincomb_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle 
   return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res)));
 }
 
+// Runs pydiff::lincomb_multi below autograd on parsed arguments; false (nothing run) when an
+// entry limit is exceeded or a coefficient requires grad.
+bool call_multi(const std::vector<at::Tensor>& terms, const std::vector<at::Tensor>& tens,
+                const std::vector<int64_t>& index, const std::vector<double>& scales,
+                const std::vector<int64_t>& sources, const std::vector<int64_t>& counts,
+                const std::vector<int64_t>& keep, std::vector<at::Tensor>& res) {
+  if (sources.size() > static_cast<size_t>(kMaxEntries)) return false;
+  if (at::GradMode::is_enabled())
+    for (const auto& c : tens)
+      if (c.requires_grad()) return false;
+  static auto fn = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pydiff::lincomb_multi", "")
+                       .typed<std::vector<at::Tensor>(
+                           at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
+                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  std::optional<py::gil_scoped_release> no_gil;
+  if (terms[0].numel() >= kReleaseGilElems) no_gil.emplace();
+  at::AutoDispatchBelowADInplaceOrView guard;  // nothing requires grad (checked by callers)
+  res = fn.call(terms, tens, index, scales, sources, counts, keep);
+  return true;
+}
+
 // Eager fast path of pydiff.ops.lincomb_multi (same contract as lincomb_fast).
 py::object lincomb_multi_fast(py::handle terms_obj, py::handle rows_obj, py::handle keep_obj) {
   const py::object none = py::none();
@@ -272,25 +295,142 @@ py::object lincomb_multi_fast(py::handle terms_obj, py::handle rows_obj, py::han
     }
     counts.push_back(count);
   }
-  if (sources.size() > static_cast<size_t>(kMaxEntries)) return none;
-  const bool grad_mode = at::GradMode::is_enabled();
-  for (const auto& c : tens)
-    if (grad_mode && c.requires_grad()) return none;
-  static auto fn = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pydiff::lincomb_multi", "")
-                       .typed<std::vector<at::Tensor>(
-                           at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
-                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
   std::vector<at::Tensor> res;
-  {
-    std::optional<py::gil_scoped_release> no_gil;
-    if (x.numel() >= kReleaseGilElems) no_gil.emplace();
-    at::AutoDispatchBelowADInplaceOrView guard;  // nothing requires grad (checked above)
-    res = fn.call(ts, tens, index, scales, sources, counts, keep);
-  }
+  if (!call_multi(ts, tens, index, scales, sources, counts, keep, res)) return none;
   py::list out;
   for (auto& t : res) out.append(py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(t))));
   return std::move(out);
+}
+
+// Eager fast path of pydiff.solvers.combine when terms are pydiff.Linear (a model's x0/eps as a
+// map of the network output): the same ops.lincomb_multi call the Python path builds, built
+// here. Returns (result, kept or None), or None for anything but tensor states of plain
+// tensors without grad whose repeated sources have number coefficients.
+py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noise_obj,
+                     py::handle noise_coeff_obj, py::handle keep_obj, py::handle linear_type) {
+  const py::object none = py::none();
+  if (!plain_dispatch()) return none;
+  PyObject* terms = terms_obj.ptr();
+  PyObject* coeffs = coeffs_obj.ptr();
+  if (!(PyList_Check(terms) || PyTuple_Check(terms)) ||
+      !(PyList_Check(coeffs) || PyTuple_Check(coeffs)))
+    return none;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(terms);
+  if (n == 0 || PySequence_Fast_GET_SIZE(coeffs) != n) return none;
+  PyTypeObject* linear = reinterpret_cast<PyTypeObject*>(linear_type.ptr());
+  PyObject** titems = PySequence_Fast_ITEMS(terms);
+  PyObject** citems = PySequence_Fast_ITEMS(coeffs);
+
+  std::vector<PyObject*> input_objs;   // distinct tensors, by identity
+  std::vector<at::Tensor> inputs;
+  std::vector<PyObject*> linears;      // distinct Linear terms
+  std::vector<py::object> holders;     // keeps basis/coefs tuples alive
+  auto slot_of = [&](PyObject* o) -> int {
+    for (size_t q = 0; q < input_objs.size(); ++q)
+      if (input_objs[q] == o) return static_cast<int>(q);
+    return -1;
+  };
+  auto add_input = [&](PyObject* o) -> bool {
+    if (slot_of(o) >= 0) return true;
+    at::Tensor t;
+    if (!plain_tensor(o, &t)) return false;
+    input_objs.push_back(o);
+    inputs.push_back(std::move(t));
+    return true;
+  };
+  std::vector<std::pair<PyObject*, PyObject*>> lin_parts;  // (basis, coefs) per Linear
+  for (Py_ssize_t k = 0; k < n; ++k) {
+    PyObject* t = titems[k];
+    if (Py_TYPE(t) == linear) {
+      if (std::find(linears.begin(), linears.end(), t) != linears.end()) continue;
+      py::object basis = py::reinterpret_steal<py::object>(PyObject_GetAttrString(t, "basis"));
+      py::object cs = py::reinterpret_steal<py::object>(PyObject_GetAttrString(t, "coefs"));
+      if (!basis || !cs) {
+        PyErr_Clear();
+        return none;
+      }
+      if (!PyTuple_Check(basis.ptr()) || !PyTuple_Check(cs.ptr()) ||
+          PyTuple_GET_SIZE(basis.ptr()) != PyTuple_GET_SIZE(cs.ptr()))
+        return none;
+      for (Py_ssize_t b = 0; b < PyTuple_GET_SIZE(basis.ptr()); ++b)
+        if (!add_input(PyTuple_GET_ITEM(basis.ptr(), b))) return none;
+      linears.push_back(t);
+      lin_parts.emplace_back(basis.ptr(), cs.ptr());
+      holders.push_back(std::move(basis));
+      holders.push_back(std::move(cs));
+    } else if (!add_input(t)) {
+      return none;
+    }
+  }
+  const bool has_noise = !noise_obj.is_none();
+  if (has_noise && !add_input(noise_obj.ptr())) return none;
+  if (linears.empty() || linears.size() + 1 > static_cast<size_t>(kMaxOutputs)) return none;
+  if (!usable_terms(inputs)) return none;
+  const at::Tensor& x = inputs[0];
+  const int nin = static_cast<int>(inputs.size());
+  const int nlin = static_cast<int>(linears.size());
+
+  // rows as (source, coefficient object); a repeated source needs its coefficients summed,
+  // which only numbers allow here
+  std::vector<std::vector<std::pair<int, PyObject*>>> rows(nlin + 1);
+  auto put = [&](int j, int src, PyObject* c) -> bool {
+    if (c == Py_None) return true;
+    for (auto& e : rows[j]) {
+      if (e.first != src) continue;
+      if (!PyFloat_Check(e.second) || !PyFloat_Check(c)) return false;
+      holders.push_back(py::reinterpret_steal<py::object>(
+          PyFloat_FromDouble(PyFloat_AS_DOUBLE(e.second) + PyFloat_AS_DOUBLE(c))));
+      e.second = holders.back().ptr();
+      return true;
+    }
+    rows[j].emplace_back(src, c);
+    return true;
+  };
+  for (int l = 0; l < nlin; ++l) {
+    PyObject* basis = lin_parts[l].first;
+    PyObject* cs = lin_parts[l].second;
+    for (Py_ssize_t b = 0; b < PyTuple_GET_SIZE(basis); ++b)
+      if (!put(l, slot_of(PyTuple_GET_ITEM(basis, b)), PyTuple_GET_ITEM(cs, b))) return none;
+  }
+  for (Py_ssize_t k = 0; k < n; ++k) {
+    PyObject* t = titems[k];
+    const int src = Py_TYPE(t) == linear
+        ? nin + static_cast<int>(std::find(linears.begin(), linears.end(), t) - linears.begin())
+        : slot_of(t);
+    if (!put(nlin, src, citems[k])) return none;
+  }
+  if (has_noise) {
+    if (noise_coeff_obj.is_none()) return none;
+    if (!put(nlin, slot_of(noise_obj.ptr()), noise_coeff_obj.ptr())) return none;
+  }
+  int keep_at = -1;
+  if (!keep_obj.is_none()) {
+    auto it = std::find(linears.begin(), linears.end(), keep_obj.ptr());
+    if (it == linears.end()) return none;
+    keep_at = static_cast<int>(it - linears.begin());
+  }
+
+  std::vector<at::Tensor> tens;
+  std::vector<int64_t> index, sources, counts, keep;
+  std::vector<double> scales;
+  for (int j = 0; j <= nlin; ++j) {
+    // by source, as the Python path's dense rows order them (so both round alike)
+    std::stable_sort(rows[j].begin(), rows[j].end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& e : rows[j]) {
+      if (!parse_coef(e.second, x, tens, index, scales)) return none;
+      sources.push_back(e.first);
+    }
+    counts.push_back(static_cast<int64_t>(rows[j].size()));
+    keep.push_back(j == keep_at || j == nlin ? 1 : 0);
+  }
+  std::vector<at::Tensor> res;
+  if (!call_multi(inputs, tens, index, scales, sources, counts, keep, res)) return none;
+  py::object result = py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res.back())));
+  py::object kept = keep_at >= 0
+      ? py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res.front())))
+      : none;
+  return py::make_tuple(result, kept);
 }
 
 }  // namespace
@@ -310,6 +450,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("lincomb_fast", &pydiff::lincomb_fast, py::arg("terms"), py::arg("coeffs"),
         py::arg("noise"), py::arg("noise_coeff"), py::arg("out"),
         "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");
+  m.def("fold_fast", &pydiff::fold_fast, py::arg("terms"), py::arg("coeffs"), py::arg("noise"),
+        py::arg("noise_coeff"), py::arg("keep"), py::arg("linear_type"),
+        "Eager fast path of pydiff.solvers.combine with pydiff.Linear terms; None when the "
+        "Python path must run.");
   m.def("lincomb_multi_fast", &pydiff::lincomb_multi_fast, py::arg("terms"), py::arg("rows"),
         py::arg("keep"),
         "Eager fast path of pydiff.ops.lincomb_multi; returns None when the Python path must run.");

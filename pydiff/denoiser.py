@@ -105,6 +105,8 @@ class Denoiser(Model):
         self.sigma_data = float(sigma_data if sigma_data is not None
                                 else getattr(schedule, "sigma_data", 0.5))
         self._levels: dict[tuple, tuple[Tensor, list[dict[str, Any]]]] = {}
+        # per grid row (by identity): what a repeated call at that row needs, see evaluate
+        self._ready: dict[int, tuple] = {}
 
     # -- configuration ---------------------------------------------------------------------
     def network_time(self, t: Tensor) -> Tensor:
@@ -148,6 +150,8 @@ class Denoiser(Model):
             whole = self._compute_level(base)
             rows = [{name: tuple(_row(v, r) for v in value) if isinstance(value, tuple)
                      else value[r] for name, value in whole.items()} for r in range(base.shape[0])]
+            for row_level in rows:
+                row_level["cached"] = True
             if len(self._levels) >= 16:
                 self._levels.clear()
             hit = self._levels[key] = (base, rows)
@@ -192,8 +196,18 @@ class Denoiser(Model):
     def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         """x0 and eps at state ``x`` and time ``t`` (one network evaluation), as the network
         output and the parameterization's linear map (see :class:`pydiff.Prediction`)."""
+        if not cond and type(x) is Tensor:
+            # a solver's step: t is a row of its grid, seen before (see _level): the network
+            # input time and the maps are ready, and the call costs the network alone
+            hit = self._ready.get(id(t))
+            if (hit is not None and hit[0] is t and hit[1] == t._version
+                    and hit[2] == x.shape[0] and hit[3] is x.dtype and hit[4].device == x.device):
+                out = self.net(x, hit[4], **self.cond)
+                if type(out) is Tensor and out.shape == x.shape:
+                    return Prediction((x, out), hit[5], hit[6])
         cond = {**self.cond, **cond} if cond else self.cond
         ref = x if isinstance(x, Tensor) else leaves(x)[0]
+        t_arg = t
         t = as_time(t, ref.device)
         level = self._level(t)
         if t.dim() == 0:
@@ -220,7 +234,17 @@ class Denoiser(Model):
             out = self._call_net(x_in, t_net, cond)
             if shift is not None and self.prediction == "x0":
                 return Prediction((x, out, shift), level["x0"], level["eps"])
+        if (t is t_arg and level.get("cached") and shift is None and self.precond is None
+                and self.dtype is None and type(x) is Tensor):
+            if len(self._ready) >= 4096:
+                self._ready.clear()
+            self._ready[id(t)] = (t, t._version, x.shape[0], x.dtype,
+                                  self._net_time(t_net, x.dtype), level["x0"], level["eps"])
         return Prediction((x, out), level["x0"], level["eps"])
+
+    def _net_time(self, t_net: Tensor, dtype: torch.dtype) -> Tensor:
+        # time stays at least float32: bf16 would round 999 t to multiples of 4 near 1000
+        return t_net.to(torch.float64 if (self.dtype or dtype) == torch.float64 else torch.float32)
 
     def _call_net(self, x_in: State, t_net: Tensor, cond: dict) -> State:
         # a half-precision output stays half: the solver's fused step reads it as it is

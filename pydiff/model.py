@@ -190,7 +190,7 @@ def _scaled(coefs: tuple[Coef, ...], factor: Tensor) -> tuple[Coef, ...]:
 
 def _term(basis: tuple[State, ...], coefs: tuple[Coef, ...]) -> State | Linear:
     used = [k for k, c in enumerate(coefs) if c is not None]
-    if len(used) == 1 and isinstance(coefs[used[0]], float) and coefs[used[0]] == 1.0:
+    if len(used) == 1 and type(coefs[used[0]]) is float and coefs[used[0]] == 1.0:
         v = basis[used[0]]
         ref = basis[0]
         same = (v.dtype == ref.dtype if torch.is_tensor(v)

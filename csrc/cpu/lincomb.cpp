@@ -405,14 +405,6 @@ struct MultiSpec {
   std::vector<int64_t> source, count, keep;
 };
 
-inline fVec load_any(const char* p, at::ScalarType dt, int64_t i) {
-  switch (dt) {
-    case at::kFloat: return fVec::loadu(reinterpret_cast<const float*>(p) + i);
-    case at::kHalf: return load_f(reinterpret_cast<const at::Half*>(p) + i);
-    default: return load_f(reinterpret_cast<const at::BFloat16*>(p) + i);
-  }
-}
-
 inline float read_any(const char* p, at::ScalarType dt, int64_t i) {
   switch (dt) {
     case at::kFloat: return reinterpret_cast<const float*>(p)[i];
@@ -421,48 +413,68 @@ inline float read_any(const char* p, at::ScalarType dt, int64_t i) {
   }
 }
 
-template <int U>
-inline fVec pick(const fVec (&a)[kMaxOutputs][U], int64_t l, int u) {
-  switch (l) {
-    case 0: return a[0][u];
-    case 1: return a[1][u];
-    case 2: return a[2][u];
-    default: return a[3][u];
-  }
-}
-
 // The common case of lincomb_multi with the sums in registers (as fused_same_dtype): unit-stride
 // float32/half/bf16 terms and outputs, coefficients constant along the chunk. Term dtypes may
-// differ (a float32 state with a half-precision network output).
+// differ (a float32 state with a half-precision network output). Output j lives in U vector
+// registers; j is a compile-time constant in each unrolled part, and the dtype of a term and
+// the index of an earlier output are switched on once per block, not per vector.
 template <typename TO>
 void fused_multi(const MultiSpec& m, const char* const* tp, const at::ScalarType* tdt,
                  const float* c, TO* const* outp, int64_t n, bool prefetch) {
-  constexpr int U = 4;
+  constexpr int U = 8;
   constexpr int64_t W = fVec::size();
   const int R = static_cast<int>(m.count.size());
+  // entries of each output: [first[j], first[j + 1])
+  int first[kMaxOutputs + 1] = {0, 0, 0, 0, 0};
+  for (int j = 0; j < R; ++j) first[j + 1] = first[j] + static_cast<int>(m.count[j]);
+  for (int j = R; j < kMaxOutputs; ++j) first[j + 1] = first[j];
   int64_t i = 0;
   for (; i + U * W <= n; i += U * W) {
     if (prefetch) {
       for (int k = 0; k < m.K; ++k) {
-        const char* ahead = tp[k] + (i * at::elementSize(tdt[k])) + kPrefetchBytes;
+        const char* ahead = tp[k] + i * at::elementSize(tdt[k]) + kPrefetchBytes;
         for (int64_t b = 0; b < U * W * 4; b += kCacheLine) __builtin_prefetch(ahead + b, 0, 3);
       }
     }
     fVec a[kMaxOutputs][U];
-    int e = 0;
-#pragma GCC unroll 4
-    for (int j = 0; j < kMaxOutputs; ++j) {
-      if (j >= R) break;
+    auto output = [&](auto jc) {
+      constexpr int j = decltype(jc)::value;
       for (int u = 0; u < U; ++u) a[j][u] = fVec(0.f);
-      for (int64_t q = 0; q < m.count[j]; ++q, ++e) {
+      for (int e = first[j]; e < first[j + 1]; ++e) {
         const fVec cv(c[e]);
         const int64_t src = m.source[e];
         if (src < m.K) {
-          for (int u = 0; u < U; ++u)
-            a[j][u] = at::vec::fmadd(cv, load_any(tp[src], tdt[src], i + u * W), a[j][u]);
+          const char* p = tp[src];
+          switch (tdt[src]) {
+            case at::kFloat: {
+              const float* f = reinterpret_cast<const float*>(p) + i;
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, fVec::loadu(f + u * W), a[j][u]);
+              break;
+            }
+            case at::kHalf: {
+              const at::Half* h = reinterpret_cast<const at::Half*>(p) + i;
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, load_f(h + u * W), a[j][u]);
+              break;
+            }
+            default: {
+              const at::BFloat16* h = reinterpret_cast<const at::BFloat16*>(p) + i;
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, load_f(h + u * W), a[j][u]);
+              break;
+            }
+          }
         } else {
-          for (int u = 0; u < U; ++u)
-            a[j][u] = at::vec::fmadd(cv, pick<U>(a, src - m.K, u), a[j][u]);
+          // an earlier output (validated: src - K < j)
+          switch (src - m.K) {
+            case 0:
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, a[0][u], a[j][u]);
+              break;
+            case 1:
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, a[1][u], a[j][u]);
+              break;
+            default:
+              for (int u = 0; u < U; ++u) a[j][u] = at::vec::fmadd(cv, a[2][u], a[j][u]);
+              break;
+          }
         }
       }
       if (outp[j] != nullptr) {
@@ -473,7 +485,11 @@ void fused_multi(const MultiSpec& m, const char* const* tp, const at::ScalarType
             at::vec::convert_from_float<TO>(a[j][u], a[j][u + 1]).store(outp[j] + i + u * W);
         }
       }
-    }
+    };
+    output(std::integral_constant<int, 0>{});
+    if (R > 1) output(std::integral_constant<int, 1>{});
+    if (R > 2) output(std::integral_constant<int, 2>{});
+    if (R > 3) output(std::integral_constant<int, 3>{});
   }
   for (; i < n; ++i) {
     float a[kMaxOutputs] = {0.f, 0.f, 0.f, 0.f};

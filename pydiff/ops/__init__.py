@@ -58,6 +58,8 @@ _EXT = _C is not None
 # Python path has to handle the call (autograd, modes, odd arguments, error messages).
 _lincomb_fast = getattr(_C, "lincomb_fast", None)
 _lincomb_multi_fast = getattr(_C, "lincomb_multi_fast", None)
+# pydiff.solvers.combine's eager fast path for Linear terms (the same lincomb_multi call)
+_fold_fast = getattr(_C, "fold_fast", None)
 
 
 def _kernel_table() -> dict[tuple[str, str], bool]:

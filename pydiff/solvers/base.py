@@ -136,7 +136,7 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     and the state once. ``keep`` (one of the terms) is the model output a multistep solver
     stores: ``combine`` then returns ``(result, keep as a tensor)``, both written in that pass.
     """
-    if not any(isinstance(t, Linear) for t in terms):
+    if not any(type(t) is Linear for t in terms):
         if isinstance(terms[0], dict):
             res = {k: ops.lincomb([t[k] for t in terms], coeffs,
                                   None if noise is None else noise[k], noise_coeff)
@@ -144,7 +144,14 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
         else:
             res = ops.lincomb(list(terms), list(coeffs), noise, noise_coeff)
         return res if keep is None else (res, keep)
-    first = terms[0].basis[0] if isinstance(terms[0], Linear) else terms[0]
+    first = terms[0].basis[0] if type(terms[0]) is Linear else terms[0]
+    if ops._EXT and ops._fold_fast is not None and not torch.compiler.is_compiling():
+        folded = ops._fold_fast(terms, coeffs, noise, noise_coeff,
+                                keep if type(keep) is Linear else None, Linear)
+        if folded is not None:
+            if keep is None:
+                return folded[0]
+            return folded if type(keep) is Linear else (folded[0], keep)
     if isinstance(first, dict):
         parts = {k: _fused(terms, coeffs, noise, noise_coeff, keep, k) for k in first}
         res = {k: v[0] for k, v in parts.items()}
@@ -158,62 +165,58 @@ def _fused(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State
            ) -> tuple[Tensor, Tensor | None]:
     """:func:`combine` with Linear terms, on one leaf (``key`` of dict states): one
     ``ops.lincomb_multi`` whose first outputs are the Linear terms (kept or not) and whose last
-    is the stage."""
-    def leaf(v: State) -> Tensor:
-        return v if key is None else v[key]
-
+    is the stage. (Written for speed: a solver step on a small state costs microseconds.)"""
     inputs: list[Tensor] = []
-    slots: dict[int, int] = {}
-
-    def slot(v: State) -> int:
-        t = leaf(v)
-        i = slots.get(id(t))
-        if i is None:
-            i = slots[id(t)] = len(inputs)
-            inputs.append(t)
-        return i
-
+    slots: dict[int, int] = {}  # id(tensor) -> position in inputs
     linears: list[Linear] = []
     for t in terms:
-        if isinstance(t, Linear):
-            if all(t is not u for u in linears):
+        if type(t) is Linear:
+            if t not in linears:  # identity: Linear defines no __eq__
                 linears.append(t)
             for b in t.basis:
-                slot(b)
+                v = b if key is None else b[key]
+                if id(v) not in slots:
+                    slots[id(v)] = len(inputs)
+                    inputs.append(v)
         else:
-            slot(t)
+            v = t if key is None else t[key]
+            if id(v) not in slots:
+                slots[id(v)] = len(inputs)
+                inputs.append(v)
     if len(linears) > 3:  # the kernel's 4 outputs: materialize the rest first
         extra = linears[3:]
-        values = [u.value() for u in extra]
-        terms = [values[extra.index(t)] if any(t is u for u in extra) else t for t in terms]
-        if any(keep is u for u in extra):
-            keep = values[[keep is u for u in extra].index(True)]
-        return _fused(terms, coeffs, noise, noise_coeff, keep, key)
+        values = {id(u): u.value() for u in extra}
+        terms = [values.get(id(t), t) for t in terms]
+        return _fused(terms, coeffs, noise, noise_coeff, values.get(id(keep), keep), key)
     if noise is not None:
-        slot(noise)
+        v = noise if key is None else noise[key]
+        if id(v) not in slots:
+            slots[id(v)] = len(inputs)
+            inputs.append(v)
     n = len(inputs)
     rows: list[list] = []
     for lin in linears:
         row: list = [None] * n
         for b, c in zip(lin.basis, lin.coefs):
             if c is not None:
-                _add(row, slots[id(leaf(b))], c)
+                _add(row, slots[id(b if key is None else b[key])], c)
         rows.append(row)
     last: list = [None] * (n + len(linears))
     for t, c in zip(terms, coeffs):
-        if isinstance(t, Linear):
-            _add(last, n + next(j for j, u in enumerate(linears) if u is t), c)
+        if type(t) is Linear:
+            _add(last, n + linears.index(t), c)
         else:
-            _add(last, slots[id(leaf(t))], c)
+            _add(last, slots[id(t if key is None else t[key])], c)
     if noise is not None:
-        _add(last, slots[id(leaf(noise))], noise_coeff)
+        _add(last, slots[id(noise if key is None else noise[key])], noise_coeff)
     rows.append(last)
-    keep_at = next((j for j, u in enumerate(linears) if u is keep), None)
-    flags = [j == keep_at for j in range(len(linears))] + [True]
+    keep_at = linears.index(keep) if type(keep) is Linear else -1
+    flags = [j == keep_at for j in range(len(linears))]
+    flags.append(True)
     outs = ops.lincomb_multi(inputs, rows, flags)
-    if keep is None or keep_at is not None:
-        return outs[-1], (outs[0] if keep_at is not None else None)
-    return outs[-1], leaf(keep)
+    if keep_at >= 0:
+        return outs[1], outs[0]
+    return outs[0], None if keep is None else (keep if key is None else keep[key])
 
 
 def _add(row: list, i: int, c: Coef) -> None:
