@@ -107,6 +107,7 @@ class Denoiser(Model):
         self._levels: dict[tuple, tuple[Tensor, list[dict[str, Any]]]] = {}
         # per grid row (by identity): what a repeated call at that row needs, see evaluate
         self._ready: dict[int, tuple] = {}
+        self._net_times: dict[tuple, tuple[Tensor, ...]] = {}
 
     # -- configuration ---------------------------------------------------------------------
     def network_time(self, t: Tensor) -> Tensor:
@@ -150,12 +151,33 @@ class Denoiser(Model):
             whole = self._compute_level(base)
             rows = [{name: tuple(_row(v, r) for v in value) if isinstance(value, tuple)
                      else value[r] for name, value in whole.items()} for r in range(base.shape[0])]
-            for row_level in rows:
-                row_level["cached"] = True
+            for r, row_level in enumerate(rows):
+                row_level["grid"] = (key, r)
             if len(self._levels) >= 16:
                 self._levels.clear()
-            hit = self._levels[key] = (base, rows)
+                self._net_times.clear()
+                self._ready.clear()
+            hit = self._levels[key] = (base, rows, whole["t_net"])
         return hit[1][row]
+
+    def _remember(self, t: Tensor, x: Tensor, level: dict[str, Any]) -> None:
+        """Keep what a repeated call at grid row ``t`` needs (see :meth:`evaluate`). The network
+        times of every row of the grid are made at once, so memory does not grow over a run."""
+        key, row = level["grid"]
+        hit = self._levels.get(key)
+        if hit is None:
+            return
+        batch = x.shape[0]
+        times = self._net_times.get((key, batch, x.dtype))
+        if times is None:
+            whole = self._net_time(hit[2], x.dtype)
+            if whole.dim() == 1:  # scalar times: the network gets [B]
+                whole = whole[:, None].expand(-1, batch)
+            times = self._net_times[key, batch, x.dtype] = whole.unbind(0)
+        if len(self._ready) >= 4096:
+            self._ready.clear()
+        self._ready[id(t)] = (t, t._version, batch, x.dtype, times[row], level["x0"],
+                              level["eps"])
 
     def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
         """Float64 network time and the linear maps ``x0``/``eps`` on the basis ``(x, out)``
@@ -234,12 +256,9 @@ class Denoiser(Model):
             out = self._call_net(x_in, t_net, cond)
             if shift is not None and self.prediction == "x0":
                 return Prediction((x, out, shift), level["x0"], level["eps"])
-        if (t is t_arg and level.get("cached") and shift is None and self.precond is None
+        if (t is t_arg and "grid" in level and shift is None and self.precond is None
                 and self.dtype is None and type(x) is Tensor):
-            if len(self._ready) >= 4096:
-                self._ready.clear()
-            self._ready[id(t)] = (t, t._version, x.shape[0], x.dtype,
-                                  self._net_time(t_net, x.dtype), level["x0"], level["eps"])
+            self._remember(t, x, level)
         return Prediction((x, out), level["x0"], level["eps"])
 
     def _net_time(self, t_net: Tensor, dtype: torch.dtype) -> Tensor:
