@@ -16,8 +16,8 @@ from . import files, hooks, noise, ops, schedules, solvers
 from .denoiser import Denoiser
 from .errors import InputError
 from .grids import timesteps
-from .noise import add_noise
 from .model import Linear, Model, Prediction
+from .noise import add_noise
 from .sampling import prior, sample
 from .schedules import (
     CosineSchedule,
