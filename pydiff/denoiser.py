@@ -105,7 +105,7 @@ class Denoiser(Model):
         self.sigma_data = float(sigma_data if sigma_data is not None
                                 else getattr(schedule, "sigma_data", 0.5))
         self._levels: dict[tuple, tuple[Tensor, list[dict[str, Any]]]] = {}
-        # per grid row (by identity): what a repeated call at that row needs, see evaluate
+        # per grid row (by address): what a call at that row needs, see evaluate
         self._ready: dict[int, tuple] = {}
         self._net_times: dict[tuple, tuple[Tensor, ...]] = {}
 
@@ -160,24 +160,26 @@ class Denoiser(Model):
             hit = self._levels[key] = (base, rows, whole["t_net"])
         return hit[1][row]
 
-    def _remember(self, t: Tensor, x: Tensor, level: dict[str, Any]) -> None:
-        """Keep what a repeated call at grid row ``t`` needs (see :meth:`evaluate`). The network
-        times of every row of the grid are made at once, so memory does not grow over a run."""
-        key, row = level["grid"]
+    def _remember(self, x: Tensor, level: dict[str, Any]) -> None:
+        """Prepare what a call at any row of this level's grid needs (see :meth:`evaluate`),
+        for every row at once: a run visits each row once, and memory stays flat over it."""
+        key, _ = level["grid"]
         hit = self._levels.get(key)
-        if hit is None:
-            return
         batch = x.shape[0]
-        times = self._net_times.get((key, batch, x.dtype))
-        if times is None:
-            whole = self._net_time(hit[2], x.dtype)
-            if whole.dim() == 1:  # scalar times: the network gets [B]
-                whole = whole[:, None].expand(-1, batch)
-            times = self._net_times[key, batch, x.dtype] = whole.unbind(0)
-        if len(self._ready) >= 4096:
+        if hit is None or (key, batch, x.dtype) in self._net_times:
+            return
+        base, rows, t_all = hit
+        whole = self._net_time(t_all, x.dtype)
+        if whole.dim() == 1:  # scalar times: the network gets [B]
+            whole = whole[:, None].expand(-1, batch)
+        times = self._net_times[key, batch, x.dtype] = whole.unbind(0)
+        if len(self._ready) >= 8192:
             self._ready.clear()
-        self._ready[id(t)] = (t, t._version, batch, x.dtype, times[row], level["x0"],
-                              level["eps"])
+        ptr, step = base.data_ptr(), base.stride(0) * base.element_size()
+        shape, stride = base.shape[1:], base.stride()[1:]
+        for r, lv in enumerate(rows):
+            self._ready[ptr + r * step] = (base, base._version, batch, x.dtype, times[r],
+                                           lv["x0"], lv["eps"], shape, stride)
 
     def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
         """Float64 network time and the linear maps ``x0``/``eps`` on the basis ``(x, out)``
@@ -218,12 +220,14 @@ class Denoiser(Model):
     def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         """x0 and eps at state ``x`` and time ``t`` (one network evaluation), as the network
         output and the parameterization's linear map (see :class:`pydiff.Prediction`)."""
-        if not cond and type(x) is Tensor:
-            # a solver's step: t is a row of its grid, seen before (see _level): the network
-            # input time and the maps are ready, and the call costs the network alone
-            hit = self._ready.get(id(t))
-            if (hit is not None and hit[0] is t and hit[1] == t._version
-                    and hit[2] == x.shape[0] and hit[3] is x.dtype and hit[4].device == x.device):
+        if (not cond and type(x) is Tensor and type(t) is Tensor
+                and not torch.compiler.is_compiling()):
+            # a solver's step: t is a row of its grid, which an earlier call prepared (see
+            # _remember): the network time and the maps are ready, the call costs the network
+            hit = self._ready.get(t.data_ptr())
+            if (hit is not None and t._base is hit[0] and hit[1] == t._version
+                    and hit[2] == x.shape[0] and hit[3] is x.dtype and t.shape == hit[7]
+                    and t.stride() == hit[8] and hit[4].device == x.device):
                 out = self.net(x, hit[4], **self.cond)
                 if type(out) is Tensor and out.shape == x.shape:
                     return Prediction((x, out), hit[5], hit[6])
@@ -258,7 +262,7 @@ class Denoiser(Model):
                 return Prediction((x, out, shift), level["x0"], level["eps"])
         if (t is t_arg and "grid" in level and shift is None and self.precond is None
                 and self.dtype is None and type(x) is Tensor):
-            self._remember(t, x, level)
+            self._remember(x, level)
         return Prediction((x, out), level["x0"], level["eps"])
 
     def _net_time(self, t_net: Tensor, dtype: torch.dtype) -> Tensor:

@@ -123,7 +123,19 @@ class SolverState:
         return Coefficients(self.rows or self.table, self.i)
 
     def replace(self, **changes: Any) -> SolverState:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (as ``dataclasses.replace``, which costs a solver step on a
+        small state more than its kernel: every step makes one)."""
+        unknown = changes.keys() - _STATE_FIELDS
+        if unknown:
+            raise TypeError(f"SolverState has no field(s) {sorted(unknown)}")
+        new = object.__new__(SolverState)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
+
+_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(SolverState))
 
 
 def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State | None = None,
