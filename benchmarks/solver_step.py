@@ -55,7 +55,7 @@ def _median_time(fn, reps: int) -> float:
 
 
 def _reps(n: int) -> int:
-    return max(5, min(200, int(2e8 / max(n, 1) / 20)))
+    return max(20, min(200, int(2e8 / max(n, 1) / 20)))
 
 
 class _ReadyX0(pydiff.Model):
