@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "pydiff.schedules",
-                "pydiff.denoiser", "pydiff.hooks", "pydiff.testing", "pydiff.testing.convergence"]
+                "pydiff.denoiser", "pydiff.model", "pydiff.hooks", "pydiff.testing",
+                "pydiff.testing.convergence", "pydiff.solvers.resampling"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
