@@ -191,3 +191,33 @@ def test_dict_states_fold_per_key():
     ref = pydiff.sample(Materialized(model), x_T, "dpmpp_2m", steps=5)
     for k in x_T:
         torch.testing.assert_close(fused[k], ref[k], atol=1e-9, rtol=1e-9)
+
+
+def test_prepared_grid_rows_serve_every_batch_size_and_copy():
+    # the Denoiser prepares each grid row's network time once per (grid, batch, dtype); a row
+    # met again with another batch size, dtype or bound copy must still get its own time shape
+    seen = []
+
+    def net(x, t, scale=1.0):
+        seen.append(tuple(t.shape))
+        return scale * 0.1 * x
+
+    model = pydiff.Denoiser(net, SCHED, prediction="eps")
+    grid = pydiff.timesteps(SCHED, 4, "logsnr")
+    solver = get_solver("dpmpp_2m")
+    outs = []
+    for batch, dtype, m in [(2, torch.float32, model), (3, torch.float32, model),
+                            (2, F64, model), (2, torch.float32, model.bind(scale=2.0))]:
+        x = torch.ones(batch, 5, dtype=dtype)
+        seen.clear()
+        state = solver.init(x, SCHED, grid)
+        while not state.done:
+            state = solver.step(state, m)
+        assert seen == [(batch,)] * 4
+        fresh = pydiff.Denoiser(net, SCHED, prediction="eps").bind(**m.cond)
+        state_ref = solver.init(x, SCHED, grid)
+        while not state_ref.done:
+            state_ref = solver.step(state_ref, fresh)
+        torch.testing.assert_close(state.x, state_ref.x, atol=0, rtol=0)
+        outs.append(state.x)
+    assert not torch.equal(outs[0], outs[3])  # the bound scale reached the network
