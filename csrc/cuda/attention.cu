@@ -83,9 +83,10 @@ __device__ __forceinline__ void stage(T* dst, const T* src, int rows, int64_t w,
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRows * kWarp) attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                const T* __restrict__ v, const bool* __restrict__ mask,
-                                T* __restrict__ out, T* __restrict__ lse, Dims s, T scale, int bc) {
+__global__ void __launch_bounds__(kRows * kWarp)
+    attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                    const bool* __restrict__ mask, T* __restrict__ out, T* __restrict__ lse, Dims s,
+                    T scale, int bc) {
   extern __shared__ unsigned char smem_raw[];
   T* ks = reinterpret_cast<T*>(smem_raw);
   T* vs = ks + bc * s.D;
@@ -143,11 +144,11 @@ __global__ void __launch_bounds__(kRows * kWarp) attn_fwd_kernel(const T* __rest
 
 // dQ_i = scale * sum_j P_ij (dP_ij - delta_i) k_j, dP_ij = dO_i . v_j
 template <typename T>
-__global__ void __launch_bounds__(kRows * kWarp) attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                   const T* __restrict__ v, const T* __restrict__ dout,
-                                   const T* __restrict__ lse, const T* __restrict__ delta,
-                                   const bool* __restrict__ mask, T* __restrict__ dq, Dims s,
-                                   T scale, int bc) {
+__global__ void __launch_bounds__(kRows * kWarp)
+    attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                       const T* __restrict__ dout, const T* __restrict__ lse,
+                       const T* __restrict__ delta, const bool* __restrict__ mask,
+                       T* __restrict__ dq, Dims s, T scale, int bc) {
   extern __shared__ unsigned char smem_raw[];
   T* ks = reinterpret_cast<T*>(smem_raw);
   T* vs = ks + bc * s.D;
@@ -203,11 +204,11 @@ __global__ void __launch_bounds__(kRows * kWarp) attn_bwd_dq_kernel(const T* __r
 
 // dV_j = sum_i P_ij dO_i,  dK_j = scale * sum_i P_ij (dP_ij - delta_i) q_i
 template <typename T>
-__global__ void __launch_bounds__(kRows * kWarp) attn_bwd_dkv_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                                    const T* __restrict__ v, const T* __restrict__ dout,
-                                    const T* __restrict__ lse, const T* __restrict__ delta,
-                                    const bool* __restrict__ mask, T* __restrict__ dk,
-                                    T* __restrict__ dv, Dims s, T scale, int bc) {
+__global__ void __launch_bounds__(kRows * kWarp)
+    attn_bwd_dkv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        const T* __restrict__ dout, const T* __restrict__ lse,
+                        const T* __restrict__ delta, const bool* __restrict__ mask,
+                        T* __restrict__ dk, T* __restrict__ dv, Dims s, T scale, int bc) {
   extern __shared__ unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
   T* dos = qs + bc * s.D;
@@ -495,7 +496,12 @@ __global__ void linear_kv_finalize_kernel(const A* __restrict__ part_kv,
 int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + 255) / 256, 65535)); }
 
 // Which implementation a step of linear attention takes: the environment variable `name` if
-// set (benchmarks/ops_gpu.py times each), else `fallback`. Read per call (cheap next to a launch).
+// set (benchmarks/ops_gpu.py times each, tests/gpu checks each), else `fallback`, the one
+// measured faster for the dtype (BENCHMARKS.md, "Kernels on a GPU"): for float16/bfloat16,
+// K^T V by cuBLAS and the tensor-core forward; for float32/float64, our reduction kernel and
+// cuBLAS + normalization. Read per call (cheap next to a launch).
+bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
 bool linear_path_is(const char* name, const char* value, const char* fallback) {
   const char* set = std::getenv(name);
   return std::strcmp(set != nullptr && *set != '\0' ? set : fallback, value) == 0;
@@ -525,7 +531,7 @@ at::Tensor linear_kv_mean_gemm(const at::Tensor& k, const at::Tensor& v,
 // as [B, H, D, kv_width(Dv)].
 at::Tensor linear_kv_mean(const at::Tensor& k, const at::Tensor& v, at::ScalarType acc,
                           at::ScalarType out_dtype) {
-  if (linear_path_is("PYDIFF_LINEAR_KV", "gemm", "kernel")) {
+  if (linear_path_is("PYDIFF_LINEAR_KV", "gemm", is_half(k.scalar_type()) ? "gemm" : "kernel")) {
     return linear_kv_mean_gemm(k, v, out_dtype);
   }
   const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
@@ -736,9 +742,8 @@ void launch_apply_tiles(int64_t tiles, const at::Tensor& q, const at::Tensor& kv
 // W up to 144, 16-byte aligned rows, the tiles within the default shared memory); false where
 // the caller should take the GEMM path.
 bool linear_apply_wmma(const at::Tensor& q, const at::Tensor& kv, at::Tensor& out, double eps) {
-  if (!linear_path_is("PYDIFF_LINEAR_APPLY", "fused", "gemm")) return false;
   const auto dt = q.scalar_type();
-  if (dt != at::kHalf && dt != at::kBFloat16) return false;
+  if (!is_half(dt) || !linear_path_is("PYDIFF_LINEAR_APPLY", "fused", "fused")) return false;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t D = q.size(3), W = kv.size(3), BH = q.size(0) * q.size(1);
   const size_t smem = static_cast<size_t>(D * W + kApplyRows * D) * 2 + kApplyWarps * 256 * 4;
