@@ -384,7 +384,7 @@ def _upgrade(model: pydiff.Denoiser) -> pydiff.Denoiser:
     """The Denoiser of a score checkpoint written before the core did the preconditioning.
 
     Such checkpoints recorded ``precond=None, time_input="t"`` (the ScoreNet then applied EDM's
-    c_in/c_skip/c_out itself); the weights are the same network ``F``, so only the Denoiser
+    input, skip and output scalings itself); the weights are the same network ``F``, so only the Denoiser
     around it changes.
     """
     if isinstance(model.net, ScoreNet) and model.precond is None:

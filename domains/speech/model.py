@@ -11,9 +11,9 @@
   ``sigma~ = sigma / alpha`` from 0.04 (``t_eps``) to 1.2 (``t = 1``) and data ``x0 - y`` of rms
   ~0.07 (compressed, peak-normalized spectrograms; 0.13 under the training's loudness weighting,
   which the shipped checkpoint uses as ``sigma_data``). Karras et al.'s (EDM) preconditioning in
-  that coordinate, ``x0 - y = c_skip s / alpha + c_out F(c_in s / alpha, ln(sigma~) / 4 | y,
-  noisy)``, makes even an untrained ``F`` give the linear (Wiener) estimate and gives ``F``'s
-  target unit scale at every noise level. The core applies it: :func:`make_denoiser` wraps the
+  that coordinate (a skip connection plus a scaled network ``F`` of the scaled input and
+  ``ln(sigma~) / 4``, conditioned on ``y`` and the noisy input) makes even an untrained ``F``
+  give the linear (Wiener) estimate and gives ``F``'s target unit scale at every noise level. The core applies it: :func:`make_denoiser` wraps the
   network in ``pydiff.Denoiser(precond="edm")``, which preconditions mean-reverting processes
   in exactly this shifted coordinate.
 
