@@ -384,8 +384,8 @@ def _upgrade(model: pydiff.Denoiser) -> pydiff.Denoiser:
     """The Denoiser of a score checkpoint written before the core did the preconditioning.
 
     Such checkpoints recorded ``precond=None, time_input="t"`` (the ScoreNet then applied EDM's
-    input, skip and output scalings itself); the weights are the same network ``F``, so only the Denoiser
-    around it changes.
+    input, skip and output scalings itself); the weights are the same network ``F``, so only
+    the Denoiser around it changes.
     """
     if isinstance(model.net, ScoreNet) and model.precond is None:
         return make_denoiser(model.net)

@@ -13,9 +13,10 @@
   which the shipped checkpoint uses as ``sigma_data``). Karras et al.'s (EDM) preconditioning in
   that coordinate (a skip connection plus a scaled network ``F`` of the scaled input and
   ``ln(sigma~) / 4``, conditioned on ``y`` and the noisy input) makes even an untrained ``F``
-  give the linear (Wiener) estimate and gives ``F``'s target unit scale at every noise level. The core applies it: :func:`make_denoiser` wraps the
-  network in ``pydiff.Denoiser(precond="edm")``, which preconditions mean-reverting processes
-  in exactly this shifted coordinate.
+  give the linear (Wiener) estimate and gives ``F``'s target unit scale at every noise level.
+  The core applies it: :func:`make_denoiser` wraps the network in
+  ``pydiff.Denoiser(precond="edm")``, which preconditions mean-reverting processes in exactly
+  this shifted coordinate.
 
   Why not SGMSE+'s ``-sigma * score`` (eps) output: here the noise never falls far below the
   data, and at ``t = 1`` ``x0 = (x - sigma eps) / alpha`` multiplies eps errors by 1.25. A
