@@ -251,13 +251,16 @@ class CTProjector(torch.nn.Module):
                              f"got shape {tuple(y.shape)}")
 
     def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
-        """Filtered back-projection (parallel beam): the classical analytic reconstruction.
+        """Filtered back-projection: the classical analytic reconstruction.
 
         The sinogram is filtered along the detector with the ramp filter (discretised in space,
         so the zero frequency is right), optionally apodised by a Shepp-Logan (sinc) or Hann
-        window, then back-projected with :meth:`A_adjoint` and weighted by the angular step.
-        The views are assumed to cover 180 degrees evenly; with sparse or limited-angle views
-        the result shows the streaks and wedges that the diffusion methods remove.
+        window, then back-projected and weighted by the angular step. Parallel beam
+        back-projects with :meth:`A_adjoint` and assumes views spread evenly over 180 degrees;
+        fan beam is the weighted FBP for a flat detector (cosine pre-weighting, distance-weighted
+        back-projection) and assumes a full 360-degree scan of evenly spread views (a short scan
+        would need Parker weights, not implemented). With sparse or limited-angle views the
+        result shows the streaks and wedges that the diffusion methods remove.
 
         Args:
             y: sinograms ``[B, C, views, detectors]``.
@@ -270,11 +273,23 @@ class CTProjector(torch.nn.Module):
         """
         if filter not in FBP_FILTERS:
             raise InputError(f"filter must be one of {FBP_FILTERS}, got {filter!r}")
-        if self.geometry != "parallel":
-            raise NotImplementedError(
-                "fbp is implemented for geometry='parallel' only; fan-beam FBP (rebinning or "
-                "weighted FBP) is not written yet")
         self._check_sinogram(y)
+        views = self.angles.numel()
+        cells = (torch.arange(self.detectors, dtype=torch.float64, device=y.device)
+                 - (self.detectors - 1) / 2)
+        if self.geometry == "parallel":
+            filtered = self._ramp(y.to(torch.float64), filter) / self.detector_spacing
+            return self.A_adjoint(filtered.to(y.dtype)) * (math.pi / (2 * views))
+        # Fan beam: work on the virtual detector through the rotation axis, where a cell is
+        # spacing * R / (R + D) wide.
+        R = self.source_distance
+        cell = self.detector_spacing * R / (R + self.detector_distance)
+        s = cells * cell
+        weighted = y.to(torch.float64) * (R / torch.sqrt(R ** 2 + s ** 2))
+        filtered = self._ramp(weighted, filter) / cell
+        return (self._fan_backproject(filtered, cell) * (math.pi / (2 * views))).to(y.dtype)
+
+    def _ramp(self, y: torch.Tensor, filter: str) -> torch.Tensor:
         n = self.detectors
         padded = max(64, 1 << math.ceil(math.log2(2 * n)))
         # Ram-Lak kernel sampled in space (h[0] = 1/4, h[odd k] = -1/(pi k)^2), whose Fourier
@@ -290,12 +305,36 @@ class CTProjector(torch.nn.Module):
             ramp = ramp * torch.sinc(freq)
         elif filter == "hann":
             ramp = ramp * (0.5 + 0.5 * torch.cos(2 * math.pi * freq))
-        spectrum = torch.fft.fft(y.to(torch.float64), n=padded, dim=-1)
-        filtered = torch.fft.ifft(spectrum * ramp.to(y.device), dim=-1).real[..., :n]
-        # Detector cells of width `spacing` (1 pixel for parallel beam): the ramp is per cell.
-        filtered = filtered / self.detector_spacing
-        views = self.angles.numel()
-        return self.A_adjoint(filtered.to(y.dtype)) * (math.pi / (2 * views))
+        spectrum = torch.fft.fft(y, n=padded, dim=-1)
+        return torch.fft.ifft(spectrum * ramp.to(y.device), dim=-1).real[..., :n]
+
+    def _fan_backproject(self, filtered: torch.Tensor, cell: float) -> torch.Tensor:
+        """Distance-weighted fan-beam back-projection: sum over views of Q(s'(p)) / U(p)^2."""
+        B, C = filtered.shape[:2]
+        n, size, R = self.detectors, self.size, self.source_distance
+        coord = torch.arange(size, dtype=torch.float64, device=filtered.device) - (size - 1) / 2
+        py, px = torch.meshgrid(-coord, coord, indexing="ij")
+        image = torch.zeros(B * C, size, size, dtype=torch.float64, device=filtered.device)
+        rows = filtered.reshape(B * C, *self.sinogram_shape)
+        chunk = max(1, _SAMPLES_PER_CHUNK // (size * size))
+        for start in range(0, self.angles.numel(), chunk):
+            theta = self.angles[start:start + chunk].to(filtered.device)[:, None, None]
+            views = theta.shape[0]
+            cos, sin = torch.cos(theta), torch.sin(theta)
+            # U: the pixel's distance from the source along the central ray, over R.
+            U = (R - (px * cos + py * sin)) / R
+            # Where the ray through the pixel meets the virtual detector.
+            s = (-px * sin + py * cos) / U
+            # Bilinear read of view v at cell s / cell: row v of the [views, n] filtered block.
+            gx = (2 * (s / cell + (n - 1) / 2) + 1) / n - 1
+            gy = ((2 * torch.arange(views, dtype=torch.float64, device=filtered.device) + 1)
+                  / views - 1)[:, None, None].expand_as(gx)
+            grid = torch.stack((gx, gy), dim=-1).reshape(1, views * size, size, 2)
+            block = rows[:, start:start + views][None]
+            values = F.grid_sample(block, grid, mode="bilinear", padding_mode="zeros",
+                                   align_corners=False).reshape(B * C, views, size, size)
+            image = image + (values / U ** 2).sum(dim=1)
+        return image.reshape(B, C, size, size)
 
 
 # --------------------------------------------------------------------------------------------
