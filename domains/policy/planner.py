@@ -171,9 +171,11 @@ class TrajectoryPlanner(nn.Module):
         # alpha = 5e-4, where an unclamped x0-hat amplifies eps errors ~2000-fold); outermost,
         # so the value gradient is taken before the clamp (a clamp has zero gradient)
         model = ClipX0(model, bound=1.0)
-        x_t = pydiff.prior(self.schedule, known.shape, generator=generator)
-        a, s = self.schedule.alpha(self.schedule.t_max), self.schedule.sigma(self.schedule.t_max)
-        x_t = mask * (float(a) * known + float(s) * x_t) + (1 - mask) * x_t
+        # one standard normal draw: the prior where the trajectory is free, the same noise on
+        # the known start/goal entries brought to the start level (the core's noising)
+        z = pydiff.noise.randn(known.shape, generator, device=known.device)
+        x_t = pydiff.add_noise(self.schedule, known, self.schedule.t_max, z, mask=mask,
+                               x=pydiff.prior(self.schedule, known.shape, noise=z))
         with torch.set_grad_enabled(value is not None and guidance_scale != 0.0):
             x = pydiff.sample(model, x_t, solver=self.config.solver, steps=self.config.steps,
                               generator=generator, hooks=[InpaintReplace(known, mask)])
