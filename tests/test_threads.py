@@ -7,9 +7,6 @@ sequential runs bit for bit. The interpreter's switch interval is shortened so t
 interleave inside steps (the default 5 ms is longer than a whole run on these small tensors).
 """
 
-import sys
-import threading
-
 import pytest
 import torch
 
@@ -27,6 +24,7 @@ from pydiff.guidance import (
     SelfGuidance,
 )
 from pydiff.hooks import InpaintReplace
+from pydiff.testing.threads import assert_threads_match_sequential
 
 VP = pydiff.VPSchedule()
 SHAPE = (6, 3)
@@ -47,41 +45,6 @@ def labels(batch: int) -> torch.Tensor:
 
 def base_model() -> pydiff.Denoiser:
     return pydiff.Denoiser(net, VP, prediction="eps")
-
-
-def run_all(run, jobs):
-    """``run(*job)`` for every job, sequentially and then from one thread per job at once."""
-    sequential = [run(*job) for job in jobs]
-    results: list = [None] * len(jobs)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(k):
-        try:
-            barrier.wait()
-            for _ in range(REPEATS):
-                out = run(*jobs[k])
-                if results[k] is None or torch.equal(results[k], out):
-                    results[k] = out
-                else:
-                    raise AssertionError(f"job {k}: repeated runs differ")
-        except BaseException as err:  # reported in the main thread
-            errors.append(err)
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        sys.setswitchinterval(interval)
-    if errors:
-        raise errors[0]
-    for k, (a, b) in enumerate(zip(sequential, results)):
-        assert torch.equal(a, b), f"job {jobs[k]}: threaded result differs from sequential"
 
 
 def start(seed: int, t_start: float) -> tuple[torch.Tensor, torch.Generator]:
@@ -107,7 +70,7 @@ def test_every_solver_is_thread_safe(name):
                                  final_zero=False, generator=g)
         return pydiff.sample(model, x, solver, steps, t_start=t_start, generator=g)
 
-    run_all(run, JOBS)
+    assert_threads_match_sequential(run, JOBS, REPEATS)
 
 
 def _reward(x0):
@@ -148,7 +111,7 @@ def test_every_guidance_wrapper_is_thread_safe(wrapper, solver):
         x, g = start(seed, t_start)
         return pydiff.sample(model, x, shared, steps, t_start=t_start, generator=g)
 
-    run_all(run, JOBS)
+    assert_threads_match_sequential(run, JOBS, REPEATS)
 
 
 @pytest.mark.parametrize("kind", ["resampling", "data_consistency", "inpaint"])
@@ -164,4 +127,4 @@ def test_guidance_solvers_and_hooks_are_thread_safe(kind):
         x, g = start(seed, t_start)
         return pydiff.sample(model, x, solver, steps, t_start=t_start, generator=g, hooks=hooks)
 
-    run_all(run, JOBS)
+    assert_threads_match_sequential(run, JOBS, REPEATS)

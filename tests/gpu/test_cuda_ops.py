@@ -33,6 +33,21 @@ def test_cuda_kernels_are_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
 
 
+def _coef(kind: str, i: int, shape: tuple[int, ...]):
+    """A solver coefficient of the given kind: a number, 0-dim (host or device), per sample
+    or per position (random, so draw once per comparison)."""
+    v = 0.3 * (i + 1)
+    if kind == "float":
+        return v
+    if kind == "0dim_cpu":
+        return torch.tensor(v, dtype=torch.float64)
+    if kind == "0dim_dev":
+        return torch.tensor(v, dtype=torch.float64, device=DEV)
+    if kind == "batch":
+        return torch.rand(shape[0], dtype=torch.float64, device=DEV)
+    return torch.rand(1, shape[1], shape[2], dtype=torch.float64, device=DEV)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("coef", ["float", "0dim_cpu", "0dim_dev", "batch", "position"])
 @pytest.mark.parametrize("layout", ["contig", "strided", "mixed_dtype", "odd_size"])
@@ -50,16 +65,7 @@ def test_lincomb_cuda_matches_reference(dtype, coef, layout):
         x, z = x.float(), z.float()
 
     def c(i):
-        v = 0.3 * (i + 1)
-        if coef == "float":
-            return v
-        if coef == "0dim_cpu":
-            return torch.tensor(v, dtype=torch.float64)
-        if coef == "0dim_dev":
-            return torch.tensor(v, dtype=torch.float64, device=DEV)
-        if coef == "batch":
-            return torch.rand(shape[0], dtype=torch.float64, device=DEV)
-        return torch.rand(1, shape[1], shape[2], dtype=torch.float64, device=DEV)
+        return _coef(coef, i, shape)
 
     cs = [c(i) for i in range(4)]
     y = ops.lincomb([x, d1, d2], cs[:3], z, cs[3])
@@ -95,16 +101,7 @@ def test_lincomb_multi_cuda_matches_reference(dtype, coef, out_dtype):
     out = rnd(torch.float16 if out_dtype == "half_output" else dtype)
 
     def c(i):
-        v = 0.3 * (i + 1)
-        if coef == "float":
-            return v
-        if coef == "0dim_cpu":
-            return torch.tensor(v, dtype=torch.float64)
-        if coef == "0dim_dev":
-            return torch.tensor(v, dtype=torch.float64, device=DEV)
-        if coef == "batch":
-            return torch.rand(shape[0], dtype=torch.float64, device=DEV)
-        return torch.rand(1, shape[1], shape[2], dtype=torch.float64, device=DEV)
+        return _coef(coef, i, shape)
 
     rows = [[c(0), c(1)], [c(2), None, c(3), c(4)]]
     for keep in ([True, True], [False, True]):

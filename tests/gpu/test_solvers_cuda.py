@@ -3,13 +3,11 @@ bit-identical when threads share one solver and one Denoiser (see tests/test_thr
 
 from __future__ import annotations
 
-import sys
-import threading
-
 import pytest
 import torch
 
 import pydiff
+from pydiff.testing.threads import assert_threads_match_sequential
 
 VP = pydiff.VPSchedule()
 OPTIONS = {"pc": {"corrector": "langevin"}, "time_shift": {"window": 0.1}}
@@ -40,22 +38,4 @@ def test_solver_on_cuda_matches_cpu_and_is_thread_safe(name):
     if not solver.stochastic:
         ref = run(solver, "cpu", 6, 1.0, 0, torch.float64)
         assert float((out.cpu().double() - ref).abs().max() / ref.abs().max()) < 1e-4
-    sequential = [run(solver, "cuda", *job) for job in JOBS]
-    results: list = [None] * len(JOBS)
-
-    def worker(k):
-        for _ in range(3):
-            results[k] = run(solver, "cuda", *JOBS[k])
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(JOBS))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        sys.setswitchinterval(interval)
-    for a, b in zip(sequential, results):
-        assert torch.equal(a, b)
+    assert_threads_match_sequential(lambda *job: run(solver, "cuda", *job), JOBS, repeats=3)
