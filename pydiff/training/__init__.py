@@ -15,6 +15,8 @@
 - :func:`save_pretrained` / :func:`from_pretrained` (safetensors + versioned JSON config).
 - :mod:`pydiff.training.toy`: :class:`~pydiff.training.toy.ToyMLP` and
   :func:`~pydiff.training.toy.train_toy` for demos and tests.
+- :mod:`pydiff.training.procedural`: anatomy-like 2D images made from fixed seeds
+  (:class:`~pydiff.training.procedural.ProceduralImages`) to train image priors on.
 
 Example:
     >>> import torch, pydiff
