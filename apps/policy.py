@@ -79,7 +79,19 @@ def _threads(n: int) -> None:
 def _check_env(env: str) -> None:
     from pydiff.domains.policy import make_env
 
-    make_env(env).close()  # an unknown name fails here, before any loading or training
+    try:
+        make_env(env).close()  # an unknown name fails here, before any loading or training
+    except InputError as err:
+        raise InputError(f"--env {env!r}: {err}") from None
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """The training settings given on the command line (the recipe supplies the rest)."""
+    settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr")
+                if getattr(args, key) is not None}
+    if args.down_dims:
+        settings["down_dims"] = tuple(args.down_dims)
+    return settings
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -91,52 +103,28 @@ def _check_common(args: argparse.Namespace) -> None:
         check_output(args.json, "--json")
 
 
-def _recipe(defaults: dict, args: argparse.Namespace) -> dict:
-    """A training recipe with the command line's overrides applied."""
-    recipe = dict(defaults)
-    for key in ("episodes", "steps", "batch_size", "lr"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
-    if args.down_dims:
-        recipe["down_dims"] = tuple(args.down_dims)
-    return recipe
-
-
 def run_train(args: argparse.Namespace) -> int:
     """``pydiff policy train``."""
-    from pydiff.domains.policy.train import RECIPES, train_policy
+    from pydiff.domains.policy import train
 
     _threads(args.threads)
-    if args.planner:
-        return _train_planner(args)
-    if args.env not in RECIPES:
-        raise InputError(f"--env {args.env!r} has no training recipe; expected one of "
-                         f"{sorted(RECIPES)}")
-    recipe = _recipe(RECIPES[args.env], args)
-    out = args.out or f"policy-{args.env}"
+    _check_env(args.env)
+    model = "planner" if args.planner else "policy"
+    out = args.out or f"{model}-{args.env}"
     check_output(out, "--out", folder=True)
-    policy = train_policy(args.env, out, seed=args.seed, prediction=args.prediction, **recipe)
-    last = [h for h in policy.training_history if "loss" in h][-1:]
+    settings = _overrides(args)
+    if not args.planner:
+        settings["prediction"] = args.prediction
+    _, history = train(args.env, out, model=model, seed=args.seed, **settings)
+    last = [h for h in history if "loss" in h][-1:]
     print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
     return 0
 
 
-def _train_planner(args: argparse.Namespace) -> int:
-    from pydiff.domains.policy.planner import PLANNER_RECIPE, train_planner
-
-    _check_env(args.env)
-    recipe = _recipe(PLANNER_RECIPE, args)
-    out = args.out or f"planner-{args.env}"
-    check_output(out, "--out", folder=True)
-    train_planner(args.env, out, seed=args.seed, **recipe)
-    print(f"saved {out}")
-    return 0
-
-
 def _load(args: argparse.Namespace, **overrides):
-    from pydiff.domains.policy.train import load_policy
+    from pydiff.domains.policy import load
 
-    return load_policy(args.checkpoint or args.env, **overrides)
+    return load(args.checkpoint or args.env, **overrides)
 
 
 def _fmt(v: float) -> str:
@@ -145,8 +133,7 @@ def _fmt(v: float) -> str:
 
 def run_run(args: argparse.Namespace) -> int:
     """``pydiff policy run``: real-time episodes with latency and deadline figures."""
-    from pydiff.domains.policy import PRESETS
-    from pydiff.domains.policy.control import run_episode, summarize
+    from pydiff.domains.policy import PRESETS, evaluate
 
     _threads(args.threads)
     _check_common(args)
@@ -159,9 +146,9 @@ def run_run(args: argparse.Namespace) -> int:
     if args.steps:
         preset["steps"] = args.steps
     policy = _load(args, **preset)
-    results = [run_episode(policy, args.env, args.seed + k, hz=args.hz)
-               for k in range(args.episodes)]
-    s = summarize(results)
+    run = evaluate(policy, args.env, list(range(args.seed, args.seed + args.episodes)),
+                   hz=args.hz)
+    results, s = run.episodes, run.summary
     c, a, w = s["chunk_latency_ms"], s["select_latency_ms"], s["steady_chunk_latency_ms"]
     print(f"env {args.env}, mode {args.mode} ({policy.config.solver}), {args.hz:g} Hz, "
           f"{len(results)} episode(s) in real time")
@@ -183,56 +170,11 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_presets(env: str, presets: list[str], seeds: list[int],
-                     checkpoint: str | None = None) -> dict[str, dict]:
-    """Summaries per preset (``expert`` = the scripted expert) over ``seeds``."""
-    import torch
-    from pydiff.domains.policy import PRESETS, make_env, make_expert
-    from pydiff.domains.policy.control import ExpertPolicy, evaluate, summarize
-    from pydiff.domains.policy.train import load_policy
-
-    table = {}
-    for name in presets:
-        if name == "expert":
-            probe = make_env(env)
-            low, high = probe.action_space.low, probe.action_space.high
-            probe.close()
-            # one expert per mode, alternating over the seeds as in the demonstrations
-            results = []
-            for mode in (1, -1):
-                chosen = seeds[(0 if mode == 1 else 1)::2]
-                if chosen:
-                    results += evaluate(ExpertPolicy(make_expert(env, mode), low, high), env,
-                                        chosen)
-        elif name == "planner":
-            from pydiff.domains.policy.planner import (
-                PlannerPolicy,
-                TrajectoryPlanner,
-                pointmass_tracker,
-            )
-            from pydiff.domains.policy.train import CHECKPOINT_ROOT
-
-            # plan once per horizon and follow the planned states (replanning every few steps
-            # switches between the left and right modes and fails; see docs/policy.md)
-            planner = TrajectoryPlanner.from_pretrained(
-                checkpoint or CHECKPOINT_ROOT / f"{env}_planner", replan_every=48)
-            results = evaluate(PlannerPolicy(planner, torch.tensor([0.0, 0.75]),
-                                             track=pointmass_tracker), env, seeds)
-        elif name in PRESETS:
-            policy = load_policy(checkpoint or env, **PRESETS[name])
-            results = evaluate(policy, env, seeds)
-        else:
-            raise InputError(f"unknown preset {name!r}; expected 'expert', 'planner' or one "
-                             f"of {sorted(PRESETS)}")
-        table[name] = {"summary": summarize(results), "results": results}
-    return table
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """``pydiff policy eval``: a table over many seeds; plots and a GIF with ``--plots``."""
     import os
 
-    from pydiff.domains.policy import PRESETS
+    from pydiff.domains.policy import PRESETS, evaluate, run_episode
 
     _threads(args.threads)
     _check_common(args)
@@ -245,33 +187,30 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.plots is not None:
         check_output(args.plots, "--plots", folder=True)
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
-    table = evaluate_presets(args.env, presets, seeds, args.checkpoint)
+    table = {name: evaluate(name, args.env, seeds, checkpoint=args.checkpoint)
+             for name in presets}
     print(f"env {args.env}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), simulated time")
     print(f"{'preset':<10} {'success':>8} {'return':>9} {'jump mean':>10} {'jump max':>9} "
           f"{'chunk p50 ms':>13} {'chunk p99 ms':>13} {'left':>5} {'right':>6}")
-    for name, row in table.items():
-        s = row["summary"]
+    for name, run in table.items():
+        s = run.summary
         print(f"{name:<10} {s['success']:>8.2f} {s['return']:>9.2f} "
               f"{_fmt(s['boundary_jump']['mean']):>10} {_fmt(s['boundary_jump']['max']):>9} "
               f"{_fmt(s['chunk_latency_ms']['p50']):>13} {_fmt(s['chunk_latency_ms']['p99']):>13}"
               f" {s['sides']['left']:>5.2f} {s['sides']['right']:>6.2f}")
     if args.plots:
-        from pydiff.domains.policy.control import run_episode
-        from pydiff.domains.policy.plots import plot_action_chunks, plot_trajectories, save_gif
-
-        for name, row in table.items():
-            plot_trajectories(row["results"], args.env,
-                              os.path.join(args.plots, f"{args.env}_{name}_trajectories.png"),
-                              title=f"{args.env} / {name}")
+        for name, run in table.items():
+            run.plot(os.path.join(args.plots, f"{args.env}_{name}_trajectories.png"),
+                     title=f"{args.env} / {name}")
         policy_presets = [p for p in presets if p in PRESETS]
         if policy_presets:
             name = policy_presets[0]
             policy = _load(args, **PRESETS[name])
             r = run_episode(policy, args.env, seeds[0], record_chunks=True, render=True)
-            plot_action_chunks(r, os.path.join(args.plots, f"{args.env}_{name}_chunks.png"),
-                               title=f"{args.env} / {name}: executed actions and chunks")
-            save_gif(r.frames, os.path.join(args.plots, f"{args.env}_{name}.gif"))
+            r.plot_chunks(os.path.join(args.plots, f"{args.env}_{name}_chunks.png"),
+                          title=f"{args.env} / {name}: executed actions and chunks")
+            r.save_gif(os.path.join(args.plots, f"{args.env}_{name}.gif"))
         print(f"plots in {args.plots}")
     if args.json:
-        write_json(args.json, {name: row["summary"] for name, row in table.items()}, "--json")
+        write_json(args.json, {name: run.summary for name, run in table.items()}, "--json")
     return 0

@@ -21,9 +21,7 @@ import platform
 import time
 
 import torch
-from pydiff.apps.policy import evaluate_presets
-from pydiff.domains.policy import PRESETS, load_policy
-from pydiff.domains.policy.control import run_episode
+from pydiff.domains.policy import PRESETS, evaluate, load, run_episode
 from pydiff.domains.policy.metrics import latency_summary
 
 ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream"]
@@ -31,7 +29,7 @@ ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream
 
 def latency(env: str, preset: str, chunks: int, seed0: int) -> dict[str, dict[str, float]]:
     """Batch-1 latencies over episodes until ``chunks`` steady-state chunks (at most 40)."""
-    policy = load_policy(env, **PRESETS[preset])
+    policy = load(env, preset=preset)
     chunk, steady, select = [], [], []
     for k in range(40):
         if len(steady) >= chunks:
@@ -45,18 +43,8 @@ def latency(env: str, preset: str, chunks: int, seed0: int) -> dict[str, dict[st
 
 
 def planner_rows(seeds: list[int]) -> dict[str, dict]:
-    from pydiff.domains.policy.control import evaluate, summarize
-    from pydiff.domains.policy.planner import (
-        PlannerPolicy,
-        TrajectoryPlanner,
-        pointmass_tracker,
-        side_value,
-    )
-    from pydiff.domains.policy.train import CHECKPOINT_ROOT
+    from pydiff.domains.policy.planner import pointmass_tracker, side_value
 
-    path = CHECKPOINT_ROOT / "pointmass_planner"
-    if not (path / "config.json").is_file():
-        return {}
     goal = torch.tensor([0.0, 0.75])
     rows = {}
     # "once": one plan per 48 steps, its states followed by the tracking controller;
@@ -66,9 +54,9 @@ def planner_rows(seeds: list[int]) -> dict[str, dict]:
             ("planner-once+left", side_value(-1), 2.0, 48, pointmass_tracker),
             ("planner-once+right", side_value(1), 2.0, 48, pointmass_tracker),
             ("planner-open8", None, 0.0, 8, None)]:
-        planner = TrajectoryPlanner.from_pretrained(path, replan_every=every)
-        policy = PlannerPolicy(planner, goal, value=value, guidance_scale=scale, track=track)
-        rows[name] = summarize(evaluate(policy, "pointmass", seeds))
+        planner = load("pointmass_planner", replan_every=every)
+        policy = planner.as_policy(goal, value=value, guidance_scale=scale, track=track)
+        rows[name] = evaluate(policy, "pointmass", seeds).summary
     return rows
 
 
@@ -90,10 +78,9 @@ def main() -> None:
                     "torch": torch.__version__, "seeds": [seeds[0], seeds[-1]], "envs": {}}
     for env in args.envs.split(","):
         start = time.time()
-        table = evaluate_presets(env, presets, seeds)
         rows = {}
-        for name, row in table.items():
-            s = row["summary"]
+        for name in presets:
+            s = evaluate(name, env, seeds).summary
             lat = (latency(env, name, args.latency_chunks, args.seed0) if name in PRESETS
                    else None)
             rows[name] = {"success": s["success"], "return": s["return"],

@@ -19,11 +19,12 @@ import time
 
 import numpy as np
 import torch
-from pydiff.domains.policy import PRESETS, load_policy, rollout_expert
+from pydiff.domains.policy import load
+from pydiff.domains.policy.data import rollout_expert
 
 
 def measure(env: str, preset: str, calls: int, warmup: int) -> dict[str, float]:
-    policy = load_policy(env, **PRESETS[preset])
+    policy = load(env, preset=preset)
     ep = rollout_expert(env, 1000)
     obs = torch.from_numpy(ep.observations)
     to = policy.config.n_obs_steps

@@ -218,9 +218,8 @@ def _config(**kw):
 
 
 def _policy_rows() -> list[Row]:
-    from pydiff.domains.policy import ObservationError, load_policy, make_env
-    from pydiff.domains.policy.control import evaluate, run_episode
-    from pydiff.domains.policy.train import train_policy
+    from pydiff.domains.policy import evaluate, load, make_env, run_episode, train
+    from pydiff.domains.policy.validation import ObservationError
 
     return [
         Row("config-steps-zero", lambda: _config(steps=0), InputError, ("steps",)),
@@ -235,14 +234,18 @@ def _policy_rows() -> list[Row]:
             ObservationError, ("observation",)),
         Row("observation-a-string", lambda: _policy().select_action("up"), ObservationError,
             ("observation",)),
-        Row("load-policy-missing-folder", lambda: load_policy("/nonexistent/policy"),
+        Row("load-policy-missing-folder", lambda: load("/nonexistent/policy"),
             InputError, ("/nonexistent/policy",)),
-        Row("load-policy-unknown-env", lambda: load_policy("nosuch"), InputError, ("nosuch",)),
+        Row("load-policy-unknown-env", lambda: load("nosuch"), InputError, ("nosuch",)),
+        Row("load-policy-unknown-preset", lambda: load("pointmass", preset="turbo"), InputError,
+            ("preset", "turbo", "rti")),
+        Row("evaluate-unknown-policy-name", lambda: evaluate("turbo", "pointmass", [0]),
+            InputError, ("turbo", "expert")),
         Row("make-env-unknown", lambda: make_env("nosuch"), InputError, ("nosuch",)),
         Row("run-episode-hz-negative", lambda: run_episode(_policy(), "pendulum", 0, hz=-5),
             InputError, ("hz", "-5")),
         Row("train-policy-out-dir-is-a-file",
-            lambda: train_policy("pointmass", __file__, episodes=2, steps=1), InputError,
+            lambda: train("pointmass", __file__, episodes=2, steps=1), InputError,
             ("out_dir", "is a file")),
         Row("evaluate-no-seeds", lambda: evaluate(_policy(), "pendulum", []), InputError,
             ("seeds",)),

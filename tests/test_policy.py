@@ -6,24 +6,28 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pydiff.domains.policy as policy_domain
 import pytest
 import torch
 from pydiff.domains.policy import (
-    PRESETS,
-    ActionClipper,
     DiffusionPolicy,
     DiffusionPolicyConfig,
-    MinMaxNormalizer,
-    ObservationError,
-    PendulumExpert,
-    PointMassExpert,
-    collect_demonstrations,
+    evaluate,
+    load,
     make_env,
+    run_episode,
+    train,
+)
+from pydiff.domains.policy.control import ExpertPolicy
+from pydiff.domains.policy.data import (
+    MinMaxNormalizer,
+    collect_demonstrations,
     policy_windows,
     rollout_expert,
     trajectory_windows,
 )
-from pydiff.domains.policy.control import ExpertPolicy, evaluate, run_episode, summarize
+from pydiff.domains.policy.experts import PendulumExpert, PointMassExpert
+from pydiff.domains.policy.validation import ActionClipper, ObservationError
 
 import pydiff
 
@@ -277,21 +281,65 @@ def test_realtime_loop_counts_missed_deadlines_and_holds():
 
 
 def test_simulated_loop_matches_expert_and_summarizes():
-    results = evaluate(ExpertPolicy(PointMassExpert(side=-1), [-1.0, -1.0], [1.0, 1.0]),
-                       "pointmass", [0, 1, 2])
-    s = summarize(results)
+    run = evaluate(ExpertPolicy(PointMassExpert(side=-1), [-1.0, -1.0], [1.0, 1.0]),
+                   "pointmass", [0, 1, 2])
+    s = run.summary
     assert s["success"] == 1.0 and s["sides"]["left"] == 1.0
     single = run_episode(ExpertPolicy(PointMassExpert(side=-1)), "pointmass", seed=1)
-    np.testing.assert_allclose(single.observations, results[1].observations, atol=1e-6)
+    np.testing.assert_allclose(single.observations, run.episodes[1].observations, atol=1e-6)
+    # by name: one expert per mode, alternating over the seeds, episodes in seed order
+    named = evaluate("expert", "pointmass", [0, 1, 2, 3])
+    assert [r.seed for r in named.episodes] == [0, 1, 2, 3]
+    assert [r.side for r in named.episodes] == [1, -1, 1, -1]
+    # an expert computes no chunks: nothing to time as chunk inference
+    assert named.summary["chunk_latency_ms"]["n"] == 0
 
 
 def test_policy_in_the_control_loop_measures_latency_and_jumps():
     policy = tiny_policy(mode="rti")
     result = run_episode(policy, "pendulum", seed=0, hz=None, max_steps=20, record_chunks=True)
     assert result.steps == 20 and len(result.chunk_latency_ms) == 3
+    assert len(result.chunk_cpu_ms) == 3 and min(result.chunk_cpu_ms) >= 0
     assert len(result.boundary_jumps) == 2 and len(result.chunks) == 3
+    # the jump is measured by the loop: from the last executed action to the chunk's first
+    step = result.chunks[1][0]
+    expected = np.linalg.norm(result.actions[step] - result.actions[step - 1])
+    assert result.boundary_jumps[0] == pytest.approx(expected, rel=1e-5)
     summary = result.summary()
     assert summary["chunk_latency_ms"]["p99"] >= summary["chunk_latency_ms"]["p50"] > 0
+    assert not hasattr(policy, "chunk_latency_ms")  # latency lives in the loop, not the model
+    # lockstep: one latency per batched chunk call, jumps per episode
+    run = evaluate(policy, "pendulum", [0, 1], max_steps=20)
+    assert run.summary["chunk_latency_ms"]["n"] == 3
+    assert [len(r.boundary_jumps) for r in run.episodes] == [2, 2]
+
+
+def test_the_public_face_is_small_and_self_sufficient():
+    assert len(policy_domain.__all__) <= 10
+    assert all(hasattr(policy_domain, name) for name in policy_domain.__all__)
+
+
+def test_env_specs_match_the_envs_spaces():
+    from pydiff.domains.policy.envs import env_spec
+
+    for name in ("pendulum", "pointmass", "pusht"):
+        env, spec = make_env(name), env_spec(name)
+        assert env.observation_space.shape == (spec.obs_dim,)
+        np.testing.assert_array_equal(env.action_space.low, spec.action_low)
+        np.testing.assert_array_equal(env.action_space.high, spec.action_high)
+        env.close()
+
+
+@pytest.mark.parametrize("model", ["policy", "planner"])
+def test_one_training_path_for_every_model_type(tmp_path, model):
+    trained, history = train("pointmass", tmp_path / model, model=model, episodes=2, steps=2,
+                             batch_size=8, down_dims=(8, 16), horizon=16, progress=False)
+    assert history and "loss" in history[-1]
+    assert not hasattr(trained, "training_history")
+    loaded = load(tmp_path / model)
+    assert type(loaded) is type(trained) and loaded.config.env == "pointmass"
+    with pytest.raises(ValueError, match="recipe"):
+        train("pusht", None, model=model, steps=1)
 
 
 # -- the planner ----------------------------------------------------------------------------
@@ -309,10 +357,9 @@ def test_planner_inpaints_start_and_goal_and_guides():
 
 
 def test_shipped_planner_value_guidance_moves_plans_to_the_chosen_side():
-    from pydiff.domains.policy.planner import TrajectoryPlanner, side_value
-    from pydiff.domains.policy.train import CHECKPOINT_ROOT
+    from pydiff.domains.policy.planner import side_value
 
-    planner = TrajectoryPlanner.from_pretrained(CHECKPOINT_ROOT / "pointmass_planner")
+    planner = load("pointmass_planner")
     start = torch.tensor([[0.0, -0.75, 0.0, 0.0]]).expand(16, 4)
     kw = dict(goal=torch.tensor([0.0, 0.75]), value=side_value(1))
     right = planner.plan(start, guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
@@ -325,19 +372,22 @@ def test_shipped_planner_value_guidance_moves_plans_to_the_chosen_side():
 # -- shipped checkpoints --------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["rti", "stream"])
 def test_shipped_pointmass_policy_succeeds(preset):
-    from pydiff.domains.policy import load_policy
-
-    policy = load_policy("pointmass", **PRESETS[preset])
-    results = evaluate(policy, "pointmass", [1000, 1001, 1002, 1003])
-    assert sum(r.success for r in results) >= 3
+    run = evaluate(preset, "pointmass", [1000, 1001, 1002, 1003])
+    assert sum(r.success for r in run.episodes) >= 3
 
 
 def test_shipped_pendulum_policy_swings_up():
-    from pydiff.domains.policy import load_policy
+    policy = load("pendulum", preset="rti")
+    assert policy.config.n_action_steps == 4  # the shipped pendulum's inference setting
+    run = evaluate(policy, "pendulum", [1000, 1001, 1002, 1003])
+    assert sum(r.success for r in run.episodes) >= 3
 
-    policy = load_policy("pendulum", **PRESETS["rti"])
-    results = evaluate(policy, "pendulum", [1000, 1001, 1002, 1003])
-    assert sum(r.success for r in results) >= 3
+
+def test_shipped_planner_behind_the_policy_interface():
+    run = evaluate("planner", "pointmass", [1000, 1001])
+    assert run.summary["chunk_latency_ms"]["n"] >= 1 and run.summary["success"] >= 0.5
+    with pytest.raises(ValueError, match="pointmass"):
+        evaluate("planner", "pendulum", [0])
 
 
 def test_cli_eval_runs(capsys):
@@ -353,15 +403,27 @@ def test_cli_eval_runs(capsys):
 
 
 def test_plots_and_gif_of_a_rendered_episode(tmp_path):
-    from pydiff.domains.policy.plots import plot_action_chunks, plot_trajectories, save_gif
+    from pydiff.domains.policy.control import Evaluation
 
     policy = tiny_policy(mode="rti")
     result = run_episode(policy, "pendulum", seed=0, max_steps=12, record_chunks=True,
                          render=True)
     assert len(result.frames) == 13 and result.frames[0].ndim == 3
-    for path in (plot_trajectories([result], "pendulum", str(tmp_path / "t.png")),
-                 plot_action_chunks(result, str(tmp_path / "c.png")),
-                 save_gif(result.frames, str(tmp_path / "e.gif"))):
+    for path in (Evaluation("pendulum", [result]).plot(str(tmp_path / "t.png")),
+                 result.plot_chunks(str(tmp_path / "c.png")),
+                 result.save_gif(str(tmp_path / "e.gif"))):
         assert (tmp_path / path.split("/")[-1]).stat().st_size > 0
+    result.frames = []
     with pytest.raises(ValueError, match="frame"):
-        save_gif([], str(tmp_path / "empty.gif"))
+        result.save_gif(str(tmp_path / "empty.gif"))
+
+
+@pytest.mark.parametrize("module", ["", ".chunking", ".train", ".control", ".planner", ".policy",
+                                    ".plots", ".validation", ".metrics", ".envs"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("pydiff.domains.policy" + module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

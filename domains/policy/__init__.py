@@ -2,35 +2,26 @@
 
 Action-chunk diffusion policies (:class:`DiffusionPolicy`, LeRobot's five methods) with full,
 real-time-iteration and streaming inference on any pydiff solver; a Diffuser-style planner
-(:class:`TrajectoryPlanner`); gymnasium environments and scripted experts; a fixed-rate control
-loop with deadlines (:func:`run_episode`) and the metrics robotics users report.
+(:class:`TrajectoryPlanner`); gymnasium environments with scripted experts (:func:`make_env`);
+one training path for both (:func:`train`, :func:`load`); a fixed-rate control loop with
+deadlines that measures what robotics users report (:func:`run_episode`, :func:`evaluate`).
 
 Example:
-    >>> from pydiff.domains.policy import make_env, collect_demonstrations
-    >>> env = make_env("pendulum")
-    >>> demos = collect_demonstrations("pendulum", episodes=1, seed=0)
-    >>> demos[0].success
-    True
+    >>> from pydiff.domains.policy import evaluate, load
+    >>> policy = load("pointmass", preset="rti")
+    >>> result = evaluate(policy, "pointmass", seeds=[1000, 1001])
+    >>> sorted(result.summary)[:3]
+    ['boundary_jump', 'chunk_cpu_ms', 'chunk_latency_ms']
+
+The rest (experts, demonstrations, normalizers, plots, metrics) stays importable from the
+submodules (``pydiff.domains.policy.data``, ``.experts``, ``.planner``, ...).
 """
 
-from .data import (
-    Episode,
-    MinMaxNormalizer,
-    collect_demonstrations,
-    policy_windows,
-    rollout_expert,
-    trajectory_windows,
-)
-from .envs import POINTMASS_ID, EnvSpec, PointMassObstacleEnv, env_spec, episode_success, make_env
-from .experts import PendulumExpert, PointMassExpert, PushTExpert, make_expert
-from .policy import MODES, PRESETS, DiffusionPolicy, DiffusionPolicyConfig
-from .train import checkpoint_path, load_policy, train_policy
-from .validation import ActionClipper, ObservationError, check_observation
+from .control import evaluate, run_episode
+from .envs import make_env
+from .planner import PlannerConfig, TrajectoryPlanner
+from .policy import PRESETS, DiffusionPolicy, DiffusionPolicyConfig
+from .train import load, train
 
-__all__ = [
-    "Episode", "MinMaxNormalizer", "collect_demonstrations", "policy_windows", "rollout_expert",
-    "trajectory_windows", "POINTMASS_ID", "EnvSpec", "PointMassObstacleEnv", "env_spec",
-    "episode_success", "make_env", "PendulumExpert", "PointMassExpert", "PushTExpert",
-    "make_expert", "MODES", "PRESETS", "DiffusionPolicy", "DiffusionPolicyConfig", "ActionClipper",
-    "ObservationError", "check_observation", "checkpoint_path", "load_policy", "train_policy",
-]
+__all__ = ["DiffusionPolicy", "DiffusionPolicyConfig", "TrajectoryPlanner", "PlannerConfig",
+           "PRESETS", "make_env", "run_episode", "evaluate", "train", "load"]

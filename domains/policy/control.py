@@ -33,7 +33,7 @@ import torch
 
 from pydiff.errors import InputError
 
-from .envs import env_spec, episode_success, make_env, pendulum_angle
+from .envs import POINTMASS_ID, env_spec, episode_success, make_env, pendulum_angle, resolve_env_id
 from .metrics import jump_summary, latency_summary
 from .validation import ActionClipper, check_observation
 
@@ -52,6 +52,7 @@ class EpisodeResult:
     clipped_actions: int = 0
     select_latency_ms: list[float] = field(default_factory=list)
     chunk_latency_ms: list[float] = field(default_factory=list)
+    chunk_cpu_ms: list[float] = field(default_factory=list)
     boundary_jumps: list[float] = field(default_factory=list)
     observations: np.ndarray | None = None
     actions: np.ndarray | None = None
@@ -66,10 +67,42 @@ class EpisodeResult:
             "held_steps": self.held_steps, "clipped_actions": self.clipped_actions,
             "select_latency_ms": latency_summary(self.select_latency_ms),
             "chunk_latency_ms": latency_summary(self.chunk_latency_ms),
+            "chunk_cpu_ms": latency_summary(self.chunk_cpu_ms),
             # without the episode's first chunk, which RTI and streaming compute in full
             "steady_chunk_latency_ms": latency_summary(self.chunk_latency_ms[1:]),
             "boundary_jump": jump_summary(self.boundary_jumps),
         }
+
+    def plot_chunks(self, path: str, title: str = "") -> str:
+        """Executed actions with every predicted chunk overlaid (needs ``record_chunks``)."""
+        from .plots import plot_action_chunks
+
+        return plot_action_chunks(self, path, title)
+
+    def save_gif(self, path: str, fps: int = 20) -> str:
+        """The rendered frames as an animated GIF (needs ``render=True``)."""
+        from .plots import save_gif
+
+        return save_gif(self.frames, path, fps)
+
+
+@dataclass
+class Evaluation:
+    """Episodes of one policy in one env (:func:`evaluate`) and their :attr:`summary`."""
+
+    env: str
+    episodes: list[EpisodeResult]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Success, return, latencies, jumps, sides and misses (see :func:`summarize`)."""
+        return summarize(self.episodes)
+
+    def plot(self, path: str, title: str = "") -> str:
+        """Trajectories of all episodes (point mass: paths; pendulum: angle over time)."""
+        from .plots import plot_trajectories
+
+        return plot_trajectories(self.episodes, self.env, path, title)
 
 
 class ExpertPolicy:
@@ -82,9 +115,6 @@ class ExpertPolicy:
         self.expert = expert
         self._copies: list[Any] = []
         self.clipper = None if action_low is None else ActionClipper(action_low, action_high)
-        self.boundary_jumps: list[float] = []
-        self.chunk_latency_ms: list[float] = []
-        self.last_chunk = None
 
     def reset(self) -> None:
         self._copies = []
@@ -144,6 +174,9 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
     observations, actions, infos, frames, chunks = [obs], [], [], [], []
     ret, misses, held = 0.0, 0, 0
     select_ms: list[float] = []
+    chunk_ms: list[float] = []
+    chunk_cpu: list[float] = []
+    jumps: list[float] = []
     period = 1.0 / hz if hz else 0.0
     next_tick = time.perf_counter()
     last_action = None
@@ -163,14 +196,20 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
     if render:
         frames.append(env.render())
     while not done:
-        start = time.perf_counter()
-        n_chunks = len(getattr(policy, "chunk_latency_ms", []))
+        chunks_before = getattr(policy, "chunk_count", None)
+        start, cpu_start = time.perf_counter(), time.process_time()
         action = policy.select_action(obs, generator=generator)
         finished = time.perf_counter()
         select_ms.append(1e3 * (finished - start))
         action = action.detach().cpu().numpy().astype(np.float32)
-        if record_chunks and len(getattr(policy, "chunk_latency_ms", [])) > n_chunks:
-            chunks.append((len(actions), policy.last_chunk[0].detach().cpu().numpy()))
+        if chunks_before is not None and policy.chunk_count > chunks_before:
+            chunk_ms.append(select_ms[-1])
+            chunk_cpu.append(1e3 * (time.process_time() - cpu_start))
+            if last_action is not None:
+                # smoothness: the step from the last executed action to a new chunk's first
+                jumps.append(float(np.linalg.norm(action - last_action)))
+            if record_chunks:
+                chunks.append((len(actions), policy.last_chunk[0].detach().cpu().numpy()))
         if hz:
             deadline = next_tick + period
             if finished > deadline and last_action is not None:
@@ -200,23 +239,14 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
         seed=seed, ret=ret, success=episode_success(spec, obs_arr, infos), steps=len(actions),
         side=_side(infos, obs_arr, spec), deadline_misses=misses, held_steps=held,
         clipped_actions=clipper.clipped_actions if clipper is not None else 0,
-        select_latency_ms=select_ms,
-        chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
-        boundary_jumps=list(getattr(policy, "boundary_jumps", [])),
-        observations=obs_arr, actions=np.asarray(actions, dtype=np.float32), chunks=chunks,
-        frames=frames)
+        select_latency_ms=select_ms, chunk_latency_ms=chunk_ms, chunk_cpu_ms=chunk_cpu,
+        boundary_jumps=jumps, observations=obs_arr,
+        actions=np.asarray(actions, dtype=np.float32), chunks=chunks, frames=frames)
 
 
-def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | None = None,
-             ) -> list[EpisodeResult]:
-    """Run all ``seeds`` in lockstep in simulated time (one batched ``select_action`` a tick).
-
-    Each env gets its own noise generator seeded with its seed, so an episode's result does not
-    depend on which other seeds run beside it (up to float rounding of batched matmuls).
-    Finished envs keep receiving (ignored) actions until all are done.
-    """
-    if not seeds:
-        raise InputError("seeds must name at least one seed")
+def _lockstep(policy: Any, env_name: str, seeds: list[int], max_steps: int | None
+              ) -> list[EpisodeResult]:
+    """All ``seeds`` in lockstep in simulated time, one batched ``select_action`` a tick."""
     spec = env_spec(env_name)
     steps_limit = max_steps or spec.max_steps
     envs = [make_env(env_name) for _ in seeds]
@@ -227,14 +257,23 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
     observations = [[o.copy()] for o in obs]  # rows of obs are overwritten each tick
     actions: list[list[np.ndarray]] = [[] for _ in range(n)]
     infos: list[list[dict]] = [[] for _ in range(n)]
+    jumps: list[list[float]] = [[] for _ in range(n)]
     rets = np.zeros(n)
     done = np.zeros(n, dtype=bool)
+    # one batched call serves every episode: all share these lists
     select_ms: list[float] = []
+    chunk_ms: list[float] = []
+    chunk_cpu: list[float] = []
     clipped = np.zeros(n, dtype=np.int64)
     while not done.all():
-        start = time.perf_counter()
+        chunks_before = getattr(policy, "chunk_count", None)
+        start, cpu_start = time.perf_counter(), time.process_time()
         act = policy.select_action(obs, generator=generators)
         select_ms.append(1e3 * (time.perf_counter() - start))
+        new_chunk = chunks_before is not None and policy.chunk_count > chunks_before
+        if new_chunk:
+            chunk_ms.append(select_ms[-1])
+            chunk_cpu.append(1e3 * (time.process_time() - cpu_start))
         act = act.detach().cpu().numpy().astype(np.float32)
         clipper = getattr(policy, "clipper", None)
         if clipper is not None:
@@ -242,6 +281,8 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
         for i, env in enumerate(envs):
             if done[i]:
                 continue
+            if new_chunk and actions[i]:
+                jumps[i].append(float(np.linalg.norm(act[i] - actions[i][-1])))
             o, r, terminated, truncated, info = env.step(act[i])
             obs[i] = o
             rets[i] += float(r)
@@ -256,12 +297,75 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, max_steps: int | N
         results.append(EpisodeResult(
             seed=s, ret=float(rets[i]), success=episode_success(spec, obs_arr, infos[i]),
             steps=len(actions[i]), side=_side(infos[i], obs_arr, spec),
-            clipped_actions=int(clipped[i]),
-            select_latency_ms=select_ms,
-            chunk_latency_ms=list(getattr(policy, "chunk_latency_ms", [])),
-            boundary_jumps=list(getattr(policy, "boundary_jumps", [])),
+            clipped_actions=int(clipped[i]), select_latency_ms=select_ms,
+            chunk_latency_ms=chunk_ms, chunk_cpu_ms=chunk_cpu, boundary_jumps=jumps[i],
             observations=obs_arr, actions=np.asarray(actions[i], dtype=np.float32)))
     return results
+
+
+def _named_policies(name: str, env_name: str, seeds: list[int], checkpoint: Any
+                    ) -> list[tuple[Any, list[int]]]:
+    """``(policy, seeds)`` pairs for a policy given by name (see :func:`evaluate`)."""
+    from .policy import PRESETS
+    from .train import load
+
+    if name == "expert":
+        from .experts import make_expert
+
+        spec = env_spec(env_name)
+        # one expert per mode, alternating over the seeds as in the demonstrations
+        return [(ExpertPolicy(make_expert(env_name, mode), spec.action_low, spec.action_high),
+                 seeds[k::2]) for k, mode in enumerate((1, -1)) if seeds[k::2]]
+    if name == "planner":
+        from .planner import pointmass_tracker
+
+        if resolve_env_id(env_name) != POINTMASS_ID:
+            raise InputError(f"the 'planner' policy exists for env 'pointmass' only, not "
+                             f"{env_name!r}")
+        # plan once per horizon and follow the planned states (replanning every few steps
+        # switches between the left and right modes and fails; see docs/policy.md)
+        planner = load(checkpoint or "pointmass_planner", replan_every=48)
+        return [(planner.as_policy(torch.tensor([0.0, 0.75]), track=pointmass_tracker),
+                 seeds)]
+    if name in PRESETS:
+        return [(load(checkpoint or env_name, preset=name), seeds)]
+    raise InputError(f"unknown policy {name!r}; expected a policy object, 'expert', "
+                     f"'planner' or a preset of {sorted(PRESETS)}")
+
+
+def evaluate(policy: Any, env_name: str, seeds: list[int], *, hz: float | None = None,
+             max_steps: int | None = None, checkpoint: Any = None) -> Evaluation:
+    """Run ``policy`` on every seed of ``env_name`` and summarize.
+
+    Args:
+        policy: anything with ``reset()`` and ``select_action(obs, generator=...)``, or a
+            name: ``"expert"`` (the scripted expert, modes alternating over the seeds),
+            ``"planner"`` (the shipped point-mass planner, tracked), or a preset of
+            :data:`~.policy.PRESETS` (the shipped checkpoint of the env, or ``checkpoint``).
+        seeds: env seeds; each episode's noise generator is seeded with its seed, so a result
+            does not depend on which other seeds run beside it (up to float rounding of
+            batched matmuls).
+        hz: ``None`` runs all seeds in lockstep in simulated time (one batched
+            ``select_action`` per tick; finished envs receive ignored actions until all are
+            done); a rate runs them one by one in real time (:func:`run_episode`).
+
+    Example:
+        >>> from pydiff.domains.policy import evaluate
+        >>> evaluate("expert", "pointmass", [0, 1]).summary["success"]
+        1.0
+    """
+    if not seeds:
+        raise InputError("seeds must name at least one seed")
+    runs = (_named_policies(policy, env_name, list(seeds), checkpoint)
+            if isinstance(policy, str) else [(policy, list(seeds))])
+    episodes = []
+    for p, chosen in runs:
+        if hz is None:
+            episodes += _lockstep(p, env_name, chosen, max_steps)
+        else:
+            episodes += [run_episode(p, env_name, s, hz=hz, max_steps=max_steps)
+                         for s in chosen]
+    return Evaluation(env_name, sorted(episodes, key=lambda r: seeds.index(r.seed)))
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
@@ -274,6 +378,7 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         return [v for values in lists.values() for v in values]
 
     chunk_ms, select_ms = pooled("chunk_latency_ms"), pooled("select_latency_ms")
+    chunk_cpu = pooled("chunk_cpu_ms")
     # every episode's first chunk is a full solve in RTI and streaming: report the rest apart
     lists = {id(r.chunk_latency_ms): r.chunk_latency_ms for r in results}
     steady_ms = [v for values in lists.values() for v in values[1:]]
@@ -283,6 +388,7 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         "success": float(np.mean([r.success for r in results])) if results else float("nan"),
         "return": float(np.mean([r.ret for r in results])) if results else float("nan"),
         "chunk_latency_ms": latency_summary(chunk_ms),
+        "chunk_cpu_ms": latency_summary(chunk_cpu),
         "steady_chunk_latency_ms": latency_summary(steady_ms),
         "select_latency_ms": latency_summary(select_ms),
         "boundary_jump": jump_summary(jumps),
@@ -292,4 +398,4 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
     }
 
 
-__all__ = ["EpisodeResult", "ExpertPolicy", "run_episode", "evaluate", "summarize"]
+__all__ = ["EpisodeResult", "Evaluation", "ExpertPolicy", "run_episode", "evaluate", "summarize"]

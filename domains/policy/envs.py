@@ -61,9 +61,11 @@ class PointMassObstacleEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    # the registered env's dynamics (class constants, so controllers read them without an env)
+    DT, SPEED, LAG = 0.1, 0.6, 0.5
 
-    def __init__(self, render_mode: str | None = None, dt: float = 0.1, speed: float = 0.6,
-                 lag: float = 0.5, obstacle_radius: float = 0.3, goal_radius: float = 0.08,
+    def __init__(self, render_mode: str | None = None, dt: float = DT, speed: float = SPEED,
+                 lag: float = LAG, obstacle_radius: float = 0.3, goal_radius: float = 0.08,
                  start_jitter: float = 0.1):
         self.render_mode = render_mode
         self.dt, self.speed, self.lag = dt, speed, lag
@@ -179,6 +181,8 @@ class EnvSpec:
     Attributes:
         env_id: the gymnasium id.
         max_steps: episode length used for demonstrations and evaluation.
+        obs_dim, action_low, action_high: the observation size and the action box (the same
+            as the env's spaces; here so that configs are built without making an env).
         success_from: ``"info"`` (the env's ``is_success``), or ``"upright"`` (Pendulum: the
             angle stays within ``upright_tol`` radians of upright over the last
             ``upright_steps`` steps).
@@ -186,15 +190,21 @@ class EnvSpec:
 
     env_id: str
     max_steps: int
+    obs_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
     success_from: str = "info"
     upright_tol: float = 0.3
     upright_steps: int = 50
 
 
 SPECS = {
-    "Pendulum-v1": EnvSpec("Pendulum-v1", max_steps=200, success_from="upright"),
-    POINTMASS_ID: EnvSpec(POINTMASS_ID, max_steps=100),
-    "gym_pusht/PushT-v0": EnvSpec("gym_pusht/PushT-v0", max_steps=300),
+    "Pendulum-v1": EnvSpec("Pendulum-v1", max_steps=200, obs_dim=3, action_low=(-2.0,),
+                           action_high=(2.0,), success_from="upright"),
+    POINTMASS_ID: EnvSpec(POINTMASS_ID, max_steps=100, obs_dim=4, action_low=(-1.0, -1.0),
+                          action_high=(1.0, 1.0)),
+    "gym_pusht/PushT-v0": EnvSpec("gym_pusht/PushT-v0", max_steps=300, obs_dim=5,
+                                  action_low=(0.0, 0.0), action_high=(512.0, 512.0)),
 }
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +43,10 @@ from pydiff.guidance import ClipX0, RewardGuidance
 from pydiff.hooks import InpaintReplace
 from pydiff.nn import UNet1D
 
-from .data import MinMaxNormalizer
-from .validation import ActionClipper, check_observation
+from .chunking import ChunkedPolicy
+from .data import Episode, MinMaxNormalizer, trajectory_windows
+from .envs import EnvSpec
+from .validation import check_observation
 
 Tensor = torch.Tensor
 
@@ -181,6 +181,24 @@ class TrajectoryPlanner(nn.Module):
                               generator=generator, hooks=[InpaintReplace(known, mask)])
         return self.normalizer.unnormalize(x.detach().transpose(1, 2))
 
+    @classmethod
+    def for_demonstrations(cls, demos: list[Episode], spec: EnvSpec, **config: Any
+                           ) -> tuple[TrajectoryPlanner, dict[str, Tensor]]:
+        """An untrained planner for ``spec``'s env with its normalizer fitted on ``demos``, and
+        its training tensors ``{"trajectory": [N, H, obs_dim + action_dim]}``."""
+        cfg = PlannerConfig(obs_dim=spec.obs_dim, action_dim=len(spec.action_low),
+                            action_low=list(spec.action_low),
+                            action_high=list(spec.action_high), **config)
+        traj = trajectory_windows(demos, cfg.horizon)
+        return cls(cfg, MinMaxNormalizer.fit(traj)), {"trajectory": traj}
+
+    def as_policy(self, goal: Tensor | None = None, *,
+                  value: Callable[[Tensor], Tensor] | None = None, guidance_scale: float = 0.0,
+                  track: Callable[[Tensor, Tensor], Tensor] | None = None) -> PlannerPolicy:
+        """This planner behind the policy interface (:class:`PlannerPolicy`): plan to
+        ``goal``, execute (or ``track``) ``config.replan_every`` steps, plan again."""
+        return PlannerPolicy(self, goal, value=value, guidance_scale=guidance_scale, track=track)
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (via ``save_pretrained``)."""
         from pydiff.training import save_pretrained
@@ -200,15 +218,15 @@ class TrajectoryPlanner(nn.Module):
         return from_pretrained(directory, factory=build).eval()
 
 
-class PlannerPolicy:
-    """A :class:`TrajectoryPlanner` behind the policy interface (``reset``, ``select_action``).
+class PlannerPolicy(ChunkedPolicy):
+    """A :class:`TrajectoryPlanner` behind the policy interface (``reset``, ``select_action``);
+    made by :meth:`TrajectoryPlanner.as_policy`.
 
     Plans from the current state to ``goal`` and plans again every ``replan_every`` steps.
     Between plans it either executes the planned actions open loop (``track=None``) or, as
     Diffuser does in Maze2D, follows the planned *states* with a tracking controller
     ``track(obs [B, obs_dim], target_state [B, obs_dim]) -> action [B, action_dim]`` (see
-    :func:`pointmass_tracker`). Latency of each plan goes to ``chunk_latency_ms``; actions are
-    clipped and counted.
+    :func:`pointmass_tracker`).
     """
 
     def __init__(self, planner: TrajectoryPlanner, goal: Tensor | None, *,
@@ -217,49 +235,30 @@ class PlannerPolicy:
         self.planner, self.goal = planner, goal
         self.value, self.guidance_scale, self.track = value, guidance_scale, track
         cfg = planner.config
-        self.clipper = ActionClipper(cfg.action_low, cfg.action_high)
-        self.reset()
+        super().__init__(obs_dim=cfg.obs_dim, n_obs_steps=1, action_low=cfg.action_low,
+                         action_high=cfg.action_high)
 
-    def reset(self) -> None:
-        self._queue: deque[Tensor] = deque()  # planned actions, or planned next states
-        self._last: Tensor | None = None
-        self.chunk_latency_ms: list[float] = []
-        self.boundary_jumps: list[float] = []
-        self.last_chunk: Tensor | None = None
-        self.clipper.reset_counts()
+    def _next_chunk(self, history: Tensor, obs: Tensor, generator: Any) -> list[Tensor]:
+        plan = self.planner.plan(obs, self.goal, value=self.value,
+                                 guidance_scale=self.guidance_scale, generator=generator)
+        obs_dim = self.planner.config.obs_dim
+        self.last_chunk = plan[:, :, obs_dim:]
+        steps = range(self.planner.config.replan_every)
+        if self.track is None:
+            return [plan[:, k, obs_dim:] for k in steps]
+        # the state planned one step ahead is the target of each tick
+        return [plan[:, min(k + 1, plan.shape[1] - 1), :obs_dim] for k in steps]
 
-    def select_action(self, obs: Any, generator: torch.Generator | list | None = None
-                      ) -> Tensor:
-        x = check_observation(obs, self.planner.config.obs_dim)
-        new_plan = not self._queue
-        if new_plan:
-            start = time.perf_counter()
-            plan = self.planner.plan(x, self.goal, value=self.value,
-                                     guidance_scale=self.guidance_scale, generator=generator)
-            self.chunk_latency_ms.append(1e3 * (time.perf_counter() - start))
-            obs_dim = self.planner.config.obs_dim
-            self.last_chunk = plan[:, :, obs_dim:]
-            steps = range(self.planner.config.replan_every)
-            if self.track is None:
-                self._queue.extend(plan[:, k, obs_dim:] for k in steps)
-            else:
-                self._queue.extend(plan[:, min(k + 1, plan.shape[1] - 1), :obs_dim]
-                                   for k in steps)
-        item = self._queue.popleft()
-        action = self.clipper(item if self.track is None else self.track(x, item))
-        if new_plan and self._last is not None:
-            self.boundary_jumps.extend((action - self._last).norm(dim=-1).tolist())
-        self._last = action
-        return action[0] if len(getattr(obs, "shape", (0, 0))) == 1 else action
+    def _to_action(self, obs: Tensor, item: Tensor) -> Tensor:
+        return item if self.track is None else self.track(obs, item)
 
 
 def pointmass_tracker(obs: Tensor, target: Tensor) -> Tensor:
     """Inverse dynamics of :class:`~.envs.PointMassObstacleEnv` (default constants): the
     velocity command that moves the point to ``target``'s position in one step."""
-    from .envs import PointMassObstacleEnv
+    from .envs import PointMassObstacleEnv as env  # the registered env's constants
 
-    env = PointMassObstacleEnv()  # its default constants are the registered env's
-    dt, speed, lag = env.dt, env.speed, env.lag
+    dt, speed, lag = env.DT, env.SPEED, env.LAG
     v_needed = (target[:, :2] - obs[:, :2]) / (dt * speed)
     return (v_needed - (1 - lag) * obs[:, 2:4]) / lag
 
@@ -278,46 +277,5 @@ def side_value(side: int) -> Callable[[Tensor], Tensor]:
     return value
 
 
-# The recipe of the shipped point-mass planner (`pydiff policy train --env pointmass --planner`).
-PLANNER_RECIPE: dict[str, Any] = {"episodes": 100, "steps": 2000, "batch_size": 64, "lr": 2e-3,
-                                  "horizon": 48, "down_dims": (32, 64)}
-
-
-def train_planner(env: str, out_dir: str | os.PathLike | None, *, episodes: int = 100,
-                  steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                  progress: bool = True, **config: Any) -> TrajectoryPlanner:
-    """Train a planner on expert trajectories with :class:`pydiff.training.Trainer`."""
-    from pydiff.files import check_output
-    from pydiff.training import BatchLoader, Trainer
-
-    from .data import collect_demonstrations, trajectory_windows
-    from .envs import make_env
-
-    if out_dir is not None:
-        check_output(out_dir, "out_dir", folder=True)  # before training, not after
-    demos = collect_demonstrations(env, episodes, seed=seed)
-    probe = make_env(env)
-    cfg = PlannerConfig(obs_dim=int(probe.observation_space.shape[0]),
-                        action_dim=int(probe.action_space.shape[0]),
-                        action_low=[float(v) for v in probe.action_space.low],
-                        action_high=[float(v) for v in probe.action_space.high], env=env,
-                        **config)
-    probe.close()
-    traj = trajectory_windows(demos, cfg.horizon)
-    planner = TrajectoryPlanner(cfg, MinMaxNormalizer.fit(traj))
-    loader = BatchLoader({"trajectory": traj}, min(batch_size, len(traj)), seed=seed)
-    trainer = Trainer(planner, loader, loss_fn=lambda model, batch, g: model(batch, g),
-                      max_steps=steps, lr=lr, lr_scheduler="cosine",
-                      warmup_steps=min(200, steps // 10), ema=True, seed=seed,
-                      progress=progress, log_every=100)
-    trainer.fit()
-    trained = trainer.ema_model().eval()
-    if out_dir is not None:
-        trained.save_pretrained(out_dir)
-    trained.training_history = trainer.history
-    return trained
-
-
-__all__ = ["PlannerConfig", "TrajectoryPlanner", "PlannerPolicy", "side_value", "train_planner",
-           "pointmass_tracker",
-           "PLANNER_RECIPE"]
+__all__ = ["PlannerConfig", "TrajectoryPlanner", "PlannerPolicy", "side_value",
+           "pointmass_tracker"]

@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -52,8 +49,9 @@ from pydiff.errors import InputError
 from pydiff.guidance import ClipX0
 from pydiff.nn import UNet1D
 
-from .data import MinMaxNormalizer
-from .validation import ActionClipper, check_observation
+from .chunking import ChunkedPolicy
+from .data import Episode, MinMaxNormalizer, policy_windows
+from .envs import EnvSpec
 
 Tensor = torch.Tensor
 MODES = ("full", "rti", "stream")
@@ -148,7 +146,7 @@ class DiffusionPolicyConfig:
         return d
 
 
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(nn.Module, ChunkedPolicy):
     """Diffusion Policy with full, real-time-iteration and streaming inference.
 
     Args:
@@ -177,22 +175,15 @@ class DiffusionPolicy(nn.Module):
         self.schedule = table(num_train_timesteps=config.num_train_timesteps)
         self.denoiser = pydiff.Denoiser(self.net, self.schedule, prediction=config.prediction,
                                         time_input="index")
-        self.clipper = ActionClipper(config.action_low, config.action_high)
-        self.reset()
+        ChunkedPolicy.__init__(self, obs_dim=config.obs_dim, n_obs_steps=config.n_obs_steps,
+                               action_low=config.action_low, action_high=config.action_high)
 
     # -- episode state --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the observation history, the action queue and the warm-start state."""
-        self._obs_history: deque[Tensor] = deque(maxlen=self.config.n_obs_steps)
-        self._queue: deque[Tensor] = deque()
+        ChunkedPolicy.reset(self)
         self._previous_chunk: Tensor | None = None  # normalized [B, A, Tp], for RTI
         self._buffer: Tensor | None = None  # normalized noisy [B, A, Tp], for streaming
-        self._last_action: Tensor | None = None
-        self.chunk_count = 0
-        self.clipper.reset_counts()
-        self.boundary_jumps: list[float] = []  # |first action of a chunk - last executed|
-        self.chunk_latency_ms: list[float] = []  # wall time of each chunk inference
-        self.last_chunk: Tensor | None = None  # the latest predicted chunk [B, Tp, A]
 
     def configure(self, **overrides: Any) -> DiffusionPolicy:
         """Change inference settings (validated like the config), e.g. ``configure(**PRESETS[
@@ -249,7 +240,6 @@ class DiffusionPolicy(nn.Module):
         else:
             chunk = self._stream(model, cond.shape[0], generator)
         self._previous_chunk = chunk
-        self.chunk_count += 1
         return self.action_normalizer.unnormalize(chunk.transpose(1, 2))
 
     def inference_model(self) -> pydiff.Denoiser:
@@ -312,43 +302,15 @@ class DiffusionPolicy(nn.Module):
         self._buffer = torch.cat([x[..., 1:], fresh], dim=-1)
         return x
 
-    @torch.no_grad()
-    def select_action(self, obs: Any, *, generator: torch.Generator | list | None = None
-                      ) -> Tensor:
-        """The next action for observation ``obs`` (``[obs_dim]`` or ``[B, obs_dim]``).
+    def _chunk_due(self) -> bool:
+        return self.config.mode == "stream" or not self._queue
 
-        Keeps the last ``To`` observations (the first one repeated after :meth:`reset`),
-        predicts a chunk when the queue is empty and queues its first ``Ta`` actions (in
-        streaming mode, every call advances the buffer and returns its head). The action is
-        clipped to ``[action_low, action_high]`` (counted in ``self.clipper``).
-
-        Raises:
-            ObservationError: wrong shape or NaN/inf in ``obs``.
-        """
-        x = check_observation(obs, self.config.obs_dim)
-        single = len(np.shape(obs)) == 1
-        if self._obs_history and self._obs_history[-1].shape[0] != x.shape[0]:
-            raise InputError(f"observation batch size changed from "
-                             f"{self._obs_history[-1].shape[0]} to {x.shape[0]}; call reset()")
-        while len(self._obs_history) < self.config.n_obs_steps - 1:
-            self._obs_history.append(x)
-        self._obs_history.append(x)
-        new_chunk = self.config.mode == "stream" or not self._queue
-        if new_chunk:
-            start = time.perf_counter()
-            chunk = self.predict_action_chunk(torch.stack(list(self._obs_history), dim=1),
-                                              generator=generator)
-            self.chunk_latency_ms.append(1e3 * (time.perf_counter() - start))
-            self.last_chunk = chunk
-            keep = 1 if self.config.mode == "stream" else self.config.n_action_steps
-            self._queue.clear()
-            self._queue.extend(chunk[:, k] for k in range(keep))
-        action = self.clipper(self._queue.popleft())
-        if new_chunk and self._last_action is not None:
-            # smoothness: the step between the last executed action and a new chunk's first
-            self.boundary_jumps.extend((action - self._last_action).norm(dim=-1).tolist())
-        self._last_action = action
-        return action[0] if single else action
+    def _next_chunk(self, history: Tensor, obs: Tensor, generator: Any) -> list[Tensor]:
+        # streaming executes the head of every advanced buffer; the others Ta actions a chunk
+        chunk = self.predict_action_chunk(history, generator=generator)
+        self.last_chunk = chunk
+        keep = 1 if self.config.mode == "stream" else self.config.n_action_steps
+        return [chunk[:, k] for k in range(keep)]
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
@@ -378,6 +340,18 @@ class DiffusionPolicy(nn.Module):
             info["loss_ramp"] = float(out.per_sample[:n_ramp].detach().mean())
         return out.loss, info
 
+    @classmethod
+    def for_demonstrations(cls, demos: list[Episode], spec: EnvSpec, **config: Any
+                           ) -> tuple[DiffusionPolicy, dict[str, Tensor]]:
+        """An untrained policy for ``spec``'s env with normalizers fitted on ``demos``, and its
+        training tensors ``{"observation": [N, To, obs_dim], "action": [N, Tp, A]}``."""
+        cfg = DiffusionPolicyConfig(obs_dim=spec.obs_dim, action_dim=len(spec.action_low),
+                                    action_low=list(spec.action_low),
+                                    action_high=list(spec.action_high), **config)
+        obs, act = policy_windows(demos, cfg.n_obs_steps, cfg.horizon)
+        policy = cls(cfg, MinMaxNormalizer.fit(obs), MinMaxNormalizer.fit(act))
+        return policy, {"observation": obs, "action": act}
+
     # -- persistence ------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights and normalizers).
@@ -395,7 +369,8 @@ class DiffusionPolicy(nn.Module):
         """Load a saved policy; ``overrides`` change config fields (e.g. ``mode="rti"``).
 
         Example:
-            >>> from pydiff.domains.policy import DiffusionPolicy, checkpoint_path
+            >>> from pydiff.domains.policy import DiffusionPolicy
+            >>> from pydiff.domains.policy.train import checkpoint_path
             >>> policy = DiffusionPolicy.from_pretrained(checkpoint_path("pointmass"),
             ...                                          mode="rti")
             >>> policy.config.mode

@@ -1,19 +1,21 @@
-"""Train a diffusion policy on scripted demonstrations with :class:`pydiff.training.Trainer`.
+"""Train any policy type on scripted demonstrations, and load trained ones.
 
-The recipe: expert demonstrations with fixed seeds (:func:`~.data.collect_demonstrations`),
-min-max normalizers fitted on them, ``(To observations, Tp actions)`` windows, AdamW with a
-cosine schedule, Diffusion Policy's EMA; the EMA weights are saved. The shipped checkpoints in
-``pydiff/domains/policy/checkpoints/<env>`` were made by ``pydiff policy train --env <env>``
-with the defaults of :data:`RECIPES`.
+One training path for every policy type (the diffusion policy, the trajectory planner): expert
+demonstrations with fixed seeds (:func:`~.data.collect_demonstrations`), the model type's
+``for_demonstrations`` (normalizers fitted on the data, training windows), then
+:class:`pydiff.training.Trainer` (AdamW with a cosine schedule and warm-up, EMA) on the model's
+own ``forward(batch) -> (loss, info)``; the EMA weights are saved. The shipped checkpoints in
+``pydiff/domains/policy/checkpoints/`` were made by ``pydiff policy train`` with the defaults
+of :data:`RECIPES`.
 
 Example:
     >>> import tempfile
-    >>> from pydiff.domains.policy.train import train_policy
+    >>> from pydiff.domains.policy import train
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     policy = train_policy("pointmass", d, episodes=4, steps=2, batch_size=32,
-    ...                           down_dims=(16, 32), progress=False)
-    >>> policy.config.env
-    'pointmass'
+    ...     policy, history = train("pointmass", d, episodes=4, steps=2, batch_size=32,
+    ...                             down_dims=(16, 32), progress=False)
+    >>> policy.config.env, len(history) > 0
+    ('pointmass', True)
 """
 
 from __future__ import annotations
@@ -22,24 +24,35 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from pydiff.errors import InputError
 from pydiff.files import check_output
 
-from .data import MinMaxNormalizer, collect_demonstrations, policy_windows
-from .envs import make_env
-from .policy import DiffusionPolicy, DiffusionPolicyConfig
+from .data import collect_demonstrations
+from .envs import env_spec, resolve_env_id
+from .planner import TrajectoryPlanner
+from .policy import PRESETS, DiffusionPolicy
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
+MODEL_TYPES: dict[str, type] = {"policy": DiffusionPolicy, "planner": TrajectoryPlanner}
 
-# Per-env defaults of `pydiff policy train` (what the shipped checkpoints used).
-RECIPES: dict[str, dict[str, Any]] = {
-    "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 3000, "batch_size": 128,
-                 "lr": 2e-3, "down_dims": (32, 64), "time_embed_dim": 32,
-                 "n_action_steps": 4},
-    "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 2e-3,
-                  "down_dims": (16, 32), "time_embed_dim": 32},
+# Per model type and env, the defaults of `pydiff policy train` (what the shipped checkpoints
+# used). Keys other than the optimization's (OPTIMIZATION) are config fields of the model.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "policy": {
+        "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 3000, "batch_size": 128,
+                     "lr": 2e-3, "down_dims": (32, 64), "time_embed_dim": 32,
+                     "n_action_steps": 4},
+        "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 2e-3,
+                      "down_dims": (16, 32), "time_embed_dim": 32},
+    },
+    "planner": {
+        "pointmass": {"episodes": 100, "steps": 2000, "batch_size": 64, "lr": 2e-3,
+                      "horizon": 48, "down_dims": (32, 64)},
+    },
 }
-
+OPTIMIZATION = ("episodes", "demo_steps", "steps", "batch_size", "lr")
 
 # Inference settings applied when a shipped checkpoint is loaded by env name (measured with
 # benchmarks/policy_bench.py). Pendulum balances an unstable equilibrium: executing Ta = 8
@@ -48,75 +61,103 @@ RECIPES: dict[str, dict[str, Any]] = {
 SHIPPED_INFERENCE: dict[str, dict[str, Any]] = {"pendulum": {"n_action_steps": 4}}
 
 
-def checkpoint_path(env: str) -> Path:
-    """Folder of the shipped checkpoint for ``env`` (``pendulum`` or ``pointmass``)."""
-    path = CHECKPOINT_ROOT / env
-    if not (path / "config.json").is_file():
-        shipped = sorted(p.name for p in CHECKPOINT_ROOT.iterdir()) if CHECKPOINT_ROOT.is_dir() \
-            else []
-        raise InputError(f"no shipped checkpoint for env={env!r}; shipped: {shipped}")
-    return path
+def _recipe(model: str, env: str) -> dict[str, Any]:
+    if model not in MODEL_TYPES:
+        raise InputError(f"model={model!r}; expected one of {sorted(MODEL_TYPES)}")
+    env_spec(env)  # an unknown env fails here, naming the known ones
+    recipes = RECIPES[model]
+    short = next((k for k in recipes if resolve_env_id(k) == resolve_env_id(env)), None)
+    if short is None:
+        raise InputError(f"env={env!r} has no {model} training recipe; expected one of "
+                         f"{sorted(recipes)}")
+    return dict(recipes[short])
 
 
-def train_policy(env: str, out_dir: str | os.PathLike | None, *, episodes: int = 100,
-                 demo_steps: int | None = None, steps: int = 3000, batch_size: int = 256,
-                 lr: float = 2e-3, seed: int = 0, progress: bool = True, **config: Any,
-                 ) -> DiffusionPolicy:
-    """Collect demonstrations, train, and save the EMA policy to ``out_dir`` (if given).
+def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "policy",
+          seed: int = 0, progress: bool = True, **settings: Any,
+          ) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Collect demonstrations, train a ``model`` (``"policy"`` or ``"planner"``) on them, and
+    save the EMA weights to ``out_dir`` (if given).
 
     Args:
         env: env short name (``pendulum``, ``pointmass``).
-        out_dir: where ``save_pretrained`` writes (None: do not save).
-        episodes: expert demonstrations (seeds ``seed ...``, modes alternating).
-        demo_steps: shorten the demonstrations to this many steps (None: the env's length).
-        steps, batch_size, lr, seed: optimization (AdamW, cosine schedule with warmup).
-        **config: :class:`DiffusionPolicyConfig` fields (horizon, down_dims, prediction, ...).
+        out_dir: where ``save_pretrained`` writes (None: do not save); checked before training.
+        model: the policy type.
+        seed: demonstrations (seeds ``seed ...``, modes alternating) and optimization.
+        **settings: override the env's :data:`RECIPES` entry: ``episodes``, ``demo_steps``
+            (shorten the demonstrations), ``steps``, ``batch_size``, ``lr``, or any config
+            field of the model (``horizon``, ``down_dims``, ``prediction``, ...).
+
+    Returns:
+        The trained model (eval mode) and the trainer's history (one dict per logged step).
     """
     from pydiff.training import BatchLoader, Trainer
 
+    recipe = {**_recipe(model, env), **settings}
     if out_dir is not None:
         check_output(out_dir, "out_dir", folder=True)  # before training, not after
-    demos = collect_demonstrations(env, episodes, seed=seed, max_steps=demo_steps)
-    probe = make_env(env)
-    obs_dim = int(probe.observation_space.shape[0])
-    low = [float(v) for v in probe.action_space.low]
-    high = [float(v) for v in probe.action_space.high]
-    probe.close()
-    cfg = DiffusionPolicyConfig(obs_dim=obs_dim, action_dim=len(low), action_low=low,
-                                action_high=high, env=env, **config)
-    obs, act = policy_windows(demos, cfg.n_obs_steps, cfg.horizon)
-    policy = DiffusionPolicy(cfg, MinMaxNormalizer.fit(obs), MinMaxNormalizer.fit(act))
-    loader = BatchLoader({"observation": obs, "action": act}, min(batch_size, len(obs)),
+    opt = {k: recipe.pop(k) for k in OPTIMIZATION if k in recipe}
+    steps = opt.get("steps", 2000)
+    demos = collect_demonstrations(env, opt.get("episodes", 100), seed=seed,
+                                   max_steps=opt.get("demo_steps"))
+    net, data = MODEL_TYPES[model].for_demonstrations(demos, env_spec(env), env=env, **recipe)
+    loader = BatchLoader(data, min(opt.get("batch_size", 128), len(next(iter(data.values())))),
                          seed=seed)
-    trainer = Trainer(policy, loader, loss_fn=lambda model, batch, g: model(batch, g),
-                      max_steps=steps, lr=lr, weight_decay=1e-6, lr_scheduler="cosine",
+    trainer = Trainer(net, loader, loss_fn=lambda m, batch, g: m(batch, g), max_steps=steps,
+                      lr=opt.get("lr", 2e-3), weight_decay=1e-6, lr_scheduler="cosine",
                       warmup_steps=min(200, steps // 10), ema=True, seed=seed,
                       progress=progress, log_every=100)
     trainer.fit()
-    trained = trainer.ema_model()
-    trained.eval()
-    trained.reset()
+    trained = trainer.ema_model().eval()
+    if isinstance(trained, DiffusionPolicy):
+        trained.reset()
     if out_dir is not None:
         trained.save_pretrained(out_dir)
-    trained.training_history = trainer.history
-    return trained
+    return trained, trainer.history
 
 
-def load_policy(env_or_path: str | os.PathLike, **overrides: Any) -> DiffusionPolicy:
-    """A shipped checkpoint by env name, or a saved folder, with config overrides.
+def checkpoint_path(name: str) -> Path:
+    """Folder of a shipped checkpoint (``pendulum``, ``pointmass``, ``pointmass_planner``)."""
+    path = CHECKPOINT_ROOT / name
+    if not (path / "config.json").is_file():
+        shipped = sorted(p.name for p in CHECKPOINT_ROOT.iterdir()) if CHECKPOINT_ROOT.is_dir() \
+            else []
+        raise InputError(f"no shipped checkpoint {name!r}; shipped: {shipped}")
+    return path
 
-    A ``Path``, or a string with a path separator, is always a folder (a missing one is an
-    error naming it, never taken for an env name).
+
+def load(name_or_path: str | os.PathLike, *, preset: str | None = None, **overrides: Any
+         ) -> nn.Module:
+    """A trained policy or planner: a shipped checkpoint by name, or a saved folder.
+
+    Args:
+        name_or_path: ``"pendulum"``, ``"pointmass"``, ``"pointmass_planner"`` (shipped), or a
+            folder written by :func:`train` / ``save_pretrained``. A ``Path``, or a string
+            with a path separator, is always a folder (a missing one is an error naming it).
+        preset: a :data:`~.policy.PRESETS` name (``"rti"``, ``"ddim10"``, ...) applied first.
+        **overrides: config fields (inference settings such as ``mode`` or ``steps``).
+
+    Example:
+        >>> from pydiff.domains.policy import load
+        >>> load("pointmass", preset="rti").config.mode
+        'rti'
     """
-    path = Path(env_or_path)
-    text = os.fspath(env_or_path)
-    is_path = isinstance(env_or_path, os.PathLike) or os.sep in text or (
+    from pydiff.pretrained import load_config
+
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"preset={preset!r}; expected one of {sorted(PRESETS)}")
+        overrides = {**PRESETS[preset], **overrides}
+    path = Path(name_or_path)
+    text = os.fspath(name_or_path)
+    is_path = isinstance(name_or_path, os.PathLike) or os.sep in text or (
         os.altsep is not None and os.altsep in text)
     if not is_path and not (path / "config.json").is_file():
         path = checkpoint_path(text)
-        overrides = {**SHIPPED_INFERENCE.get(str(env_or_path), {}), **overrides}
-    return DiffusionPolicy.from_pretrained(path, **overrides)
+        overrides = {**SHIPPED_INFERENCE.get(text, {}), **overrides}
+    kind = load_config(path).get("net", {}).get("class", "")
+    cls = TrajectoryPlanner if kind.endswith(":TrajectoryPlanner") else DiffusionPolicy
+    return cls.from_pretrained(path, **overrides)
 
 
-__all__ = ["train_policy", "load_policy", "checkpoint_path", "RECIPES", "CHECKPOINT_ROOT",
-           "SHIPPED_INFERENCE"]
+__all__ = ["train", "load", "checkpoint_path", "RECIPES", "CHECKPOINT_ROOT", "MODEL_TYPES"]
