@@ -8,7 +8,7 @@ import pytest
 CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "pydiff.schedules",
                 "pydiff.denoiser", "pydiff.model", "pydiff.hooks", "pydiff.testing",
                 "pydiff.testing.convergence", "pydiff.solvers.resampling",
-                "pydiff.training.procedural"]
+                "pydiff.training.procedural", "pydiff.distributed"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

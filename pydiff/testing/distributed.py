@@ -1,0 +1,50 @@
+"""Worker functions for testing process groups with :func:`pydiff.distributed.launch`.
+
+They live in the package (not in a test file) because a spawned worker imports its function
+by module name, and pytest's importlib mode does not make test files importable.
+
+Example:
+    >>> from pydiff.distributed import launch
+    >>> from pydiff.testing.distributed import all_reduce_and_shard
+    >>> launch(all_reduce_and_shard, 2, [1, 2, 3])      # doctest: +SKIP
+    [(0, 2, 1.0, [1, 3], True), (1, 2, 1.0, [2], True)]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import collective_errors, dist_info, shard
+
+
+def all_reduce_and_shard(items: list) -> tuple[int, int, float, list, bool]:
+    """(rank, world size, sum of all ranks through one all-reduce, this rank's
+    :func:`~pydiff.distributed.shard` of ``items``, whether a group is set)."""
+    info = dist_info()
+    value = torch.tensor([float(info.rank)])
+    with collective_errors("a test value"):
+        dist.all_reduce(value)
+    return info.rank, info.world_size, float(value), shard(items), dist.is_initialized()
+
+
+def one_rank_fails(bad_rank: int, how: str) -> float:
+    """Rank ``bad_rank`` dies (``"die"``: killed by SIGKILL), hangs (``"hang"``) or raises
+    (``"raise"``); the others wait for it in an all-reduce, which must fail within the timeout.
+    """
+    if dist_info().rank == bad_rank:
+        if how == "die":
+            os.kill(os.getpid(), 9)
+        elif how == "hang":
+            time.sleep(3600)
+        elif how == "raise":
+            raise RuntimeError("this rank failed on purpose")
+        else:
+            raise ValueError(f"how={how!r}")
+    value = torch.ones(1)
+    with collective_errors("a test value"):
+        dist.all_reduce(value)
+    return float(value)
