@@ -197,6 +197,12 @@ class DiscreteSchedule(_VPFromLogAlpha):
 
     t_eps = 0.0  # set per table: 1 / N
     default_time_input = "index"
+    # Steps uniform in the table's time, as diffusers spaces every scheduler on a DDPM table by
+    # default. Uniform log-SNR (the DPM-Solver default elsewhere) puts most of a few-step grid
+    # at the table's noisy end, where the cosine table's log-SNR falls steeply to log(5e-4):
+    # with 5 steps two of them land above t = 0.9 and one jump spans t = 0.91 -> 0.25, which
+    # is what sank DPM-Solver++ 2M at 5 steps on the pendulum policy (BENCHMARKS.md, Policy).
+    default_spacing = "time"
 
     def __init__(self, alphas_cumprod: Tensor | list[float], kind: str = "custom", **kind_args):
         ac = torch.as_tensor(alphas_cumprod, dtype=F64).flatten()

@@ -115,3 +115,15 @@ def test_custom_grid_and_bad_grids():
         pydiff.timesteps(s, 0)
     with pytest.raises(ValueError, match="unknown spacing"):
         pydiff.timesteps(s, 4, "cubic")
+
+
+def test_discrete_tables_default_to_uniform_time_steps():
+    # as diffusers spaces schedulers on a DDPM table; uniform log-SNR crowds a few-step grid at
+    # the cosine table's noisy end (benchmarks/policy_spacing.py)
+    table = pydiff.DiscreteSchedule.cosine(num_train_timesteps=100)
+    assert table.default_spacing == "time"
+    model = pydiff.Denoiser(lambda x, t: torch.zeros_like(x), table, prediction="eps",
+                            time_input="index")
+    for solver in ("dpmpp_2m", "unipc", "ddim"):
+        state = pydiff.sample(model, torch.zeros(1, 2), solver, steps=5, return_state=True)
+        assert torch.allclose(state.grid.flatten().cpu(), pydiff.timesteps(table, 5, "time"))
