@@ -171,6 +171,7 @@ setup(
             "**/*.npy",
         ],
         "pydiff": ["py.typed"],
+        "pydiff.training": ["pretrained/*/*.json", "pretrained/*/*.safetensors"],
     },
     include_package_data=True,
     ext_modules=ext_modules,

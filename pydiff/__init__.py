@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from . import files, hooks, noise, ops, schedules, solvers
-from .denoiser import Denoiser
+from .denoiser import Denoiser, JumpDenoiser
 from .errors import InputError
 from .grids import timesteps
 from .model import Linear, Model, Prediction
@@ -50,7 +50,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pydiff' has no attribute {name!r}")
 
 __all__ = [
-    "Denoiser", "Model", "Prediction", "Linear", "sample", "prior", "add_noise", "timesteps",
+    "Denoiser", "JumpDenoiser", "Model", "Prediction", "Linear", "sample", "prior", "add_noise",
+    "timesteps",
     "get_solver", "available_solvers", "SolverState",
     "Schedule", "DiscreteSchedule", "VPSchedule", "CosineSchedule", "VESchedule", "EDMSchedule",
     "FlowSchedule", "MeanRevertingSchedule", "schedules", "solvers", "hooks", "noise", "ops",

@@ -293,6 +293,60 @@ class Denoiser(Model):
                 f"time_input={self.time_input!r})")
 
 
+class JumpDenoiser(Denoiser):
+    """A Denoiser whose network also sees a target time: the any-to-any jump of Consistency
+    Trajectory Models (Kim et al. 2024).
+
+    The network is called as ``net(x, t, s=..., **cond)`` where ``s`` is the network time (as
+    ``time_input`` maps it) of the target time ``t_target``, clamped below at the schedule's
+    ``t_eps`` (so that log-sigma inputs stay finite). Its prediction, read through the usual
+    parameterization, is the x0 and eps *for that target*: the jump from ``t`` to ``t_target``
+    is the DDIM-form step ``G(x, t, t_target) = alpha(t_target) x0 + sigma(t_target) eps``,
+    which is ``x`` itself at ``t_target = t`` and the consistency map at ``t_target = 0``.
+    Without ``t_target`` the model jumps to clean data, so every solver samples it like a
+    consistency model; ``pydiff.sample(..., "consistency", gamma=...)`` uses the jumps.
+
+    Example:
+        >>> import torch, pydiff
+        >>> net = lambda x, t, s: torch.zeros_like(x)       # predicts eps = 0 for any target
+        >>> model = pydiff.JumpDenoiser(net, pydiff.FlowSchedule(), prediction="eps")
+        >>> x = torch.ones(2, 3)
+        >>> model.jump(x, 0.5, 0.25)[0, 0].item()   # x0 = x / alpha(0.5); alpha(0.25) x0
+        1.5
+    """
+
+    supports_jump = True
+
+    def __init__(self, net: Callable[..., Any], schedule: Schedule, prediction: str | None = None,
+                 precond: str | None = None, time_input: str | Callable | None = None, *,
+                 target_key: str = "s", **options: Any):
+        super().__init__(net, schedule, prediction, precond, time_input, **options)
+        self.target_key = target_key
+
+    def evaluate(self, x: State, t: float | Tensor, t_target: float | Tensor | None = None,
+                 **cond: Any) -> Prediction:
+        """x0 and eps at ``(x, t)`` for a jump to ``t_target`` (default 0: clean data)."""
+        ref = x if isinstance(x, Tensor) else leaves(x)[0]
+        target = as_time(0.0 if t_target is None else t_target, ref.device)
+        target = target.clamp(min=float(self.schedule.t_eps) or 1e-5)
+        s_net = self._net_time(self.network_time(target), ref.dtype)
+        if s_net.dim() == 0:
+            s_net = s_net.expand(batch_size(x))
+        return super().evaluate(x, t, **{self.target_key: s_net}, **cond)
+
+    def jump(self, x: State, t: float | Tensor, t_target: float | Tensor, **cond: Any) -> State:
+        """``G(x, t, t_target)``: the state at ``t_target`` (one network evaluation)."""
+        ref = x if isinstance(x, Tensor) else leaves(x)[0]
+        target = as_time(t_target, ref.device)
+        x0, eps = self.evaluate(x, t, t_target=target, **cond).predictions()
+        a, s = self.schedule.alpha(target), self.schedule.sigma(target)
+        return tree_map(lambda u, e: ops.lincomb([u, e], [per_sample(a, u), per_sample(s, u)]),
+                        x0, eps)
+
+    def __repr__(self) -> str:
+        return "Jump" + super().__repr__()
+
+
 def _weights_device(net: Any) -> torch.device | None:
     for p in net.parameters() if isinstance(net, torch.nn.Module) else ():
         return p.device
@@ -312,4 +366,4 @@ def _check_shape(out: Tensor, x: Tensor) -> Tensor:
     return out
 
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS"]
+__all__ = ["Denoiser", "JumpDenoiser", "PREDICTIONS", "TIME_INPUTS"]

@@ -8,7 +8,8 @@ import pytest
 CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "pydiff.schedules",
                 "pydiff.denoiser", "pydiff.model", "pydiff.hooks", "pydiff.testing",
                 "pydiff.testing.convergence", "pydiff.solvers.resampling",
-                "pydiff.training.procedural", "pydiff.distributed"]
+                "pydiff.training.procedural", "pydiff.distributed", "pydiff.solvers.consistency",
+                "pydiff.training.distill"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

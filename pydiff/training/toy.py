@@ -49,6 +49,9 @@ class ToyMLP(nn.Module):
         time_embedding: ``"fourier"`` (for times of order 1: ``t``, ``log_sigma``) or
             ``"sinusoidal"`` (for times of order 1000: DDPM indices, ``999 t``).
         act: activation name.
+        target_time: also take a target time ``s`` (``net(x, t, s=...)``, embedded like ``t``
+            and added to its embedding): the network of a :class:`pydiff.JumpDenoiser`
+            (Consistency Trajectory Models' any-to-any jump).
 
     ``t`` may be a scalar, ``[B]``, ``[B, 1]`` or ``[B, D]`` (one time per coordinate: the
     per-coordinate embeddings are averaged).
@@ -59,24 +62,32 @@ class ToyMLP(nn.Module):
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 32,
-                 time_embedding: str = "fourier", act: str = "silu"):
+                 time_embedding: str = "fourier", act: str = "silu", target_time: bool = False):
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"ToyMLP needs dim, hidden, depth >= 1, got {dim}, {hidden}, {depth}")
         self.config: dict[str, Any] = {"dim": dim, "hidden": hidden, "depth": depth,
                                        "time_dim": time_dim, "time_embedding": time_embedding,
                                        "act": act}
+        if target_time:  # only when set: configs saved before the option load unchanged
+            self.config["target_time"] = True
         # one (scale, shift) pair per block
         self.time = TimeEmbedding(time_dim, 2 * hidden * depth, kind=time_embedding, act=act,
                                   fourier_scale=4.0)
+        self.target = (TimeEmbedding(time_dim, 2 * hidden * depth, kind=time_embedding, act=act,
+                                     fourier_scale=4.0) if target_time else None)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(get_activation(act), nn.Linear(hidden, hidden), get_activation(act),
                           nn.Linear(hidden, hidden)) for _ in range(depth))
         self.out = nn.Sequential(get_activation(act), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                s: torch.Tensor | float | None = None) -> torch.Tensor:
         dim = self.config["dim"]
+        if (s is None) != (self.target is None):
+            raise ValueError("this ToyMLP takes a target time s" if s is None else
+                             "s given to a ToyMLP without target_time=True")
         if x.dim() != 2 or x.shape[1] != dim:
             raise ValueError(f"x has shape {tuple(x.shape)}; ToyMLP expects [B, dim={dim}]")
         t = torch.as_tensor(t, device=x.device)
@@ -91,6 +102,9 @@ class ToyMLP(nn.Module):
         else:
             raise ValueError(f"t has shape {tuple(t.shape)}; expected [], [B], [B, 1] or "
                              f"[B, {dim}] for x of shape {tuple(x.shape)}")
+        if s is not None:
+            s = torch.as_tensor(s, device=x.device)
+            emb = emb + self.target(s.reshape(-1)).expand(x.shape[0], -1)
         h = self.inp(x)
         film = emb.chunk(2 * len(self.blocks), dim=-1)
         for i, block in enumerate(self.blocks):
@@ -163,4 +177,24 @@ def train_toy(
     return trained
 
 
-__all__ = ["ToyMLP", "train_toy"]
+def ring_flow_teacher() -> Denoiser:
+    """The shipped toy teacher of the distillation tests, demo and benchmark: a rectified flow
+    (:class:`pydiff.FlowSchedule`, velocity prediction, 64-wide :class:`ToyMLP`) on the 2D
+    ring, trained by ``train_toy(steps=800, hidden=64, schedule=FlowSchedule(),
+    prediction="velocity", generator=torch.Generator().manual_seed(0))``. Shipped so that
+    distilling in tests and in ``pydiff demo`` starts from a trained teacher at no cost.
+
+    Example:
+        >>> ring_flow_teacher().schedule
+        FlowSchedule(t_eps=0.001, shift=1.0)
+    """
+    from importlib.resources import files
+
+    from ..pretrained import from_pretrained
+
+    model = from_pretrained(str(files("pydiff.training") / "pretrained" / "ring_flow_teacher"))
+    model.net.eval()
+    return model
+
+
+__all__ = ["ToyMLP", "train_toy", "ring_flow_teacher"]

@@ -14,6 +14,9 @@ default is :class:`pydiff.training.DiffusionLoss`. It brings:
   and writes checkpoints;
 - a tqdm progress bar, a ``history`` of logged values, and callbacks (:class:`Every` runs an
   evaluation function every ``n`` steps);
+- stateful losses: a ``loss_fn`` with ``after_step(trainer)`` is called after each optimizer
+  step, and one with ``state_dict``/``load_state_dict`` is checkpointed (the distillation
+  recipes of :mod:`pydiff.training.distill` keep their target networks this way);
 - checkpoints that resume exactly: model, EMA, optimizer, LR schedule, step, the noise
   generator, the global RNGs (torch, CUDA, Python, NumPy) and the data position (for data
   sources with ``state_dict``; other iterables are replayed by skipping the consumed batches).
@@ -288,6 +291,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.module)
         self.step += 1
+        after_step = getattr(self.loss_fn, "after_step", None)
+        if after_step is not None:  # e.g. a distillation recipe's target network follows
+            after_step(self)
         logs["loss_tensor"] = total / len(micro)
         logs.update(dict(info))  # the last micro-batch's info
         return logs
@@ -368,6 +374,8 @@ class Trainer:
                 "lr_scheduler": (None if self.lr_scheduler is None
                                  else self.lr_scheduler.state_dict()),
                 "ema": None if self.ema is None else self.ema.state_dict(),
+                "loss_fn": (self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict")
+                            else None),
                 "history": self.history,
             }
             _atomic_save(state, path / "trainer.pt")
@@ -408,6 +416,12 @@ class Trainer:
             raise ValueError("the checkpoint and this trainer disagree on having an EMA")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if state.get("loss_fn") is not None:
+            if not hasattr(self.loss_fn, "load_state_dict"):
+                raise ValueError(f"{path} holds the state of a stateful loss_fn (a distillation "
+                                 f"recipe's target network); this trainer's loss_fn "
+                                 f"{type(self.loss_fn).__name__} cannot load it")
+            self.loss_fn.load_state_dict(state["loss_fn"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self.generator.set_state(local["generator"])
