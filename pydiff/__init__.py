@@ -34,7 +34,8 @@ from .solvers import SolverState, available_solvers, get_solver
 __version__ = "0.1.0"
 
 # heavier subpackages load on first use: `pydiff.guidance.ClassifierFreeGuidance(...)` just works
-_LAZY_SUBMODULES = ("guidance", "interop", "nn", "training", "testing", "distributed")
+_LAZY_SUBMODULES = ("categorical", "guidance", "interop", "nn", "training", "testing",
+                    "distributed")
 
 
 _LAZY_FUNCTIONS = {"save_pretrained": "pretrained", "from_pretrained": "pretrained"}

@@ -1,0 +1,183 @@
+"""Categorical diffusion against closed forms.
+
+The forward marginals of every transition family match ``keep onehot + (1 - keep) pi`` and
+compose over two steps; ancestral sampling with the exact ``p(x_0 | x_t)`` of a known
+categorical distribution reproduces it within sampling error; a joint dict state (positions,
+types, mask) advances in one ``pydiff.sample`` call.
+"""
+
+import math
+
+import pytest
+import torch
+
+import pydiff
+from pydiff.categorical import (
+    CategoricalProcess,
+    JointModel,
+    JointSolver,
+    sample_categorical,
+)
+
+F64 = torch.float64
+SCHED = pydiff.VPSchedule()
+P_DATA = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=F64)
+
+
+def process(kind):
+    prior = [0.1, 0.2, 0.3, 0.4] if kind == "marginal" else None
+    return CategoricalProcess(4, kind, prior=prior)
+
+
+def assert_frequencies(draws, probs, n_sigma=5.0):
+    """Empirical class frequencies within ``n_sigma`` binomial standard errors (+1e-12)."""
+    n = draws.numel()
+    freq = torch.bincount(draws.flatten(), minlength=probs.numel()).to(F64) / n
+    se = torch.sqrt(probs * (1 - probs) / n)
+    assert ((freq - probs).abs() <= n_sigma * se + 1e-12).all(), (freq.tolist(), probs.tolist())
+
+
+def test_sample_categorical_frequencies_and_zero_mass():
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.7, 0.0, 0.2, 0.1, 0.0], dtype=F64)
+    draws = sample_categorical(p.expand(200_000, -1), g)
+    assert_frequencies(draws, p)
+    assert not (draws == 1).any() and not (draws == 4).any()
+
+
+def test_sample_categorical_generator_list_is_per_sample():
+    p = torch.full((3, 6, 5), 0.2, dtype=F64)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    out = sample_categorical(p, gens)
+    alone = sample_categorical(p[1:2], [torch.Generator().manual_seed(2)])
+    assert torch.equal(out[1], alone[0])
+
+
+@pytest.mark.parametrize("kind", ["uniform", "marginal", "absorbing"])
+def test_forward_marginals_match_closed_form(kind):
+    proc = process(kind)
+    keep = 0.35
+    x0 = torch.full((100_000,), 2)
+    draws = proc.corrupt(x0, keep, torch.Generator().manual_seed(1))
+    pi = proc.stationary
+    expected = (1 - keep) * pi
+    expected[2] += keep
+    assert_frequencies(draws, expected)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "marginal", "absorbing"])
+def test_transitions_compose(kind):
+    # sum_j q(x_t | x_s = j) q(x_s = j | x_0) = q(x_t | x_0): the posterior's normalizer is the
+    # closed-form marginal, and each posterior row is a distribution
+    proc = process(kind)
+    ks, kt = torch.tensor(0.8, dtype=F64), torch.tensor(0.3, dtype=F64)
+    for x0 in range(4):
+        q_s = proc.marginal(torch.tensor([x0]), ks)[0]
+        q_t = proc.marginal(torch.tensor([x0]), kt)[0]
+        step = kt / ks * torch.eye(proc.num_states, dtype=F64) + (1 - kt / ks) * proc.stationary
+        assert torch.allclose(q_s @ step, q_t, atol=1e-14)
+        for xt in range(proc.num_states):
+            if q_t[xt] == 0:
+                continue
+            onehot0 = torch.zeros(1, 4, dtype=F64)
+            onehot0[0, x0] = 1
+            post = proc.posterior(torch.tensor([xt]), onehot0, kt, ks)[0]
+            exact = step[:, xt] * q_s / q_t[xt]  # Bayes, from the matrices
+            assert torch.allclose(post, exact, atol=1e-12)
+
+
+def test_absorbing_keeps_unmasked_entries():
+    proc = CategoricalProcess(3, "absorbing")
+    x_t = torch.tensor([0, 2, 3])  # 3 is the mask
+    probs0 = torch.tensor([[0.1, 0.1, 0.8]] * 3, dtype=F64)
+    post = proc.posterior(x_t, probs0, 0.2, 0.6)
+    assert post[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert post[1].tolist() == [0.0, 0.0, 1.0, 0.0]
+    # a masked entry unmasks with probability (keep_s - keep_t) / (1 - keep_t) = 0.5
+    assert math.isclose(post[2, 3].item(), 0.5, abs_tol=1e-12)
+    assert torch.allclose(post[2, :3], 0.5 * probs0[2], atol=1e-12)
+
+
+def gaussian_prediction(x, t, c):
+    """The exact prediction for Gaussian data of std ``c``: ``x0 = gain x``."""
+    tt = pydiff.schedules.as_time(t)
+    a, s = SCHED.alpha(tt), SCHED.sigma(tt)
+    gain = a * c**2 / (a**2 * c**2 + s**2)
+    return pydiff.Prediction.from_x0(x, pydiff.Prediction.linear((x,), (gain,)), a, s)
+
+
+class ExactModel(JointModel):
+    """Positions: Gaussian data of std ``c`` (exact x0 = gain x); types: i.i.d. ``P_DATA`` per
+    atom with the exact ``p(x_0 | x_t)`` by Bayes from the closed-form marginals."""
+
+    def __init__(self, proc, c=0.7):
+        super().__init__(SCHED)
+        self.processes, self.fixed, self.c = {"types": proc}, ("mask",), c
+
+    def evaluate_joint(self, x, t, **cond):
+        tt = pydiff.schedules.as_time(t)
+        pred = gaussian_prediction({"pos": x["pos"]}, tt, self.c)
+        proc = self.processes["types"]
+        keep = proc.keep(SCHED, tt)
+        likelihood = torch.stack([proc.marginal(torch.full_like(x["types"], k), keep)
+                                  for k in range(4)], -2)  # [B, N, K, S]: q(x_t | x_0 = k)
+        lik = likelihood.gather(-1, x["types"][..., None, None].expand(-1, -1, 4, 1))[..., 0]
+        post = P_DATA * lik
+        return pred, {"types": post / post.sum(-1, keepdim=True)}
+
+
+class GaussianPart(pydiff.Model):
+    """The continuous part of :class:`ExactModel` on a plain tensor state."""
+
+    def __init__(self, joint):
+        super().__init__(SCHED)
+        self.joint = joint
+
+    def evaluate(self, x, t, **cond):
+        return gaussian_prediction(x, t, self.joint.c)
+
+
+@pytest.mark.parametrize("kind,solver,steps", [("uniform", "ddim", 20),
+                                               ("marginal", "dpmpp_2m", 10),
+                                               ("absorbing", "unipc", 8)])
+def test_ancestral_sampling_reproduces_a_known_distribution(kind, solver, steps):
+    proc = process(kind)
+    model = ExactModel(proc)
+    g = torch.Generator().manual_seed(3)
+    b, n = 2000, 10
+    mask = torch.ones(b, n, dtype=torch.bool)
+    x = {"pos": pydiff.prior(SCHED, (b, n, 3), generator=g), "types": proc.prior((b, n), g),
+         "mask": mask}
+    out = pydiff.sample(model, x, JointSolver(solver), steps=steps, generator=g)
+    assert out["types"].dtype == torch.int64 and torch.equal(out["mask"], mask)
+    assert_frequencies(out["types"], P_DATA)
+    # the continuous part ran through the same call, exactly as the solver runs it alone
+    alone = pydiff.sample(GaussianPart(model), x["pos"], solver, steps=steps,
+                          generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(out["pos"], alone, atol=1e-5)
+
+
+def test_joint_state_with_centre_of_mass_hook_and_argmax_final():
+    proc = process("uniform")
+    model = ExactModel(proc)
+    g = torch.Generator().manual_seed(4)
+    x = {"pos": pydiff.prior(SCHED, (64, 6, 3), generator=g), "types": proc.prior((64, 6), g),
+         "mask": torch.ones(64, 6, dtype=torch.bool)}
+    hook = pydiff.hooks.ZeroCenterOfMass(key="pos")
+    state = pydiff.sample(model, x, JointSolver("heun", final="argmax"), steps=6,
+                          generator=g, hooks=[hook], return_state=True)
+    assert state.nfe == 11  # Heun: two evaluations per step, one on the last
+    assert state.x["pos"].mean(1).abs().max() < 1e-5
+    assert state.x["types"].min() >= 0 and state.x["types"].max() < 4
+
+
+def test_bad_arguments_name_the_culprit():
+    with pytest.raises(pydiff.InputError, match="kind"):
+        CategoricalProcess(3, "gaussian")
+    with pytest.raises(pydiff.InputError, match="prior"):
+        CategoricalProcess(3, "marginal")
+    with pytest.raises(pydiff.InputError, match="probs0"):
+        CategoricalProcess(3).posterior(torch.zeros(2, dtype=torch.long),
+                                        torch.ones(2, 4, dtype=F64), 0.2, 0.5)
+    with pytest.raises(pydiff.InputError, match="final"):
+        JointSolver("ddim", final="mode")
