@@ -264,16 +264,9 @@ class JointDenoiser(JointModel):
                                     for p in processes.values()):
             raise InputError("processes must be a non-empty {key: CategoricalProcess}")
         self.net, self.processes, self.fixed = net, dict(processes), tuple(fixed)
-        self.denoiser = Denoiser(self._continuous_net, schedule, **denoiser_kwargs)
-
-    def _continuous_net(self, x: dict[str, Tensor], t_net: Tensor, *, _rest: dict[str, Tensor],
-                        _sink: dict[str, Tensor], **cond: Any) -> dict[str, Tensor]:
-        out = self.net({**x, **_rest}, t_net, **cond)
-        missing = [k for k in (*x, *self.processes) if k not in out]
-        if missing:
-            raise TypeError(f"the network's output lacks the entries {missing}")
-        _sink.update({k: out[k] for k in self.processes})
-        return {k: out[k] for k in x}
+        # the inner net takes the joint net as an argument (not a bound method), so a copy of
+        # this model with other weights (EMA) shares the Denoiser and runs its own net
+        self.denoiser = Denoiser(_continuous_net, schedule, **denoiser_kwargs)
 
     def network_inputs(self, rest: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
         """Categorical entries one-hot (``dtype``), fixed entries as they are."""
@@ -286,7 +279,8 @@ class JointDenoiser(JointModel):
         xc, rest = self.split(x)
         dtype = next(iter(xc.values())).dtype
         sink: dict[str, Tensor] = {}
-        pred = self.denoiser.evaluate(xc, t, _rest=self.network_inputs(rest, dtype), _sink=sink,
+        pred = self.denoiser.evaluate(xc, t, _net=self.net, _keys=tuple(self.processes),
+                                      _rest=self.network_inputs(rest, dtype), _sink=sink,
                                       **{**self.cond, **cond})
         for k, p in self.processes.items():
             want = (*x[k].shape, p.num_classes)
@@ -298,6 +292,94 @@ class JointDenoiser(JointModel):
     def evaluate_joint(self, x, t, **cond):
         pred, logits = self.logits(x, t, **cond)
         return pred, {k: torch.softmax(v.to(F64), dim=-1) for k, v in logits.items()}
+
+
+def _continuous_net(x: dict[str, Tensor], t_net: Tensor, *, _net: Any, _keys: tuple[str, ...],
+                    _rest: dict[str, Tensor], _sink: dict[str, Tensor], **cond: Any
+                    ) -> dict[str, Tensor]:
+    """The joint net as the continuous Denoiser sees it: categorical logits go to ``_sink``."""
+    out = _net({**x, **_rest}, t_net, **cond)
+    missing = [k for k in (*x, *_keys) if k not in out]
+    if missing:
+        raise TypeError(f"the network's output lacks the entries {missing}")
+    _sink.update({k: out[k] for k in _keys})
+    return {k: out[k] for k in x}
+
+
+def joint_diffusion_loss(model: JointDenoiser, x0: dict[str, Tensor], *,
+                         generator: torch.Generator | None = None, mask: Tensor | None = None,
+                         noise_projection: Any = None, categorical_weight: float = 1.0,
+                         **loss_options: Any):
+    """Training loss of a :class:`JointDenoiser` on clean joint states ``x0``.
+
+    One time per sample drives both parts: the continuous entries get
+    :func:`pydiff.training.diffusion_loss` (explicit noise, optionally projected, e.g. onto the
+    zero centre-of-mass subspace) and each categorical entry, corrupted by its process to the
+    same level, the cross-entropy of the network's logits against the clean classes (EDM and
+    DiGress train the same pair).
+
+    Args:
+        model: the joint model.
+        x0: clean state (categorical entries as long indices).
+        generator: draws the times, the noise and the corruption.
+        mask: node mask ``[B, N]`` (1 = real): padding counts in neither term.
+        noise_projection: ``fn(noise_dict, mask) -> noise_dict`` applied to the drawn noise.
+        categorical_weight: weight of the cross-entropy terms.
+        **loss_options: passed to :func:`pydiff.training.diffusion_loss` (``t``, ``weighting``...).
+
+    Returns a :class:`pydiff.training.LossOutput`.
+
+    Example:
+        >>> import torch, pydiff
+        >>> from pydiff.categorical import CategoricalProcess, JointDenoiser, joint_diffusion_loss
+        >>> def net(x, t):
+        ...     logits = torch.zeros(*x["type"].shape[:-1], 3)
+        ...     return {"pos": torch.zeros_like(x["pos"]), "type": logits}
+        >>> model = JointDenoiser(net, pydiff.VPSchedule(), {"type": CategoricalProcess(3)})
+        >>> x0 = {"pos": torch.randn(2, 4, 3), "type": torch.zeros(2, 4, dtype=torch.long)}
+        >>> out = joint_diffusion_loss(model, x0, generator=torch.Generator().manual_seed(0))
+        >>> out.per_sample.shape
+        torch.Size([2])
+    """
+    from .noise import randn_like
+    from .training.losses import LossOutput, diffusion_loss
+    from .training.time_samplers import default_time_sampler
+
+    if not isinstance(model, JointDenoiser):
+        raise TypeError(f"model must be a JointDenoiser, got {type(model).__name__}")
+    xc, rest = model.split(x0)
+    ref = next(iter(xc.values()))
+    schedule = model.schedule
+    t = loss_options.pop("t", None)
+    if t is None:
+        t = default_time_sampler(schedule, model.denoiser.precond)(schedule, ref.shape,
+                                                                    generator, device=ref.device)
+    t = as_time(t, ref.device)
+    if t.dim() == 0:
+        t = t.expand(ref.shape[0])
+    keep = CategoricalProcess.keep(schedule, t)
+    noisy = {k: (model.processes[k].corrupt(v, keep, generator) if k in model.processes else v)
+             for k, v in rest.items()}
+    noise = randn_like(xc, generator)
+    if noise_projection is not None:
+        noise = noise_projection(noise, mask)
+    leaf_mask = None
+    if mask is not None:
+        m = mask.to(ref.dtype)
+        leaf_mask = {k: m.reshape(*m.shape, *([1] * (v.dim() - m.dim()))) for k, v in xc.items()}
+    sink: dict[str, Tensor] = {}
+    cond = {"_net": model.net, "_keys": tuple(model.processes),
+            "_rest": model.network_inputs(noisy, ref.dtype), "_sink": sink, **model.cond}
+    out = diffusion_loss(model.denoiser, xc, t=t, noise=noise, mask=leaf_mask, cond=cond,
+                         generator=generator, **loss_options)
+    per_sample = out.per_sample
+    for k in model.processes:
+        ce = torch.nn.functional.cross_entropy(sink[k].float().movedim(-1, 1), x0[k].long(),
+                                               reduction="none")
+        w = torch.ones_like(ce) if mask is None else mask.to(ce.dtype)
+        dims = tuple(range(1, ce.dim()))
+        per_sample = per_sample + categorical_weight * (ce * w).sum(dims) / w.sum(dims).clamp_min(1)
+    return LossOutput(per_sample.mean(), per_sample, t)
 
 
 class _ContinuousPart(Model):
@@ -389,4 +471,5 @@ class JointSolver(Solver):
 
 
 __all__ = ["CategoricalProcess", "JointModel", "JointDenoiser", "JointSolver",
+           "joint_diffusion_loss",
            "sample_categorical", "KINDS"]

@@ -52,6 +52,7 @@ from torch import nn
 
 from ..denoiser import Denoiser
 from ..files import atomic_output, check_output, write_text
+from ..model import Model
 from .distributed import (
     all_reduce_gradients,
     all_reduce_mean,
@@ -161,7 +162,9 @@ class Trainer:
         log_every: int = 10,
         device: torch.device | str | None = None,
     ):
-        module = model.net if isinstance(model, Denoiser) else model
+        # a Denoiser, or a model of the same shape (pydiff.categorical.JointDenoiser) around a net
+        wraps = isinstance(model, Model) and isinstance(getattr(model, "net", None), nn.Module)
+        module = model.net if wraps else model
         if not isinstance(module, nn.Module):
             raise TypeError(f"model must be an nn.Module or a Denoiser around one, got "
                             f"{type(module).__name__}")
@@ -328,7 +331,7 @@ class Trainer:
         """The model with EMA weights (a Denoiser sharing the schedule), or the model itself."""
         if self.ema is None:
             return self.model
-        if isinstance(self.model, Denoiser):
+        if isinstance(self.model, Model):
             new = object.__new__(type(self.model))
             new.__dict__.update(self.model.__dict__)
             new.net = self.ema.module
