@@ -40,6 +40,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("info", "show the version, the kernel backend and the available solvers"),
     ("policy", "diffusion policies for robot control loops (train, run, eval)"),
     ("speech", "diffusion speech enhancement (enhance, train, evaluate)"),
+    ("timeseries", "probabilistic time-series forecasting with TSDiff (forecast, train)"),
 ]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130

@@ -83,6 +83,17 @@ def evaluate(*mistake: str) -> list[str]:
     return ["speech", "evaluate", "--count", "1", "--methods", "noisy", *mistake]
 
 
+def ts_forecast(source: str = "{tmp}/series.csv", *mistake: str) -> list[str]:
+    return ["timeseries", "forecast", source, "--horizon", "4", "-n", "2", "--steps", "1",
+            "-o", "{tmp}/ts_forecast.csv", *mistake]
+
+
+def ts_train(*mistake: str) -> list[str]:
+    return ["timeseries", "train", "{tmp}/series.csv", "--out", "{tmp}/ts_model", "--steps",
+            "1", "--context", "8", "--horizon", "4", "--channels", "8", "--blocks", "1",
+            *mistake]
+
+
 ROWS: list[Row] = [
     # -- demo
     Row("demo-train-steps-zero", demo("--train-steps", "0"), ("--train-steps", "'0'")),
@@ -195,6 +206,37 @@ ROWS: list[Row] = [
         ("empty_dir",)),
     Row("evaluate-output-is-a-file", evaluate("--output", "{tmp}/a_file"),
         ("--output", "a_file")),
+    # -- timeseries forecast
+    Row("ts-forecast-input-missing", ts_forecast("{tmp}/missing.csv"), ("missing.csv",)),
+    Row("ts-forecast-no-numeric-column", ts_forecast("{tmp}/no_numbers.csv"),
+        ("no_numbers.csv", "no numeric column")),
+    Row("ts-forecast-horizon-zero", ts_forecast("{tmp}/series.csv", "--horizon", "0"),
+        ("--horizon", "'0'")),
+    Row("ts-forecast-horizon-negative", ts_forecast("{tmp}/series.csv", "--horizon", "-3"),
+        ("--horizon", "'-3'")),
+    Row("ts-forecast-bad-dates", ts_forecast("{tmp}/bad_dates.csv"),
+        ("bad_dates.csv", "no date column")),
+    Row("ts-forecast-all-nan", ts_forecast("{tmp}/all_nan.csv"), ("'y'", "all missing")),
+    Row("ts-forecast-too-short", ts_forecast("{tmp}/short.csv"),
+        ("'y'", "5 observed", "at least 8")),
+    Row("ts-forecast-unknown-column", ts_forecast("{tmp}/series.csv", "--column", "nosuch"),
+        ("--column", "nosuch")),
+    Row("ts-forecast-bad-freq", ts_forecast("{tmp}/series.csv", "--freq", "fortnightly"),
+        ("--freq", "fortnightly")),
+    Row("ts-forecast-samples-zero", ts_forecast("{tmp}/series.csv", "-n", "0"), ("-n",)),
+    Row("ts-forecast-empty-file", ts_forecast("{tmp}/empty.wav"), ("empty.wav",)),
+    Row("ts-forecast-output-read-only", ts_forecast("{tmp}/series.csv", "-o",
+                                                    "{tmp}/read_only/f.csv"),
+        ("-o", "not writable"), read_only=True),
+    Row("ts-forecast-unknown-solver", ts_forecast("{tmp}/series.csv", "--solver", "nosuch"),
+        ("nosuch",)),
+    # -- timeseries train
+    Row("ts-train-no-input", ["timeseries", "train", "--out", "{tmp}/ts_model"],
+        ("CSV", "--mixture")),
+    Row("ts-train-context-zero", ts_train("--context", "0"), ("--context", "'0'")),
+    Row("ts-train-out-is-a-file", ts_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
+    Row("ts-train-series-too-short", ts_train("--context", "96", "--horizon", "24"),
+        ("no series", "120 points")),
 ]
 
 # the driver runs rows one after the other in one process, each with its own stdout/stderr
@@ -234,6 +276,13 @@ def files(tmp_path_factory) -> Path:
     (tmp / "bad_json_ckpt" / "config.json").write_text("{not json")
     rng = np.random.default_rng(0)
     sf.write(tmp / "noisy.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    dates = [f"2024-01-{d:02d}" for d in range(1, 31)]
+    ys = [f"{10 + (d % 7)}" for d in range(30)]
+    (tmp / "series.csv").write_text("date,y\n" + "".join(f"{d},{y}\n" for d, y in zip(dates, ys)))
+    (tmp / "no_numbers.csv").write_text("date,name\n" + "".join(f"{d},x\n" for d in dates))
+    (tmp / "bad_dates.csv").write_text("when,y\n" + "".join(f"day {i},{i}\n" for i in range(30)))
+    (tmp / "all_nan.csv").write_text("date,y\n" + "".join(f"{d},\n" for d in dates))
+    (tmp / "short.csv").write_text("date,y\n" + "".join(f"{d},1\n" for d in dates[:5]))
     (tmp / "read_only").mkdir()
     os.chmod(tmp / "read_only", 0o555)
     return tmp
@@ -308,7 +357,7 @@ def test_bad_input_row(row: Row, results, files) -> None:
     if row.late:
         lines = lines[-1:]
     assert len(lines) == 1, err  # one line, nothing else
-    words = row.argv[:2] if row.argv[0] in ("policy", "speech") else row.argv[:1]
+    words = row.argv[:2] if row.argv[0] in ("policy", "speech", "timeseries") else row.argv[:1]
     prog = "pydiff" if row.id == "no-such-command" else " ".join(["pydiff", *words])
     assert lines[0].startswith(f"{prog}: "), lines[0]
     for culprit in row.culprit:
@@ -318,7 +367,8 @@ def test_bad_input_row(row: Row, results, files) -> None:
 def test_no_partial_files_left(results, files) -> None:
     leftovers = [p for p in files.rglob("*") if ".partial" in p.name]
     assert not leftovers, leftovers
-    for output in ("sp", "o.wav", "outs", "demo_out", "policy_out"):
+    for output in ("sp", "o.wav", "outs", "demo_out", "policy_out", "ts_model",
+                   "ts_forecast.csv"):
         assert not (files / output).exists(), output
 
 

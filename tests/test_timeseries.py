@@ -1,0 +1,250 @@
+"""Time-series domain: data, backbone, self-guided forecasts, GluonTS face, CSV flow, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+TS_DEPS = ("gluonts", "pandas", "statsmodels")
+_missing = [m for m in TS_DEPS if importlib.util.find_spec(m) is None]
+if _missing:
+    pytest.skip(f"timeseries dependencies missing: {_missing} (pip install 'pydiff[timeseries]')",
+                allow_module_level=True)
+
+from pydiff.domains.timeseries import TSDiff, TSDiffNet, check_context  # noqa: E402
+from pydiff.domains.timeseries.data import (  # noqa: E402
+    backtest,
+    holdout_split,
+    make_windows,
+    mean_scale,
+    statsmodels_series,
+    synthetic_series,
+    to_gluonts,
+    to_pandas_dataset,
+    training_mixture,
+)
+from pydiff.domains.timeseries.forecaster import PRETRAINED_DIR  # noqa: E402
+from pydiff.domains.timeseries.gluonts_api import TSDiffEstimator, TSDiffPredictor  # noqa: E402
+from pydiff.domains.timeseries.metrics import (  # noqa: E402
+    backtest_metrics,
+    forecast_metrics,
+    seasonal_naive,
+)
+from pydiff.domains.timeseries.tabular import (  # noqa: E402
+    QUANTILE_COLUMNS,
+    forecast_table,
+    read_series_csv,
+)
+from pydiff.domains.timeseries.train import TrainConfig, train  # noqa: E402
+
+from pydiff import InputError  # noqa: E402
+
+warnings.filterwarnings("ignore", module="gluonts")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TSDiff:
+    series = [s.to_numpy() for s in synthetic_series(3).values()]
+    return train(series, TrainConfig(context=24, horizon=8, steps=3, channels=8, blocks=2,
+                                     batch_size=8, progress=False))
+
+
+# -- data ---------------------------------------------------------------------------------
+def test_statsmodels_series_are_regular_and_real():
+    s = statsmodels_series()
+    assert s["co2"].index.freqstr == "W-SAT" and s["co2"].isna().sum() > 0  # real gaps
+    assert s["elnino"].index.freqstr == "MS" and len(s["elnino"]) == 61 * 12
+    assert all(v.index.freq is not None for v in s.values())
+
+
+def test_synthetic_series_are_reproducible_and_seasonal():
+    a, b = synthetic_series(3, seed=5), synthetic_series(3, seed=5)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    hourly = next(v for v in a.values() if v.index.freqstr == "h").to_numpy()
+    day = np.corrcoef(hourly[:-24], hourly[24:])[0, 1]
+    assert day > 0.5  # a daily cycle
+
+
+def test_windows_are_mean_scaled_and_mask_missing_values():
+    x = np.arange(1.0, 41.0)
+    x[5] = np.nan
+    w = make_windows([x], context=8, horizon=4, stride=1)
+    assert w["values"].shape == (29, 1, 12)
+    ctx, m = w["values"][:, 0, :8], w["mask"][:, 0, :8].bool()
+    means = (ctx.abs() * m).sum(1) / m.sum(1)
+    torch.testing.assert_close(means, torch.ones_like(means))
+    assert w["mask"][0, 0, 5] == 0 and torch.isfinite(w["values"]).all()
+    assert float(mean_scale(np.zeros(5))) == 1.0
+
+
+def test_holdout_and_rolling_backtest():
+    s = {"a": synthetic_series(1)["synthetic_h_0"]}
+    train_part, full = holdout_split(s, horizon=24, windows=3)
+    assert len(full["a"]) - len(train_part["a"]) == 72
+    _, pairs = backtest(to_gluonts(s), 24, 3)
+    pairs = list(pairs)
+    assert [len(inp["target"]) for inp, _ in pairs] == [len(s["a"]) - 72 + 24 * k
+                                                       for k in range(3)]
+    assert next(iter(to_pandas_dataset(s)))["start"].freqstr == "h"
+    mix = training_mixture(synthetic=2)
+    assert "elnino" not in mix and "co2" in mix  # zero-shot series stay out
+
+
+# -- backbone -----------------------------------------------------------------------------
+def test_net_any_length_and_per_position_time():
+    net = TSDiffNet(channels=8, blocks=2, lags=(3,))
+    x = torch.randn(2, 1, 17)
+    torch.nn.init.normal_(net.output.weight)  # not the zero init, so outputs differ
+    glob = net(x, torch.tensor([0.3, -0.2]))
+    per = net(x, torch.tensor([0.3, -0.2])[:, None].expand(2, 17))
+    torch.testing.assert_close(glob, per)
+    assert net(torch.randn(1, 1, 50), 0.1).shape == (1, 1, 50)
+
+
+# -- forecasting --------------------------------------------------------------------------
+def test_check_context_rejects_bad_series():
+    with pytest.raises(InputError, match="all missing"):
+        check_context([np.nan] * 20)
+    with pytest.raises(InputError, match="at least 8"):
+        check_context([1.0] * 7 + [np.nan] * 10)
+    with pytest.raises(InputError, match="1-D"):
+        check_context(np.ones((3, 10)))
+
+
+def test_forecast_shapes_nan_and_short_context(tiny):
+    ctx = 100 + np.sin(np.arange(40.0))
+    ctx[[3, 17]] = np.nan
+    for guidance in ("quantile", "mse"):
+        f = tiny.forecast(ctx, horizon=5, num_samples=3, guidance=guidance, steps=2,
+                          solver="ddim")
+        assert f.shape == (3, 5) and np.isfinite(f).all()
+    short = tiny.forecast(ctx[-10:], horizon=30, num_samples=2, steps=2, solver="euler")
+    assert short.shape == (2, 30)  # shorter than the context, longer than the horizon
+    again = tiny.forecast(ctx[-10:], horizon=30, num_samples=2, steps=2, solver="euler")
+    np.testing.assert_array_equal(short, again)  # seeded
+    with pytest.raises(InputError, match="solver"):
+        tiny.forecast(ctx, solver="nosuch")
+
+
+def test_self_guidance_pulls_samples_to_the_context(tiny):
+    """The observed positions of the guided samples follow the context; unguided ones don't."""
+    ctx = 50 + 10 * np.sin(np.arange(24) * 2 * np.pi / 8)
+    obs, mask, scale = tiny.windows([ctx], 8)
+    assert mask[0, 0, :24].all() and not mask[0, 0, 24:].any()
+
+    def fit(s: float) -> float:
+        import pydiff
+        from pydiff.guidance import SelfGuidance
+
+        g = torch.Generator().manual_seed(0)
+        model = SelfGuidance(tiny.model, obs.repeat(4, 1, 1), mask.repeat(4, 1, 1), "mse",
+                             scale=s)
+        x = pydiff.sample(model, pydiff.prior(tiny.model.schedule, (4, 1, 32), generator=g),
+                          "ddim", 20)
+        return float(((x - obs)[..., :24] ** 2).mean())
+
+    assert fit(20.0) < 0.25 * fit(0.0)
+
+
+# -- GluonTS face -------------------------------------------------------------------------
+def test_predictor_yields_sample_forecasts_and_round_trips(tiny, tmp_path):
+    from gluonts.model.forecast import SampleForecast
+    from gluonts.model.predictor import Predictor
+
+    ds = to_gluonts({k: v for k, v in synthetic_series(2).items()})
+    predictor = TSDiffPredictor(tiny, 6, num_samples=4, steps=2, solver="ddim")
+    forecasts = list(predictor.predict(ds))
+    entries = list(ds)
+    assert all(isinstance(f, SampleForecast) for f in forecasts)
+    for f, e in zip(forecasts, entries):
+        assert f.samples.shape == (4, 6) and f.start_date == e["start"] + len(e["target"])
+        assert f.item_id == e["item_id"]
+    predictor.serialize(tmp_path / "p")
+    loaded = Predictor.deserialize(tmp_path / "p")
+    assert isinstance(loaded, TSDiffPredictor)
+    np.testing.assert_allclose(next(iter(loaded.predict(ds))).samples, forecasts[0].samples,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_estimator_trains_a_predictor():
+    ds = to_gluonts(synthetic_series(1))
+    est = TSDiffEstimator(4, context_length=12, config=TrainConfig(steps=2, channels=8,
+                                                                   blocks=1, batch_size=4,
+                                                                   progress=False),
+                          num_samples=2, steps=1)
+    predictor = est.train(ds)
+    assert next(iter(predictor.predict(ds))).samples.shape == (2, 4)
+
+
+def test_metrics_match_gluonts_definitions():
+    from gluonts.model.forecast import SampleForecast
+
+    start = pd.Period("2020-01", freq="M")
+    truth = pd.Series(np.arange(1.0, 25.0), index=pd.period_range(start, periods=24))
+    exact = SampleForecast(np.tile(np.arange(21.0, 25.0), (20, 1)), start + 20)
+    wide = SampleForecast(np.linspace(-100, 200, 50)[:, None].repeat(4, 1), start + 20)
+    perfect, broad = forecast_metrics([exact], [truth]), forecast_metrics([wide], [truth])
+    assert perfect["crps"] == 0 and perfect["mase"] == 0
+    assert broad["coverage_90"] == 1.0 and broad["crps"] > 0
+    naive = backtest_metrics(seasonal_naive(4), to_gluonts(synthetic_series(1)), 4, 2)
+    assert naive["forecasts"] == 2 and naive["crps"] > 0
+
+
+# -- CSV flow and the shipped model --------------------------------------------------------
+def test_read_series_csv_and_forecast_table(tiny, tmp_path):
+    idx = pd.date_range("2024-03-01", periods=40, freq="D")
+    frame = pd.DataFrame({"day": idx.strftime("%Y-%m-%d"), "a": np.arange(40.0),
+                          "b": 5 + np.arange(40.0) % 7})
+    frame = frame.drop(index=[10])  # a skipped day becomes a missing value
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    name, freq, series = read_series_csv(tmp_path / "d.csv")
+    assert (name, freq, list(series)) == ("day", "D", ["a", "b"])
+    assert np.isnan(series["a"].iloc[10]) and len(series["a"]) == 40
+    table = forecast_table(tiny, series, name, freq, 3, num_samples=4, steps=1, solver="ddim")
+    assert list(table.columns) == ["day", "series", "mean", *QUANTILE_COLUMNS]
+    assert len(table) == 6 and table["day"].iloc[0] == pd.Timestamp("2024-04-10")
+    q = table[list(QUANTILE_COLUMNS)].to_numpy()
+    assert (np.diff(q, axis=1) >= -1e-9).all()
+
+
+@pytest.mark.skipif(not (PRETRAINED_DIR / "timeseries.json").is_file(),
+                    reason="no shipped checkpoint")
+def test_shipped_model_forecasts_a_new_series_sensibly():
+    """Zero-shot: a level-1000 seasonal series it never saw gets forecasts at its level."""
+    model = TSDiff.from_pretrained()
+    t = np.arange(150)
+    y = 1000 + 100 * np.sin(2 * np.pi * t / 12)
+    f = model.forecast(y, horizon=12, num_samples=16, steps=10)
+    truth = 1000 + 100 * np.sin(2 * np.pi * np.arange(150, 162) / 12)
+    assert np.abs(np.median(f, 0) - truth).mean() < 60  # vs 100 for the series' mean
+
+
+def test_cli_forecast_contract(tmp_path):
+    from pydiff.apps.cli import main
+
+    idx = pd.date_range("2024-01-01", periods=60, freq="h")
+    pd.DataFrame({"timestamp": idx, "load": 20 + np.sin(np.arange(60) / 4)}).to_csv(
+        tmp_path / "in.csv", index=False)
+    code = main(["timeseries", "forecast", str(tmp_path / "in.csv"), "--horizon", "5", "-n",
+                 "4", "--steps", "2", "-o", str(tmp_path / "f.csv"), "--plot",
+                 str(tmp_path / "fan.png")])
+    assert code == 0
+    out = pd.read_csv(tmp_path / "f.csv")
+    assert list(out.columns) == ["timestamp", "mean", *QUANTILE_COLUMNS]
+    assert len(out) == 5 and out["timestamp"].iloc[0] == "2024-01-03 12:00:00"
+    assert (tmp_path / "fan.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("module", ["data", "model", "metrics", "train"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"pydiff.domains.timeseries.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
