@@ -169,6 +169,7 @@ setup(
             "**/*.csv",
             "**/*.wav",
             "**/*.npy",
+            "**/*.sdf.gz",
         ],
         "pydiff": ["py.typed"],
         "pydiff.training": ["pretrained/*/*.json", "pretrained/*/*.safetensors"],
