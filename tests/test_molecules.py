@@ -4,6 +4,8 @@ import torch
 from pydiff.domains.molecules import data
 from rdkit import Chem
 
+import pydiff
+
 
 def test_filter_follows_qm9_composition():
     ok = ["CCO", "C[N+](=O)[O-]", "FC(F)F", "c1ccccc1O"]
@@ -56,3 +58,78 @@ def test_to_tensors_pads_and_centres():
         a.GetSymbol() == "H" for a in mols[0].GetAtoms())
     assert torch.equal(batch["charges"][~batch["mask"]],
                        torch.full_like(batch["charges"][~batch["mask"]], data.CHARGES.index(0)))
+
+
+def _random_state(b=3, n=7, seed=0):
+    from pydiff.domains.molecules.model import centre
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[2, 3:] = False
+    types = torch.nn.functional.one_hot(torch.randint(0, 5, (b, n), generator=g), 5)
+    charges = torch.nn.functional.one_hot(torch.randint(0, 3, (b, n), generator=g), 3)
+    pos = centre(torch.randn(b, n, 3, generator=g, dtype=torch.float64), mask)
+    return {"positions": pos, "atom_types": types.double(), "charges": charges.double(),
+            "mask": mask}
+
+
+def _net():
+    from pydiff.domains.molecules.model import MoleculeNet
+
+    torch.manual_seed(0)
+    net = MoleculeNet(hidden_dim=16, num_layers=3).double()
+    for p in net.parameters():  # larger weights than the init, so the test is not trivial
+        p.data.normal_(0, 0.3)
+    return net
+
+
+def test_network_is_e3_equivariant_in_float64():
+    net, x, t = _net(), _random_state(), torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    out = net(x, t)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1),
+                                       dtype=torch.float64))
+    for rot in (q, q @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))):
+        shift = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+        moved = {**x, "positions": (x["positions"] @ rot.T + shift) * x["mask"][..., None]}
+        out2 = net(moved, t)
+        assert torch.allclose(out2["positions"], out["positions"] @ rot.T, atol=1e-5)
+        for k in ("atom_types", "charges"):
+            assert torch.allclose(out2[k], out[k], atol=1e-5)
+    assert out["positions"].abs().max() > 1e-3  # not trivially zero
+    m = x["mask"][..., None].double()
+    assert ((out["positions"] * m).sum(1).abs() < 1e-10).all()  # zero centre of mass
+    assert (out["positions"][~x["mask"]] == 0).all()
+
+
+def test_network_is_permutation_equivariant_and_ignores_padding():
+    net, x, t = _net(), _random_state(), torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)
+    perm = torch.tensor([4, 0, 6, 2, 1, 5, 3])
+    out = net(x, t)
+    permuted = {k: v[:, perm] for k, v in x.items()}
+    out_p = net(permuted, t)
+    for k in out:
+        assert torch.allclose(out_p[k], out[k][:, perm], atol=1e-10)
+    # whatever the padding holds, the real atoms' outputs do not change
+    noisy = {**x, "positions": x["positions"] + 5.0 * (~x["mask"])[..., None]}
+    assert torch.allclose(net(noisy, t)["positions"][x["mask"]], out["positions"][x["mask"]],
+                          atol=1e-10)
+
+
+def test_joint_model_samples_molecule_batches_of_mixed_sizes():
+    from pydiff.domains.molecules.model import make_model
+
+    from pydiff.categorical import JointSolver
+
+    model = make_model(_net().float(), type_prior=[0.5, 0.35, 0.07, 0.07, 0.01])
+    g = torch.Generator().manual_seed(2)
+    x = _random_state()
+    state = {"positions": x["positions"].float(), "mask": x["mask"],
+             "atom_types": model.processes["atom_types"].prior((3, 7), g),
+             "charges": model.processes["charges"].prior((3, 7), g)}
+    hook = pydiff.hooks.ZeroCenterOfMass(key="positions", mask=x["mask"])
+    out = pydiff.sample(model, state, JointSolver("dpmpp_2m"), steps=4, generator=g,
+                        hooks=[hook])
+    assert out["positions"].shape == (3, 7, 3) and torch.equal(out["mask"], x["mask"])
+    assert (out["positions"][~x["mask"]] == 0).all()
+    assert out["atom_types"].max() < 5 and out["charges"].max() < 3
