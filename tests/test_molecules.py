@@ -133,3 +133,31 @@ def test_joint_model_samples_molecule_batches_of_mixed_sizes():
     assert out["positions"].shape == (3, 7, 3) and torch.equal(out["mask"], x["mask"])
     assert (out["positions"][~x["mask"]] == 0).all()
     assert out["atom_types"].max() < 5 and out["charges"].max() < 3
+
+
+def test_chemistry_rebuilds_real_molecules_and_marks_broken_ones(tmp_path):
+    import numpy as np
+    from pydiff.domains.molecules import chemistry, metrics
+
+    mols = data.load_molecules("test", limit=20)
+    rebuilt = 0
+    for mol in mols:
+        symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+        charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+        built = chemistry.to_mol(symbols, charges, mol.GetConformer().GetPositions())
+        flat = Chem.MolToSmiles(Chem.MolFromSmiles(mol.GetProp("smiles")), isomericSmiles=False)
+        rebuilt += built.GetProp("valid") == "1" and built.GetProp("smiles") == flat
+    assert rebuilt >= 18
+    broken = chemistry.to_mol(["C", "C", "O"], [0, 0, 0], np.zeros((3, 3)) + np.eye(3) * 4)
+    assert broken.GetProp("valid") == "0" and broken.GetNumConformers() == 1
+    path = tmp_path / "out.sdf"
+    chemistry.write_sdf([*mols[:3], broken], path)
+    back = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False))
+    assert len(back) == 4 and back[-1].GetProp("valid") == "0"
+    scores = metrics.evaluate(mols, training_smiles=[m.GetProp("smiles") for m in mols[:10]])
+    assert scores["validity"] >= 0.9 and scores["atom_stability"] >= 0.9
+    assert abs(scores["novelty"] - 0.5) < 0.1  # half of them are "in the training set"
+    assert chemistry.edm_bond_order("C", "C", 1.54) == 1
+    assert chemistry.edm_bond_order("C", "O", 1.20) == 2
+    assert chemistry.edm_bond_order("C", "N", 1.16) == 3
+    assert chemistry.edm_bond_order("C", "C", 2.5) == 0
