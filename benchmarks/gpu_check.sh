@@ -11,6 +11,8 @@
 # Knobs: PYTHON, RESULTS, TORCH_CUDA_ARCH_LIST (default: the visible GPU's), CUDA_HOME
 # (default: the nvcc on PATH), SITE (where the build is installed, default a temp dir),
 # BENCH_ARGS (extra arguments of ops_gpu.py), SKIP_TESTS=1, SKIP_BENCH=1.
+# tests/gpu covers every CUDA op against the reference, the halo exchange (halo_pack /
+# halo_unpack, patch parallelism) included.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}

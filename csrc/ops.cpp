@@ -45,4 +45,11 @@ TORCH_LIBRARY(pydiff, m) {
   m.def(
       "linear_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, float eps) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Patch-parallel halo exchange. halo_pack gathers, for each [B, C, H, W] map i, its first
+  // (top) or last rows[i] rows into one contiguous 1-D buffer in maps' dtype: map after map,
+  // each slab [B, C, rows[i], W] in row-major order. halo_unpack scatters such a buffer into
+  // the first (top) or last rows[i] rows of each destination (e.g. a band padded for its halo).
+  m.def("halo_pack(Tensor[] maps, int[] rows, bool top) -> Tensor");
+  m.def("halo_unpack(Tensor buffer, Tensor(a!)[] dests, int[] rows, bool top) -> ()");
 }

@@ -14,7 +14,8 @@ int main() {
   int failures = 0;
   for (const char* op : {"pydiff::lincomb", "pydiff::lincomb_out", "pydiff::lincomb_multi",
                          "pydiff::attention", "pydiff::attention_backward",
-                         "pydiff::linear_attention", "pydiff::linear_attention_backward"}) {
+                         "pydiff::linear_attention", "pydiff::linear_attention_backward",
+                         "pydiff::halo_pack", "pydiff::halo_unpack"}) {
     auto h = c10::Dispatcher::singleton().findSchema({op, ""});
     if (!h.has_value() || !h->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
       std::printf("FAIL: %s has no CPU kernel\n", op);

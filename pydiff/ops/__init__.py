@@ -30,6 +30,8 @@ __all__ = [
     "attention_backend",
     "backend",
     "cpu_capability",
+    "halo_pack",
+    "halo_unpack",
     "lincomb",
     "lincomb_multi",
     "linear_attention",
@@ -71,7 +73,7 @@ def _kernel_table() -> dict[tuple[str, str], bool]:
     if not _EXT:
         return table
     for op in ("pydiff::lincomb", "pydiff::lincomb_multi", "pydiff::attention",
-               "pydiff::linear_attention"):
+               "pydiff::linear_attention", "pydiff::halo_pack", "pydiff::halo_unpack"):
         for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA")):
             table[op, device_type] = torch._C._dispatch_has_kernel_for_dispatch_key(
                 op, dispatch_key
@@ -481,3 +483,72 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tens
     if _has_kernel(q.device, "pydiff::linear_attention"):
         return torch.ops.pydiff.linear_attention.default(q, k, v, float(eps))
     return _reference.linear_attention(q, k, v, float(eps))
+
+
+# --------------------------------------------------------------------------------------------
+# halo exchange (patch parallelism)
+
+
+def _halo_rows_list(rows: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(rows, numbers.Integral):
+        return [int(rows)] * n
+    return [int(r) for r in rows]
+
+
+def _halo_side(side: str, op: str) -> bool:
+    if side not in ("top", "bottom"):
+        raise ValueError(f"{op}: side={side!r}; expected 'top' or 'bottom'")
+    return side == "top"
+
+
+def halo_pack(maps: Sequence[Tensor], rows: int | Sequence[int], side: str) -> Tensor:
+    """The halo rows of several feature maps in one contiguous buffer (one message per neighbour).
+
+    Takes the first (``side="top"``) or last (``"bottom"``) ``rows`` rows of each
+    ``[B, C, H, W]`` map (``rows``: one count for all maps or one per map; 0 is allowed) and
+    returns them as one 1-D tensor in the maps' dtype, map after map, each slab
+    ``[B, C, rows, W]`` row-major. Maps may be strided (slices of larger tensors); they share
+    one dtype and device. Not differentiable (an inference-time exchange).
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.arange(8.).view(1, 1, 4, 2), torch.arange(3.).view(1, 1, 3, 1)
+        >>> halo_pack([a, b], [1, 2], "bottom").tolist()
+        [6.0, 7.0, 1.0, 2.0]
+    """
+    top = _halo_side(side, "halo_pack")
+    rows = _halo_rows_list(rows, len(maps) if not isinstance(maps, Tensor) else 1)
+    _reference.check_halo("halo_pack", maps, rows)
+    if _has_kernel(maps[0].device, "pydiff::halo_pack"):
+        return torch.ops.pydiff.halo_pack.default(list(maps), rows, top)
+    return _reference.halo_pack(maps, rows, top)
+
+
+def halo_unpack(
+    buffer: Tensor, dests: Sequence[Tensor], rows: int | Sequence[int], side: str
+) -> None:
+    """Scatter a :func:`halo_pack` buffer into the first (``"top"``) or last (``"bottom"``)
+    ``rows`` rows of each ``[B, C, H, W]`` destination, in place (e.g. the halo rows of a band
+    padded for its neighbours' rows). Not differentiable.
+
+    Example:
+        >>> import torch
+        >>> band = torch.zeros(1, 1, 4, 2)        # 2 own rows + 1 halo row above and below
+        >>> halo_unpack(torch.tensor([5.0, 6.0]), [band], 1, "top")
+        >>> band[0, 0, 0].tolist()
+        [5.0, 6.0]
+    """
+    top = _halo_side(side, "halo_unpack")
+    rows = _halo_rows_list(rows, len(dests) if not isinstance(dests, Tensor) else 1)
+    total = _reference.check_halo("halo_unpack", dests, rows, what="dests")
+    if not isinstance(buffer, Tensor) or buffer.dim() != 1 or buffer.numel() != total:
+        got = tuple(buffer.shape) if isinstance(buffer, Tensor) else type(buffer).__name__
+        raise ValueError(f"halo_unpack: buffer is {got}; expected a 1-D tensor of {total} "
+                         "elements (the destinations' halo rows)")
+    if buffer.dtype != dests[0].dtype or buffer.device != dests[0].device:
+        raise ValueError(f"halo_unpack: buffer is {buffer.dtype} on {buffer.device}, dests "
+                         f"{dests[0].dtype} on {dests[0].device}")
+    if _has_kernel(buffer.device, "pydiff::halo_unpack"):
+        torch.ops.pydiff.halo_unpack.default(buffer.contiguous(), list(dests), rows, top)
+    else:
+        _reference.halo_unpack(buffer, dests, rows, top)

@@ -191,3 +191,44 @@ def check_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
             f"linear_attention: shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
             f"v {tuple(v.shape)}"
         )
+
+
+def _halo_rows(m: Tensor, r: int, top: bool) -> Tensor:
+    return m[:, :, :r] if top else m[:, :, m.shape[2] - r:]
+
+
+def halo_pack(maps: Sequence[Tensor], rows: Sequence[int], top: bool) -> Tensor:
+    """The first (``top``) or last ``rows[i]`` rows of each ``[B, C, H, W]`` map, flattened
+    map after map into one contiguous 1-D buffer (each slab ``[B, C, rows[i], W]`` row-major)."""
+    return torch.cat([_halo_rows(m, r, top).reshape(-1) for m, r in zip(maps, rows)])
+
+
+def halo_unpack(buffer: Tensor, dests: Sequence[Tensor], rows: Sequence[int], top: bool) -> None:
+    """Write a :func:`halo_pack` buffer into the first (``top``) or last ``rows[i]`` rows of
+    each destination ``[B, C, H, W]``, in place."""
+    offset = 0
+    for d, r in zip(dests, rows):
+        slab = _halo_rows(d, r, top)
+        n = slab.numel()
+        slab.copy_(buffer[offset:offset + n].view(slab.shape))
+        offset += n
+
+
+def check_halo(op: str, maps: Sequence[Tensor], rows: Sequence[int], what: str = "maps") -> int:
+    """Check the maps (or destinations) of the halo ops; returns the packed element count."""
+    if isinstance(maps, Tensor) or len(maps) == 0:
+        raise ValueError(f"{op}: {what} must be a non-empty list of [B, C, H, W] tensors")
+    if len(rows) != len(maps):
+        raise ValueError(f"{op}: {len(maps)} {what} but {len(rows)} row counts")
+    total = 0
+    for i, (m, r) in enumerate(zip(maps, rows)):
+        if not isinstance(m, Tensor) or m.dim() != 4:
+            shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(f"{op}: {what}[{i}] is {shape}; expected a [B, C, H, W] tensor")
+        if m.dtype != maps[0].dtype or m.device != maps[0].device:
+            raise ValueError(f"{op}: {what}[{i}] is {m.dtype} on {m.device}, {what}[0] "
+                             f"{maps[0].dtype} on {maps[0].device}; expected one dtype and device")
+        if not 0 <= r <= m.shape[2]:
+            raise ValueError(f"{op}: rows[{i}] = {r}; expected 0 <= rows <= H = {m.shape[2]}")
+        total += m.shape[0] * m.shape[1] * r * m.shape[3]
+    return total

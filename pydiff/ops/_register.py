@@ -156,6 +156,15 @@ def _linear_attention_backward(ctx: Any, grad_out: Tensor) -> tuple:
     return dq, dk, dv, None
 
 
+def _halo_pack_fake(maps: list[Tensor], rows: list[int], top: bool) -> Tensor:
+    total = sum(m.shape[0] * m.shape[1] * r * m.shape[3] for m, r in zip(maps, rows))
+    return maps[0].new_empty((total,))
+
+
+def _halo_unpack_fake(buffer: Tensor, dests: list[Tensor], rows: list[int], top: bool) -> None:
+    return None
+
+
 def _setup_nothing(ctx: Any, inputs: tuple, output: Any) -> None:
     pass
 
@@ -211,4 +220,6 @@ def register() -> None:
         _no_double_backward("linear_attention_backward"),
         setup_context=_setup_nothing,
     )
+    torch.library.register_fake("pydiff::halo_pack")(_halo_pack_fake)
+    torch.library.register_fake("pydiff::halo_unpack")(_halo_unpack_fake)
     _DONE = True

@@ -48,3 +48,22 @@ def one_rank_fails(bad_rank: int, how: str) -> float:
     with collective_errors("a test value"):
         dist.all_reduce(value)
     return float(value)
+
+
+def halo_test_maps(dtype: torch.dtype, device: str = "cpu", seed: int = 0) -> list[torch.Tensor]:
+    """Feature maps for testing :func:`pydiff.ops.halo_pack` / ``halo_unpack`` on any device:
+    contiguous, channels-last, a row slice, a column slice (W stride != 1), one row, and a
+    map with an empty batch."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+
+    return [
+        rand(2, 3, 9, 7),
+        rand(1, 5, 6, 4).to(memory_format=torch.channels_last),
+        rand(2, 2, 12, 5)[:, :, 2:10],
+        rand(1, 2, 5, 11)[..., ::2],
+        rand(1, 4, 1, 3),
+        rand(0, 2, 3, 3),
+    ]

@@ -18,7 +18,7 @@ import torch
 # The schema (csrc/ops.cpp) declares these; each needs a CPU and a CUDA kernel. Listed rather
 # than read from the loaded library so that a schema that lost an op fails here too.
 OPS = ("lincomb", "lincomb_out", "lincomb_multi", "attention", "attention_backward",
-       "linear_attention", "linear_attention_backward")
+       "linear_attention", "linear_attention_backward", "halo_pack", "halo_unpack")
 
 
 def main(folder: str) -> int:
