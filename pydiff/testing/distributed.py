@@ -67,3 +67,49 @@ def halo_test_maps(dtype: torch.dtype, device: str = "cpu", seed: int = 0) -> li
         rand(1, 4, 1, 3),
         rand(0, 2, 3, 3),
     ]
+
+
+def random_unet2d(seed: int = 0, **config):
+    """A small :class:`~pydiff.nn.UNet2D` with every weight random (its zero-initialized output
+    layers too, so an equality test on its output cannot pass trivially)."""
+    from ..nn import UNet2D
+
+    torch.manual_seed(seed)
+    config = {"in_channels": 1, "base_channels": 8, "channel_mult": (1, 2, 2),
+              "num_res_blocks": 1, "attn_levels": [1], **config}
+    net = UNet2D(**config).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 1.0 / p[0].numel() ** 0.5)
+            else:
+                p.normal_(0.0, 0.1)
+    return net
+
+
+def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
+                             norm_axes: str = "hw") -> dict:
+    """Run a random UNet2D patch-parallel and on one process (locally, on every rank): one
+    network call and a short DDIM sampling; returns the largest differences and byte counts."""
+    import pydiff
+
+    from ..parallel import PatchParallel
+
+    net = random_unet2d(norm_axes=norm_axes)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, size, size + 8, generator=g)
+    t = torch.tensor([0.3, 0.8])
+    parallel = PatchParallel(net, mode=mode)
+    with torch.no_grad():
+        single_out = net(x, t)
+        parallel_out = parallel(x, t)
+    schedule = pydiff.VPSchedule()
+    x_T = torch.randn(1, 1, size, size, generator=g)
+    with torch.no_grad():
+        samples = [pydiff.sample(pydiff.Denoiser(m, schedule, prediction="eps"), x_T, "ddim",
+                                 steps=steps) for m in (net, parallel)]
+    return {"rank": dist_info().rank, "call_diff": float((single_out - parallel_out).abs().max()),
+            "out_scale": float(single_out.abs().max()),
+            "sample_diff": float((samples[0] - samples[1]).abs().max()),
+            "sample_scale": float(samples[0].abs().max()),
+            "bytes_sent": parallel.bytes_sent, "calls": parallel.calls}

@@ -1,0 +1,27 @@
+"""Patch parallelism: one sample's network evaluation split across processes.
+
+:class:`PatchParallel` wraps a :class:`pydiff.nn.UNet2D`: every rank computes one band of rows
+of every activation, convolutions exchange halo rows with the neighbouring ranks
+(:func:`pydiff.ops.halo_pack` / ``halo_unpack``), GroupNorm merges per-band (count, mean, M2)
+statistics across ranks (Welford's parallel merge), self-attention attends over the K/V of all
+bands, and the output bands are all-gathered. The solver runs unchanged on the full sample,
+replicated on every rank (draw noise full-size from the same generator on every rank), so any
+solver, guidance wrapper or hook behaves as on one process.
+
+Mode ``"sync"`` exchanges everything when it is needed; its result equals the single-process
+model to float32 rounding whatever the number of ranks.
+
+Example (under ``torchrun --nproc_per_node 2`` or :func:`pydiff.distributed.launch`):
+    >>> import torch, pydiff
+    >>> from pydiff.nn import UNet2D
+    >>> from pydiff.parallel import PatchParallel
+    >>> net = UNet2D(1, base_channels=8, channel_mult=(1, 2)).eval()
+    >>> model = pydiff.Denoiser(PatchParallel(net), pydiff.VPSchedule(), prediction="eps")
+    >>> x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> pydiff.sample(model, x, "ddim", steps=2).shape    # one process: plain model
+    torch.Size([1, 1, 16, 16])
+"""
+
+from .patch import MODES, PatchParallel
+
+__all__ = ["PatchParallel", "MODES"]
