@@ -79,6 +79,11 @@ def speech_train(*mistake: str) -> list[str]:
             "--predictive-steps", "0", *mistake]
 
 
+def parallel_sample(*mistake: str) -> list[str]:
+    return ["parallel-sample", "--nproc", "2", "--size", "64", "--steps", "1", "-o",
+            "{tmp}/p.png", *mistake]
+
+
 def evaluate(*mistake: str) -> list[str]:
     return ["speech", "evaluate", "--count", "1", "--methods", "noisy", *mistake]
 
@@ -95,6 +100,15 @@ def ts_train(*mistake: str) -> list[str]:
 
 
 ROWS: list[Row] = [
+    # -- parallel-sample (checked before any worker starts)
+    Row("parallel-size-not-divisible", parallel_sample("--nproc", "3"),
+        ("--size 64", "3 ranks", "multiple of 24")),
+    Row("parallel-nproc-zero", parallel_sample("--nproc", "0"), ("--nproc", "'0'")),
+    Row("parallel-nproc-missing", ["parallel-sample", "-o", "{tmp}/p.png"], ("--nproc",)),
+    Row("parallel-unknown-mode", parallel_sample("--mode", "fast"), ("--mode", "fast")),
+    Row("parallel-timeout-nan", parallel_sample("--timeout", NAN), ("--timeout", "nan")),
+    Row("parallel-output-read-only", parallel_sample("-o", "{tmp}/read_only/p.png"),
+        ("--output", "not writable"), read_only=True),
     # -- demo
     Row("demo-train-steps-zero", demo("--train-steps", "0"), ("--train-steps", "'0'")),
     Row("demo-samples-negative", demo("--samples", "-3"), ("--samples", "'-3'")),

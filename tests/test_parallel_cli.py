@@ -1,0 +1,63 @@
+"""``pydiff parallel-sample``: launched by itself, under torchrun, and with a dead rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from pydiff.distributed import free_port
+
+
+def _run(argv: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def _args(tmp_path, name: str, nproc: tuple[str, ...] = ("--nproc", "2")) -> list[str]:
+    return ["parallel-sample", *nproc, "--mode", "sync", "--size", "64", "--steps", "2",
+            "--seed", "3", "-o", str(tmp_path / f"{name}.png"), "--json",
+            str(tmp_path / f"{name}.json")]
+
+
+def _check_figures(path) -> None:
+    figures = json.loads(path.read_text())
+    assert set(figures) == {"bytes_per_rank_per_step", "psnr_vs_single", "seconds_per_step",
+                            "mode", "nproc"}
+    assert figures["mode"] == "sync" and figures["nproc"] == 2
+    assert figures["psnr_vs_single"] is None or figures["psnr_vs_single"] > 100  # sync
+    assert figures["bytes_per_rank_per_step"] > 0 and figures["seconds_per_step"] > 0
+
+
+def test_launches_its_own_workers(tmp_path):
+    proc = _run([sys.executable, "-m", "pydiff.apps.cli", *_args(tmp_path, "own")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for text in ("time per step", "bytes per rank per step", "PSNR vs single process"):
+        assert text in proc.stdout
+    _check_figures(tmp_path / "own.json")
+    assert (tmp_path / "own.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_under_torchrun(tmp_path):
+    # no --nproc: torchrun's parser would take it for its own --nproc-per-node
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                 "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                 str(free_port()), "-m", "pydiff.apps.cli", *_args(tmp_path, "torchrun", nproc=())],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("bytes per rank per step") == 1  # rank 0 reports
+    _check_figures(tmp_path / "torchrun.json")
+
+
+def test_a_dead_rank_gives_a_clear_error_within_the_timeout(tmp_path):
+    start = time.monotonic()
+    proc = _run([sys.executable, "-m", "pydiff.apps.cli", *_args(tmp_path, "dead"),
+                 "--timeout", "5"], tmp_path, PYDIFF_PARALLEL_FAULT="1:die")
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 1
+    assert "rank 1: died (killed by signal 9)" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0: DistributedError: rank 0 of 2: exchanging" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "dead.png").exists() and not (tmp_path / "dead.json").exists()
