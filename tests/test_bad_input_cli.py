@@ -213,6 +213,18 @@ ROWS: list[Row] = [
     Row("train-speech-init-from-missing", speech_train("--init-from", "/nonexistent"),
         ("--init-from", "/nonexistent")),
     Row("train-speech-missing-output", ["speech", "train"], ("-o",)),
+    # -- medical train
+    Row("medical-train-missing-output", ["medical", "train"], ("-o",)),
+    Row("medical-train-minutes-nan", ["medical", "train", "-o", "{tmp}/m", "--minutes", NAN],
+        ("--minutes",)),
+    Row("medical-train-steps-zero", ["medical", "train", "-o", "{tmp}/m", "--steps", "0"],
+        ("--steps", "'0'")),
+    Row("medical-train-unknown-modality", ["medical", "train", "-o", "{tmp}/m", "--modality",
+                                           "pet"], ("--modality", "pet")),
+    Row("medical-train-crop-too-big", ["medical", "train", "-o", "{tmp}/m", "--crop", "999"],
+        ("--crop", "999")),
+    Row("medical-train-output-is-a-file", ["medical", "train", "-o", "{tmp}/a_file"],
+        ("a_file",)),
     # -- speech evaluate
     Row("evaluate-count-zero", evaluate("--count", "0"), ("--count",)),
     Row("evaluate-unknown-method", evaluate("--methods", "noisy,foo"), ("--methods", "foo")),
@@ -371,7 +383,8 @@ def test_bad_input_row(row: Row, results, files) -> None:
     if row.late:
         lines = lines[-1:]
     assert len(lines) == 1, err  # one line, nothing else
-    words = row.argv[:2] if row.argv[0] in ("policy", "speech", "timeseries") else row.argv[:1]
+    words = row.argv[:2] if row.argv[0] in ("policy", "speech", "timeseries",
+                                            "medical") else row.argv[:1]
     prog = "pydiff" if row.id == "no-such-command" else " ".join(["pydiff", *words])
     assert lines[0].startswith(f"{prog}: "), lines[0]
     for culprit in row.culprit:

@@ -4,7 +4,9 @@ This first part of the domain holds the imaging physics, one object per operator
 style (``A``, ``A_adjoint``, and ``fbp`` for CT): :class:`CTProjector` (parallel and fan beam,
 any angles), :class:`MRIMask` and :class:`MRIOperator` (masked centred FFT, multi-coil),
 the noise models :class:`GaussianNoise` and :class:`PoissonNoise`, and the modified
-Shepp-Logan phantom. Reconstruction methods, priors and the batch command come next.
+Shepp-Logan phantom; the classical baselines :func:`tv_reconstruct` (TV-PDHG, CS-TV),
+:func:`cg_sense` and :func:`estimate_sensitivities`; and :class:`Reconstructor`, reconstruction
+with the shipped diffusion prior (``dps``, ``projection``, ``dds``) or a baseline.
 
 Example:
     >>> from pydiff.domains.medical import CTProjector, shepp_logan
@@ -13,6 +15,7 @@ Example:
     torch.Size([1, 1, 64, 64])
 """
 
+from .classical import cg_sense, estimate_sensitivities, tv_reconstruct
 from .operators import (
     CTProjector,
     GaussianNoise,
@@ -22,6 +25,8 @@ from .operators import (
     coil_sensitivities,
     shepp_logan,
 )
+from .reconstructor import Reconstruction, Reconstructor
 
 __all__ = ["CTProjector", "MRIMask", "MRIOperator", "GaussianNoise", "PoissonNoise",
-           "coil_sensitivities", "shepp_logan"]
+           "coil_sensitivities", "shepp_logan", "Reconstructor", "Reconstruction",
+           "tv_reconstruct", "cg_sense", "estimate_sensitivities"]

@@ -362,6 +362,10 @@ class MRIMask:
     ``acceleration``-th line from a random offset. Both keep the central
     ``round(center_fraction * W)`` lines, where the image energy is.
 
+    The lines come from MONAI's ``RandomKspaceMask`` / ``EquispacedKspaceMask`` (seeded from the
+    torch generator), except in the corner cases they do not cover (no centre, or a centre as
+    wide as the whole equispaced budget), where the same rule is applied directly.
+
     Args:
         acceleration: undersampling factor (``1`` keeps every line).
         center_fraction: fraction of the lines in the fully sampled centre.
@@ -393,18 +397,39 @@ class MRIMask:
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive int, got {value!r}")
-        centre = min(width, round(self.center_fraction * width))
-        lines = torch.zeros(width, dtype=torch.bool)
-        start = (width - centre + 1) // 2
-        lines[start:start + centre] = True
-        if self.pattern == "random":
-            keep = (width / self.acceleration - centre) / max(width - centre, 1)
-            lines |= torch.rand(width, generator=generator) < keep
-        else:
-            step = max(1, round(self.acceleration))
-            offset = int(torch.randint(step, (1,), generator=generator))
-            lines[offset::step] = True
+        lines = self._monai_lines(width, generator)
+        if lines is None:  # a pattern MONAI's masks do not cover (no outer lines to draw)
+            centre = min(width, round(self.center_fraction * width))
+            lines = torch.zeros(width, dtype=torch.bool)
+            start = (width - centre + 1) // 2
+            lines[start:start + centre] = True
+            if self.pattern == "random":
+                keep = (width / self.acceleration - centre) / max(width - centre, 1)
+                lines |= torch.rand(width, generator=generator) < keep
+            else:
+                step = max(1, round(self.acceleration))
+                offset = int(torch.randint(step, (1,), generator=generator))
+                lines[offset::step] = True
         return lines[None, :].expand(height, width).clone()
+
+    def _monai_lines(self, width: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The line pattern from MONAI's fastMRI-style k-space masks (``RandomKspaceMask``,
+        ``EquispacedKspaceMask``), seeded from ``generator``; None where they do not apply."""
+        centre = int(round(width * self.center_fraction))
+        if not 0 < centre < width or (self.pattern == "equispaced"
+                                      and centre * self.acceleration >= width):
+            return None
+        from monai.apps.reconstruction.transforms.array import (
+            EquispacedKspaceMask,
+            RandomKspaceMask,
+        )
+        kind = RandomKspaceMask if self.pattern == "random" else EquispacedKspaceMask
+        transform = kind(center_fractions=[self.center_fraction],
+                         accelerations=[self.acceleration], spatial_dims=2, is_complex=False)
+        # MONAI draws from a NumPy RandomState: seed it from the torch generator
+        transform.set_random_state(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        transform(torch.zeros(1, 1, width))
+        return torch.as_tensor(transform.mask).reshape(width) > 0
 
 
 def coil_sensitivities(size: int, coils: int = 8, dtype: torch.dtype = torch.complex64,
