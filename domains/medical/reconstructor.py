@@ -154,8 +154,11 @@ class Reconstructor:
             raise InputError(f"steps must be a positive int, got {steps!r}")
         start = time.perf_counter()
         baseline = operator.fbp(y) if modality == "ct" else zero_filled(operator, y)
-        lo, hi = value_range if value_range is not None else self._estimate_range(
-            y, operator, baseline, modality)
+        if method in ("fbp", "zero_filled", "cg_sense"):  # no range needed
+            lo, hi = (0.0, 1.0) if value_range is None else value_range
+        else:
+            lo, hi = value_range if value_range is not None else self._estimate_range(
+                y, operator, baseline, modality)
         if not hi > lo:
             raise InputError(f"value_range must have hi > lo, got {(lo, hi)}")
         if method in BASELINES[modality]:
