@@ -263,7 +263,9 @@ def test_docstring_examples_and_docs_example():
     import pathlib
     import re
 
-    for name in ("pydiff.domains.medical", "pydiff.domains.medical.operators"):
+    for name in ("pydiff.domains.medical", "pydiff.domains.medical.operators",
+                 "pydiff.domains.medical.classical", "pydiff.domains.medical.reconstructor",
+                 "pydiff.domains.medical.prior"):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0
     docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "medical.md"
