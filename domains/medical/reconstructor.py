@@ -153,6 +153,8 @@ class Reconstructor:
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise InputError(f"steps must be a positive int, got {steps!r}")
         start = time.perf_counter()
+        if modality == "mri":  # unsampled entries carry no data (noise models may fill them)
+            y = y * operator.mask.to(y.device)
         baseline = operator.fbp(y) if modality == "ct" else zero_filled(operator, y)
         if method in ("fbp", "zero_filled", "cg_sense"):  # no range needed
             lo, hi = (0.0, 1.0) if value_range is None else value_range
