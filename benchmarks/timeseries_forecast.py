@@ -16,7 +16,7 @@ solver and step count, with ``torch.set_num_threads(--threads)``.
 Writes benchmarks/results/timeseries_forecast.json.
 
 Example:
-    python benchmarks/timeseries_forecast.py --samples 100 --windows 3 --threads 2
+    python benchmarks/timeseries_forecast.py --quality-samples 32 --windows 1 --threads 2
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ def quality(args: argparse.Namespace) -> list[dict]:
     model = TSDiff.from_pretrained(args.checkpoint)
     methods = {
         "seasonal_naive": seasonal_naive(args.horizon),
-        "tsdiff_q": TSDiffPredictor(model, args.horizon, num_samples=args.samples,
+        "tsdiff_q": TSDiffPredictor(model, args.horizon, num_samples=args.quality_samples,
                                     guidance="quantile"),
-        "tsdiff_ms": TSDiffPredictor(model, args.horizon, num_samples=args.samples,
+        "tsdiff_ms": TSDiffPredictor(model, args.horizon, num_samples=args.quality_samples,
                                      guidance="mse"),
     }
     rows = []
     for data_name, ds in datasets(args.horizon, args.windows).items():
+        if data_name not in args.data.split(","):
+            continue
         for method, predictor in methods.items():
             m = backtest_metrics(predictor, ds, args.horizon, args.windows)
             rows.append({"data": data_name, "method": method, "series": len(ds), **m})
@@ -73,8 +75,8 @@ def speed(args: argparse.Namespace) -> list[dict]:
     model = TSDiff.from_pretrained(args.checkpoint)
     y = 100 + 10 * np.sin(np.arange(200) * 2 * np.pi / 24)
     rows = []
-    for solver, steps in (("ddpm", 20), ("ddpm", 50), ("ddim", 10), ("ddim", 20),
-                          ("dpmpp_2m", 10), ("heun", 10)):
+    for config in args.speed.split(","):
+        solver, steps = config.split(":")[0], int(config.split(":")[1])
         model.forecast(y, args.horizon, args.samples, solver=solver, steps=2)  # warm-up
         times = []
         for rep in range(args.repeats):
@@ -94,9 +96,14 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="TSDiff folder (default: shipped)")
     p.add_argument("--horizon", type=int, default=24)
     p.add_argument("--windows", type=int, default=3, help="rolling origins per series")
-    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--samples", type=int, default=100, help="sample paths in the speed table")
+    p.add_argument("--quality-samples", type=int, default=100,
+                   help="sample paths per forecast in the quality table")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", default="heldout,zeroshot", help="data sets of the quality table")
+    p.add_argument("--speed", default="ddpm:20,ddpm:50,ddim:10,ddim:20,dpmpp_2m:10,heun:10",
+                   help="solver:steps pairs of the speed table")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()
