@@ -42,7 +42,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("parallel", "one image sampled with patch parallelism over N processes"),
     ("policy", "diffusion policies for robot control loops (train, run, eval)"),
     ("speech", "diffusion speech enhancement (enhance, train, evaluate)"),
-    ("timeseries", "probabilistic time-series forecasting with TSDiff (forecast, train)"),
+    ("timeseries", "probabilistic time-series forecasting with TSDiff (forecast, evaluate, train)"),
 ]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130

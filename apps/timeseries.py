@@ -4,15 +4,17 @@ Example:
     $ pydiff timeseries forecast data.csv --horizon 24 -n 100 -o forecast.csv --plot fan.png
     $ pydiff timeseries train data.csv --out model/ --context 96 --horizon 24
     $ pydiff timeseries train --mixture --out model/ --time-budget 900
+    $ pydiff timeseries evaluate data.csv --horizon 24 --baselines seasonal_naive,deepar
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from pydiff.errors import InputError
-from pydiff.files import check_input_dir, check_input_file, check_output
+from pydiff.files import check_input_dir, check_input_file, check_output, write_json
 
 from .cli import int_at_least, nonnegative_float, positive_float, positive_int
 
@@ -75,6 +77,33 @@ def register(subparsers, help_text: str) -> None:
     t.add_argument("--threads", type=positive_int, default=None)
     t.set_defaults(func=run_train)
 
+    e = cmds.add_parser("evaluate", help="rolling-origin backtest of TSDiff against baselines "
+                                         "(CRPS, MASE, interval coverage)")
+    e.add_argument("input", help="CSV with a date column and numeric columns")
+    e.add_argument("--horizon", type=_horizon, required=True, help="steps ahead")
+    e.add_argument("--baselines", default="seasonal_naive,deepar",
+                   help="comma-separated baselines: seasonal_naive, deepar (GluonTS's torch "
+                        "DeepAR, trained here for --deepar-budget seconds); '' for none")
+    e.add_argument("--windows", type=positive_int, default=3,
+                   help="rolling forecast origins per series, a horizon apart (default 3)")
+    e.add_argument("-n", "--num-samples", type=positive_int, default=100,
+                   help="sample paths per forecast (default 100)")
+    e.add_argument("--guidance", default="quantile",
+                   help="TSDiff self-guidance: quantile (TSDiff-Q), mse (TSDiff-MS) or "
+                        "quantile,mse (default quantile)")
+    e.add_argument("--deepar-budget", type=positive_float, default=60.0,
+                   help="seconds of DeepAR training (default 60)")
+    e.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    e.add_argument("--column", default=None, help="evaluate only this column")
+    e.add_argument("--freq", default=None, help="pandas frequency (default: inferred)")
+    e.add_argument("--scale", type=nonnegative_float, default=None, help="guidance scale")
+    e.add_argument("--solver", default=None, help="core solver (default: the checkpoint's)")
+    e.add_argument("--steps", type=positive_int, default=None, help="solver steps")
+    e.add_argument("--seed", type=int_at_least(0), default=0)
+    e.add_argument("--checkpoint", default=None, help="a TSDiff folder (default: shipped)")
+    e.add_argument("--threads", type=positive_int, default=None)
+    e.set_defaults(func=run_evaluate)
+
 
 def _threads(n: int | None) -> None:
     if n is not None:
@@ -83,11 +112,7 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def run_forecast(args: argparse.Namespace) -> int:
-    check_input_file(args.input, "input CSV")
-    check_output(args.output, "output (-o)")
-    if args.plot is not None:
-        check_output(args.plot, "--plot")
+def _check_sampler(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         check_input_dir(args.checkpoint, "--checkpoint")
     import pydiff
@@ -95,6 +120,14 @@ def run_forecast(args: argparse.Namespace) -> int:
     if args.solver is not None and args.solver not in pydiff.available_solvers():
         raise InputError(f"--solver {args.solver!r} is not a pydiff solver; expected one of "
                          f"{pydiff.available_solvers()}")
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    check_input_file(args.input, "input CSV")
+    check_output(args.output, "output (-o)")
+    if args.plot is not None:
+        check_output(args.plot, "--plot")
+    _check_sampler(args)
     _threads(args.threads)
     from pydiff.domains.timeseries import TSDiff
     from pydiff.domains.timeseries.tabular import (
@@ -141,4 +174,45 @@ def run_train(args: argparse.Namespace) -> int:
     model = train(series, config, args.out)
     print(json.dumps(model.metadata, indent=2))
     print(f"saved to {args.out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    check_input_file(args.input, "input CSV")
+    if args.json is not None:
+        check_output(args.json, "--json")
+    _check_sampler(args)
+    from pydiff.domains.timeseries.evaluate import (
+        TSDIFF_METHODS,
+        check_backtest_lengths,
+        evaluate,
+        format_table,
+        parse_baselines,
+    )
+
+    baselines = parse_baselines(args.baselines)
+    guidances = [g.strip() for g in args.guidance.split(",") if g.strip()]
+    bad = [g for g in guidances if g not in TSDIFF_METHODS]
+    if bad or not guidances:
+        raise InputError(f"--guidance {args.guidance!r}: expected quantile, mse or "
+                         "quantile,mse")
+    _threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # GluonTS's Evaluator bar, once per method
+    from pydiff.domains.timeseries import TSDiff
+    from pydiff.domains.timeseries.tabular import read_series_csv
+
+    _, freq, series = read_series_csv(args.input, args.column, args.freq)
+    check_backtest_lengths(series, args.horizon, args.windows)  # before any training
+    model = TSDiff.from_pretrained(args.checkpoint)
+    print(f"{len(series)} series ({freq}), {args.windows} origin(s) x horizon {args.horizon}",
+          flush=True)
+    rows = evaluate(series, args.horizon, args.windows, baselines, model, guidances,
+                    args.num_samples, args.deepar_budget, args.seed, solver=args.solver,
+                    steps=args.steps, scale=args.scale)
+    print(format_table(rows))
+    if args.json is not None:
+        write_json(args.json, {"input": args.input, "freq": freq, "horizon": args.horizon,
+                               "windows": args.windows, "num_samples": args.num_samples,
+                               "series": list(series), "rows": rows}, "--json")
+        print(f"wrote {args.json}")
     return 0

@@ -99,6 +99,11 @@ def ts_train(*mistake: str) -> list[str]:
             *mistake]
 
 
+def ts_evaluate(source: str = "{tmp}/series.csv", *mistake: str) -> list[str]:
+    return ["timeseries", "evaluate", source, "--horizon", "4", "--windows", "1", "-n", "2",
+            "--steps", "1", "--baselines", "seasonal_naive", *mistake]
+
+
 ROWS: list[Row] = [
     # -- parallel-sample (checked before any worker starts)
     Row("parallel-size-not-divisible", parallel_sample("--nproc", "3"),
@@ -256,6 +261,27 @@ ROWS: list[Row] = [
         ("-o", "not writable"), read_only=True),
     Row("ts-forecast-unknown-solver", ts_forecast("{tmp}/series.csv", "--solver", "nosuch"),
         ("nosuch",)),
+    # -- timeseries evaluate
+    Row("ts-evaluate-input-missing", ts_evaluate("{tmp}/missing.csv"), ("missing.csv",)),
+    Row("ts-evaluate-no-numeric-column", ts_evaluate("{tmp}/no_numbers.csv"),
+        ("no_numbers.csv", "no numeric column")),
+    Row("ts-evaluate-horizon-zero", ts_evaluate("{tmp}/series.csv", "--horizon", "0"),
+        ("--horizon", "'0'")),
+    Row("ts-evaluate-unknown-baseline", ts_evaluate("{tmp}/series.csv", "--baselines",
+                                                    "seasonal_naive,prophet"),
+        ("--baselines", "prophet")),
+    Row("ts-evaluate-windows-zero", ts_evaluate("{tmp}/series.csv", "--windows", "0"),
+        ("--windows", "'0'")),
+    Row("ts-evaluate-too-many-windows", ts_evaluate("{tmp}/series.csv", "--windows", "7"),
+        ("'y'", "--horizon 4", "fewer --windows")),
+    Row("ts-evaluate-unknown-guidance", ts_evaluate("{tmp}/series.csv", "--guidance", "l1"),
+        ("--guidance", "l1")),
+    Row("ts-evaluate-budget-nan", ts_evaluate("{tmp}/series.csv", "--deepar-budget", NAN),
+        ("--deepar-budget", "nan")),
+    Row("ts-evaluate-all-nan", ts_evaluate("{tmp}/all_nan.csv"), ("'y'", "all missing")),
+    Row("ts-evaluate-json-read-only", ts_evaluate("{tmp}/series.csv", "--json",
+                                                  "{tmp}/read_only/e.json"),
+        ("--json", "not writable"), read_only=True),
     # -- timeseries train
     Row("ts-train-no-input", ["timeseries", "train", "--out", "{tmp}/ts_model"],
         ("CSV", "--mixture")),

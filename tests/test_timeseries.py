@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 import warnings
 
 import numpy as np
@@ -240,7 +241,47 @@ def test_cli_forecast_contract(tmp_path):
     assert (tmp_path / "fan.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("module", ["data", "model", "metrics", "train"])
+def test_evaluate_backtests_tsdiff_and_baselines(tiny):
+    """Every method is scored on the same rolling origins; DeepAR trains within its budget."""
+    from pydiff.domains.timeseries.evaluate import evaluate, format_table
+
+    series = {k: v.iloc[-200:] for k, v in synthetic_series(2).items()}
+    started = time.perf_counter()
+    rows = evaluate(series, horizon=8, windows=2, baselines=["seasonal_naive", "deepar"],
+                    model=tiny, guidances=["quantile", "mse"], num_samples=8, steps=2,
+                    deepar_budget=2.0)
+    assert time.perf_counter() - started < 40
+    assert [r["method"] for r in rows] == ["tsdiff_q", "tsdiff_ms", "seasonal_naive", "deepar"]
+    assert all(r["forecasts"] == 4 and np.isfinite(r["crps"]) and r["crps"] > 0 for r in rows)
+    assert rows[2]["coverage_90"] < 0.2  # a point forecast covers (almost) nothing
+    assert rows[3]["train_seconds"] < 20 and 0 < rows[3]["coverage_90"] <= 1
+    assert format_table(rows).count("\n") == 4
+    with pytest.raises(InputError, match="fewer --windows"):
+        evaluate(series, horizon=8, windows=30, baselines=[], model=tiny)
+    with pytest.raises(InputError, match="unknown baseline 'arima'"):
+        evaluate(series, horizon=8, baselines=["arima"], model=tiny)
+
+
+def test_cli_evaluate_contract(tmp_path, capsys):
+    import json
+
+    from pydiff.apps.cli import main
+
+    idx = pd.date_range("2024-01-01", periods=80, freq="h")
+    pd.DataFrame({"timestamp": idx, "load": 20 + np.sin(np.arange(80) / 4)}).to_csv(
+        tmp_path / "in.csv", index=False)
+    code = main(["timeseries", "evaluate", str(tmp_path / "in.csv"), "--horizon", "6",
+                 "--windows", "2", "--baselines", "seasonal_naive", "-n", "4", "--steps", "2",
+                 "--json", str(tmp_path / "e.json")])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "CRPS" in table and "MASE" in table and "seasonal_naive" in table
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["tsdiff_q", "seasonal_naive"]
+    assert set(result["rows"][0]) >= {"crps", "mase", "coverage_50", "coverage_90"}
+
+
+@pytest.mark.parametrize("module", ["data", "model", "metrics", "train", "evaluate"])
 def test_docstring_examples(module):
     import doctest
     import importlib
