@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 
 # heavier subpackages load on first use: `pydiff.guidance.ClassifierFreeGuidance(...)` just works
 _LAZY_SUBMODULES = ("categorical", "guidance", "interop", "nn", "training", "testing",
-                    "distributed", "parallel")
+                    "distributed", "parallel", "accel")
 
 
 _LAZY_FUNCTIONS = {"save_pretrained": "pretrained", "from_pretrained": "pretrained"}

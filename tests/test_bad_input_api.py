@@ -135,6 +135,27 @@ CORE: list[Row] = [
         ("steps", "-2")),
     Row("timesteps-unknown-spacing", lambda: pydiff.timesteps(SCHED, 4, "linear"), InputError,
         ("spacing", "linear")),
+    # pydiff.accel
+    Row("deepcache-interval-zero", lambda: pydiff.accel.DeepCacheState(interval=0), InputError,
+        ("interval=0",)),
+    Row("deepcache-net-not-a-unet", lambda: pydiff.accel.DeepCache(torch.nn.Linear(3, 3)),
+        TypeError, ("net is Linear",)),
+    Row("deepcache-branch-out-of-range",
+        lambda: pydiff.accel.DeepCache(pydiff.nn.UNet2D(1, base_channels=8,
+                                                        channel_mult=(1, 2)), branch=9),
+        InputError, ("branch=9", "0 .. ")),
+    Row("deepcache-state-not-a-cache",
+        lambda: pydiff.accel.DeepCache(pydiff.nn.UNet1D(2, down_dims=(8, 16)))(
+            torch.zeros(1, 2, 8), 0.5, deep_cache={}), TypeError, ("deep_cache is dict",)),
+    Row("stream-batch-model-a-function", lambda: pydiff.accel.StreamBatch(zeros_net), TypeError,
+        ("model",)),
+    Row("stream-batch-max-streams-zero", lambda: pydiff.accel.StreamBatch(MODEL, max_streams=0),
+        InputError, ("max_streams=0",)),
+    Row("stream-batch-push-a-list", lambda: pydiff.accel.StreamBatch(MODEL).push([1.0, 2.0]),
+        InputError, ("push", "x must")),
+    Row("stream-batch-cond-wrong-batch",
+        lambda: pydiff.accel.StreamBatch(MODEL).push(X, label=torch.zeros(3)), InputError,
+        ("label", "(3,)", "8")),
 ]
 
 

@@ -185,6 +185,35 @@ class UNet1D(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor | float, global_cond: Tensor | None = None) -> Tensor:
+        length = x.shape[-1]
+        h, cond, per_position = self._inputs(x, t, global_cond)
+        # Same wiring as Diffusion Policy: the up path concatenates the skip saved at the
+        # resolution it is currently at (starting with the deepest one), then upsamples; the
+        # finest level's skip is never consumed (as in the original).
+        skips: list[tuple[Tensor, Tensor]] = []
+        for res1, res2, downsample in self.down:
+            h = res2(res1(h, cond), cond)
+            skips.append((h, cond))
+            h = downsample(h)
+            if per_position and not isinstance(downsample, nn.Identity):
+                # Follow the features to the coarser grid: average the per-position conditioning
+                # over each pair of positions (exact for a constant t, so constant == global).
+                cond = F.avg_pool1d(cond, 2)
+        for res in self.mid:
+            h = res(h, cond)
+        for res1, res2, upsample in self.up:
+            skip, cond = skips.pop()
+            h = torch.cat([h, skip], dim=1)
+            h = upsample(res2(res1(h, cond), cond))
+        h = self.final(h)
+        return h[..., :length]
+
+    def _inputs(self, x: Tensor, t: Tensor | float, global_cond: Tensor | None
+                ) -> tuple[Tensor, Tensor, bool]:
+        """The checked input zero-padded to a multiple of ``2 ** n_down``, the FiLM
+        conditioning (time embedding ++ global condition; per position for a per-position
+        ``t``) and whether it is per position (shared with the feature-caching forward of
+        :mod:`pydiff.accel`)."""
         if x.dim() != 3 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}; expected "
@@ -223,24 +252,4 @@ class UNet1D(nn.Module):
                 "global_cond was given but the network was built with global_cond_dim=0"
             )
 
-        # Same wiring as Diffusion Policy: the up path concatenates the skip saved at the
-        # resolution it is currently at (starting with the deepest one), then upsamples; the
-        # finest level's skip is never consumed (as in the original).
-        skips: list[tuple[Tensor, Tensor]] = []
-        h = x
-        for res1, res2, downsample in self.down:
-            h = res2(res1(h, cond), cond)
-            skips.append((h, cond))
-            h = downsample(h)
-            if per_position and not isinstance(downsample, nn.Identity):
-                # Follow the features to the coarser grid: average the per-position conditioning
-                # over each pair of positions (exact for a constant t, so constant == global).
-                cond = F.avg_pool1d(cond, 2)
-        for res in self.mid:
-            h = res(h, cond)
-        for res1, res2, upsample in self.up:
-            skip, cond = skips.pop()
-            h = torch.cat([h, skip], dim=1)
-            h = upsample(res2(res1(h, cond), cond))
-        h = self.final(h)
-        return h[..., :length]
+        return x, cond, per_position

@@ -273,6 +273,26 @@ class UNet2D(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        height, width = x.shape[-2:]
+        x, temb = self._inputs(x, t, cond)
+        h = self.conv_in(x)
+        hs = [h]
+        for blocks in self.down:
+            h = self._run_level(blocks, h, temb)
+            hs.append(h)
+        h = self.mid[0](h, temb)
+        h = self.mid[1](h)
+        h = self.mid[2](h, temb)
+        for blocks in self.up:
+            if isinstance(blocks[0], ResBlock2D):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run_level(blocks, h, temb)
+        return self._output(h, height, width)
+
+    def _inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The checked input with the conditioning concatenated, zero-padded to a multiple of
+        ``2 ** n_down``, and the time embedding (shared with the feature-caching forward of
+        :mod:`pydiff.accel`, which runs the same blocks in another order)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}; expected [B, in_channels={self.in_channels}, H, W]"
@@ -295,19 +315,10 @@ class UNet2D(nn.Module):
         pad_h, pad_w = (-height) % mult, (-width) % mult
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x, temb
 
-        h = self.conv_in(x)
-        hs = [h]
-        for blocks in self.down:
-            h = self._run_level(blocks, h, temb)
-            hs.append(h)
-        h = self.mid[0](h, temb)
-        h = self.mid[1](h)
-        h = self.mid[2](h, temb)
-        for blocks in self.up:
-            if isinstance(blocks[0], ResBlock2D):
-                h = torch.cat([h, hs.pop()], dim=1)
-            h = self._run_level(blocks, h, temb)
+    def _output(self, h: Tensor, height: int, width: int) -> Tensor:
+        """The output head on the last features, cropped back to the input size."""
         h = self.conv_out(F.silu(self.norm_out(h)))
         return h[:, :, :height, :width]
 

@@ -1,0 +1,185 @@
+"""DeepCache speed-up and quality against N (a full network call every N calls).
+
+Two trained networks, each sampled from the same noise with and without the cache:
+
+- the shipped medical anatomy prior (UNet2D, EDM) at ``--size`` pixels, ``--steps`` steps of
+  DPM-Solver++ 2M (Karras grid): PSNR of the cached sample against the uncached one (data
+  range 2: the prior's images lie in [-1, 1]) and seconds per sample, for every branch;
+- a shipped diffusion policy (UNet1D; DDIM, its configured steps): RMS action error against
+  the uncached chunk over observations of an expert episode, chunk CPU time, and the success
+  rate of closed-loop episodes.
+
+Times are process CPU time (single-threaded), the median of ``--repeats`` rounds that
+interleave the variants, so the machine's load shifts all of them alike.
+
+Usage:
+    python benchmarks/accel_deepcache.py --intervals 2,3,5
+Writes benchmarks/results/accel_deepcache.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import torch
+
+import pydiff
+from pydiff.accel import DeepCache, DeepCacheState
+from pydiff.guidance import ClipX0
+
+
+def _cpu(fn) -> tuple[float, object]:
+    t0 = time.process_time()
+    out = fn()
+    return time.process_time() - t0, out
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    mse = (a - b).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def prior_table(intervals: list[int], branches: list[int], size: int, steps: int, batch: int,
+                repeats: int) -> list[dict]:
+    from pydiff.domains.medical.reconstructor import PRETRAINED
+
+    model = pydiff.from_pretrained(PRETRAINED / "anatomy")  # the shipped prior
+    net = model.net.eval()
+    sched = model.schedule
+    x_T = pydiff.prior(sched, (batch, 1, size, size), generator=torch.Generator().manual_seed(0))
+
+    def run(branch: int | None, interval: int) -> torch.Tensor:
+        if branch is None:
+            return pydiff.sample(model, x_T, "dpmpp_2m", steps=steps)
+        cached = _with_net(model, DeepCache(net, branch)).bind(
+            deep_cache=DeepCacheState(interval))
+        return pydiff.sample(cached, x_T, "dpmpp_2m", steps=steps)
+
+    variants = [(None, 1)] + [(b, n) for b in branches for n in intervals]
+    times: dict = {v: [] for v in variants}
+    outs: dict = {}
+    with torch.no_grad():
+        run(None, 1)  # warm-up
+        for _ in range(repeats):
+            for v in variants:
+                seconds, outs[v] = _cpu(lambda v=v: run(*v))
+                times[v].append(seconds / batch)
+    base = statistics.median(times[(None, 1)])
+    rows = [{"network": "anatomy prior UNet2D", "branch": None, "interval": 1,
+             "seconds_per_sample": base, "speedup": 1.0, "psnr_db": math.inf}]
+    for b, n in variants[1:]:
+        s = statistics.median(times[(b, n)])
+        rows.append({"network": "anatomy prior UNet2D", "branch": b, "interval": n,
+                     "seconds_per_sample": s, "speedup": base / s,
+                     "psnr_db": psnr(outs[(b, n)], outs[(None, 1)])})
+    return rows
+
+
+def _with_net(model: pydiff.Denoiser, net) -> pydiff.Denoiser:
+    return pydiff.Denoiser(net, model.schedule, prediction=model.prediction,
+                           precond=model.precond, time_input=model.time_input,
+                           sigma_data=model.sigma_data)
+
+
+def policy_table(env: str, intervals: list[int], chunks: int, seeds: int,
+                 repeats: int) -> list[dict]:
+    from pydiff.domains.policy import evaluate, load
+    from pydiff.domains.policy.data import rollout_expert
+
+    policy = load(env)
+    cfg = policy.config
+    episode = rollout_expert(env, 1000)
+    obs = torch.from_numpy(episode.observations).float()
+    to = cfg.n_obs_steps
+    histories = [obs[i:i + to].unsqueeze(0) for i in range(0, len(obs) - to,
+                                                            max(1, (len(obs) - to) // chunks))]
+    cached_base = _with_net(policy.denoiser, DeepCache(policy.net))
+
+    def use(interval: int | None) -> None:
+        if interval is None:  # the policy's own inference model
+            policy.__dict__.pop("inference_model", None)
+            return
+
+        def inference_model():
+            m = ClipX0(cached_base, bound=1.0) if cfg.clip_sample else cached_base
+            return m.bind(deep_cache=DeepCacheState(interval))
+        policy.inference_model = inference_model  # a fresh cache for every chunk
+
+    def chunks_of(interval: int | None) -> tuple[float, torch.Tensor]:
+        use(interval)
+        out = []
+        t0 = time.process_time()
+        for k, h in enumerate(histories):
+            policy.reset()
+            out.append(policy.predict_action_chunk(
+                h, generator=torch.Generator().manual_seed(k)))
+        return (time.process_time() - t0) / len(histories), torch.cat(out)
+
+    variants = [None, *intervals]
+    times: dict = {v: [] for v in variants}
+    actions: dict = {}
+    chunks_of(None)
+    for _ in range(repeats):
+        for v in variants:
+            seconds, actions[v] = chunks_of(v)
+            times[v].append(seconds)
+    span = torch.tensor(cfg.action_high) - torch.tensor(cfg.action_low)
+    base = statistics.median(times[None])
+    rows = []
+    for v in variants:
+        use(v)
+        success = evaluate(policy, env, list(range(seeds))).summary["success"]
+        err = ((actions[v] - actions[None]) / span).pow(2).mean().sqrt().item()
+        s = statistics.median(times[v])
+        rows.append({"network": f"{env} policy UNet1D", "branch": None if v is None else 0,
+                     "interval": v or 1, "seconds_per_chunk": s, "speedup": base / s,
+                     "action_rms_error_of_range": err, "success": success})
+    use(None)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--intervals", default="2,3,5")
+    ap.add_argument("--branches", default="0,1,2")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--envs", default="pendulum,pointmass")
+    ap.add_argument("--chunks", type=int, default=50)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "accel_deepcache.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    intervals = [int(v) for v in args.intervals.split(",")]
+    print(f"1 thread, CPU time; load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = prior_table(intervals, [int(b) for b in args.branches.split(",")], args.size,
+                       args.steps, args.batch, args.repeats)
+    print(f"anatomy prior {args.size}x{args.size}, dpmpp_2m {args.steps} steps")
+    print(f"{'branch':>6} {'N':>3} {'s/sample':>9} {'speed-up':>9} {'PSNR dB':>8}")
+    for r in rows:
+        print(f"{str(r['branch']):>6} {r['interval']:>3} {r['seconds_per_sample']:>9.3f} "
+              f"{r['speedup']:>8.2f}x {r['psnr_db']:>8.1f}", flush=True)
+    for env in args.envs.split(","):
+        prow = policy_table(env, intervals, args.chunks, args.seeds, args.repeats)
+        print(f"{env} policy (UNet1D, branch 0; {args.seeds} episodes)")
+        print(f"{'N':>3} {'ms/chunk':>9} {'speed-up':>9} {'action RMS':>11} {'success':>8}")
+        for r in prow:
+            print(f"{r['interval']:>3} {1e3 * r['seconds_per_chunk']:>9.2f} "
+                  f"{r['speedup']:>8.2f}x {r['action_rms_error_of_range']:>11.4f} "
+                  f"{r['success']:>8.2f}", flush=True)
+        rows += prow
+    report = {"args": vars(args), "load_average_at_start": os.getloadavg(), "rows": rows}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    pydiff.files.write_json(args.out, report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

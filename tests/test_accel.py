@@ -1,0 +1,227 @@
+"""pydiff.accel: DeepCache feature reuse and stream batching, checked against the plain
+network and against sampling each stream alone (speed and quality live in benchmarks/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pydiff
+from pydiff.accel import DeepCache, DeepCacheState, StreamBatch
+from pydiff.nn import UNet1D, UNet2D
+
+
+def _randomized(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere: a fresh UNet starts with zero output convolutions, which
+    would make every comparison below hold trivially."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.1))
+    return net.eval()
+
+
+def _unet2d() -> UNet2D:
+    return _randomized(UNet2D(1, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1))
+
+
+def _unet1d(cond: int = 0) -> UNet1D:
+    return _randomized(UNet1D(2, global_cond_dim=cond, time_embed_dim=16,
+                              down_dims=(8, 16, 32)))
+
+
+def _noise(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class _Counter:
+    """Counts forward calls of a module through a forward hook."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.calls = 0
+        module.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+
+# -- DeepCache ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["unet2d", "unet1d"])
+@pytest.mark.parametrize("branch", [0, 1])
+def test_interval_one_is_the_plain_network_exactly(kind, branch):
+    net = _unet2d() if kind == "unet2d" else _unet1d()
+    x = _noise(2, 1, 12, 10) if kind == "unet2d" else _noise(2, 2, 14)
+    model = pydiff.Denoiser(DeepCache(net, branch=branch), pydiff.VPSchedule(), prediction="eps")
+    plain = pydiff.Denoiser(net, pydiff.VPSchedule(), prediction="eps")
+    with torch.no_grad():
+        cached = pydiff.sample(model.bind(deep_cache=DeepCacheState(1)), x, "dpmpp_2m", steps=5)
+        reference = pydiff.sample(plain, x, "dpmpp_2m", steps=5)
+    assert torch.equal(cached, reference)
+
+
+@pytest.mark.parametrize("kind", ["unet2d", "unet1d"])
+def test_cached_calls_skip_the_deep_blocks(kind):
+    net = _unet2d() if kind == "unet2d" else _unet1d()
+    deep, shallow = _Counter(net.mid[0]), _Counter(net.up[-1][0] if kind == "unet2d"
+                                                    else net.final)
+    x = _noise(2, 1, 8, 8) if kind == "unet2d" else _noise(2, 2, 16)
+    model = pydiff.Denoiser(DeepCache(net), pydiff.VPSchedule(), prediction="eps")
+    cache = DeepCacheState(interval=3)
+    with torch.no_grad():
+        pydiff.sample(model.bind(deep_cache=cache), x, "ddim", steps=8)
+    assert (cache.calls, cache.full_calls, cache.cached_calls) == (8, 3, 5)  # full: 0, 3, 6
+    assert deep.calls == 3 and shallow.calls == 8
+
+
+@pytest.mark.parametrize("kind", ["unet2d", "unet1d"])
+@pytest.mark.parametrize("branch", [0, 1])
+def test_a_cached_call_on_unchanged_input_reproduces_the_full_call(kind, branch):
+    # the shallow path on the deep features of the same (x, t) is the whole network again:
+    # this pins the split (which skips feed which blocks) exactly
+    net = DeepCache(_unet2d() if kind == "unet2d" else _unet1d(cond=3), branch=branch)
+    x = _noise(3, 1, 12, 12) if kind == "unet2d" else _noise(3, 2, 13)
+    args = {} if kind == "unet2d" else {"global_cond": _noise(3, 3, seed=1)}
+    t = torch.tensor([0.2, 0.5, 0.9])
+    if kind == "unet1d":  # per-position times, as streaming policies use
+        t = torch.linspace(0.1, 0.9, 13).expand(3, 13)
+    cache = DeepCacheState(interval=2)
+    with torch.no_grad():
+        full = net(x, t, deep_cache=cache, **args)
+        cached = net(x, t, deep_cache=cache, **args)
+        plain = net(x, t, **args)
+    assert cache.cached_calls == 1
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-6)
+    assert torch.equal(full, plain)
+
+
+def test_caching_changes_the_result():
+    net = _unet2d()
+    x = _noise(2, 1, 16, 16)
+    sched = pydiff.VPSchedule()
+    with torch.no_grad():
+        ref = pydiff.sample(pydiff.Denoiser(net, sched, prediction="eps"), x, "ddim", steps=10)
+        errs = []
+        for branch in (0, 3):
+            model = pydiff.Denoiser(DeepCache(net, branch), sched, prediction="eps")
+            out = pydiff.sample(model.bind(deep_cache=DeepCacheState(3)), x, "ddim", steps=10)
+            errs.append((out - ref).abs().max().item())
+    # reuse is an approximation, not a no-op (its quality on a trained model: BENCHMARKS.md)
+    assert min(errs) > 1e-4
+
+
+def test_two_interleaved_samplers_with_own_caches_equal_each_alone():
+    net = _unet2d()
+    model = pydiff.Denoiser(DeepCache(net), pydiff.VPSchedule(), prediction="eps")
+    solver = pydiff.get_solver("dpmpp_2m")
+    grid = pydiff.timesteps(model.schedule, 7, "logsnr")
+    xa, xb = _noise(1, 1, 8, 8, seed=1), _noise(2, 1, 16, 8, seed=2)
+    with torch.no_grad():
+        alone = [pydiff.sample(model.bind(deep_cache=DeepCacheState(3)), x, solver, grid=grid)
+                 for x in (xa, xb)]
+        ma = model.bind(deep_cache=DeepCacheState(3))
+        mb = model.bind(deep_cache=DeepCacheState(3))
+        sa, sb = solver.init(xa, model.schedule, grid), solver.init(xb, model.schedule, grid)
+        while not (sa.done and sb.done):  # one model, steps interleaved
+            sa = solver.step(sa, ma)
+            sb = solver.step(sb, mb)
+    assert torch.equal(sa.x, alone[0]) and torch.equal(sb.x, alone[1])
+
+
+def test_cache_refills_when_the_input_shape_changes():
+    net = DeepCache(_unet1d())
+    cache = DeepCacheState(interval=10)
+    with torch.no_grad():
+        net(_noise(2, 2, 16), torch.rand(2), deep_cache=cache)
+        out = net(_noise(3, 2, 16), torch.rand(3), deep_cache=cache)
+    assert cache.full_calls == 2 and out.shape == (3, 2, 16)
+    cache.reset()
+    assert cache.calls == 0 and cache.features is None
+
+
+def test_deepcache_with_guidance_wrapper_and_grad_free_features():
+    net = _unet1d(cond=3)
+    base = pydiff.Denoiser(DeepCache(net), pydiff.DiscreteSchedule.cosine(), prediction="eps",
+                           time_input="index")
+    model = pydiff.guidance.ClipX0(base).bind(deep_cache=DeepCacheState(2),
+                                             global_cond=_noise(2, 3))
+    x = pydiff.sample(model, _noise(2, 2, 16), "ddim", steps=4)
+    assert x.shape == (2, 2, 16) and model.cond["deep_cache"].cached_calls == 2
+    assert not model.cond["deep_cache"].features.requires_grad
+
+
+# -- stream batching ------------------------------------------------------------------------------
+def _staggered(streams: StreamBatch, xs, **push) -> list[torch.Tensor]:
+    """Push one stream per tick (so streams are at different noise levels), then drain."""
+    for k, x in enumerate(xs):
+        streams.push(x, **{key: v[k] for key, v in push.items()})
+        streams.tick()
+    return streams.drain()
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "ddpm", "heun"])
+def test_each_stream_equals_sampling_it_alone(solver):
+    net = _unet2d()
+    model = pydiff.Denoiser(net, pydiff.VPSchedule(), prediction="eps")
+    xs = [_noise(1 + k % 2, 1, 8, 8, seed=k) for k in range(6)]
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(6)]
+    streams = StreamBatch(model, solver, steps=4, max_streams=3)
+    with torch.no_grad():
+        outs = _staggered(streams, xs, generator=gens)
+        alone = [pydiff.sample(model, x, solver, steps=4,
+                               generator=torch.Generator().manual_seed(10 + k))
+                 for k, x in enumerate(xs)]
+    assert len(outs) == 6
+    for out, ref in zip(outs, alone):
+        # a batched convolution rounds differently; the random network amplifies that (one
+        # element in ~100 differs by ~1e-5 relative)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    if solver == "heun":  # its second stage runs per stream
+        assert streams.unbatched_calls > 0
+    else:  # one batched network call per tick, nothing else
+        assert streams.unbatched_calls == 0 and streams.network_calls == streams.ticks
+        assert streams.ticks < 6 * 4  # streams shared ticks
+
+
+def test_streams_with_per_position_times_and_own_conditioning():
+    # streaming diffusion policy: per-position grids and each stream's own observation
+    net = _unet1d(cond=3)
+    model = pydiff.Denoiser(net, pydiff.DiscreteSchedule.cosine(num_train_timesteps=100),
+                            prediction="eps", time_input="index")
+    levels = (torch.arange(16, dtype=torch.float64) + 1) / 16
+    frac = torch.linspace(1.0, 0.0, 3, dtype=torch.float64).reshape(-1, 1)
+    grid = ((levels - 1 / 16) + frac / 16).reshape(3, 1, 1, 16)  # each position by 1/16
+    xs = [_noise(2, 2, 16, seed=k) for k in range(4)]
+    obs = [_noise(2, 3, seed=20 + k) for k in range(4)]
+    streams = StreamBatch(model, "dpmpp_2m", steps=2, max_streams=4)
+    with torch.no_grad():
+        outs = _staggered(streams, xs, global_cond=obs, grid=[grid] * 4)
+        alone = [pydiff.sample(model.bind(global_cond=o), x, "dpmpp_2m", grid=grid)
+                 for x, o in zip(xs, obs)]
+    for out, ref in zip(outs, alone):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert streams.network_calls == streams.ticks
+
+
+def test_queue_order_capacity_and_pop():
+    model = pydiff.Denoiser(lambda x, t: 0.5 * x, pydiff.VPSchedule(), prediction="eps")
+    streams = StreamBatch(model, "ddim", steps=2, max_streams=2)
+    assert streams.pop() is None and streams.tick() == 0
+    tickets = [streams.push(torch.full((1, 3), float(k + 1))) for k in range(3)]
+    assert tickets == [0, 1, 2] and streams.waiting == 3
+    assert streams.tick() == 2 and streams.waiting == 1 and streams.active == 2
+    assert streams.pop() is None
+    streams.tick()  # streams 0, 1 finish; stream 2 enters after them
+    assert streams.ready == 2 and streams.active == 0
+    first = streams.pop()
+    assert torch.equal(first, pydiff.sample(model, torch.full((1, 3), 1.0), "ddim", steps=2))
+    assert streams.tick() == 1 and streams.tick() == 1 and streams.tick() == 0
+    assert len(streams.drain()) == 2 and streams.pop() is None
+
+
+def test_stream_batch_rejects_mismatched_conditioning():
+    model = pydiff.Denoiser(lambda x, t, c: x * 0, pydiff.VPSchedule(), prediction="eps")
+    streams = StreamBatch(model, "ddim", steps=2)
+    with pytest.raises(pydiff.InputError, match="c has shape"):
+        streams.push(torch.zeros(2, 3), c=torch.zeros(3))
+    streams.push(torch.zeros(2, 3), c=torch.zeros(2))
+    streams.push(torch.zeros(2, 3), d=torch.zeros(2))
+    with pytest.raises(pydiff.InputError, match="same conditioning keys"):
+        streams.tick()
