@@ -146,8 +146,11 @@ def sample(
     if grid is None:
         if spacing is None:
             spacing = schedule.default_spacing or solver.default_spacing
-        grid = timesteps(schedule, steps, spacing, t_start=t_start,
+        drop_eps = solver.jumps_to_data and final_zero and t_end is None
+        grid = timesteps(schedule, steps + int(drop_eps), spacing, t_start=t_start,
                          t_end=t_end, final_zero=final_zero, device=ref.device)
+        if drop_eps:  # see Solver.jumps_to_data
+            grid = torch.cat([grid[:-2], grid[-1:]])
         name = "t_start" if torch.is_tensor(t_start) and t_start.dim() else "t_end"
     else:
         name = "grid"

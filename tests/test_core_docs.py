@@ -9,7 +9,8 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.denoiser", "pydiff.model", "pydiff.hooks", "pydiff.testing",
                 "pydiff.testing.convergence", "pydiff.solvers.resampling",
                 "pydiff.training.procedural", "pydiff.distributed", "pydiff.solvers.consistency",
-                "pydiff.training.distill", "pydiff.categorical"]
+                "pydiff.training.distill", "pydiff.training.toy_distill",
+                "pydiff.categorical"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

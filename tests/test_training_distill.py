@@ -168,3 +168,50 @@ def test_recipes_reject_bad_arguments(teacher):
     recipe = ConsistencyDistillation(teacher, jump=True)
     with pytest.raises(pydiff.InputError, match="JumpDenoiser"):
         recipe(student_from(teacher), torch.zeros(4, 2), torch.Generator())
+
+
+def test_consistency_sampling_spends_no_evaluation_at_t_eps():
+    # steps=2 on the uniform grid evaluates at 1 and 0.5 (not at 1 and t_eps, where the map
+    # returns its input and the second evaluation would be wasted)
+    seen = []
+
+    def net(x, t):
+        seen.append(float(torch.as_tensor(t).reshape(-1)[0]))
+        return torch.zeros_like(x)
+
+    model = pydiff.Denoiser(net, pydiff.FlowSchedule(), prediction="velocity")
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    state = pydiff.sample(model, x_T, "consistency", 2, spacing="time", return_state=True,
+                          generator=torch.Generator().manual_seed(1))
+    assert state.nfe == 2
+    assert seen == pytest.approx([1.0, 0.5], abs=1e-3)  # midway between 1 and t_eps
+    seen.clear()
+    pydiff.sample(model, x_T, "ddim", 2, spacing="time")  # other solvers keep the t_eps point
+    assert seen == pytest.approx([1.0, model.schedule.t_eps])
+
+
+def test_docs_examples_run():
+    import pathlib
+    import re
+
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "distillation.md"
+    if docs.exists():  # the source tree's docs; absent when only the package is installed
+        blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.S)
+        assert len(blocks) == 4
+        for block in blocks:
+            exec(compile(block, str(docs), "exec"), {})
+
+
+def test_demo_shows_the_distilled_students_beside_the_solvers(tmp_path, capsys):
+    import json
+
+    from pydiff.apps.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--train-steps", "3", "--samples", "64", "--steps", "2", "--solvers",
+                 "ddim", "--distill-steps", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "demo.json").read_text())["rows"]
+    models = {r["model"] for r in rows}
+    assert {"trained", "exact", "flow", "cd", "ct", "pd", "reflow", "reflow+1"} <= models
+    assert min(r["nfe"] for r in rows if r["model"] in ("cd", "pd", "reflow+1")) == 1
+    assert "consistency" in capsys.readouterr().out

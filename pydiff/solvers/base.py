@@ -248,6 +248,10 @@ class Solver:
             as sampling and walk it backwards (``state.grid`` is then increasing).
         brownian: draw the step noise from a Brownian tree (``noise="brownian"`` in the
             constructors of SDE solvers), so a sample depends on the path, not the step count.
+        jumps_to_data: every step's network evaluation already estimates clean data
+            (consistency sampling), so a grid made from ``steps`` spends no evaluation at
+            ``t_eps``: ``pydiff.sample`` drops that point (``steps=2`` on a uniform grid is
+            ``1, ~0.5, 0``, not ``1, t_eps, 0``, whose second evaluation would return its input).
     """
 
     name: ClassVar[str] = ""
@@ -255,6 +259,7 @@ class Solver:
     stochastic: ClassVar[bool] = False
     default_spacing: ClassVar[str] = "logsnr"
     inverse: ClassVar[bool] = False
+    jumps_to_data: ClassVar[bool] = False
     brownian: bool = False
 
     def __setattr__(self, key: str, value: Any) -> None:

@@ -47,6 +47,7 @@ class MultistepConsistency(Solver):
 
     name = "consistency"
     stochastic = True
+    jumps_to_data = True
     default_spacing = "karras"
 
     def __init__(self, noise: str = "gaussian", gamma: float = 1.0):
