@@ -4,12 +4,15 @@ Examples:
     $ pydiff policy train --env pointmass --out policy-pointmass
     $ pydiff policy run --env pendulum --hz 20 --mode rti
     $ pydiff policy eval --env pointmass --seeds 50 --presets ddim10,rti,stream --plots out/
+    $ pydiff policy distill --env pendulum --out cp-pendulum --minutes 15
+    $ pydiff policy eval --env pendulum --presets ddpm100,cp1,cp2
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from pydiff.apps.cli import nonnegative_int, positive_float, positive_int
 
@@ -21,7 +24,7 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     """Add ``pydiff policy {train,run,eval}``."""
     p = sub.add_parser("policy", help=help_text, description=help_text)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
-    cmds = p.add_subparsers(dest="policy_command", metavar="{train,run,eval}")
+    cmds = p.add_subparsers(dest="policy_command", metavar="{train,distill,run,eval}")
 
     t = cmds.add_parser("train", help="train a policy on scripted demonstrations")
     t.add_argument("--env", required=True, help="pendulum or pointmass")
@@ -39,10 +42,31 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="torch threads (the CPU is shared)")
     t.set_defaults(func=run_train)
 
+    d = cmds.add_parser("distill", help="distil a trained policy into a one/two-step "
+                        "consistency policy (presets cp1, cp2)")
+    d.add_argument("--env", required=True, help="pendulum or pointmass")
+    d.add_argument("--teacher", default=None,
+                   help="a saved policy folder (default: the shipped policy of --env)")
+    d.add_argument("--out", default=None, help="output folder (default consistency-<env>)")
+    d.add_argument("--steps", type=positive_int, default=None, help="optimizer steps at most")
+    d.add_argument("--minutes", type=positive_float, default=None,
+                   help="wall-clock budget (default: the recipe's)")
+    d.add_argument("--consistency-steps", type=positive_int, default=None,
+                   help="intervals of the consistency discretization")
+    d.add_argument("--episodes", type=positive_int, default=None)
+    d.add_argument("--batch-size", type=positive_int, default=None)
+    d.add_argument("--lr", type=positive_float, default=None)
+    d.add_argument("--seed", type=nonnegative_int, default=0)
+    d.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (the CPU is shared)")
+    d.set_defaults(func=run_distill)
+
     r = cmds.add_parser("run", help="run episodes in real time at a fixed control rate")
     _common(r)
     r.add_argument("--hz", type=positive_float, default=20.0, help="control rate")
     r.add_argument("--mode", choices=("full", "rti", "stream"), default="rti")
+    r.add_argument("--preset", default=None,
+                   help="an inference preset instead of --mode (e.g. cp1, cp2, ddim10)")
     r.add_argument("--solver", default=None, help="any pydiff solver (default: the preset's)")
     r.add_argument("--steps", type=positive_int, default=None,
                    help="solver steps of full inference")
@@ -56,8 +80,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="number of env seeds (from --seed0)")
     e.add_argument("--seed0", type=nonnegative_int, default=1000)
     e.add_argument("--presets", default="expert,ddim10,rti,stream",
-                   help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, stream, "
-                        "planner (pointmass)")
+                   help="comma-separated: expert, ddpm100, ddim10, dpmpp2m5, rti, rti2, "
+                        "stream, cp1, cp2 (consistency students), planner (pointmass)")
     e.add_argument("--plots", default=None, help="folder for trajectory/chunk plots and a GIF")
     e.set_defaults(func=run_eval)
 
@@ -121,6 +145,29 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    """``pydiff policy distill``: a consistency student of a trained policy."""
+    from pydiff.domains.policy import train
+
+    _threads(args.threads)
+    _check_env(args.env)
+    if args.teacher is not None:
+        check_input_dir(args.teacher, "--teacher")
+    out = args.out or f"consistency-{args.env}"
+    check_output(out, "--out", folder=True)
+    settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr",
+                                                      "minutes", "consistency_steps")
+                if getattr(args, key) is not None}
+    if args.teacher is not None:
+        settings["teacher"] = args.teacher
+    start = time.monotonic()
+    _, history = train(args.env, out, model="consistency", seed=args.seed, **settings)
+    steps = max((h.get("step", 0) for h in history), default=0)
+    print(f"saved {out} ({steps} steps in {(time.monotonic() - start) / 60:.1f} min; "
+          f"evaluate with --presets cp1,cp2 --checkpoint {out})")
+    return 0
+
+
 def _load(args: argparse.Namespace, **overrides):
     from pydiff.domains.policy import load
 
@@ -137,7 +184,10 @@ def run_run(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     _check_common(args)
-    preset = dict(PRESETS["ddim10" if args.mode == "full" else args.mode])
+    if args.preset is not None and args.preset not in PRESETS:
+        raise InputError(f"--preset {args.preset!r}: expected one of {sorted(PRESETS)}")
+    name = args.preset or ("ddim10" if args.mode == "full" else args.mode)
+    preset = dict(PRESETS[name])
     if args.solver:
         import pydiff
 
@@ -145,12 +195,13 @@ def run_run(args: argparse.Namespace) -> int:
         preset["solver"] = args.solver
     if args.steps:
         preset["steps"] = args.steps
-    policy = _load(args, **preset)
+    policy = _load(args, preset=name, **preset)
     run = evaluate(policy, args.env, list(range(args.seed, args.seed + args.episodes)),
                    hz=args.hz)
     results, s = run.episodes, run.summary
     c, a, w = s["chunk_latency_ms"], s["select_latency_ms"], s["steady_chunk_latency_ms"]
-    print(f"env {args.env}, mode {args.mode} ({policy.config.solver}), {args.hz:g} Hz, "
+    print(f"env {args.env}, {args.preset or 'mode ' + args.mode} ({policy.config.solver}), "
+          f"{args.hz:g} Hz, "
           f"{len(results)} episode(s) in real time")
     print(f"  chunk inference  p50 {_fmt(c['p50'])} ms  p99 {_fmt(c['p99'])} ms  "
           f"max {_fmt(c['max'])} ms  ({c['n']} chunks)")
@@ -205,7 +256,7 @@ def run_eval(args: argparse.Namespace) -> int:
         policy_presets = [p for p in presets if p in PRESETS]
         if policy_presets:
             name = policy_presets[0]
-            policy = _load(args, **PRESETS[name])
+            policy = _load(args, preset=name)
             r = run_episode(policy, args.env, seeds[0], record_chunks=True, render=True)
             r.plot_chunks(os.path.join(args.plots, f"{args.env}_{name}_chunks.png"),
                           title=f"{args.env} / {name}: executed actions and chunks")

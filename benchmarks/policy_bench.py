@@ -1,5 +1,6 @@
 """Policy benchmark: success, return, chunk-boundary jumps and chunk-inference latency per
-inference preset (scripted expert, DDPM 100, DDIM 10, DPM-Solver++ 2M 5, RTI, streaming) for
+inference preset (scripted expert, DDPM 100, DDIM 10, DPM-Solver++ 2M 5, RTI, streaming, the
+consistency students cp1 and cp2) for
 each env, with the shipped checkpoints; plus the planner (left/right share with and without
 value guidance).
 
@@ -24,7 +25,7 @@ import torch
 from pydiff.domains.policy import PRESETS, evaluate, load, run_episode
 from pydiff.domains.policy.metrics import latency_summary
 
-ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream"]
+ALL_PRESETS = ["expert", "ddpm100", "ddim10", "dpmpp2m5", "rti", "rti2", "stream", "cp1", "cp2"]
 
 
 def latency(env: str, preset: str, chunks: int, seed0: int) -> dict[str, dict[str, float]]:
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--seed0", type=int, default=1000)
     ap.add_argument("--latency-chunks", type=int, default=200)
+    ap.add_argument("--skip-planner", action="store_true", help="no planner rows (point mass)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "policy.json"))
     args = ap.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
                           "jump_max": s["boundary_jump"]["max"], "sides": s["sides"],
                           "clipped_actions": s["clipped_actions"],
                           "latency_batch1": lat}
-        if env == "pointmass":
+        if env == "pointmass" and not args.skip_planner:
             for name, s in planner_rows(seeds).items():
                 rows[name] = {"success": s["success"], "return": s["return"],
                               "jump_mean": s["boundary_jump"]["mean"],

@@ -49,7 +49,7 @@ def measure(env: str, preset: str, calls: int, warmup: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--envs", default="pointmass,pendulum")
-    ap.add_argument("--presets", default="rti,rti2,stream,ddim10,dpmpp2m5")
+    ap.add_argument("--presets", default="rti,rti2,stream,ddim10,dpmpp2m5,cp1,cp2")
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",

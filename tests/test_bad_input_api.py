@@ -240,6 +240,7 @@ def _config(**kw):
 
 def _policy_rows() -> list[Row]:
     from pydiff.domains.policy import evaluate, load, make_env, run_episode, train
+    from pydiff.domains.policy.train import checkpoint_path
     from pydiff.domains.policy.validation import ObservationError
 
     return [
@@ -270,6 +271,19 @@ def _policy_rows() -> list[Row]:
             ("out_dir", "is a file")),
         Row("evaluate-no-seeds", lambda: evaluate(_policy(), "pendulum", []), InputError,
             ("seeds",)),
+        Row("load-consistency-preset-of-a-diffusion-policy",
+            lambda: load(checkpoint_path("pointmass"), preset="cp1"), InputError,
+            ("cp1", "distill")),
+        Row("distill-unknown-setting",
+            lambda: train("pointmass", None, model="consistency", episodes=2, steps=1,
+                          turbo=True), InputError, ("turbo",)),
+        Row("distill-minutes-zero",
+            lambda: train("pointmass", None, model="consistency", episodes=2, steps=1,
+                          minutes=0), InputError, ("minutes",)),
+        Row("distill-a-student",
+            lambda: train("pointmass", None, model="consistency", episodes=2, steps=1,
+                          teacher=checkpoint_path("pointmass_consistency")), InputError,
+            ("teacher",)),
     ]
 
 

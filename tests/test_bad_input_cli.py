@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,7 +136,26 @@ ROWS: list[Row] = [
     Row("train-out-is-a-file", policy_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
     Row("train-out-read-only", policy_train("--out", "{tmp}/read_only/policy"),
         ("--out", "not writable"), read_only=True),
+    # -- policy distill
+    Row("distill-unknown-env", ["policy", "distill", "--env", "nosuch", "--out",
+                                "{tmp}/cp_out"], ("--env", "nosuch")),
+    Row("distill-minutes-zero", ["policy", "distill", "--env", "pointmass", "--minutes", "0"],
+        ("--minutes",)),
+    Row("distill-minutes-nan", ["policy", "distill", "--env", "pointmass", "--minutes", NAN],
+        ("--minutes", "nan")),
+    Row("distill-consistency-steps-zero", ["policy", "distill", "--env", "pointmass",
+                                           "--consistency-steps", "0"],
+        ("--consistency-steps",)),
+    Row("distill-teacher-missing", ["policy", "distill", "--env", "pointmass", "--teacher",
+                                    "/nonexistent", "--out", "{tmp}/cp_out"],
+        ("--teacher", "/nonexistent")),
+    Row("distill-out-is-a-file", ["policy", "distill", "--env", "pointmass", "--out",
+                                  "{tmp}/a_file"], ("--out", "a_file")),
     # -- policy run
+    Row("run-unknown-preset", policy_run("--preset", "cp3"), ("--preset", "cp3")),
+    Row("run-consistency-preset-on-a-diffusion-policy",
+        policy_run("--preset", "cp1", "--checkpoint", "{tmp}/teacher_ckpt"),
+        ("cp1", "teacher_ckpt", "distill")),
     Row("run-hz-negative", policy_run("--hz", "-5"), ("--hz", "-5")),
     Row("run-hz-nan", policy_run("--hz", NAN), ("--hz", "nan")),
     Row("run-hz-zero", policy_run("--hz", "0"), ("--hz",)),
@@ -326,6 +346,10 @@ def files(tmp_path_factory) -> Path:
     (tmp / "empty_dir").mkdir()
     (tmp / "bad_json_ckpt").mkdir()
     (tmp / "bad_json_ckpt" / "config.json").write_text("{not json")
+    from importlib.resources import files as package_files
+
+    shutil.copytree(str(package_files("pydiff.domains.policy") / "checkpoints" / "pointmass"),
+                    tmp / "teacher_ckpt")  # a diffusion policy, not a consistency student
     rng = np.random.default_rng(0)
     sf.write(tmp / "noisy.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
     dates = [f"2024-01-{d:02d}" for d in range(1, 31)]

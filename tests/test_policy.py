@@ -383,6 +383,33 @@ def test_shipped_pendulum_policy_swings_up():
     assert sum(r.success for r in run.episodes) >= 3
 
 
+@pytest.mark.parametrize("env", ["pointmass", "pendulum"])
+def test_shipped_consistency_presets_load_and_run_an_episode(env):
+    for preset, calls in (("cp1", 1), ("cp2", 2)):
+        policy = load(env, preset=preset)
+        assert policy.config.consistency and policy.config.prediction == "v"
+        assert policy.config.steps == calls
+        teacher = load(env)
+        assert policy.config.n_action_steps == teacher.config.n_action_steps
+        result = run_episode(policy, env, seed=1000, max_steps=24)
+        assert result.steps == 24
+        assert len(result.chunk_latency_ms) == -(-24 // policy.config.n_action_steps)
+
+
+def test_consistency_distillation_runs_through_train(tmp_path):
+    teacher = load("pointmass")
+    student, history = train("pointmass", tmp_path / "cp", model="consistency", episodes=2,
+                             steps=3, batch_size=16, progress=False)
+    assert [h["step"] for h in history if "loss" in h][-1] == 3
+    loaded = load(tmp_path / "cp", preset="cp2")
+    assert loaded.config.consistency and loaded.config.steps == 2
+    # the student started from the teacher's weights and moved
+    moved = [not torch.equal(a, b) for a, b in zip(teacher.net.parameters(),
+                                                   student.net.parameters())]
+    assert any(moved)
+    torch.testing.assert_close(loaded.action_normalizer.low, teacher.action_normalizer.low)
+
+
 def test_shipped_planner_behind_the_policy_interface():
     run = evaluate("planner", "pointmass", [1000, 1001])
     assert run.summary["chunk_latency_ms"]["n"] >= 1 and run.summary["success"] >= 0.5
@@ -419,7 +446,7 @@ def test_plots_and_gif_of_a_rendered_episode(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["", ".chunking", ".train", ".control", ".planner", ".policy",
-                                    ".plots", ".validation", ".metrics", ".envs"])
+                                    ".plots", ".validation", ".metrics", ".envs", ".distill"])
 def test_docstring_examples(module):
     import doctest
     import importlib

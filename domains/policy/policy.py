@@ -55,6 +55,9 @@ from .envs import EnvSpec
 
 Tensor = torch.Tensor
 MODES = ("full", "rti", "stream")
+# "v" is the consistency students' parameterization (see distill.py): its x0 at the noisiest
+# level is the network output itself, where eps's x0 divides by alpha ~ 5e-4
+PREDICTIONS = ("eps", "x0", "v")
 
 # Named inference settings (config overrides) used by the CLI and the benchmarks.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -64,6 +67,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rti": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 1, "rti_t_start": 0.3},
     "rti2": {"mode": "rti", "solver": "ddim", "steps": 10, "rti_steps": 2, "rti_t_start": 0.3},
     "stream": {"mode": "stream", "solver": "ddim", "steps": 10, "stream_steps": 1},
+    # consistency students only (`pydiff policy distill`; load() picks <env>_consistency)
+    "cp1": {"mode": "full", "solver": "consistency", "steps": 1},
+    "cp2": {"mode": "full", "solver": "consistency", "steps": 2},
 }
 
 
@@ -76,7 +82,7 @@ class DiffusionPolicyConfig:
         n_obs_steps (To), horizon (Tp), n_action_steps (Ta): observation history, predicted
             chunk, executed actions per chunk.
         down_dims, time_embed_dim, kernel_size, n_groups: the :class:`pydiff.nn.UNet1D`.
-        prediction: ``"eps"`` or ``"x0"`` (sample prediction).
+        prediction: ``"eps"``, ``"x0"`` (sample prediction) or ``"v"`` (consistency students).
         num_train_timesteps, beta_schedule: the DDPM table (``"cosine"`` is diffusers'
             ``squaredcos_cap_v2``, Diffusion Policy's choice; or ``"linear"``).
         stream_fraction: share of training samples with rising per-position noise levels.
@@ -86,6 +92,7 @@ class DiffusionPolicyConfig:
         stream_steps: solver steps per control step in streaming mode.
         action_low, action_high: the action space (actions are clipped to it).
         env: the env the policy was trained on (informational).
+        consistency: a consistency student (:mod:`.distill`; presets ``cp1``, ``cp2``).
     """
 
     obs_dim: int
@@ -111,6 +118,7 @@ class DiffusionPolicyConfig:
     action_low: list[float] = field(default_factory=list)
     action_high: list[float] = field(default_factory=list)
     env: str | None = None
+    consistency: bool = False
 
     def __post_init__(self) -> None:
         self.down_dims = tuple(int(d) for d in self.down_dims)
@@ -122,8 +130,8 @@ class DiffusionPolicyConfig:
         if self.n_action_steps > self.horizon:
             raise InputError(f"n_action_steps={self.n_action_steps} must be <= horizon="
                              f"{self.horizon} (only predicted actions can be executed)")
-        if self.prediction not in ("eps", "x0"):
-            raise InputError(f"prediction={self.prediction!r}; expected 'eps' or 'x0'")
+        if self.prediction not in PREDICTIONS:
+            raise InputError(f"prediction={self.prediction!r}; expected one of {PREDICTIONS}")
         if self.beta_schedule not in ("cosine", "linear"):
             raise InputError(f"beta_schedule={self.beta_schedule!r}; expected 'cosine' or "
                              "'linear'")
@@ -190,7 +198,7 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
         "rti"])``; resets the episode state. Architecture fields cannot change."""
         fixed = ("obs_dim", "action_dim", "n_obs_steps", "horizon", "down_dims",
                  "time_embed_dim", "kernel_size", "n_groups", "prediction",
-                 "num_train_timesteps", "beta_schedule")
+                 "num_train_timesteps", "beta_schedule", "consistency")
         changed = [k for k in overrides if k in fixed and overrides[k] != getattr(self.config, k)]
         if changed:
             raise InputError(f"cannot change architecture fields {changed} of a built policy")

@@ -30,12 +30,14 @@ from pydiff.errors import InputError
 from pydiff.files import check_output
 
 from .data import collect_demonstrations
+from .distill import CONSISTENCY_PRESETS, check_student, distill_consistency
 from .envs import env_spec, resolve_env_id
 from .planner import TrajectoryPlanner
 from .policy import PRESETS, DiffusionPolicy
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
-MODEL_TYPES: dict[str, type] = {"policy": DiffusionPolicy, "planner": TrajectoryPlanner}
+MODEL_TYPES: dict[str, type] = {"policy": DiffusionPolicy, "planner": TrajectoryPlanner,
+                                 "consistency": DiffusionPolicy}
 
 # Per model type and env, the defaults of `pydiff policy train` (what the shipped checkpoints
 # used). Keys other than the optimization's (OPTIMIZATION) are config fields of the model.
@@ -51,8 +53,17 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "pointmass": {"episodes": 100, "steps": 2000, "batch_size": 64, "lr": 2e-3,
                       "horizon": 48, "down_dims": (32, 64)},
     },
+    # consistency students of the shipped policies, on the teachers' own demonstrations
+    # (`pydiff policy distill`; distill.py)
+    "consistency": {
+        "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 1500, "batch_size": 128,
+                     "lr": 1e-3, "consistency_steps": 20, "minutes": 15.0},
+        "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 1e-3,
+                      "consistency_steps": 20, "minutes": 15.0},
+    },
 }
 OPTIMIZATION = ("episodes", "demo_steps", "steps", "batch_size", "lr")
+DISTILLATION = ("teacher", "consistency_steps", "minutes", "target_decay")
 
 # Inference settings applied when a shipped checkpoint is loaded by env name (measured with
 # benchmarks/policy_bench.py). Pendulum balances an unstable equilibrium: executing Ta = 8
@@ -76,17 +87,22 @@ def _recipe(model: str, env: str) -> dict[str, Any]:
 def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "policy",
           seed: int = 0, progress: bool = True, **settings: Any,
           ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Collect demonstrations, train a ``model`` (``"policy"`` or ``"planner"``) on them, and
-    save the EMA weights to ``out_dir`` (if given).
+    """Collect demonstrations, train a ``model`` on them, and save the EMA weights to
+    ``out_dir`` (if given).
 
     Args:
         env: env short name (``pendulum``, ``pointmass``).
         out_dir: where ``save_pretrained`` writes (None: do not save); checked before training.
-        model: the policy type.
+        model: ``"policy"``, ``"planner"``, or ``"consistency"`` (a one/two-step student of a
+            trained policy, distilled on the teacher's demonstrations: presets ``cp1``,
+            ``cp2``; see :mod:`.distill`).
         seed: demonstrations (seeds ``seed ...``, modes alternating) and optimization.
         **settings: override the env's :data:`RECIPES` entry: ``episodes``, ``demo_steps``
             (shorten the demonstrations), ``steps``, ``batch_size``, ``lr``, or any config
-            field of the model (``horizon``, ``down_dims``, ``prediction``, ...).
+            field of the model (``horizon``, ``down_dims``, ``prediction``, ...); for
+            ``"consistency"``: ``teacher`` (a policy, a shipped name or a folder; default the
+            env's shipped policy), ``minutes`` (time budget), ``consistency_steps``,
+            ``target_decay``.
 
     Returns:
         The trained model (eval mode) and the trainer's history (one dict per logged step).
@@ -100,6 +116,8 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     steps = opt.get("steps", 2000)
     demos = collect_demonstrations(env, opt.get("episodes", 100), seed=seed,
                                    max_steps=opt.get("demo_steps"))
+    if model == "consistency":
+        return _distill(env, out_dir, demos, opt, recipe, seed, progress)
     net, data = MODEL_TYPES[model].for_demonstrations(demos, env_spec(env), env=env, **recipe)
     loader = BatchLoader(data, min(opt.get("batch_size", 128), len(next(iter(data.values())))),
                          seed=seed)
@@ -114,6 +132,30 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     if out_dir is not None:
         trained.save_pretrained(out_dir)
     return trained, trainer.history
+
+
+def _distill(env: str, out_dir: Any, demos: list, opt: dict[str, Any], recipe: dict[str, Any],
+             seed: int, progress: bool) -> tuple[nn.Module, list[dict[str, float]]]:
+    """``train(model="consistency")``: the teacher's windows, then :func:`distill_consistency`."""
+    unknown = sorted(set(recipe) - set(DISTILLATION))
+    if unknown:
+        raise InputError(f"unknown consistency distillation settings {unknown}; expected "
+                         f"{sorted(OPTIMIZATION + DISTILLATION)}")
+    teacher = recipe.pop("teacher", None) or env
+    if not isinstance(teacher, DiffusionPolicy):
+        teacher = load(teacher)
+        if not isinstance(teacher, DiffusionPolicy) or teacher.config.consistency:
+            raise InputError(f"teacher={recipe.get('teacher', env)!r} is not a diffusion policy")
+    cfg = teacher.config
+    _, windows = DiffusionPolicy.for_demonstrations(
+        demos, env_spec(env), n_obs_steps=cfg.n_obs_steps, horizon=cfg.horizon,
+        down_dims=cfg.down_dims)
+    student, history = distill_consistency(
+        teacher, windows, steps=opt.get("steps", 1500), batch_size=opt.get("batch_size", 128),
+        lr=opt.get("lr", 1e-3), seed=seed, progress=progress, **recipe)
+    if out_dir is not None:
+        student.save_pretrained(out_dir)
+    return student, history
 
 
 def checkpoint_path(name: str) -> Path:
@@ -134,7 +176,8 @@ def load(name_or_path: str | os.PathLike, *, preset: str | None = None, **overri
         name_or_path: ``"pendulum"``, ``"pointmass"``, ``"pointmass_planner"`` (shipped), or a
             folder written by :func:`train` / ``save_pretrained``. A ``Path``, or a string
             with a path separator, is always a folder (a missing one is an error naming it).
-        preset: a :data:`~.policy.PRESETS` name (``"rti"``, ``"ddim10"``, ...) applied first.
+        preset: a :data:`~.policy.PRESETS` name (``"rti"``, ``"ddim10"``, ...) applied first;
+            ``"cp1"`` / ``"cp2"`` of a shipped env load its consistency student.
         **overrides: config fields (inference settings such as ``mode`` or ``steps``).
 
     Example:
@@ -153,11 +196,16 @@ def load(name_or_path: str | os.PathLike, *, preset: str | None = None, **overri
     is_path = isinstance(name_or_path, os.PathLike) or os.sep in text or (
         os.altsep is not None and os.altsep in text)
     if not is_path and not (path / "config.json").is_file():
-        path = checkpoint_path(text)
+        # a consistency preset of a shipped env loads that env's shipped student
+        student = preset in CONSISTENCY_PRESETS and (CHECKPOINT_ROOT / text).is_dir()
+        path = checkpoint_path(f"{text}_consistency" if student else text)
         overrides = {**SHIPPED_INFERENCE.get(text, {}), **overrides}
     kind = load_config(path).get("net", {}).get("class", "")
     cls = TrajectoryPlanner if kind.endswith(":TrajectoryPlanner") else DiffusionPolicy
-    return cls.from_pretrained(path, **overrides)
+    model = cls.from_pretrained(path, **overrides)
+    if preset is not None:
+        check_student(model, preset, os.fspath(name_or_path))
+    return model
 
 
 __all__ = ["train", "load", "checkpoint_path", "RECIPES", "CHECKPOINT_ROOT", "MODEL_TYPES"]
