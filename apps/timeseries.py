@@ -66,6 +66,9 @@ def register(subparsers, help_text: str) -> None:
                    help="also train on the built-in mixture (statsmodels' series and "
                         "synthetic seasonal series, less their last 3 horizons, which stay "
                         "held out; the shipped checkpoint's data)")
+    t.add_argument("--kind", default="tsdiff", choices=("tsdiff", "csdi"),
+                   help="tsdiff: the unconditional window model (forecast); csdi: the "
+                        "conditional model (impute)")
     t.add_argument("--steps", type=positive_int, default=None)
     t.add_argument("--time-budget", type=positive_float, default=None,
                    help="seconds of training at most")
@@ -104,6 +107,25 @@ def register(subparsers, help_text: str) -> None:
     e.add_argument("--threads", type=positive_int, default=None)
     e.set_defaults(func=run_evaluate)
 
+    m = cmds.add_parser("impute", help="fill the gaps (NaN, skipped dates) of each series of "
+                                       "a CSV file with the conditional (CSDI-style) model")
+    m.add_argument("input", help="CSV with a date column and numeric columns")
+    m.add_argument("-o", "--output", required=True,
+                   help="CSV to write: the input's columns on the regular date grid, gaps "
+                        "filled with the median of the samples")
+    m.add_argument("--plot", default=None, help="write a plot of the gaps (PNG) here")
+    m.add_argument("-n", "--num-samples", type=positive_int, default=50,
+                   help="sample paths per gap (default 50)")
+    m.add_argument("--column", default=None, help="impute only this column")
+    m.add_argument("--freq", default=None, help="pandas frequency (default: inferred)")
+    m.add_argument("--solver", default=None, help="core solver (default: the checkpoint's)")
+    m.add_argument("--steps", type=positive_int, default=None, help="solver steps")
+    m.add_argument("--seed", type=int_at_least(0), default=0)
+    m.add_argument("--checkpoint", default=None,
+                   help="a conditional model folder (default: the shipped one)")
+    m.add_argument("--threads", type=positive_int, default=None)
+    m.set_defaults(func=run_impute)
+
 
 def _threads(n: int | None) -> None:
     if n is not None:
@@ -122,13 +144,18 @@ def _check_sampler(args: argparse.Namespace) -> None:
                          f"{pydiff.available_solvers()}")
 
 
-def run_forecast(args: argparse.Namespace) -> int:
+def _check_csv_to_csv(args: argparse.Namespace) -> None:
+    """The checks of forecast and impute before any work: input, outputs, sampler, threads."""
     check_input_file(args.input, "input CSV")
     check_output(args.output, "output (-o)")
     if args.plot is not None:
         check_output(args.plot, "--plot")
     _check_sampler(args)
     _threads(args.threads)
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    _check_csv_to_csv(args)
     from pydiff.domains.timeseries import TSDiff
     from pydiff.domains.timeseries.tabular import (
         forecast_table,
@@ -165,7 +192,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.mixture:
         # without the last windows of each series: they stay held out for evaluation
         series.update(holdout_split(training_mixture(), args.horizon, HOLDOUT_WINDOWS)[0])
-    config = TrainConfig(context=args.context, horizon=args.horizon)
+    config = TrainConfig(kind=args.kind, context=args.context, horizon=args.horizon)
     for name in ("steps", "time_budget", "batch_size", "channels", "blocks", "lr", "seed",
                  "threads"):
         value = getattr(args, name)
@@ -215,4 +242,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                "windows": args.windows, "num_samples": args.num_samples,
                                "series": list(series), "rows": rows}, "--json")
         print(f"wrote {args.json}")
+    return 0
+
+
+def run_impute(args: argparse.Namespace) -> int:
+    _check_csv_to_csv(args)
+    from pydiff.domains.timeseries.conditional import CSDI
+    from pydiff.domains.timeseries.tabular import (
+        impute_table,
+        plot_gaps,
+        read_series_csv,
+        write_table,
+    )
+
+    date_name, freq, series = read_series_csv(args.input, args.column, args.freq)
+    model = CSDI.from_pretrained(args.checkpoint)
+    table, bands = impute_table(model, series, date_name, args.num_samples, solver=args.solver,
+                                steps=args.steps, seed=args.seed)
+    write_table(table, args.output)
+    gaps = sum(int(s.isna().sum()) for s in series.values())
+    print(f"wrote {args.output} ({len(series)} series, {gaps} missing values filled, {freq})")
+    if args.plot is not None:
+        print(f"wrote {plot_gaps(series, bands, args.plot)}")
     return 0

@@ -1,8 +1,11 @@
 """Time-series forecasts: CRPS, MASE and coverage on rolling-origin held-out windows, and speed.
 
-Methods: GluonTS's seasonal naive, and the shipped TSDiff checkpoint with quantile self-guidance
-(TSDiff-Q) and mean-squared self-guidance (TSDiff-MS), all through GluonTS predictors and its
-``Evaluator`` (CRPS = mean_wQuantileLoss over the quantiles 0.1 ... 0.9).
+Methods: GluonTS's seasonal naive, GluonTS's torch DeepAR trained here on the same training
+windows as the checkpoint (the mixture less its last 3 horizons) for the same wall-clock budget
+(``--deepar-budget``, default the checkpoint's ``train_seconds``), and the shipped TSDiff
+checkpoint with quantile self-guidance (TSDiff-Q) and mean-squared self-guidance (TSDiff-MS), all
+through GluonTS predictors and its ``Evaluator`` (CRPS = mean_wQuantileLoss over the quantiles
+0.1 ... 0.9). ``--methods`` picks a subset.
 
 Data:
 - ``heldout``: the training mixture's series (statsmodels' and synthetic), on the last
@@ -43,24 +46,44 @@ def datasets(horizon: int, windows: int) -> dict[str, list[dict]]:
     return out
 
 
+def deepar(args: argparse.Namespace, model, heldout: list[dict]):
+    """DeepAR on the checkpoint's training windows, for its training wall-clock budget."""
+    from pydiff.domains.timeseries.data import backtest
+    from pydiff.domains.timeseries.evaluate import deepar_predictor
+
+    budget = args.deepar_budget or model.metadata.get("train_seconds", 600.0)
+    train, _ = backtest(heldout, args.horizon, args.windows)
+    freqs = [e["start"].freqstr for e in heldout]
+    started = time.perf_counter()
+    predictor = deepar_predictor(train, args.horizon, model.context_length, budget,
+                                 frequencies=freqs, num_samples=args.quality_samples)
+    print(f"deepar trained for {time.perf_counter() - started:.0f} s (budget {budget:.0f} s)",
+          flush=True)
+    return predictor
+
+
 def quality(args: argparse.Namespace) -> list[dict]:
     from pydiff.domains.timeseries import TSDiff
     from pydiff.domains.timeseries.gluonts_api import TSDiffPredictor
     from pydiff.domains.timeseries.metrics import backtest_metrics, seasonal_naive
 
     model = TSDiff.from_pretrained(args.checkpoint)
+    data = datasets(args.horizon, args.windows)
     methods = {
-        "seasonal_naive": seasonal_naive(args.horizon),
-        "tsdiff_q": TSDiffPredictor(model, args.horizon, num_samples=args.quality_samples,
-                                    guidance="quantile"),
-        "tsdiff_ms": TSDiffPredictor(model, args.horizon, num_samples=args.quality_samples,
-                                     guidance="mse"),
+        "seasonal_naive": lambda: seasonal_naive(args.horizon),
+        "deepar": lambda: deepar(args, model, data["heldout"]),
+        "tsdiff_q": lambda: TSDiffPredictor(model, args.horizon,
+                                            num_samples=args.quality_samples,
+                                            guidance="quantile"),
+        "tsdiff_ms": lambda: TSDiffPredictor(model, args.horizon,
+                                             num_samples=args.quality_samples, guidance="mse"),
     }
+    chosen = {name: methods[name]() for name in args.methods.split(",")}
     rows = []
-    for data_name, ds in datasets(args.horizon, args.windows).items():
+    for data_name, ds in data.items():
         if data_name not in args.data.split(","):
             continue
-        for method, predictor in methods.items():
+        for method, predictor in chosen.items():
             m = backtest_metrics(predictor, ds, args.horizon, args.windows)
             rows.append({"data": data_name, "method": method, "series": len(ds), **m})
             print(f"{data_name:9s} {method:15s} CRPS {m['crps']:.4f} MASE {m['mase']:.3f} "
@@ -104,6 +127,10 @@ def main() -> None:
     p.add_argument("--data", default="heldout,zeroshot", help="data sets of the quality table")
     p.add_argument("--speed", default="ddpm:20,ddpm:50,ddim:10,ddim:20,dpmpp_2m:10,heun:10",
                    help="solver:steps pairs of the speed table")
+    p.add_argument("--methods", default="seasonal_naive,deepar,tsdiff_q,tsdiff_ms")
+    p.add_argument("--deepar-budget", type=float, default=None,
+                   help="DeepAR's training seconds (default: the checkpoint's train_seconds)")
+    p.add_argument("--json", default=str(RESULTS), help="results file")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()
@@ -114,9 +141,9 @@ def main() -> None:
         result["quality"] = quality(args)
     if not args.skip_speed:
         result["speed"] = speed(args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,11 @@ def ts_evaluate(source: str = "{tmp}/series.csv", *mistake: str) -> list[str]:
             "--steps", "1", "--baselines", "seasonal_naive", *mistake]
 
 
+def ts_impute(source: str = "{tmp}/series.csv", *mistake: str) -> list[str]:
+    return ["timeseries", "impute", source, "-o", "{tmp}/filled.csv", "-n", "2", "--steps", "1",
+            *mistake]
+
+
 ROWS: list[Row] = [
     # -- parallel-sample (checked before any worker starts)
     Row("parallel-size-not-divisible", parallel_sample("--nproc", "3"),
@@ -302,6 +307,24 @@ ROWS: list[Row] = [
     Row("ts-evaluate-json-read-only", ts_evaluate("{tmp}/series.csv", "--json",
                                                   "{tmp}/read_only/e.json"),
         ("--json", "not writable"), read_only=True),
+    # -- timeseries impute
+    Row("ts-impute-input-missing", ts_impute("{tmp}/missing.csv"), ("missing.csv",)),
+    Row("ts-impute-no-numeric-column", ts_impute("{tmp}/no_numbers.csv"),
+        ("no_numbers.csv", "no numeric column")),
+    Row("ts-impute-bad-dates", ts_impute("{tmp}/bad_dates.csv"),
+        ("bad_dates.csv", "no date column")),
+    Row("ts-impute-all-nan", ts_impute("{tmp}/all_nan.csv"), ("'y'", "all missing")),
+    Row("ts-impute-samples-zero", ts_impute("{tmp}/series.csv", "-n", "0"), ("-n",)),
+    Row("ts-impute-unknown-solver", ts_impute("{tmp}/series.csv", "--solver", "nosuch"),
+        ("nosuch",)),
+    Row("ts-impute-checkpoint-not-a-model", ts_impute("{tmp}/series.csv", "--checkpoint",
+                                                      "{tmp}/empty_dir"),
+        ("empty_dir", "timeseries.json")),
+    Row("ts-impute-missing-output", ["timeseries", "impute", "{tmp}/series.csv"],
+        ("-o/--output",)),
+    Row("ts-impute-output-read-only", ts_impute("{tmp}/series.csv", "-o",
+                                                "{tmp}/read_only/f.csv"),
+        ("-o", "not writable"), read_only=True),
     # -- timeseries train
     Row("ts-train-no-input", ["timeseries", "train", "--out", "{tmp}/ts_model"],
         ("CSV", "--mixture")),

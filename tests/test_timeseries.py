@@ -281,7 +281,86 @@ def test_cli_evaluate_contract(tmp_path, capsys):
     assert set(result["rows"][0]) >= {"crps", "mase", "coverage_50", "coverage_90"}
 
 
-@pytest.mark.parametrize("module", ["data", "model", "metrics", "train", "evaluate"])
+# -- the conditional (CSDI-style) model ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_csdi():
+    series = [s.to_numpy() for s in synthetic_series(3).values()]
+    return train(series, TrainConfig(kind="csdi", context=24, horizon=8, steps=3, channels=8,
+                                     blocks=2, batch_size=8, progress=False))
+
+
+def test_conditioning_masks_hide_only_observed_points():
+    from pydiff.domains.timeseries.conditional import conditioning_masks
+
+    g = torch.Generator().manual_seed(0)
+    observed = torch.ones(64, 1, 48)
+    observed[:, :, 5] = 0
+    m = conditioning_masks(observed, 8, g)
+    assert (m <= observed).all() and (m[:, :, 5] == 0).all()
+    hidden = (observed - m).sum((1, 2))
+    assert (hidden > 0).all()  # every window has something to learn
+    future_only = ((m[:, 0, -8:] == 0).all(1) & (m[:, 0, :-8].sum(1) == 39)).sum()
+    assert 5 < future_only < 40  # forecast masks are one of three kinds
+
+
+def test_csdi_imputes_gaps_keeps_observations_and_round_trips(tiny_csdi, tmp_path):
+    from pydiff.domains.timeseries.conditional import CSDI
+
+    y = 10 + np.sin(np.arange(70) / 3)
+    y[[3, 30, 31, 32, 69]] = np.nan
+    paths = tiny_csdi.impute(y, num_samples=4, steps=2, solver="ddim")
+    assert paths.shape == (4, 70) and np.isfinite(paths).all()
+    ok = ~np.isnan(y)
+    assert np.array_equal(paths[:, ok], np.broadcast_to(y[ok], (4, ok.sum())))
+    assert paths[:, 30].std() > 0  # samples differ in the gaps
+    f = tiny_csdi.forecast(y, horizon=5, num_samples=3, steps=2)
+    assert f.shape == (3, 5) and np.isfinite(f).all()
+    tiny_csdi.save_pretrained(tmp_path / "c")
+    again = CSDI.from_pretrained(tmp_path / "c")
+    np.testing.assert_allclose(again.impute(y, 4, steps=2, solver="ddim"), paths, rtol=1e-5)
+    with pytest.raises(InputError, match="not a conditional"):
+        CSDI.from_pretrained(PRETRAINED_DIR)
+
+
+def test_csdi_gaps_follow_the_observed_level_after_training():
+    """A few hundred steps on one seasonal series: block-gap samples track the series."""
+    from pydiff.domains.timeseries.conditional import CSDI
+
+    t = np.arange(400)
+    y = 50 + 10 * np.sin(2 * np.pi * t / 12)
+    model = train([y], TrainConfig(kind="csdi", context=36, horizon=12, steps=150, channels=16,
+                                   blocks=3, batch_size=32, lr=3e-3, warmup_steps=10,
+                                   lags=(12,), progress=False))
+    assert isinstance(model, CSDI)
+    gap = y[:48].copy()
+    gap[20:28] = np.nan
+    paths = model.impute(gap, num_samples=8, steps=10)
+    err = np.abs(np.median(paths[:, 20:28], 0) - y[20:28]).mean()
+    assert err < 4  # vs 10 * 2 / pi = 6.4 for the series' level
+
+
+def test_cli_impute_contract(tiny_csdi, tmp_path):
+    from pydiff.apps.cli import main
+
+    idx = pd.date_range("2024-01-01", periods=60, freq="h")
+    frame = pd.DataFrame({"timestamp": idx, "load": 20 + np.sin(np.arange(60) / 4),
+                          "temp": 5 + np.cos(np.arange(60) / 5)})
+    frame.loc[10:14, "load"] = np.nan
+    frame = frame.drop(index=[40])  # a skipped hour is a gap too
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    tiny_csdi.save_pretrained(tmp_path / "csdi")
+    code = main(["timeseries", "impute", str(tmp_path / "in.csv"), "-o",
+                 str(tmp_path / "filled.csv"), "--plot", str(tmp_path / "gaps.png"), "-n", "4",
+                 "--steps", "2", "--checkpoint", str(tmp_path / "csdi")])
+    assert code == 0
+    out = pd.read_csv(tmp_path / "filled.csv")
+    assert list(out.columns) == ["timestamp", "load", "temp"] and len(out) == 60
+    assert out.notna().all().all() and out["load"].iloc[0] == frame["load"].iloc[0]
+    assert (tmp_path / "gaps.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("module", ["data", "model", "metrics", "train", "evaluate",
+                                    "conditional"])
 def test_docstring_examples(module):
     import doctest
     import importlib

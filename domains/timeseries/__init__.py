@@ -6,7 +6,10 @@
   time embedding) and its :class:`pydiff.Denoiser`.
 - :mod:`.forecaster`: :class:`TSDiff`, forecasts by self-guidance (TSDiff-Q quantile guidance,
   TSDiff-MS) with any core solver.
-- :mod:`.train`: the training recipe on :class:`pydiff.training.Trainer`.
+- :mod:`.conditional`: :class:`CSDI`, the conditional (CSDI-style) model: imputation of gaps
+  and forecasting with missing values.
+- :mod:`.evaluate`: rolling-origin backtests against seasonal naive and GluonTS's DeepAR.
+- :mod:`.train`: the training recipe on :class:`pydiff.training.Trainer` (both models).
 
 Example:
     >>> import numpy as np
@@ -16,11 +19,13 @@ Example:
     (4, 6)
 """
 
+from .conditional import CSDI
 from .data import make_windows, mean_scale, statsmodels_series, synthetic_series, to_gluonts
 from .forecaster import GUIDANCES, MIN_OBSERVATIONS, TSDiff, check_context
-from .model import TSDiffNet, make_denoiser
+from .model import CSDINet, TSDiffNet, make_denoiser
 from .train import TrainConfig, train
 
-__all__ = ["TSDiff", "TSDiffNet", "make_denoiser", "TrainConfig", "train", "GUIDANCES",
+__all__ = ["TSDiff", "CSDI", "TSDiffNet", "CSDINet", "make_denoiser", "TrainConfig", "train",
+           "GUIDANCES",
            "MIN_OBSERVATIONS", "check_context", "statsmodels_series", "synthetic_series",
            "make_windows", "mean_scale", "to_gluonts"]

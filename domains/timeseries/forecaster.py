@@ -136,6 +136,15 @@ class TSDiff:
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
         return path
 
+    def solver_and_steps(self, solver: str | None, steps: int | None) -> tuple[str, int]:
+        """The checked solver name and step count (``None``: the checkpoint's default)."""
+        defaults = self.sampling
+        solver = defaults["solver"] if solver is None else solver
+        if solver not in pydiff.available_solvers():
+            raise InputError(f"solver {solver!r} is not a pydiff solver; expected one of "
+                             f"{pydiff.available_solvers()}")
+        return solver, defaults["steps"] if steps is None else _positive(steps, "steps")
+
     # -- forecasting -----------------------------------------------------------------------
     def windows(self, contexts: Sequence[np.ndarray], horizon: int
                 ) -> tuple[Tensor, Tensor, np.ndarray]:
@@ -166,11 +175,7 @@ class TSDiff:
         if guidance not in GUIDANCES:
             raise InputError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
         defaults = self.sampling
-        solver = defaults["solver"] if solver is None else solver
-        if solver not in pydiff.available_solvers():
-            raise InputError(f"solver {solver!r} is not a pydiff solver; expected one of "
-                             f"{pydiff.available_solvers()}")
-        steps = defaults["steps"] if steps is None else _positive(steps, "steps")
+        solver, steps = self.solver_and_steps(solver, steps)
         s = float(defaults["scale"][guidance] if scale is None else scale)
         if not np.isfinite(s) or s < 0:
             raise InputError(f"scale must be a finite number >= 0, got {scale!r}")

@@ -109,20 +109,60 @@ class TSDiffNet(nn.Module):
         return torch.cat(feats, dim=1)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        if x.dim() != 3 or x.shape[1] != 1:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected [B, 1, L]")
-        b, _, length = x.shape
-        t = normalize_time(t, b, length, owner="TSDiffNet").to(x.device)
-        cond = self.time_embed(t).to(x.dtype)  # [B, D] or [B, L, D]
+        _check_window(x, "x")
+        return self.trunk(self.input(self.features(x)), t)
+
+    def trunk(self, h: Tensor, t: Tensor | float) -> Tensor:
+        """The residual blocks and the output head on input features ``h [B, C, L]``."""
+        b, _, length = h.shape
+        t = normalize_time(t, b, length, owner=type(self).__name__).to(h.device)
+        cond = self.time_embed(t).to(h.dtype)  # [B, D] or [B, L, D]
         if cond.dim() == 3:
             cond = cond.transpose(1, 2)  # per position, channel-first for FiLM
-        h = self.input(self.features(x))
         skips = 0
         for block in self.blocks:
             h, skip = block(h, cond)
             skips = skips + skip
         h = F.silu(self.skip_out(skips * len(self.blocks) ** -0.5))
         return self.output(h)
+
+
+def _check_window(x: Tensor, name: str) -> None:
+    if x.dim() != 3 or x.shape[1] != 1:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected [B, 1, L]")
+
+
+class CSDINet(TSDiffNet):
+    """The conditional (CSDI-style) network ``F(x, t, observed, cond_mask)``.
+
+    The same trunk as :class:`TSDiffNet`; its input features are the noisy state, the observed
+    values where ``cond_mask`` is 1 (0 elsewhere) and the mask, each with its lagged copies. So
+    the network sees what is known at every position and fills in the rest. Without
+    ``observed`` it is an unconditional model (everything missing).
+
+    Example:
+        >>> import torch
+        >>> net = CSDINet(channels=8, blocks=2)
+        >>> x = torch.zeros(2, 1, 30)
+        >>> net(x, torch.zeros(2), observed=x, cond_mask=torch.ones_like(x)).shape
+        torch.Size([2, 1, 30])
+    """
+
+    def __init__(self, channels: int = 64, blocks: int = 6, kernel_size: int = 3,
+                 lags: Sequence[int] = (7, 12, 24, 52), time_embed_dim: int = 64,
+                 dilation_cycle: int = 6):
+        super().__init__(channels, blocks, kernel_size, lags, time_embed_dim, dilation_cycle)
+        self.input = nn.Conv1d(3 * (1 + len(self.lags)), channels, 1)
+
+    def forward(self, x: Tensor, t: Tensor | float, observed: Tensor | None = None,
+                cond_mask: Tensor | None = None) -> Tensor:
+        _check_window(x, "x")
+        if cond_mask is None:
+            cond_mask = torch.zeros_like(x)
+        known = torch.zeros_like(x) if observed is None else observed.to(x.dtype) * cond_mask
+        cond_mask = cond_mask.to(x.dtype).expand_as(x)
+        feats = torch.cat([self.features(x), self.features(known), self.features(cond_mask)], 1)
+        return self.trunk(self.input(feats), t)
 
 
 def default_schedule() -> CosineSchedule:
@@ -137,4 +177,4 @@ def make_denoiser(net: TSDiffNet, schedule: Any | None = None) -> Denoiser:
                     time_input="log_sigma", sigma_data=1.0)
 
 
-__all__ = ["TSDiffNet", "ResidualBlock", "make_denoiser", "default_schedule"]
+__all__ = ["TSDiffNet", "CSDINet", "ResidualBlock", "make_denoiser", "default_schedule"]

@@ -170,6 +170,53 @@ def plot_fan(series: dict[str, pd.Series], table: pd.DataFrame, date_name: str,
         ax.set_title(name)
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def impute_table(model: Any, series: dict[str, pd.Series], date_name: str,
+                 num_samples: int = 50, **options: Any
+                 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """``(table, bands)``: the series on their date grid with every gap filled by the median
+    of ``num_samples`` imputations of ``model`` (a
+    :class:`~pydiff.domains.timeseries.conditional.CSDI`), one column per series as in the
+    input; ``bands[name]`` holds the 5%, 50% and 95% quantiles ``[3, T]`` (observed values
+    stay exact)."""
+    first = next(iter(series.values()))
+    table = pd.DataFrame({date_name: first.index})
+    bands = {}
+    for name, s in series.items():
+        samples = model.impute(s.to_numpy(), num_samples, **options)
+        bands[name] = np.quantile(samples, [0.05, 0.5, 0.95], axis=0)
+        table[name] = bands[name][1]
+    return table, bands
+
+
+def plot_gaps(series: dict[str, pd.Series], bands: dict[str, np.ndarray], path: str | Path
+              ) -> Path:
+    """Observed values, the imputed median and its 90% band in the gaps, per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.6 * len(series)), squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], series.items()):
+        lo, mid, hi = bands[name]
+        gap = s.isna().to_numpy()
+        ax.plot(s.index, s.to_numpy(), color="k", lw=1, label="observed")
+        ax.fill_between(s.index, np.where(gap, lo, np.nan), np.where(gap, hi, np.nan),
+                        alpha=0.3, color="C1", label="90%")
+        ax.plot(s.index, np.where(gap, mid, np.nan), color="C1", lw=1.5, marker=".", ms=3,
+                label="imputed median")
+        ax.set_title(f"{name} ({int(gap.sum())} missing)")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
@@ -185,5 +232,6 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["read_series_csv", "forecast_table", "plot_fan", "write_table", "QUANTILES",
+__all__ = ["read_series_csv", "forecast_table", "plot_fan", "write_table", "impute_table",
+           "plot_gaps", "QUANTILES",
            "QUANTILE_COLUMNS"]

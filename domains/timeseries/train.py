@@ -36,17 +36,24 @@ from pydiff.errors import InputError
 from pydiff.files import check_output
 from pydiff.training import BatchLoader, Trainer, diffusion_loss
 
+from .conditional import CSDI, ConditionalLoss
 from .data import make_windows
 from .forecaster import TSDiff
-from .model import TSDiffNet, make_denoiser
+from .model import CSDINet, TSDiffNet, make_denoiser
 
 Tensor = torch.Tensor
+KINDS = ("tsdiff", "csdi")
 
 
 @dataclass
 class TrainConfig:
-    """Recipe knobs (the shipped checkpoint's recipe is stored in its metadata)."""
+    """Recipe knobs (the shipped checkpoint's recipe is stored in its metadata).
 
+    ``kind``: ``"tsdiff"`` (the unconditional window model, :class:`TSDiff`) or ``"csdi"``
+    (the conditional model, :class:`~pydiff.domains.timeseries.conditional.CSDI`).
+    """
+
+    kind: str = "tsdiff"
     context: int = 96
     horizon: int = 24
     stride: int = 2
@@ -91,6 +98,8 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     config = config or TrainConfig()
     if output is not None:
         check_output(output, "output", folder=True)  # before training, not after
+    if config.kind not in KINDS:
+        raise InputError(f"kind must be one of {KINDS}, got {config.kind!r}")
     if config.time_budget is not None and not config.time_budget > 0:
         raise InputError(f"time_budget must be > 0 seconds, got {config.time_budget}")
     torch.set_num_threads(config.threads)
@@ -99,11 +108,14 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     data = make_windows(_arrays(series), config.context, config.horizon, config.stride)
     windows = int(data["values"].shape[0])
     batch = min(config.batch_size, windows)
-    net = TSDiffNet(channels=config.channels, blocks=config.blocks, lags=config.lags)
+    conditional = config.kind == "csdi"
+    net = (CSDINet if conditional else TSDiffNet)(channels=config.channels,
+                                                  blocks=config.blocks, lags=config.lags)
     model = make_denoiser(net)
     trainer = Trainer(model, BatchLoader({"values": data["values"], "mask": data["mask"]},
                                          batch, seed=config.seed),
-                      loss_fn=WindowLoss(), max_steps=config.steps, lr=config.lr,
+                      loss_fn=ConditionalLoss(config.horizon) if conditional else WindowLoss(),
+                      max_steps=config.steps, lr=config.lr,
                       lr_scheduler="constant", warmup_steps=config.warmup_steps, ema=True,
                       grad_clip=1.0, seed=config.seed, progress=config.progress)
     chunk = 50 if config.time_budget is not None else config.steps
@@ -120,7 +132,8 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
         "final_loss": round(float(np.mean(losses[-10:])), 5) if losses else None}
     if config.sampling:
         metadata["sampling"] = dict(config.sampling)
-    result = TSDiff(trainer.ema_model(), config.context, config.horizon, metadata)
+    result = (CSDI if conditional else TSDiff)(trainer.ema_model(), config.context,
+                                               config.horizon, metadata)
     if output is not None:
         result.save_pretrained(output)
     return result
