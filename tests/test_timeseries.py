@@ -339,6 +339,19 @@ def test_csdi_gaps_follow_the_observed_level_after_training():
     assert err < 4  # vs 10 * 2 / pi = 6.4 for the series' level
 
 
+@pytest.mark.skipif(not (PRETRAINED_DIR.parent / "pretrained_csdi" / "timeseries.json").is_file(),
+                    reason="no shipped conditional checkpoint")
+def test_shipped_csdi_fills_a_gap_of_a_new_series_at_its_level():
+    from pydiff.domains.timeseries.conditional import CSDI
+
+    t = np.arange(150)
+    y = 1000 + 100 * np.sin(2 * np.pi * t / 12)
+    gap = y.copy()
+    gap[100:110] = np.nan
+    paths = CSDI.from_pretrained().impute(gap, num_samples=8, steps=10)
+    assert np.abs(np.median(paths[:, 100:110], 0) - y[100:110]).mean() < 60  # mean: 100 away
+
+
 def test_cli_impute_contract(tiny_csdi, tmp_path):
     from pydiff.apps.cli import main
 
