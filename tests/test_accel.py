@@ -225,3 +225,25 @@ def test_stream_batch_rejects_mismatched_conditioning():
     streams.push(torch.zeros(2, 3), d=torch.zeros(2))
     with pytest.raises(pydiff.InputError, match="same conditioning keys"):
         streams.tick()
+
+
+# -- docs -----------------------------------------------------------------------------------------
+def test_docs_examples_run_and_print_what_they_say():
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "accel.md"
+    if not docs.exists():  # the source tree's docs; absent when only the package is installed
+        pytest.skip("docs/accel.md is not next to the tests")
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    namespace: dict = {}
+    for block in blocks:  # one session: later examples use earlier names, as a reader would
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, str(docs), "exec"), namespace)
+        said = [line.split("#", 1)[1].strip() for line in block.splitlines()
+                if line.startswith("print(") and "#" in line]
+        assert out.getvalue().splitlines() == said

@@ -10,7 +10,8 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.testing.convergence", "pydiff.solvers.resampling",
                 "pydiff.training.procedural", "pydiff.distributed", "pydiff.solvers.consistency",
                 "pydiff.training.distill", "pydiff.training.toy_distill",
-                "pydiff.categorical"]
+                "pydiff.categorical", "pydiff.accel", "pydiff.accel.deepcache",
+                "pydiff.accel.streams"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
