@@ -10,8 +10,10 @@ Two trained networks, each sampled from the same noise with and without the cach
   the uncached chunk over observations of an expert episode, chunk CPU time, and the success
   rate of closed-loop episodes.
 
-Times are process CPU time (single-threaded), the median of ``--repeats`` rounds that
-interleave the variants, so the machine's load shifts all of them alike.
+"work" is a cached call's share of a full call's convolution multiply-adds, "ideal" the
+speed-up that share allows at interval N (``N / (1 + (N - 1) work)``): they do not depend on the
+machine's load. Times are process CPU time (single-threaded), the median of ``--repeats``
+rounds that interleave the variants, so the machine's load shifts all of them alike.
 
 Usage:
     python benchmarks/accel_deepcache.py --intervals 2,3,5
@@ -37,6 +39,37 @@ def _cpu(fn) -> tuple[float, object]:
     t0 = time.process_time()
     out = fn()
     return time.process_time() - t0, out
+
+
+def cached_work_fraction(net: torch.nn.Module, branch: int, x: torch.Tensor, t: torch.Tensor,
+                         **cond: torch.Tensor) -> float:
+    """Convolution multiply-adds of a cached call over those of a full call (the load-free
+    measure of what a cached call saves; the ideal speed-up at interval N is
+    ``N / (1 + (N - 1) f)``)."""
+    macs = [0]
+
+    def count(module, inputs, output):
+        # a convolution reads weight[0].numel() inputs per output (transposed: per input)
+        n = inputs[0].numel() if isinstance(module, torch.nn.ConvTranspose1d) else output.numel()
+        macs[0] += n * module.weight[0].numel()
+
+    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d)
+    handles = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, kinds)]
+    try:
+        wrapped, cache, counts = DeepCache(net, branch), DeepCacheState(2), []
+        with torch.no_grad():
+            for _ in range(2):  # a full call, then a cached one
+                macs[0] = 0
+                wrapped(x, t, deep_cache=cache, **cond)
+                counts.append(macs[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return counts[1] / counts[0]
+
+
+def ideal_speedup(fraction: float, interval: int) -> float:
+    return interval / (1 + (interval - 1) * fraction)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
@@ -71,10 +104,15 @@ def prior_table(intervals: list[int], branches: list[int], size: int, steps: int
                 times[v].append(seconds / batch)
     base = statistics.median(times[(None, 1)])
     rows = [{"network": "anatomy prior UNet2D", "branch": None, "interval": 1,
-             "steps": steps, "seconds_per_sample": base, "speedup": 1.0, "psnr_db": math.inf}]
+             "steps": steps, "seconds_per_sample": base, "speedup": 1.0, "psnr_db": math.inf,
+             "cached_work_fraction": 1.0, "ideal_speedup": 1.0}]
+    fractions = {b: cached_work_fraction(net, b, x_T[:1], torch.tensor([0.5]))
+                 for b in branches}
     for b, n in variants[1:]:
         s = statistics.median(times[(b, n)])
         rows.append({"network": "anatomy prior UNet2D", "branch": b, "interval": n,
+                     "cached_work_fraction": fractions[b],
+                     "ideal_speedup": ideal_speedup(fractions[b], n),
                      "steps": steps, "seconds_per_sample": s, "speedup": base / s,
                      "psnr_db": psnr(outs[(b, n)], outs[(None, 1)])})
     return rows
@@ -129,6 +167,9 @@ def policy_table(env: str, intervals: list[int], chunks: int, seeds: int,
             seconds, actions[v] = chunks_of(v)
             times[v].append(seconds)
     span = torch.tensor(cfg.action_high) - torch.tensor(cfg.action_low)
+    fraction = cached_work_fraction(policy.net, 0, torch.zeros(1, cfg.action_dim, cfg.horizon),
+                                    torch.tensor([50.0]),
+                                    global_cond=torch.zeros(1, cfg.obs_dim * cfg.n_obs_steps))
     base = statistics.median(times[None])
     rows = []
     for v in variants:
@@ -138,6 +179,8 @@ def policy_table(env: str, intervals: list[int], chunks: int, seeds: int,
         s = statistics.median(times[v])
         rows.append({"network": f"{env} policy UNet1D", "branch": None if v is None else 0,
                      "interval": v or 1, "seconds_per_chunk": s, "speedup": base / s,
+                     "cached_work_fraction": 1.0 if v is None else fraction,
+                     "ideal_speedup": 1.0 if v is None else ideal_speedup(fraction, v),
                      "action_rms_error_of_range": err, "success": success})
     use(None)
     return rows
@@ -151,7 +194,7 @@ def main() -> None:
     ap.add_argument("--steps", default="20,50", help="solver steps of the prior (a list)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--envs", default="pendulum,pointmass")
+    ap.add_argument("--envs", default="pendulum,pointmass", help="policies ('' for none)")
     ap.add_argument("--chunks", type=int, default=50)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -165,17 +208,21 @@ def main() -> None:
         prow = prior_table(intervals, [int(b) for b in args.branches.split(",")], args.size,
                            steps, args.batch, args.repeats)
         print(f"anatomy prior {args.size}x{args.size}, dpmpp_2m {steps} steps")
-        print(f"{'branch':>6} {'N':>3} {'s/sample':>9} {'speed-up':>9} {'PSNR dB':>8}")
+        print(f"{'branch':>6} {'N':>3} {'work':>5} {'ideal':>6} {'s/sample':>9} "
+              f"{'speed-up':>9} {'PSNR dB':>8}")
         for r in prow:
-            print(f"{str(r['branch']):>6} {r['interval']:>3} {r['seconds_per_sample']:>9.3f} "
+            print(f"{str(r['branch']):>6} {r['interval']:>3} {r['cached_work_fraction']:>5.2f} "
+                  f"{r['ideal_speedup']:>5.2f}x {r['seconds_per_sample']:>9.3f} "
                   f"{r['speedup']:>8.2f}x {r['psnr_db']:>8.1f}", flush=True)
         rows += prow
-    for env in args.envs.split(","):
+    for env in filter(None, args.envs.split(",")):
         prow = policy_table(env, intervals, args.chunks, args.seeds, args.repeats)
         print(f"{env} policy (UNet1D, branch 0; {args.seeds} episodes)")
-        print(f"{'N':>3} {'ms/chunk':>9} {'speed-up':>9} {'action RMS':>11} {'success':>8}")
+        print(f"{'N':>3} {'work':>5} {'ideal':>6} {'ms/chunk':>9} {'speed-up':>9} "
+              f"{'action RMS':>11} {'success':>8}")
         for r in prow:
-            print(f"{r['interval']:>3} {1e3 * r['seconds_per_chunk']:>9.2f} "
+            print(f"{r['interval']:>3} {r['cached_work_fraction']:>5.2f} "
+                  f"{r['ideal_speedup']:>5.2f}x {1e3 * r['seconds_per_chunk']:>9.2f} "
                   f"{r['speedup']:>8.2f}x {r['action_rms_error_of_range']:>11.4f} "
                   f"{r['success']:>8.2f}", flush=True)
         rows += prow
