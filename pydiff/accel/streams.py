@@ -14,7 +14,9 @@ rounding of a batched network call). The solver is unchanged: it receives a mode
 the stream's first evaluation of the step from the batched call. A solver's further
 evaluations in the same step (the second stage of Heun or midpoint, a corrector) are made per
 stream, unbatched, and counted in ``unbatched_calls``; single-evaluation solvers (DDIM, DDPM,
-Euler, DPM-Solver++ 2M/3M, UniPC, PLMS, ...) need exactly one batched call per tick.
+Euler, DPM-Solver++ 2M/3M, UniPC, PLMS, ...) need exactly one batched call per tick. A solver
+that evaluates elsewhere than the step's own ``(x, t)`` (time-shift sampling, resampling jumps)
+gets every evaluation per stream.
 
 Example:
     >>> import torch, pydiff
