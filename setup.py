@@ -181,7 +181,8 @@ setup(
     # and a lower bound that it satisfies never makes pip fetch a (CUDA) torch.
     install_requires=["torch>=2.4", "numpy", "scipy", "tqdm", "safetensors", "matplotlib"],
     extras_require={
-        "policy": ["gymnasium>=1.0", "gym-pusht", "pymunk<7", "pillow"],
+        "policy": ["gymnasium==1.4.0", "gym-pusht==0.1.8", "pymunk==6.11.1", "pillow",
+                   "pyarrow==26.0.1"],
         "speech": ["soundfile", "soxr", "pesq", "pystoi", "pyroomacoustics", "noisereduce",
                    "espeakng-loader", "librosa"],
         "medical": ["monai", "nibabel", "pydicom", "scikit-image"],

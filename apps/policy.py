@@ -6,6 +6,7 @@ Examples:
     $ pydiff policy eval --env pointmass --seeds 50 --presets ddim10,rti,stream --plots out/
     $ pydiff policy distill --env pendulum --out cp-pendulum --minutes 15
     $ pydiff policy eval --env pendulum --presets ddpm100,cp1,cp2
+    $ pydiff policy demos --env pusht --episodes 100 --out pusht-demos
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ from pydiff.files import check_input_dir, check_output, write_json
 
 
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
-    """Add ``pydiff policy {train,run,eval}``."""
+    """Add ``pydiff policy {train,distill,run,eval,demos}``."""
     p = sub.add_parser("policy", help=help_text, description=help_text)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
-    cmds = p.add_subparsers(dest="policy_command", metavar="{train,distill,run,eval}")
+    cmds = p.add_subparsers(dest="policy_command", metavar="{train,distill,run,eval,demos}")
 
     t = cmds.add_parser("train", help="train a policy on scripted demonstrations")
-    t.add_argument("--env", required=True, help="pendulum or pointmass")
+    t.add_argument("--env", required=True, help="pendulum, pointmass or pusht")
     t.add_argument("--out", default=None, help="output folder (default policy-<env>)")
     t.add_argument("--episodes", type=positive_int, default=None)
     t.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
     t.add_argument("--batch-size", type=positive_int, default=None)
     t.add_argument("--lr", type=positive_float, default=None)
+    t.add_argument("--minutes", type=positive_float, default=None,
+                   help="time budget: fewer optimizer steps if --steps would not fit")
     t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
     t.add_argument("--down-dims", type=positive_int, nargs="+", default=None)
@@ -85,9 +88,17 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     e.add_argument("--plots", default=None, help="folder for trajectory/chunk plots and a GIF")
     e.set_defaults(func=run_eval)
 
+    d = cmds.add_parser("demos", help="record expert demonstrations in LeRobot's dataset layout")
+    d.add_argument("--env", required=True, help="pendulum, pointmass or pusht")
+    d.add_argument("--out", required=True, help="dataset folder (parquet episodes + meta/)")
+    d.add_argument("--episodes", type=positive_int, default=50,
+                   help="successful episodes to record")
+    d.add_argument("--seed", type=nonnegative_int, default=0, help="first env seed")
+    d.set_defaults(func=run_demos)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", required=True, help="pendulum or pointmass")
+    p.add_argument("--env", required=True, help="pendulum, pointmass or pusht")
     p.add_argument("--checkpoint", default=None,
                    help="a saved policy folder (default: the shipped checkpoint of --env)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -111,7 +122,8 @@ def _check_env(env: str) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict:
     """The training settings given on the command line (the recipe supplies the rest)."""
-    settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr")
+    settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr",
+                                                    "minutes")
                 if getattr(args, key) is not None}
     if args.down_dims:
         settings["down_dims"] = tuple(args.down_dims)
@@ -241,14 +253,17 @@ def run_eval(args: argparse.Namespace) -> int:
     table = {name: evaluate(name, args.env, seeds, checkpoint=args.checkpoint)
              for name in presets}
     print(f"env {args.env}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), simulated time")
+    coverage = all("coverage" in run.summary for run in table.values())
     print(f"{'preset':<10} {'success':>8} {'return':>9} {'jump mean':>10} {'jump max':>9} "
-          f"{'chunk p50 ms':>13} {'chunk p99 ms':>13} {'left':>5} {'right':>6}")
+          f"{'chunk p50 ms':>13} {'chunk p99 ms':>13} {'left':>5} {'right':>6}"
+          + (f" {'coverage':>9}" if coverage else ""))
     for name, run in table.items():
         s = run.summary
         print(f"{name:<10} {s['success']:>8.2f} {s['return']:>9.2f} "
               f"{_fmt(s['boundary_jump']['mean']):>10} {_fmt(s['boundary_jump']['max']):>9} "
               f"{_fmt(s['chunk_latency_ms']['p50']):>13} {_fmt(s['chunk_latency_ms']['p99']):>13}"
-              f" {s['sides']['left']:>5.2f} {s['sides']['right']:>6.2f}")
+              f" {s['sides']['left']:>5.2f} {s['sides']['right']:>6.2f}"
+              + (f" {s['coverage']:>9.3f}" if coverage else ""))
     if args.plots:
         for name, run in table.items():
             run.plot(os.path.join(args.plots, f"{args.env}_{name}_trajectories.png"),
@@ -264,4 +279,20 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"plots in {args.plots}")
     if args.json:
         write_json(args.json, {name: run.summary for name, run in table.items()}, "--json")
+    return 0
+
+
+def run_demos(args: argparse.Namespace) -> int:
+    """``pydiff policy demos``: expert episodes at fixed seeds, written in LeRobot's layout."""
+    from pydiff.domains.policy.data import collect_demonstrations
+    from pydiff.domains.policy.lerobot import export_lerobot
+
+    _check_env(args.env)
+    check_output(args.out, "--out", folder=True)
+    demos = collect_demonstrations(args.env, args.episodes, seed=args.seed)
+    info = export_lerobot(demos, args.out, env=args.env)
+    seeds = [d.seed for d in demos]
+    print(f"saved {args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames "
+          f"(LeRobot {info['codebase_version']}, {info['fps']} fps; env seeds {seeds[0]}.."
+          f"{seeds[-1]}, failed ones skipped)")
     return 0

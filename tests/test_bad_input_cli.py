@@ -69,6 +69,11 @@ def policy_eval(*mistake: str) -> list[str]:
             *mistake]
 
 
+def policy_demos(*mistake: str) -> list[str]:
+    return ["policy", "demos", "--env", "pointmass", "--episodes", "1",
+            "--out", "{tmp}/demos_out", *mistake]
+
+
 def enhance(source: str = "{tmp}/noisy.wav", output: str = "{tmp}/o.wav",
             *mistake: str) -> list[str]:
     return ["speech", "enhance", source, "-o", output, "--solver", "mr", "--steps", "1",
@@ -191,6 +196,14 @@ ROWS: list[Row] = [
     Row("eval-plots-is-a-file", policy_eval("--plots", "{tmp}/a_file"), ("--plots", "a_file")),
     Row("eval-json-under-a-file", policy_eval("--json", "{tmp}/a_file/x.json"),
         ("--json", "a_file", "not a folder")),
+    Row("train-minutes-zero", policy_train("--minutes", "0"), ("--minutes",)),
+    Row("train-minutes-nan", policy_train("--minutes", NAN), ("--minutes", "nan")),
+    # -- policy demos
+    Row("demos-missing-out", ["policy", "demos", "--env", "pointmass"], ("--out",)),
+    Row("demos-unknown-env", policy_demos("--env", "nosuch"), ("--env", "nosuch")),
+    Row("demos-episodes-zero", policy_demos("--episodes", "0"), ("--episodes",)),
+    Row("demos-seed-negative", policy_demos("--seed", "-3"), ("--seed",)),
+    Row("demos-out-is-a-file", policy_demos("--out", "{tmp}/a_file"), ("--out", "a_file")),
     # -- speech enhance
     Row("enhance-input-missing", enhance("{tmp}/missing.wav"), ("missing.wav", "does not exist")),
     Row("enhance-input-empty", enhance("{tmp}/empty.wav"), ("empty.wav", "empty")),

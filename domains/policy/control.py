@@ -47,6 +47,8 @@ class EpisodeResult:
     success: bool
     steps: int
     side: int = 0
+    # Push-T: the episode's maximum target coverage (None where the env reports none)
+    coverage: float | None = None
     deadline_misses: int = 0
     held_steps: int = 0
     clipped_actions: int = 0
@@ -63,7 +65,8 @@ class EpisodeResult:
         """JSON-friendly figures (latencies in ms)."""
         return {
             "seed": self.seed, "return": self.ret, "success": self.success, "steps": self.steps,
-            "side": self.side, "deadline_misses": self.deadline_misses,
+            "side": self.side, "coverage": self.coverage,
+            "deadline_misses": self.deadline_misses,
             "held_steps": self.held_steps, "clipped_actions": self.clipped_actions,
             "select_latency_ms": latency_summary(self.select_latency_ms),
             "chunk_latency_ms": latency_summary(self.chunk_latency_ms),
@@ -146,6 +149,15 @@ def _side(infos: list[dict], observations: np.ndarray, spec: Any) -> int:
             return 0
         return int(np.sign(observations[int(np.argmax(near)), 2]))
     return int(infos[-1].get("side", 0)) if infos else 0
+
+
+def max_coverage(infos: list[dict]) -> float | None:
+    """The largest ``info["coverage"]`` of an episode (Push-T), or None if the env has none.
+
+    Diffusion Policy reports Push-T as the mean over episodes of this maximum.
+    """
+    values = [float(i["coverage"]) for i in infos if "coverage" in i]
+    return max(values) if values else None
 
 
 def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = None,
@@ -237,7 +249,8 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
     clipper = getattr(policy, "clipper", None)
     return EpisodeResult(
         seed=seed, ret=ret, success=episode_success(spec, obs_arr, infos), steps=len(actions),
-        side=_side(infos, obs_arr, spec), deadline_misses=misses, held_steps=held,
+        side=_side(infos, obs_arr, spec), coverage=max_coverage(infos),
+        deadline_misses=misses, held_steps=held,
         clipped_actions=clipper.clipped_actions if clipper is not None else 0,
         select_latency_ms=select_ms, chunk_latency_ms=chunk_ms, chunk_cpu_ms=chunk_cpu,
         boundary_jumps=jumps, observations=obs_arr,
@@ -297,6 +310,7 @@ def _lockstep(policy: Any, env_name: str, seeds: list[int], max_steps: int | Non
         results.append(EpisodeResult(
             seed=s, ret=float(rets[i]), success=episode_success(spec, obs_arr, infos[i]),
             steps=len(actions[i]), side=_side(infos[i], obs_arr, spec),
+            coverage=max_coverage(infos[i]),
             clipped_actions=int(clipped[i]), select_latency_ms=select_ms,
             chunk_latency_ms=chunk_ms, chunk_cpu_ms=chunk_cpu, boundary_jumps=jumps[i],
             observations=obs_arr, actions=np.asarray(actions[i], dtype=np.float32)))
@@ -369,7 +383,8 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, hz: float | None =
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
-    """Success rate, mean return, latencies, boundary jumps, sides and misses over episodes."""
+    """Success rate, mean return, latencies, boundary jumps, sides and misses over episodes;
+    for Push-T also ``coverage``, the mean of each episode's maximum coverage."""
     from .metrics import side_share
 
     def pooled(name: str) -> list[float]:
@@ -383,6 +398,8 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
     lists = {id(r.chunk_latency_ms): r.chunk_latency_ms for r in results}
     steady_ms = [v for values in lists.values() for v in values[1:]]
     jumps = pooled("boundary_jumps")
+    coverages = [r.coverage for r in results if r.coverage is not None]
+    extra = {"coverage": float(np.mean(coverages))} if coverages else {}
     return {
         "episodes": len(results),
         "success": float(np.mean([r.success for r in results])) if results else float("nan"),
@@ -395,7 +412,9 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         "sides": side_share([r.side for r in results]),
         "deadline_misses": int(sum(r.deadline_misses for r in results)),
         "clipped_actions": int(sum(r.clipped_actions for r in results)),
+        **extra,  # Push-T: mean over episodes of each episode's maximum coverage
     }
 
 
-__all__ = ["EpisodeResult", "Evaluation", "ExpertPolicy", "run_episode", "evaluate", "summarize"]
+__all__ = ["EpisodeResult", "Evaluation", "ExpertPolicy", "run_episode", "evaluate", "summarize",
+           "max_coverage"]

@@ -5,8 +5,8 @@
   hangs almost still, so a data set with both directions is multimodal.
 - :class:`PointMassExpert`: goes to a waypoint left (``side=-1``) or right (``side=+1``) of the
   obstacle, then to the goal, with a velocity command that slows near the target.
-- :class:`PushTExpert`: a contact-point pusher for gym-pusht (state observations). It plans
-  each push from the block pose and only sometimes succeeds (see its docstring).
+- :class:`~.pusht.PushTExpert`: pushes planned on copies of the real gym-pusht simulator
+  (state observations); see :mod:`.pusht`.
 
 An expert is ``expert(obs) -> action`` with internal state reset by ``reset()``.
 
@@ -100,56 +100,6 @@ class PointMassExpert:
         return command.astype(np.float32)
 
 
-class PushTExpert:
-    """A scripted pusher for gym-pusht's state observations ``[ax, ay, bx, by, angle]``.
-
-    Each phase picks the block's error (position first, then angle), computes a contact point
-    on the far side of the block from the push direction, moves around the block to it (via a
-    point away from the block, so as not to disturb it) and pushes through. It reaches the
-    goal on only a minority of random starts within 300 steps (measured by the benchmark),
-    so no Push-T policy checkpoint ships.
-
-    Args:
-        push_depth: how far past the contact point each push aims (pixels).
-    """
-
-    goal = np.array([256.0, 256.0, np.pi / 4])
-
-    def __init__(self, push_depth: float = 30.0):
-        self.push_depth = push_depth
-        self.phase = "approach"
-        self.target = None
-
-    def reset(self) -> None:
-        self.phase, self.target = "approach", None
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, dtype=np.float64)
-        agent, block, angle = obs[:2], obs[2:4], obs[4]
-        err = self.goal[:2] - block
-        ang_err = (self.goal[2] - angle + np.pi) % (2 * np.pi) - np.pi
-        if np.linalg.norm(err) > 15:
-            direction = err / np.linalg.norm(err)
-            contact = block - direction * 70  # behind the block's centre along the push
-        else:
-            # rotate: push sideways at the end of the bar, perpendicular to the bar's axis
-            bar = np.array([np.cos(angle), np.sin(angle)])
-            normal = np.array([-bar[1], bar[0]]) * np.sign(ang_err)
-            lever = block + bar * 50
-            contact = lever - normal * 45
-            direction = normal
-        to_contact = contact - agent
-        if np.linalg.norm(to_contact) > 20:
-            # go around: if the straight path passes close to the block, step sideways first
-            rel = agent - block
-            if np.linalg.norm(rel) < 80 and np.dot(rel, direction) > -20:
-                side = np.array([-direction[1], direction[0]])
-                side = side if np.dot(rel, side) >= 0 else -side
-                return np.clip(block + side * 100 - direction * 40, 0, 512).astype(np.float32)
-            return np.clip(contact, 0, 512).astype(np.float32)
-        return np.clip(agent + direction * self.push_depth, 0, 512).astype(np.float32)
-
-
 def make_expert(env_id: str, mode: int = 1):
     """The scripted expert of an env, with ``mode`` (+1/-1) choosing the swing or the side."""
     from .envs import POINTMASS_ID, resolve_env_id
@@ -160,8 +110,10 @@ def make_expert(env_id: str, mode: int = 1):
     if env_id == POINTMASS_ID:
         return PointMassExpert(side=mode)
     if env_id == "gym_pusht/PushT-v0":
-        return PushTExpert()
+        from .pusht import PushTExpert
+
+        return PushTExpert(mode=mode)
     raise InputError(f"no scripted expert for env={env_id!r}")
 
 
-__all__ = ["PendulumExpert", "PointMassExpert", "PushTExpert", "make_expert"]
+__all__ = ["PendulumExpert", "PointMassExpert", "make_expert"]

@@ -37,7 +37,8 @@ def _pyplot():
 
 def plot_trajectories(results: Sequence[EpisodeResult], env: str, path: str,
                       title: str = "") -> str:
-    """Point mass: x-y paths around the obstacle (colour = side); Pendulum: angle over time."""
+    """Point mass: x-y paths around the obstacle (colour = side); Pendulum: angle over time;
+    Push-T: the block's and the agent's paths and the final T beside the goal."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     env_id = resolve_env_id(env)
@@ -48,6 +49,22 @@ def plot_trajectories(results: Sequence[EpisodeResult], env: str, path: str,
                     color="tab:green" if r.success else "tab:red", alpha=0.7)
         ax.set_xlabel("time [s]")
         ax.set_ylabel("angle [rad] (0 = upright)")
+    elif env_id == "gym_pusht/PushT-v0":
+        from matplotlib.patches import Polygon
+
+        from .pusht import GOAL_POSE, t_corners
+
+        ax.add_patch(Polygon(t_corners(GOAL_POSE), color="tab:green", alpha=0.3))
+        for r in results:
+            colour = "tab:green" if r.success else "tab:red"
+            ax.plot(r.observations[:, 0], r.observations[:, 1], lw=0.5, color="0.5", alpha=0.5)
+            ax.plot(r.observations[:, 2], r.observations[:, 3], lw=1.5, color=colour, alpha=0.8)
+            ax.add_patch(Polygon(t_corners(r.observations[-1, 2:5]), fill=False, color=colour,
+                                 lw=0.8))
+        ax.set_xlim(0, 512)
+        ax.set_ylim(0, 512)
+        ax.set_aspect("equal")
+        ax.set_xlabel("block path (green: success), agent path grey, final T outlined")
     else:
         from matplotlib.patches import Circle
 

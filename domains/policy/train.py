@@ -20,7 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                      "n_action_steps": 4},
         "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 2e-3,
                       "down_dims": (16, 32), "time_embed_dim": 32},
+        # Diffusion Policy's Push-T chunking (To = 2, Tp = 16, Ta = 8) on the planning
+        # expert's demonstrations, sized to train in under 20 minutes on a shared 2-core CPU
+        "pusht": {"episodes": 100, "steps": 8000, "batch_size": 256, "lr": 1e-3,
+                  "minutes": 18.0, "down_dims": (64, 128), "time_embed_dim": 64,
+                  "n_obs_steps": 2, "horizon": 16, "n_action_steps": 8},
     },
     "planner": {
         "pointmass": {"episodes": 100, "steps": 2000, "batch_size": 64, "lr": 2e-3,
@@ -64,6 +71,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 OPTIMIZATION = ("episodes", "demo_steps", "steps", "batch_size", "lr")
 DISTILLATION = ("teacher", "consistency_steps", "minutes", "target_decay")
+# optimizer steps timed to fit a policy's ``minutes`` (the rest of the run follows the
+# measured pace)
+_PACE_STEPS = 20
 
 # Inference settings applied when a shipped checkpoint is loaded by env name (measured with
 # benchmarks/policy_bench.py). Pendulum balances an unstable equilibrium: executing Ta = 8
@@ -91,15 +101,16 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     ``out_dir`` (if given).
 
     Args:
-        env: env short name (``pendulum``, ``pointmass``).
+        env: env short name (``pendulum``, ``pointmass``, ``pusht``).
         out_dir: where ``save_pretrained`` writes (None: do not save); checked before training.
         model: ``"policy"``, ``"planner"``, or ``"consistency"`` (a one/two-step student of a
             trained policy, distilled on the teacher's demonstrations: presets ``cp1``,
             ``cp2``; see :mod:`.distill`).
         seed: demonstrations (seeds ``seed ...``, modes alternating) and optimization.
         **settings: override the env's :data:`RECIPES` entry: ``episodes``, ``demo_steps``
-            (shorten the demonstrations), ``steps``, ``batch_size``, ``lr``, or any config
-            field of the model (``horizon``, ``down_dims``, ``prediction``, ...); for
+            (shorten the demonstrations), ``steps``, ``batch_size``, ``lr``, ``minutes`` (a time
+            budget: fewer steps if ``steps`` would not fit), or any config field of the model
+            (``horizon``, ``down_dims``, ``prediction``, ...); for
             ``"consistency"``: ``teacher`` (a policy, a shipped name or a folder; default the
             env's shipped policy), ``minutes`` (time budget), ``consistency_steps``,
             ``target_decay``.
@@ -118,13 +129,29 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
                                    max_steps=opt.get("demo_steps"))
     if model == "consistency":
         return _distill(env, out_dir, demos, opt, recipe, seed, progress)
+    minutes = recipe.pop("minutes", None)
     net, data = MODEL_TYPES[model].for_demonstrations(demos, env_spec(env), env=env, **recipe)
-    loader = BatchLoader(data, min(opt.get("batch_size", 128), len(next(iter(data.values())))),
-                         seed=seed)
-    trainer = Trainer(net, loader, loss_fn=lambda m, batch, g: m(batch, g), max_steps=steps,
-                      lr=opt.get("lr", 2e-3), weight_decay=1e-6, lr_scheduler="cosine",
-                      warmup_steps=min(200, steps // 10), ema=True, seed=seed,
-                      progress=progress, log_every=100)
+    batch_size = min(opt.get("batch_size", 128), len(next(iter(data.values()))))
+    initial = copy.deepcopy(net.state_dict())
+
+    def trainer_for(max_steps: int) -> Trainer:
+        net.load_state_dict(initial)
+        return Trainer(net, BatchLoader(data, batch_size, seed=seed),
+                       loss_fn=lambda m, batch, g: m(batch, g), max_steps=max_steps,
+                       lr=opt.get("lr", 2e-3), weight_decay=1e-6, lr_scheduler="cosine",
+                       warmup_steps=min(200, max_steps // 10), ema=True, seed=seed,
+                       progress=progress, log_every=100)
+
+    if minutes is not None and steps > _PACE_STEPS:
+        if not minutes > 0:
+            raise InputError(f"minutes must be > 0, got {minutes}")
+        # time a few steps, then restart with as many steps as fit the budget, so the
+        # cosine schedule still ends at the last step
+        start = time.perf_counter()
+        trainer_for(steps).fit(_PACE_STEPS)
+        pace = (time.perf_counter() - start) / _PACE_STEPS
+        steps = max(min(steps, int(60.0 * minutes / pace)), _PACE_STEPS)
+    trainer = trainer_for(steps)
     trainer.fit()
     trained = trainer.ema_model().eval()
     if isinstance(trained, DiffusionPolicy):
