@@ -80,6 +80,11 @@ def enhance(source: str = "{tmp}/noisy.wav", output: str = "{tmp}/o.wav",
             *mistake]
 
 
+def recon(source: str, *mistake: str, output: str = "{tmp}/recon_out") -> list[str]:
+    return ["medical", "recon", source, output, "--modality", "ct", "--views", "8", "--method",
+            "fbp", *mistake]
+
+
 def speech_train(*mistake: str) -> list[str]:
     return ["speech", "train", "-o", "{tmp}/sp", "--utterances", "2", "--score-steps", "1",
             "--predictive-steps", "0", *mistake]
@@ -268,6 +273,23 @@ ROWS: list[Row] = [
         ("--crop", "999")),
     Row("medical-train-output-is-a-file", ["medical", "train", "-o", "{tmp}/a_file"],
         ("a_file",)),
+    # -- medical recon (a bad case fails alone after the others ran: its line is the last)
+    Row("medical-recon-missing-folder", recon("{tmp}/no_such_scans"), ("INPUT_DIR",
+                                                                       "no_such_scans")),
+    Row("medical-recon-empty-folder", recon("{tmp}/empty_dir"), ("empty_dir",
+                                                                  "no DICOM or NIfTI")),
+    Row("medical-recon-non-image-file", recon("{tmp}/scans_text"), ("notes.txt",
+                                                                     "neither DICOM nor NIfTI"),
+        late=True),
+    Row("medical-recon-4d-volume", recon("{tmp}/scans_4d"), ("four_d.nii.gz", "4D"), late=True),
+    Row("medical-recon-nan", recon("{tmp}/scans_nan"), ("has_nan.nii.gz", "NaN"), late=True),
+    Row("medical-recon-unknown-method", recon("{tmp}/scans_4d", "--method", "magic"),
+        ("--method", "magic")),
+    Row("medical-recon-unknown-modality", recon("{tmp}/scans_4d", "--modality", "pet"),
+        ("--modality", "pet")),
+    Row("medical-recon-views-zero", recon("{tmp}/scans_4d", "--views", "0"), ("--views", "'0'")),
+    Row("medical-recon-output-is-a-file", recon("{tmp}/scans_4d", output="{tmp}/a_file"),
+        ("OUTPUT_DIR", "a_file")),
     # -- speech evaluate
     Row("evaluate-count-zero", evaluate("--count", "0"), ("--count",)),
     Row("evaluate-unknown-method", evaluate("--methods", "noisy,foo"), ("--methods", "foo")),
@@ -395,6 +417,17 @@ def files(tmp_path_factory) -> Path:
     (tmp / "bad_dates.csv").write_text("when,y\n" + "".join(f"day {i},{i}\n" for i in range(30)))
     (tmp / "all_nan.csv").write_text("date,y\n" + "".join(f"{d},\n" for d in dates))
     (tmp / "short.csv").write_text("date,y\n" + "".join(f"{d},1\n" for d in dates[:5]))
+    import nibabel as nib
+
+    for folder, name, image in (
+            ("scans_text", "notes.txt", None),
+            ("scans_4d", "four_d.nii.gz", np.ones((16, 16, 2, 2), np.float32)),
+            ("scans_nan", "has_nan.nii.gz", np.full((16, 16, 1), np.nan, np.float32))):
+        (tmp / folder).mkdir()
+        if image is None:
+            (tmp / folder / name).write_text("not an image")
+        else:
+            nib.save(nib.Nifti1Image(image, np.eye(4)), tmp / folder / name)
     (tmp / "read_only").mkdir()
     os.chmod(tmp / "read_only", 0o555)
     return tmp

@@ -161,3 +161,44 @@ def test_inpainting_replacement_reproduces_the_conditional_of_independent_coordi
     assert torch.equal(x[:, 0], y[:, 0]) and torch.equal(x[:, 2], y[:, 2])
     assert abs(float(x[:, 1].mean()) + 1.0) < 4 * 1.3 / math.sqrt(n)
     assert abs(float(x[:, 1].std()) / 1.3 - 1) < 0.04  # DDPM(200) + sampling error
+
+
+# -- RED-diff (pydiff.guidance.red_diff) ------------------------------------------------------
+def _red_diff_fit(cov: list[list[float]], **kw):
+    from pydiff.guidance import red_diff
+    from pydiff.guidance.analytic import Gaussian
+
+    prior = Gaussian(torch.zeros(2), torch.tensor(cov))
+    model = prior.denoiser(pydiff.schedules.VPSchedule())
+    return red_diff(model, lambda x: x[:, :1], torch.full((32, 1), 1.5), torch.zeros(32, 2),
+                    steps=300, lr=0.05, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_red_diff_fits_the_measurement_and_fills_the_rest_from_the_prior():
+    """Measure x1 = 1.5 under a Gaussian prior: RED-diff fits x1, and its regulariser (the
+    exact denoiser's noise residual) moves the unmeasured x2 along the prior's correlation
+    (posterior mean 0.8 * 1.5 = 1.2); without correlation x2 stays near the prior mean 0."""
+    correlated = _red_diff_fit([[1.0, 0.8], [0.8, 1.0]])
+    assert (correlated[:, 0] - 1.5).abs().max() < 0.05
+    assert 0.6 < float(correlated[:, 1].mean()) < 1.4
+    independent = _red_diff_fit([[1.0, 0.0], [0.0, 1.0]])
+    assert abs(float(independent[:, 1].mean())) < 0.15
+    # no regulariser: x2 never moves from its start
+    assert torch.equal(_red_diff_fit([[1.0, 0.8], [0.8, 1.0]], weight=0.0)[:, 1],
+                       torch.zeros(32))
+
+
+def test_red_diff_never_backpropagates_through_the_model():
+    from pydiff.guidance import red_diff
+
+    grad_enabled = []
+
+    def net(x, t):
+        grad_enabled.append(torch.is_grad_enabled())
+        return torch.zeros_like(x)
+
+    model = pydiff.Denoiser(net, pydiff.schedules.VPSchedule(), prediction="eps")
+    with torch.no_grad():  # it works under no_grad too (the data term needs its own graph)
+        mu = red_diff(model, lambda x: 2 * x, torch.ones(3, 4), torch.zeros(3, 4), steps=50,
+                      lr=0.1, weight=0.0)
+    assert grad_enabled == [False] * 50 and (mu - 0.5).abs().max() < 0.1

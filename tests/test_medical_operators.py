@@ -265,7 +265,7 @@ def test_docstring_examples_and_docs_example():
 
     for name in ("pydiff.domains.medical", "pydiff.domains.medical.operators",
                  "pydiff.domains.medical.classical", "pydiff.domains.medical.reconstructor",
-                 "pydiff.domains.medical.prior"):
+                 "pydiff.domains.medical.prior", "pydiff.domains.medical.batch"):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0
     docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "medical.md"

@@ -8,6 +8,9 @@ accepts them; see :mod:`pydiff.guidance.base`):
 - :class:`GradientGuidance`, :class:`MeasurementGuidance` (DPS), :class:`RewardGuidance`
   (value guidance), :class:`SelfGuidance` (TSDiff): gradients of an objective of x0-hat.
 
+Variational: :func:`red_diff` (RED-diff: the image fitted by Adam with the denoiser's noise
+residual as the regulariser's gradient; no backpropagation through the network).
+
 Post-step hooks: :class:`DataConsistency` (hard data consistency),
 :class:`pydiff.hooks.InpaintReplace` (replacement); RePaint's jumps are a solver,
 :class:`pydiff.solvers.Resampling` (also importable from here).
@@ -50,7 +53,8 @@ from .gradient import (
     gaussian_posterior_variance,
 )
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
+from .variational import red_diff
 
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
-           "gaussian_posterior_variance", "DataConsistency", "Resampling"]
+           "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff"]
