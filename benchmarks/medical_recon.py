@@ -3,7 +3,8 @@ CS-TV (MRI) on images the prior never saw.
 
 Images (local, none downloaded, used at their own sizes; the prior is size-agnostic): the
 modified Shepp-Logan phantom (``--size``, default 128), pydicom's CT_small.dcm (128x128, raw
-stored values) and MR_small.dcm (64x64). CT: parallel beam with 8 and 4 views, Gaussian noise of
+stored values) and MR_small.dcm (64x64). CT: parallel beam with 8 and 4 views, fan beam with 60
+views over 360 degrees, and limited angle (60 parallel views over 0-90 degrees); Gaussian noise of
 0.5% of the sinogram's maximum. MRI: 8 simulated coils, equispaced masks at 4x and 8x (8% and 4%
 centre), Gaussian k-space noise. Each method reconstructs with its default parameters and the
 value range estimated from the measurement (nothing is tuned on the evaluation images); PSNR and
@@ -11,6 +12,7 @@ SSIM are MONAI's metrics with the data range of the reference image, seconds are
 slice on this CPU (``--threads``).
 
     python benchmarks/medical_recon.py [--size 128] [--threads 2] [--samples 1]
+        [--settings ct8,ct4,fan60,limited90,mri4,mri8] [--methods dds,red_diff,...]
 
 Writes benchmarks/results/medical_recon.json and prints a markdown table.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -35,9 +38,19 @@ from pydiff.domains.medical import (
     shepp_logan,
 )
 
-CT_METHODS = ["fbp", "tv", "dds", "projection", "dps"]
-MRI_METHODS = ["zero_filled", "cg_sense", "tv", "dds", "projection", "dps"]
-STEPS = {"dds": 20, "projection": 30, "dps": 50}
+CT_METHODS = ["fbp", "tv", "dds", "projection", "dps", "red_diff"]
+MRI_METHODS = ["zero_filled", "cg_sense", "tv", "dds", "projection", "dps", "red_diff"]
+STEPS = {"dds": 20, "projection": 30, "dps": 50, "red_diff": 50}
+# name: (modality, label, operator arguments or acceleration)
+SETTINGS = {
+    "ct8": ("ct", "CT 8 views", {"angles": 8}),
+    "ct4": ("ct", "CT 4 views", {"angles": 4}),
+    "fan60": ("ct", "CT fan beam 60 views", {"angles": 60, "geometry": "fan"}),
+    "limited90": ("ct", "CT limited angle 90 deg (60 views)",
+                  {"angles": [math.pi / 2 * i / 60 for i in range(60)]}),
+    "mri4": ("mri", "MRI 4x", 4),
+    "mri8": ("mri", "MRI 8x", 8),
+}
 
 
 def dicom(name: str) -> torch.Tensor:
@@ -57,6 +70,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--methods", default=None, help="comma-separated subset")
+    ap.add_argument("--settings", default="ct8,ct4,mri4,mri8",
+                    help=f"comma-separated subset of {','.join(SETTINGS)}")
     ap.add_argument("--out", default="benchmarks/results/medical_recon.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,48 +79,46 @@ def main() -> None:
     images = {f"shepp_logan_{args.size}": shepp_logan(args.size),
               "CT_small": dicom("CT_small.dcm"), "MR_small": dicom("MR_small.dcm")}
     rows = []
-    for modality, settings in (("ct", [8, 4]), ("mri", [4, 8])):
+    for key in args.settings.split(","):
+        modality, label, setting = SETTINGS[key]
         rec = Reconstructor.from_pretrained(modality)
-        for setting in settings:
-            for name, img in images.items():
-                if modality == "ct" and name == "MR_small" or modality == "mri" and \
-                        name == "CT_small":
+        for name, img in images.items():
+            if modality == "ct" and name == "MR_small" or modality == "mri" and \
+                    name == "CT_small":
+                continue
+            x = img[None, None]
+            n = x.shape[-1]
+            g = torch.Generator().manual_seed(0)
+            if modality == "ct":
+                op = CTProjector(size=n, **setting)
+                clean = op.A(x)
+                y = GaussianNoise(0.005 * float(clean.abs().max()))(clean, g)
+                methods = CT_METHODS
+            else:
+                frac = 0.08 if setting == 4 else 0.04
+                mask = MRIMask(setting, center_fraction=frac, pattern="equispaced")(
+                    n, n, torch.Generator().manual_seed(1))
+                op = MRIOperator(mask, sensitivities=8)
+                clean = op.A(x)
+                y = GaussianNoise(0.002 * float(clean.abs().max()))(clean, g)
+                methods = MRI_METHODS
+            for method in methods:
+                if pick and method not in pick:
                     continue
-                x = img[None, None]
-                n = x.shape[-1]
-                g = torch.Generator().manual_seed(0)
-                if modality == "ct":
-                    op = CTProjector(angles=setting, size=n)
-                    clean = op.A(x)
-                    y = GaussianNoise(0.005 * float(clean.abs().max()))(clean, g)
-                    label = f"CT {setting} views"
-                    methods = CT_METHODS
-                else:
-                    frac = 0.08 if setting == 4 else 0.04
-                    mask = MRIMask(setting, center_fraction=frac, pattern="equispaced")(
-                        n, n, torch.Generator().manual_seed(1))
-                    op = MRIOperator(mask, sensitivities=8)
-                    clean = op.A(x)
-                    y = GaussianNoise(0.002 * float(clean.abs().max()))(clean, g)
-                    label = f"MRI {setting}x"
-                    methods = MRI_METHODS
-                for method in methods:
-                    if pick and method not in pick:
-                        continue
-                    start = time.perf_counter()
-                    out = rec.reconstruct(y, operator=op, method=method,
-                                          steps=STEPS.get(method), n_samples=args.samples)
-                    seconds = time.perf_counter() - start
-                    p, s = metrics(out.image, x)
-                    row = {"setting": label, "image": name, "size": n, "method": method,
-                           "psnr": round(p, 2), "ssim": round(s, 4), "nfe": out.nfe,
-                           "seconds": round(seconds, 2), "samples": args.samples}
-                    if args.samples > 1:
-                        err = (out.image - x).abs().flatten()
-                        row["std_error_corr"] = round(float(torch.corrcoef(
-                            torch.stack([out.std.flatten(), err]))[0, 1]), 3)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                start = time.perf_counter()
+                out = rec.reconstruct(y, operator=op, method=method,
+                                      steps=STEPS.get(method), n_samples=args.samples)
+                seconds = time.perf_counter() - start
+                p, s = metrics(out.image, x)
+                row = {"setting": label, "image": name, "size": n, "method": method,
+                       "psnr": round(p, 2), "ssim": round(s, 4), "nfe": out.nfe,
+                       "seconds": round(seconds, 2), "samples": args.samples}
+                if args.samples > 1:
+                    err = (out.image - x).abs().flatten()
+                    row["std_error_corr"] = round(float(torch.corrcoef(
+                        torch.stack([out.std.flatten(), err]))[0, 1]), 3)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "threads": args.threads, "rows": rows},
