@@ -1,26 +1,26 @@
-"""``pydiff parallel-sample``: one image sampled with patch parallelism over N processes.
+"""``pydiff parallel-sample``: one image sampled with patch parallelism over N processes;
+``pydiff parallel-train``: train the model it samples.
 
-The command launches its own workers (or runs as one rank under ``torchrun``), samples a
-``--size`` x ``--size`` image with :class:`pydiff.parallel.PatchParallel` and DDIM, compares it
-with a single-process run of the same seed and prints seconds per step, bytes sent per rank
-per step and the PSNR against the single-process image (``null`` in ``--json`` when identical).
+``parallel-sample`` launches its own workers (or runs as one rank under ``torchrun``), samples
+a ``--size`` x ``--size`` image of the shipped procedural-image model
+(:mod:`pydiff.parallel.model`) with :class:`pydiff.parallel.PatchParallel` and DPM-Solver++(2M),
+compares it with a single-process run of the same seed and prints seconds per step, bytes
+sent per rank per step and the PSNR against the single-process image (``null`` in ``--json``
+when identical).
 
 Examples:
-    $ pydiff parallel-sample --nproc 2 --mode sync --size 64 --steps 4 --seed 0 -o out.png
+    $ pydiff parallel-sample --nproc 2 --mode displaced --size 64 --steps 10 --seed 0 -o out.png
     $ torchrun --nproc_per_node 2 -m pydiff.apps.cli parallel-sample --mode sync --size 64 \\
         --steps 4 --seed 0 -o out.png --json out.json
+    $ pydiff parallel-train --minutes 14 -o pydiff/training/pretrained/procedural_attn
 
 Under torchrun, ``--nproc`` may be left out (it is the world size): torchrun's own parser
 takes ``--nproc`` for an ambiguous abbreviation of its ``--nproc-per-node`` and refuses it.
-
-The network is a small UNet2D with seeded random weights (the same on every rank); the
-figures are about the distribution, not the image.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -39,37 +39,68 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--mode", choices=MODES, default="sync")
     p.add_argument("--size", type=positive_int, default=64,
                    help="image size, a multiple of 8 x nproc (default 64)")
-    p.add_argument("--steps", type=positive_int, default=4, help="DDIM steps (default 4)")
+    p.add_argument("--steps", type=positive_int, default=10,
+                   help="DPM-Solver++(2M) steps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="PNG of the sample")
     p.add_argument("--json", default=None, help="also write the figures as JSON")
     p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds a rank waits for a dead or hung rank before failing (60)")
+    p.add_argument("--warmup", type=positive_int, default=2,
+                   help="synchronous steps before displaced/partial use stale activations (2)")
+    p.add_argument("--fraction", type=positive_float, default=0.125,
+                   help="partial: share of a neighbouring band's rows whose attention K/V is "
+                        "exchanged (0.125)")
+    p.add_argument("--gn", choices=("corrected", "shifted"), default="shifted",
+                   help="stale GroupNorm statistics: DistriFusion's correction, or shifted by "
+                        "this band's own change (default; closer for few steps)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder (default: the shipped procedural-image model)")
     p.set_defaults(func=run)
 
+    t = sub.add_parser("parallel-train", help="train the procedural-image model that "
+                       "parallel-sample uses", description="train the procedural-image model "
+                       "that parallel-sample uses (a UNet2D with attention at its two coarsest "
+                       "levels) on pydiff.training.procedural images, within a time budget")
+    t.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
+    t.add_argument("--minutes", type=positive_float, default=12.0,
+                   help="wall-clock budget (default 12)")
+    t.add_argument("--max-steps", type=positive_int, default=1_000_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
+    t.set_defaults(func=train)
 
-def _model():
-    from pydiff.testing.distributed import random_unet2d
 
-    return random_unet2d(seed=0, base_channels=16, channel_mult=(1, 2, 2), attn_levels=[2])
+def train(args: argparse.Namespace) -> int:
+    from pydiff.files import check_output
+    from pydiff.parallel.model import PatchModelConfig, train_patch_model
+
+    check_output(args.output, "--output")
+    config = PatchModelConfig(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
+                              threads=args.threads)
+    train_patch_model(config, args.output, progress=sys.stderr.isatty())
+    print(f"parallel-train: wrote {args.output}")
+    return 0
 
 
-def _sample(net, size: int, steps: int, seed: int, mode: str | None):
+def _sample(net, args: argparse.Namespace, mode: str | None):
     """(sample, seconds per step, bytes sent per step); mode None = the plain model."""
-    import torch
-
-    import pydiff
     from pydiff.parallel import PatchParallel
+    from pydiff.parallel.model import sample_image
 
-    model = net if mode is None else PatchParallel(net, mode=mode)
-    denoiser = pydiff.Denoiser(model, pydiff.VPSchedule(), prediction="eps")
-    x_T = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    model = net if mode is None else PatchParallel(net, mode=mode, warmup=args.warmup,
+                                                   fraction=args.fraction, gn=args.gn)
     start = time.perf_counter()
-    with torch.no_grad():
-        x = pydiff.sample(denoiser, x_T, "ddim", steps=steps)
-    seconds = (time.perf_counter() - start) / steps
+    x = sample_image(model, args.size, args.steps, args.seed)
+    seconds = (time.perf_counter() - start) / args.steps
     sent = model.bytes_sent / max(model.calls, 1) if mode is not None else 0.0
     return x, seconds, sent
+
+
+def _net(args: argparse.Namespace):
+    from pydiff.parallel.model import load_patch_model
+
+    return load_patch_model(args.model).net
 
 
 def _fault(rank: int) -> None:
@@ -80,14 +111,14 @@ def _fault(rank: int) -> None:
         time.sleep(3600)
 
 
-def _worker(size: int, steps: int, seed: int, mode: str) -> dict:
+def _worker(args: argparse.Namespace) -> dict:
     """One rank: the patch-parallel sample (rank 0 returns the image)."""
     from pydiff.distributed import dist_info
 
     rank = dist_info().rank
-    net = _model()
+    net = _net(args)
     _fault(rank)
-    x, seconds, sent = _sample(net, size, steps, seed, mode)
+    x, seconds, sent = _sample(net, args, args.mode)
     return {"rank": rank, "sample": x if rank == 0 else None, "seconds_per_step": seconds,
             "bytes_per_step": sent}
 
@@ -96,8 +127,12 @@ def _check(args: argparse.Namespace, world: int) -> None:
     from pydiff import InputError
     from pydiff.files import check_output
 
-    if args.mode != "sync":
-        raise InputError(f"--mode {args.mode}: not implemented yet (only sync so far)")
+    if args.fraction > 1:
+        raise InputError(f"--fraction {args.fraction}: expected a share of the rows, at most 1")
+    if args.model is not None:
+        from pydiff.training import load_config
+
+        load_config(args.model)  # a clear error for a folder that is not a checkpoint
     unit = 8 * world
     if args.size % unit:
         raise InputError(f"--size {args.size} does not split across {world} ranks: expected a "
@@ -107,26 +142,19 @@ def _check(args: argparse.Namespace, world: int) -> None:
         check_output(args.json, "--json")
 
 
-def _psnr(x, ref) -> float | None:
-    mse = float(((x.double() - ref.double()) ** 2).mean())
-    if mse == 0.0:
-        return None
-    peak = float(ref.max() - ref.min())
-    return 10.0 * math.log10(peak * peak / mse)
-
-
 def _report(args: argparse.Namespace, results: list[dict], world: int) -> None:
     import numpy as np
     import torch
     from PIL import Image
 
     from pydiff.files import atomic_output, write_json
+    from pydiff.parallel.model import psnr
 
     sample = results[0]["sample"]
-    single, single_seconds, _ = _sample(_model(), args.size, args.steps, args.seed, None)
+    single, single_seconds, _ = _sample(_net(args), args, None)
     figures = {
         "bytes_per_rank_per_step": float(sum(r["bytes_per_step"] for r in results) / world),
-        "psnr_vs_single": _psnr(sample, single),
+        "psnr_vs_single": psnr(sample, single),
         "seconds_per_step": float(max(r["seconds_per_step"] for r in results)),
         "mode": args.mode,
         "nproc": world,
@@ -137,7 +165,7 @@ def _report(args: argparse.Namespace, results: list[dict], world: int) -> None:
         Image.fromarray(img.to(torch.uint8).numpy().astype(np.uint8)).save(tmp, format="PNG")
     psnr = figures["psnr_vs_single"]
     print(f"parallel-sample: {world} ranks, mode {args.mode}, {args.size}x{args.size}, "
-          f"{args.steps} DDIM steps, 1 torch thread per rank")
+          f"{args.steps} DPM-Solver++(2M) steps, 1 torch thread per rank")
     print(f"  time per step:            {figures['seconds_per_step']:.4f} s "
           f"(single process: {single_seconds:.4f} s)")
     print(f"  bytes per rank per step:  {figures['bytes_per_rank_per_step']:.0f}")
@@ -145,6 +173,11 @@ def _report(args: argparse.Namespace, results: list[dict], world: int) -> None:
     print(f"  image: {args.output}")
     if args.json:
         write_json(args.json, figures, "--json")
+
+
+def _plain(args: argparse.Namespace) -> argparse.Namespace:
+    """The parsed arguments without the ``func`` callables (a worker gets them pickled)."""
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--nproc {args.nproc} but torchrun started {world} processes")
         _check(args, world)
         with process_group("gloo", timeout=args.timeout):
-            result = _worker(args.size, args.steps, args.seed, args.mode)
+            result = _worker(args)
             gathered = [None] * world
             with collective_errors("the figures"):
                 dist.all_gather_object(gathered, result)
@@ -179,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--nproc is required (the number of processes to launch)")
     _check(args, args.nproc)
     try:
-        results = launch(_worker, args.nproc, args.size, args.steps, args.seed, args.mode,
-                         timeout=args.timeout)
+        results = launch(_worker, args.nproc, _plain(args), timeout=args.timeout)
     except DistributedError as err:
         # not a bug in pydiff and not the user's input: say what happened to each rank
         print(f"pydiff parallel-sample: {err}", file=sys.stderr)

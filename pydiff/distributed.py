@@ -147,6 +147,21 @@ def init_distributed(
     return dist_info()
 
 
+def side_group(ranks: list[int] | None = None):
+    """A second process group over the same ranks (default: all; same timeout), so exchanges
+    left in flight across calls (the stale-activation messages of patch parallelism) never
+    interleave with the main group's collectives. Call it on every rank, in the same order.
+
+    Example:
+        >>> side_group() is None     # not distributed: nothing to create
+        True
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    timeout = _timeout_s if _timeout_s is not None else DEFAULT_TIMEOUT
+    return dist.new_group(ranks=ranks, timeout=timedelta(seconds=timeout))
+
+
 def destroy() -> None:
     """Destroy this process's group (no-op when none is initialized)."""
     global _timeout_s

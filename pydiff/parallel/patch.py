@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -10,12 +13,67 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..distributed import collective_errors, dist_info
+from ..distributed import collective_errors, dist_info, side_group
 from ..errors import InputError
 from ..nn.embeddings import normalize_time
 from ..nn.unet2d import AttnBlock2D, ColumnGroupNorm, ResBlock2D, UNet2D, _Down, _Up
 
-MODES = ("sync",)
+MODES = ("sync", "displaced", "partial")
+GN_CORRECTIONS = ("corrected", "shifted")
+
+_Stats = tuple[Tensor, Tensor, Tensor]  # (count, mean, M2), float64, count broadcast to mean
+
+
+def _merge(parts: list[_Stats]) -> _Stats:
+    """Welford's parallel merge of (count, mean, M2) triples."""
+    count = sum(p[0] for p in parts)
+    mean = sum(p[0] * p[1] for p in parts) / count
+    m2 = sum(p[2] + p[0] * (p[1] - mean) ** 2 for p in parts)
+    return count, mean, m2
+
+
+def _stats_map(stats: _Stats) -> Tensor:
+    """(count, mean, M2) as a ``[1, 3, 1, N]`` float32 map, so it packs with the activations."""
+    count, mean, m2 = stats
+    return torch.stack([count.expand_as(mean), mean, m2]).reshape(1, 3, 1, -1).float()
+
+
+def _map_stats(m: Tensor, like: Tensor) -> _Stats:
+    parts = m.double().reshape(3, *like.shape)
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass
+class PatchState:
+    """The stale-activation state of one sampling run (modes ``displaced`` and ``partial``).
+
+    ``step`` counts the network calls since the last :meth:`PatchParallel.reset`; ``stale``
+    holds what the other ranks sent after the previous call (per layer site), ``pending``
+    the exchanges still in flight. Nothing of it lives in the network's modules, so a reset
+    between samplings makes every sampling reproducible.
+    """
+
+    step: int = 0
+    signature: tuple | None = None
+    stale: dict[str, Any] | None = None
+    pending: dict[str, Any] | None = None
+
+
+@dataclass
+class _Step:
+    """What one network call records for the next call's stale exchange."""
+
+    stale: bool
+    record: bool
+    site: int = 0
+    up: list[tuple[int, Tensor, int]] = field(default_factory=list)  # (site, map, rows)
+    down: list[tuple[int, Tensor, int]] = field(default_factory=list)
+    gather: list[tuple[int, Tensor]] = field(default_factory=list)
+    own: dict[int, Tensor] = field(default_factory=dict)  # partial: this band's statistics
+
+    def next_site(self) -> int:
+        self.site += 1
+        return self.site
 
 
 class PatchParallel(nn.Module):
@@ -24,15 +82,36 @@ class PatchParallel(nn.Module):
     Args:
         model: the UNet2D (the same weights on every rank; it is put in eval mode).
         mode: ``"sync"``: every exchange happens when the layer needs it (the result equals
-            the single-process model to float32 rounding).
+            the single-process model to float32 rounding). ``"displaced"`` (DistriFusion,
+            Li et al. 2024): after ``warmup`` synchronous calls, every call uses the other
+            bands' activations from the previous call: the halo rows of every convolution
+            (one packed message per neighbour), the GroupNorm statistics of the other bands
+            merged with this band's fresh ones (DistriFusion's corrected asynchronous
+            GroupNorm) and the other bands' attention K/V beside the fresh local K/V (one
+            packed all-gather); the messages leave at the end of a call, asynchronously, and
+            are waited for only where the next call first needs them. ``"partial"`` (Partially
+            Conditioned Patch Parallelism, Zhang et al. 2024): as displaced, but only
+            neighbours talk: attention sees the fresh local K/V and the ``fraction`` of each
+            neighbouring band's K/V rows nearest to it; GroupNorm statistics travel along the
+            chain (each rank passes on the merged statistics of the bands beyond it, one call
+            staler per hop). One packed message per neighbour per call, nothing all-gathered
+            but the output.
         group: the process group (default: the whole world of :mod:`torch.distributed`;
             without an initialized group the wrapper is the plain model).
+        warmup: synchronous calls after each :meth:`reset` before the stale modes start.
+        fraction: the share of a neighbouring band's rows whose K/V ``partial`` receives.
+        gn: how stale calls treat the other bands' GroupNorm statistics: ``"corrected"``
+            (DistriFusion: the previous call's, with this band's replaced by its fresh ones)
+            or ``"shifted"`` (as corrected, and the others moved by this band's own change
+            since the previous call; closer for samplers with few, large steps, see
+            docs/parallel.md).
 
     ``forward(x, t, cond=None)`` takes and returns full-size tensors, like the model, on every
     rank. The image height must be a multiple of ``world_size * 2 ** (levels - 1)`` so every
     rank holds the same number of rows at every resolution. ``bytes_sent`` counts the bytes
     this rank sent since construction (point-to-point messages count once; a rank's share of
-    an all-gather counts once per other rank), ``calls`` the forward calls.
+    an all-gather counts once per other rank), ``calls`` the forward calls, ``wait_seconds``
+    the time spent in exchanges (blocking ones, and waiting for the stale messages).
 
     Example:
         >>> import torch
@@ -42,18 +121,33 @@ class PatchParallel(nn.Module):
         torch.Size([1, 1, 8, 8])
     """
 
-    def __init__(self, model: UNet2D, mode: str = "sync", group=None) -> None:
+    def __init__(self, model: UNet2D, mode: str = "sync", group=None, *, warmup: int = 2,
+                 fraction: float = 0.125, gn: str = "shifted") -> None:
         super().__init__()
         if not isinstance(model, UNet2D):
             raise TypeError(f"PatchParallel: model is {type(model).__name__}; expected a "
                             "pydiff.nn.UNet2D")
         if mode not in MODES:
             raise InputError(f"PatchParallel: mode={mode!r}; expected one of {MODES}")
+        if int(warmup) < 1:
+            raise InputError(f"PatchParallel: warmup={warmup}; expected at least 1 synchronous "
+                             "call (the stale modes need a previous call's activations)")
+        if not 0.0 < float(fraction) <= 1.0:
+            raise InputError(f"PatchParallel: fraction={fraction}; expected 0 < fraction <= 1")
         self.model = model.eval()
         self.mode = mode
         self.group = group
+        if gn not in GN_CORRECTIONS:
+            raise InputError(f"PatchParallel: gn={gn!r}; expected one of {GN_CORRECTIONS}")
+        self.warmup = int(warmup)
+        self.gn = gn
+        self.fraction = float(fraction)
         self.bytes_sent = 0
         self.calls = 0
+        self.wait_seconds = 0.0
+        self.state = PatchState()
+        self._side = None
+        self._step = _Step(stale=False, record=False)
 
     # -- topology ------------------------------------------------------------------------------
 
@@ -94,9 +188,11 @@ class PatchParallel(nn.Module):
                 recv["bottom"] = h.new_empty(h.shape[0] * h.shape[1] * bottom * h.shape[3])
                 ops_list.append(dist.P2POp(dist.irecv, recv["bottom"], rank + 1, self.group))
         if ops_list:
+            start = time.perf_counter()
             with collective_errors("halo rows"):
                 for work in dist.batch_isend_irecv(ops_list):
                     work.wait()
+            self.wait_seconds += time.perf_counter() - start
         if "top" in recv:
             ops.halo_unpack(recv["top"], [padded], top, "top")
         if "bottom" in recv:
@@ -109,52 +205,198 @@ class PatchParallel(nn.Module):
             return [t]
         t = t.contiguous()
         out = [torch.empty_like(t) for _ in range(world)]
+        start = time.perf_counter()
         with collective_errors(what):
             dist.all_gather(out, t, group=self.group)
+        self.wait_seconds += time.perf_counter() - start
         self._count(t, world - 1)
         return out
+
+    # -- the stale exchange (displaced, partial) ------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new sampling: wait for messages still in flight, forget the stale state.
+
+        Example:
+            >>> from pydiff.nn import UNet2D
+            >>> PatchParallel(UNet2D(1, base_channels=8), mode="displaced").reset()
+        """
+        self._wait()
+        self.state = PatchState()
+
+    def _wait(self) -> None:
+        """Complete the exchange started by the previous call; unpack it into ``state.stale``."""
+        pending = self.state.pending
+        if pending is None:
+            return
+        self.state.pending = None
+        start = time.perf_counter()
+        with collective_errors("stale activations"):
+            for work in pending["works"]:
+                work.wait()
+        self.wait_seconds += time.perf_counter() - start
+        stale: dict[str, Any] = {"up": {}, "down": {}, "ranks": []}
+        # the neighbour above sent its "down" list, the one below its "up" list: same shapes
+        # as ours (equal bands)
+        for key, spec, side in (("up", pending["down_spec"], "top"),
+                                ("down", pending["up_spec"], "top")):
+            buf = pending.get("recv_" + key)
+            if buf is None:
+                continue
+            dests = [torch.empty(shape, dtype=buf.dtype, device=buf.device) for _, shape, _ in spec]
+            ops.halo_unpack(buf, dests, [rows for _, _, rows in spec], side)
+            stale[key] = {site: d for (site, _, _), d in zip(spec, dests)}
+        for buf in pending.get("gathered", []):
+            spec = pending["gather_spec"]
+            dests = [torch.empty(shape, dtype=buf.dtype, device=buf.device) for _, shape in spec]
+            ops.halo_unpack(buf, dests, [shape[2] for _, shape in spec], "top")
+            stale["ranks"].append({site: d for (site, _), d in zip(spec, dests)})
+        stale["own"] = pending["own"]
+        self.state.stale = stale
+
+    def _launch(self, step: _Step) -> None:
+        """Send this call's messages for the next call, asynchronously: one packed message per
+        neighbour (halo_pack), and for ``displaced`` one packed all-gather."""
+        rank, world = self._world()
+        if self._side is None:
+            ranks = None if self.group is None else dist.get_process_group_ranks(self.group)
+            self._side = side_group(ranks)
+        up = [(m, r) for _, m, r in step.up]
+        down = [(m, r) for _, m, r in step.down]
+        pending: dict[str, Any] = {
+            "works": [],
+            "up_spec": [(site, (*m.shape[:2], r, m.shape[3]), r) for site, m, r in step.up],
+            "down_spec": [(site, (*m.shape[:2], r, m.shape[3]), r) for site, m, r in step.down],
+            "gather_spec": [(site, tuple(m.shape)) for site, m in step.gather],
+            "own": step.own,
+        }
+        p2p = []
+        with collective_errors("stale activations"):
+            if rank > 0 and up:
+                msg = ops.halo_pack([m for m, _ in up], [r for _, r in up], "top")
+                p2p.append(dist.P2POp(dist.isend, msg, rank - 1, self._side))
+                self._count(msg)
+                pending["recv_up"] = msg.new_empty(sum(math.prod(shape) for _, shape, _ in
+                                                       pending["down_spec"]))
+                p2p.append(dist.P2POp(dist.irecv, pending["recv_up"], rank - 1, self._side))
+            if rank < world - 1 and down:
+                msg = ops.halo_pack([m for m, _ in down], [r for _, r in down], "bottom")
+                p2p.append(dist.P2POp(dist.isend, msg, rank + 1, self._side))
+                self._count(msg)
+                pending["recv_down"] = msg.new_empty(sum(math.prod(shape) for _, shape, _ in
+                                                         pending["up_spec"]))
+                p2p.append(dist.P2POp(dist.irecv, pending["recv_down"], rank + 1, self._side))
+            if p2p:
+                pending["works"] += dist.batch_isend_irecv(p2p)
+            if step.gather:
+                maps = [m for _, m in step.gather]
+                flat = ops.halo_pack(maps, [m.shape[2] for m in maps], "top")
+                pending["gathered"] = [torch.empty_like(flat) for _ in range(world)]
+                pending["works"].append(dist.all_gather(pending["gathered"], flat,
+                                                        group=self._side, async_op=True))
+                self._count(flat, world - 1)
+        self.state.pending = pending
 
     # -- layers --------------------------------------------------------------------------------
 
     def _conv(self, conv: nn.Conv2d, h: Tensor) -> Tensor:
+        top, bottom = self._halo_rows(conv)
+        if (top, bottom) == (0, 0):
+            return conv(h)
+        step = self._step
+        site = step.next_site()
+        if step.record:  # the band above needs my first rows, the band below my last ones
+            step.up.append((site, h[:, :, :bottom], bottom))
+            step.down.append((site, h[:, :, h.shape[2] - top:], top))
+        if step.stale:
+            rank, world = self._world()
+            padded = F.pad(h, (0, 0, top, bottom))
+            stale = self.state.stale
+            if rank > 0 and top:
+                padded[:, :, :top] = stale["up"][site]
+            if rank < world - 1 and bottom:
+                padded[:, :, padded.shape[2] - bottom:] = stale["down"][site]
+        else:
+            padded = self._halo(h, top, bottom)
+        return self._conv_padded(conv, padded)
+
+    @staticmethod
+    def _halo_rows(conv: nn.Conv2d) -> tuple[int, int]:
+        """Rows a band of ``conv``'s input needs from above and below its own."""
         kh, kw = conv.kernel_size
         if (kh, kw) == (1, 1):
-            return conv(h)
-        ph, pw = conv.padding
+            return 0, 0
+        ph, _ = conv.padding
         if conv.stride == (1, 1) and kh == 2 * ph + 1:
-            top = bottom = ph
-        elif conv.stride == (2, 2) and (kh, ph) == (3, 1):
+            return ph, ph
+        if conv.stride == (2, 2) and (kh, ph) == (3, 1):
             # a band starts at an even row: output row j reads rows 2j-1 .. 2j+1
-            top, bottom = 1, 0
-        else:
-            raise NotImplementedError(f"PatchParallel: no halo rule for {conv}")
-        padded = self._halo(h, top, bottom)
-        return F.conv2d(padded, conv.weight, conv.bias, conv.stride, (0, pw), conv.dilation,
-                        conv.groups)
+            return 1, 0
+        raise NotImplementedError(f"PatchParallel: no halo rule for {conv}")
+
+    @staticmethod
+    def _conv_padded(conv: nn.Conv2d, padded: Tensor) -> Tensor:
+        return F.conv2d(padded, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]),
+                        conv.dilation, conv.groups)
 
     def _norm(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
         """GroupNorm with statistics merged over all bands: each rank's (count, mean, M2) per
         group (per group and column for ColumnGroupNorm), merged by Welford's parallel rule in
-        float64."""
+        float64. Stale calls merge this band's fresh statistics with the others' previous ones
+        (DistriFusion's correction: the stale copy of one's own band is replaced by the fresh)."""
         b, c, hh, ww = x.shape
         g = norm.num_groups
         xg = x.reshape(b, g, c // g, hh, ww).double()
         dims = (2, 3) if isinstance(norm, ColumnGroupNorm) else (2, 3, 4)
-        count = float(math.prod(xg.shape[d] for d in dims))
         mean = xg.mean(dims, keepdim=True)
         m2 = ((xg - mean) ** 2).sum(dims, keepdim=True)
-        parts = self._all_gather(torch.stack([mean, m2]), "GroupNorm statistics")
-        if len(parts) > 1:
-            means = torch.stack([p[0] for p in parts])
-            m2s = torch.stack([p[1] for p in parts])
-            mean = means.mean(0)  # equal counts on every rank
-            m2 = m2s.sum(0) + count * ((means - mean) ** 2).sum(0)
-            count *= len(parts)
+        own = (torch.full_like(mean, float(math.prod(xg.shape[d] for d in dims))), mean, m2)
+        rank, world = self._world()
+        step = self._step
+        site = step.next_site()
+        above: list[_Stats] = []  # the bands above this one, merged or one by one
+        below: list[_Stats] = []
+        if step.stale:
+            stale = self.state.stale
+            if self.mode == "displaced":
+                # equal bands: every rank's count is this rank's
+                ranks = [(own[0], *r[site].double().reshape(2, *mean.shape))
+                         for r in stale["ranks"]]
+                above, below = ranks[:rank], ranks[rank + 1:]
+                mine = ranks[rank]
+            else:
+                above = [_map_stats(stale["up"][site], mean)] if rank > 0 else []
+                below = [_map_stats(stale["down"][site], mean)] if rank < world - 1 else []
+                mine = _map_stats(stale["own"][site], mean)
+            if self.gn == "shifted":
+                above, below = self._shift(above, own, mine), self._shift(below, own, mine)
+        elif world > 1:
+            parts = self._all_gather(torch.stack([mean, m2]), "GroupNorm statistics")
+            ranks = [(own[0], p[0], p[1]) for p in parts]
+            above, below = ranks[:rank], ranks[rank + 1:]
+        if step.record:
+            if self.mode == "displaced":
+                step.gather.append((site, torch.stack([mean, m2]).reshape(1, 2, 1, -1).float()))
+            else:  # the chain: each neighbour gets everything on this side of it
+                step.up.append((site, _stats_map(_merge([own] + below)), 1))
+                step.down.append((site, _stats_map(_merge(above + [own])), 1))
+                step.own[site] = _stats_map(own)
+        count, mean, m2 = _merge(above + [own] + below)
         var = m2 / count
         y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape(b, c, hh, ww).to(x.dtype)
         if norm.affine:
             y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
         return y
+
+    @staticmethod
+    def _shift(parts: list[_Stats], own: _Stats, previous: _Stats) -> list[_Stats]:
+        """Other bands' previous statistics moved by this band's change since the previous
+        call (mean by the mean's change, M2 by the per-element M2 change times their count):
+        between diffusion steps the statistics move mostly together (the noise level changes
+        everywhere), which the previous call's values miss."""
+        d_mean = own[1] - previous[1]
+        d_m2 = (own[2] - previous[2]) / own[0]
+        return [(c, m + d_mean, (m2 + d_m2 * c).clamp_min(0.0)) for c, m, m2 in parts]
 
     def _res(self, block: ResBlock2D, x: Tensor, temb: Tensor) -> Tensor:
         h = self._conv(block.conv1, F.silu(self._norm(block.norm1, x)))
@@ -166,15 +408,38 @@ class PatchParallel(nn.Module):
     def _attn(self, block: AttnBlock2D, x: Tensor) -> Tensor:
         b, c, hh, ww = x.shape
         heads = block.num_heads
-        qkv = block.qkv(self._norm(block.norm, x)).reshape(b, 3, heads, c // heads, hh * ww)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
-        # every band's K/V, in band order = the single-process row-major position order
-        kv = self._all_gather(torch.stack([k, v]), "attention K/V")
-        k_all = torch.cat([p[0] for p in kv], dim=2)
-        v_all = torch.cat([p[1] for p in kv], dim=2)
+        qkv = block.qkv(self._norm(block.norm, x))
+        q = qkv[:, :c].reshape(b, heads, c // heads, hh * ww).transpose(-1, -2)
+        kv = qkv[:, c:]  # [B, 2C, h, w]: K and V as maps, so their rows pack like activations
+        rank, world = self._world()
+        step = self._step
+        site = step.next_site()
+        if step.stale:
+            stale = self.state.stale
+            if self.mode == "displaced":  # every band's previous K/V, this band's fresh
+                maps = [kv if r == rank else stale["ranks"][r][site] for r in range(world)]
+            else:  # fresh local K/V and the nearest rows of the neighbours' previous K/V
+                maps = ([stale["up"][site]] if rank > 0 else []) + [kv] + (
+                    [stale["down"][site]] if rank < world - 1 else [])
+        else:
+            # every band's K/V, in band order = the single-process row-major position order
+            maps = self._all_gather(kv, "attention K/V")
+        if step.record:
+            if self.mode == "displaced":
+                step.gather.append((site, kv))
+            else:
+                rows = self._partial_rows(hh)
+                step.up.append((site, kv[:, :, :rows], rows))
+                step.down.append((site, kv[:, :, hh - rows:], rows))
+        kv_all = torch.cat([m.reshape(b, 2, heads, c // heads, -1) for m in maps], dim=-1)
+        k_all, v_all = (kv_all[:, i].transpose(-1, -2) for i in range(2))
         out = ops.attention(q, k_all, v_all).transpose(-1, -2).reshape(b, c, hh, ww)
         out = x + block.proj(out)
         return out / math.sqrt(2.0) if block.skip_rescale else out
+
+    def _partial_rows(self, rows: int) -> int:
+        """Rows of a neighbour's band whose K/V ``partial`` exchanges (at least one)."""
+        return min(rows, max(1, math.ceil(self.fraction * rows)))
 
     def _level(self, blocks: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
         for m in blocks:
@@ -222,13 +487,39 @@ class PatchParallel(nn.Module):
         elif cond is not None:
             raise ValueError("cond was given but the network was built with cond_channels=0")
         temb = net.time_embed(normalize_time(t, b, owner="UNet2D").to(x.device)).to(x.dtype)
-        rows = height // world
-        h = x[:, :, rank * rows:(rank + 1) * rows]
         pad_w = (-width) % (2 ** net.n_down)
         if pad_w:
-            h = F.pad(h, (0, pad_w))
+            x = F.pad(x, (0, pad_w))
+        self._step = self._begin(x)
+        try:
+            h = self._bands(net, x, temb, rank, world)
+            if self._step.record:
+                self._launch(self._step)  # in flight during the output gather and the solver
+        finally:
+            self._step = _Step(stale=False, record=False)
+        bands = self._all_gather(h, "output bands")
+        return torch.cat(bands, dim=2)[:, :, :, :width]
 
-        h = self._conv(net.conv_in, h)
+    def _begin(self, x: Tensor) -> _Step:
+        """This call's plan: stale (the previous call's activations) or synchronous, and
+        whether it records activations for the next call."""
+        if self.mode == "sync":
+            return _Step(stale=False, record=False)
+        state = self.state
+        signature = (tuple(x.shape), x.dtype, x.device)
+        self._wait()
+        if signature != state.signature:  # a new shape (e.g. a CFG batch): warm up again
+            state.step, state.stale, state.signature = 0, None, signature
+        stale = state.step >= self.warmup and state.stale is not None
+        state.step += 1
+        return _Step(stale=stale, record=state.step >= self.warmup)
+
+    def _bands(self, net: UNet2D, x: Tensor, temb: Tensor, rank: int, world: int) -> Tensor:
+        rows = x.shape[2] // world
+        # the input is replicated on every rank: conv_in's halo rows come from it, not a message
+        top, bottom = self._halo_rows(net.conv_in)
+        padded = F.pad(x, (0, 0, top, bottom))[:, :, rank * rows:(rank + 1) * rows + top + bottom]
+        h = self._conv_padded(net.conv_in, padded)
         hs = [h]
         for blocks in net.down:
             h = self._level(blocks, h, temb)
@@ -241,6 +532,4 @@ class PatchParallel(nn.Module):
             if isinstance(blocks[0], ResBlock2D):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = self._level(blocks, h, temb)
-        h = self._conv(net.conv_out, F.silu(self._norm(net.norm_out, h)))
-        bands = self._all_gather(h, "output bands")
-        return torch.cat(bands, dim=2)[:, :, :, :width]
+        return self._conv(net.conv_out, F.silu(self._norm(net.norm_out, h)))

@@ -113,3 +113,40 @@ def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
             "sample_diff": float((samples[0] - samples[1]).abs().max()),
             "sample_scale": float(samples[0].abs().max()),
             "bytes_sent": parallel.bytes_sent, "calls": parallel.calls}
+
+
+def patch_modes_vs_single(size: int, steps: int, modes: tuple[str, ...] = ("displaced",
+                          "partial"), seed: int = 0, path: str | None = None, **options) -> dict:
+    """Sample the shipped patch-parallel model (or the checkpoint at ``path``) in each stale
+    mode and on one process (locally, on every rank); returns the PSNR of each mode against
+    the single-process sample, its bytes per call, and (the exchange's plumbing) the largest
+    difference of a displaced call on a repeated input, whose stale activations are exact,
+    from the single-process output."""
+    from ..parallel import PatchParallel
+    from ..parallel.model import load_patch_model, psnr, sample_image
+
+    net = load_patch_model(path).net
+    single = sample_image(net, size, steps, seed)
+    out: dict = {"rank": dist_info().rank}
+    for mode in modes:
+        parallel = PatchParallel(net, mode=mode, **options)
+        x = sample_image(parallel, size, steps, seed)
+        out[mode] = {"psnr": psnr(x, single), "bytes_per_call": parallel.bytes_sent /
+                     max(parallel.calls, 1), "calls": parallel.calls}
+    parallel = PatchParallel(net, mode="displaced", warmup=1)
+    g = torch.Generator().manual_seed(seed + 1)
+    x, t = torch.randn(2, 1, size, size, generator=g), torch.tensor([0.5, 2.0])
+    with torch.no_grad():
+        ref = net(x, t)
+        calls = [parallel(x, t) for _ in range(3)]  # sync, then two stale calls
+    out["repeat_diff"] = max(float((c - ref).abs().max()) for c in calls)
+    out["repeat_scale"] = float(ref.abs().max())
+    return out
+
+
+def all_patch_modes(size: int, steps: int, norm_axes: str) -> dict:
+    """One rank's whole patch-parallel check in one launch: ``sync`` against one process on a
+    random net (:func:`patch_parallel_vs_single`), then the stale modes on the trained model
+    (:func:`patch_modes_vs_single`)."""
+    sync = patch_parallel_vs_single(size, 3, "sync", norm_axes)
+    return {"sync": sync, **patch_modes_vs_single(size, steps)}

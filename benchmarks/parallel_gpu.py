@@ -1,0 +1,68 @@
+"""Patch parallelism on GPUs (NCCL), one rank per GPU, under torchrun (see parallel_gpu.sh):
+sync against one GPU (max difference), displaced / partial PSNR against one GPU, bytes per
+rank per step and seconds per step, on the shipped procedural-image model.
+
+    torchrun --nproc_per_node 2 benchmarks/parallel_gpu.py --size 512 --steps 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from pydiff.distributed import dist_info, process_group
+from pydiff.parallel import PatchParallel
+from pydiff.parallel.model import load_patch_model, psnr, sample_image
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    with process_group("nccl", timeout=120):
+        info = dist_info()
+        if info.world_size > torch.cuda.device_count():
+            raise SystemExit(f"parallel_gpu: {info.world_size} ranks but "
+                             f"{torch.cuda.device_count()} GPUs: one rank per GPU")
+        device = torch.device("cuda", torch.cuda.current_device())
+        net = load_patch_model().net.to(device)
+        rows = []
+        for size in args.sizes:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            single = sample_image(net, size, args.steps, 0, device=device)
+            torch.cuda.synchronize()
+            single_s = (time.perf_counter() - start) / args.steps
+            for mode in ("sync", "displaced", "partial"):
+                model = PatchParallel(net, mode=mode)
+                sample_image(model, size, 2, 0, device=device)  # warm the kernels and NCCL
+                model.bytes_sent, model.calls = 0, 0
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                x = sample_image(model, size, args.steps, 0, device=device)
+                torch.cuda.synchronize()
+                value = psnr(x, single)
+                rows.append({"size": size, "nproc": info.world_size, "mode": mode,
+                             "psnr": value, "max_diff": float((x - single).abs().max()),
+                             "bytes_per_step": model.bytes_sent / model.calls,
+                             "seconds_per_step": (time.perf_counter() - start) / args.steps,
+                             "single_seconds_per_step": single_s})
+                if info.rank == 0:
+                    r = rows[-1]
+                    print(f"{size} px, {info.world_size} GPUs, {mode}: PSNR "
+                          f"{'identical' if value is None else f'{value:.1f} dB'}, max diff "
+                          f"{r['max_diff']:.2e}, {r['bytes_per_step']:,.0f} B/rank/step, "
+                          f"{r['seconds_per_step'] * 1e3:.1f} ms/step (1 GPU "
+                          f"{single_s * 1e3:.1f} ms/step)", flush=True)
+        if info.rank == 0 and args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
