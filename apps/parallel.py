@@ -51,9 +51,10 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--fraction", type=positive_float, default=0.125,
                    help="partial: share of a neighbouring band's rows whose attention K/V is "
                         "exchanged (0.125)")
-    p.add_argument("--gn", choices=("corrected", "shifted"), default="shifted",
-                   help="stale GroupNorm statistics: DistriFusion's correction, or shifted by "
-                        "this band's own change (default; closer for few steps)")
+    p.add_argument("--gn", choices=("sync", "corrected", "shifted"), default="sync",
+                   help="GroupNorm statistics in stale steps: exchanged synchronously (default; "
+                        "a few bytes per layer), DistriFusion's corrected stale ones, or those "
+                        "shifted by this band's own change")
     p.add_argument("--model", default=None,
                    help="checkpoint folder (default: the shipped procedural-image model)")
     p.set_defaults(func=run)

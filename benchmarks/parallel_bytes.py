@@ -17,7 +17,8 @@ batch 1, float32, DPM-Solver++(2M).
   2-core machine shared with other jobs, 4 ranks oversubscribe the cores: read the bytes.
 
 Run:
-    nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py --json benchmarks/results/parallel_bytes.json
+    nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py \\
+        --json benchmarks/results/parallel_bytes.json
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _bytes_worker(sizes: list[int], fraction: float) -> list[dict]:
         for mode in ("sync", "displaced", "partial"):
             model = PatchParallel(net, mode=mode, fraction=fraction)
             per_call: list[int] = []
-            model.register_forward_hook(lambda m, i, o: per_call.append(m.bytes_sent))
+            model.register_forward_hook(lambda m, i, o, log=per_call: log.append(m.bytes_sent))
             sample_image(model, size, 3, seed=0)
             steps = [b - a for a, b in zip([0] + per_call, per_call)]
             rows.append({"size": size, "mode": mode, "rank": dist_info().rank,
@@ -78,8 +79,8 @@ def _bytes_worker(sizes: list[int], fraction: float) -> list[dict]:
 def _quality_worker(size: int, steps: int, fraction: float) -> list[dict]:
     net = load_patch_model().net
     rows = []
-    variants = [("sync", {}), ("displaced", {"gn": "corrected"}), ("displaced", {}),
-                ("partial", {"gn": "corrected"}), ("partial", {}), ("tiled", {})]
+    variants = [("sync", {})] + [(mode, {"gn": gn}) for mode in ("displaced", "partial")
+                                 for gn in ("corrected", "shifted", "sync")] + [("tiled", {})]
     for mode, options in variants:
         if mode == "tiled":
             model = Tiled(net)
@@ -89,8 +90,7 @@ def _quality_worker(size: int, steps: int, fraction: float) -> list[dict]:
         start = time.perf_counter()
         x = sample_image(model, size, steps, seed=0)
         seconds = time.perf_counter() - start
-        rows.append({"mode": mode, "gn": options.get("gn", "shifted" if mode in (
-            "displaced", "partial") else None), "rank": dist_info().rank,
+        rows.append({"mode": mode, "gn": options.get("gn"), "rank": dist_info().rank,
             "sample": x if dist_info().rank == 0 else None, "seconds_per_step": seconds / steps,
             "wait_share": model.wait_seconds / seconds,
             "bytes_per_step": model.bytes_sent / max(model.calls, 1)})

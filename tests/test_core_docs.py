@@ -11,7 +11,8 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.training.procedural", "pydiff.distributed", "pydiff.solvers.consistency",
                 "pydiff.training.distill", "pydiff.training.toy_distill",
                 "pydiff.categorical", "pydiff.accel", "pydiff.accel.deepcache",
-                "pydiff.accel.streams", "pydiff.guidance.variational"]
+                "pydiff.accel.streams", "pydiff.guidance.variational", "pydiff.parallel",
+                "pydiff.parallel.patch", "pydiff.parallel.model"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

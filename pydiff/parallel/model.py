@@ -80,8 +80,9 @@ def denoiser_for(net: torch.nn.Module) -> Denoiser:
 def sample_image(net: torch.nn.Module, size: int, steps: int, seed: int,
                  solver: str = SOLVER, device: str | torch.device = "cpu") -> torch.Tensor:
     """One ``[1, 1, size, size]`` sample of the model around ``net``, noise drawn full-size
-    from ``seed`` on the CPU (the same on every rank and device), then moved to ``device``. A :class:`~pydiff.parallel.PatchParallel` is reset
-    before and after, so every sampling is reproducible.
+    from ``seed`` on the CPU (the same on every rank and device), then moved to ``device``. A
+    :class:`~pydiff.parallel.PatchParallel` is reset before and after, so every sampling is
+    reproducible.
 
     Example:
         >>> net = load_patch_model().net

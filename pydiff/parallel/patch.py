@@ -19,7 +19,7 @@ from ..nn.embeddings import normalize_time
 from ..nn.unet2d import AttnBlock2D, ColumnGroupNorm, ResBlock2D, UNet2D, _Down, _Up
 
 MODES = ("sync", "displaced", "partial")
-GN_CORRECTIONS = ("corrected", "shifted")
+GN_CORRECTIONS = ("corrected", "shifted", "sync")
 
 _Stats = tuple[Tensor, Tensor, Tensor]  # (count, mean, M2), float64, count broadcast to mean
 
@@ -104,7 +104,8 @@ class PatchParallel(nn.Module):
             (DistriFusion: the previous call's, with this band's replaced by its fresh ones)
             or ``"shifted"`` (as corrected, and the others moved by this band's own change
             since the previous call; closer for samplers with few, large steps, see
-            docs/parallel.md).
+            docs/parallel.md), or ``"sync"`` (DistriFusion's ``sync_gn``: the statistics, a
+            few bytes per layer, exchanged synchronously by every GroupNorm, all else stale).
 
     ``forward(x, t, cond=None)`` takes and returns full-size tensors, like the model, on every
     rank. The image height must be a multiple of ``world_size * 2 ** (levels - 1)`` so every
@@ -122,7 +123,7 @@ class PatchParallel(nn.Module):
     """
 
     def __init__(self, model: UNet2D, mode: str = "sync", group=None, *, warmup: int = 2,
-                 fraction: float = 0.125, gn: str = "shifted") -> None:
+                 fraction: float = 0.125, gn: str = "sync") -> None:
         super().__init__()
         if not isinstance(model, UNet2D):
             raise TypeError(f"PatchParallel: model is {type(model).__name__}; expected a "
@@ -356,7 +357,7 @@ class PatchParallel(nn.Module):
         site = step.next_site()
         above: list[_Stats] = []  # the bands above this one, merged or one by one
         below: list[_Stats] = []
-        if step.stale:
+        if step.stale and self.gn != "sync":
             stale = self.state.stale
             if self.mode == "displaced":
                 # equal bands: every rank's count is this rank's
@@ -374,7 +375,7 @@ class PatchParallel(nn.Module):
             parts = self._all_gather(torch.stack([mean, m2]), "GroupNorm statistics")
             ranks = [(own[0], p[0], p[1]) for p in parts]
             above, below = ranks[:rank], ranks[rank + 1:]
-        if step.record:
+        if step.record and self.gn != "sync":
             if self.mode == "displaced":
                 step.gather.append((site, torch.stack([mean, m2]).reshape(1, 2, 1, -1).float()))
             else:  # the chain: each neighbour gets everything on this side of it
