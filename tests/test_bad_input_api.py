@@ -15,6 +15,7 @@ import torch
 
 import pydiff
 from pydiff import InputError
+from pydiff.parallel import PatchParallel
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class MetaNet(torch.nn.Module):
 
 
 MODEL = pydiff.Denoiser(zeros_net, SCHED, prediction="eps")
+UNET = pydiff.nn.UNet2D(1, base_channels=8, channel_mult=(1, 2))
 
 
 def sample(**kw):
@@ -156,6 +158,17 @@ CORE: list[Row] = [
     Row("stream-batch-cond-wrong-batch",
         lambda: pydiff.accel.StreamBatch(MODEL).push(X, label=torch.zeros(3)), InputError,
         ("label", "(3,)", "8")),
+    # pydiff.parallel
+    Row("patch-parallel-mode-unknown", lambda: PatchParallel(UNET, mode="fast"), InputError,
+        ("mode='fast'",)),
+    Row("patch-parallel-warmup-zero", lambda: PatchParallel(UNET, mode="displaced", warmup=0),
+        InputError, ("warmup=0",)),
+    Row("patch-parallel-fraction-zero", lambda: PatchParallel(UNET, mode="partial", fraction=0),
+        InputError, ("fraction=0",)),
+    Row("patch-parallel-gn-unknown", lambda: PatchParallel(UNET, mode="displaced", gn="stale"),
+        InputError, ("gn='stale'",)),
+    Row("patch-parallel-not-a-unet2d", lambda: PatchParallel(torch.nn.Linear(3, 3)), TypeError,
+        ("UNet2D",)),
 ]
 
 
