@@ -25,7 +25,9 @@ Units: the prior works in ``[-1, 1]``. The image's value range ``(lo, hi)`` is g
 from the analytic baseline (FBP, zero-filled: its 0.5% and 99.5% quantiles; ``lo = 0`` for MRI
 magnitudes); since ``A`` is linear, ``x = c0 + c1 u`` turns ``y`` into the measurement of
 ``u``: ``(y - c0 A 1) / c1``. Outputs are in the input's units. MRI images are real-valued
-(magnitude images, simulated data); complex k-space becomes real pairs for the guidance.
+(magnitude images, simulated data); complex k-space becomes real pairs for the guidance, and is
+first projected onto the k-space of real images (``A A^+ y``): noise has no conjugate symmetry,
+and the data-consistency CG cannot remove the part of ``y`` that no real image explains.
 
 Example:
     >>> import torch
@@ -52,7 +54,14 @@ import pydiff
 from pydiff.errors import InputError
 from pydiff.guidance import ClipX0, DataConsistency, MeasurementGuidance, ProjectX0, red_diff
 
-from .classical import admm_tv_z, cg_sense, operator_norm, tv_reconstruct, zero_filled
+from .classical import (
+    admm_tv_z,
+    cg_sense,
+    conjugate_gradient,
+    operator_norm,
+    tv_reconstruct,
+    zero_filled,
+)
 from .operators import CTProjector, MRIOperator
 
 Tensor = torch.Tensor
@@ -221,7 +230,10 @@ class Reconstructor:
         a = _RealOperator(operator, c1)
         y_real = torch.view_as_real(y) if y.is_complex() else y
         offset = a(torch.full((1, 1, *like.shape[-2:]), c0, dtype=like.dtype))
-        y_u = ((y_real - offset) / c1).expand(n, *y_real.shape[1:])
+        y_u = (y_real - offset) / c1
+        if isinstance(operator, MRIOperator):
+            y_u = self._range_of_real_images(a, self._real_adjoint(operator), y_u, like)
+        y_u = y_u.expand(n, *y_real.shape[1:])
         model = ClipX0(self.model, bound=1.0)
         x_T = pydiff.prior(model.schedule, shape, generator=g)
         cg = options.get("cg", 5 if method == "dds" else 10)
@@ -230,8 +242,11 @@ class Reconstructor:
             start = tv_reconstruct(operator, y, weight=weight * (hi - lo),
                                    iterations=options.get("iterations", 50))
             x_init = ((start - c0) / c1).clamp(-1, 1).expand(shape).to(like.dtype)
-            return red_diff(model, a, y_u, x_init, steps, lr=options.get("lr", 0.05),
-                            weight=options.get("lam", 0.25), generator=g)
+            # the data term in image units (||A|| = 1), so lam means the same for CT and MRI
+            norm = operator_norm(a, self._real_adjoint(operator), like)
+            return red_diff(model, lambda v: a(v) / norm, y_u / norm, x_init, steps,
+                            lr=options.get("lr", 0.05), weight=options.get("lam", 0.25),
+                            t_start=options.get("t_start"), generator=g)
         with torch.no_grad():
             if method == "dps":
                 guided = MeasurementGuidance(model, a, y_u, step="dps",
@@ -328,6 +343,17 @@ class Reconstructor:
                               samples.std(0, unbiased=False, keepdim=True), "mbir_tv",
                               nfe=steps, samples=samples, seconds=time.perf_counter() - start,
                               value_range=(lo, hi))
+
+    @staticmethod
+    def _range_of_real_images(forward, adjoint, y: Tensor, like: Tensor) -> Tensor:
+        """``y`` projected onto the measurements of real images (``A A^+ y``).
+
+        A real image's k-space has a conjugate symmetry that noise lacks; the part of ``y``
+        outside ``A``'s range lies in the null space of ``A A^T``, where the data-consistency
+        CG (on ``A A^T u = r``) cannot reduce it and its steps grow instead."""
+        x = conjugate_gradient(lambda v: adjoint(forward(v)), adjoint(y),
+                               x0=torch.zeros_like(like), iterations=30)
+        return forward(x)
 
     @staticmethod
     def _real_adjoint(operator):

@@ -6,7 +6,8 @@ stochastic optimisation instead of sampling: for each time ``t`` of a decreasing
 
     ``||A mu - y||^2 / 2  +  weight * sigma(t)/alpha(t) * <stopgrad(eps_hat(x_t, t) - eps), mu>``
 
-(both terms per element, summed over the batch). The second term is the score-distillation
+(both terms summed over the elements: scale ``A`` and ``y`` so that ``||A|| ~ 1`` and ``weight``
+means the same for every operator). The second term is the score-distillation
 regulariser: its gradient is the denoiser's noise residual, so the network is evaluated without
 building a graph (no backpropagation through the denoiser, one NFE per step). The data term's
 gradient ``A^T (A mu - y)`` comes from autograd through the (linear) operator.
@@ -40,7 +41,7 @@ Tensor = torch.Tensor
 
 def red_diff(model: Model, operator: Callable[[Tensor], Tensor], measurement: Tensor,
              x_init: Tensor, steps: int = 50, *, lr: float = 0.1, weight: float = 0.25,
-             spacing: str = "time", t_start: float | None = None,
+             spacing: str = "logsnr", t_start: float | None = None,
              generator: torch.Generator | None = None) -> Tensor:
     """RED-diff: the variational mean ``mu`` after one Adam step per time of the grid.
 
@@ -78,8 +79,8 @@ def red_diff(model: Model, operator: Callable[[Tensor], Tensor], measurement: Te
             residual = model.eps(x_t, t.expand(batch)) - eps
         lam = (weight * sigma / alpha).to(x_init.dtype)
         with torch.enable_grad():  # the data term only: A is linear and cheap to differentiate
-            data = (operator(mu) - y).pow(2).reshape(batch, -1).mean(1).sum() / 2
-            prior = (per_sample(lam, mu) * residual * mu).reshape(batch, -1).mean(1).sum()
+            data = (operator(mu) - y).pow(2).sum() / 2
+            prior = (per_sample(lam, mu) * residual * mu).sum()
             optimizer.zero_grad(set_to_none=True)
             (data + prior).backward()
         optimizer.step()
