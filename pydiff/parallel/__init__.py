@@ -9,7 +9,10 @@ replicated on every rank (draw noise full-size from the same generator on every 
 solver, guidance wrapper or hook behaves as on one process.
 
 Mode ``"sync"`` exchanges everything when it is needed; its result equals the single-process
-model to float32 rounding whatever the number of ranks.
+model to float32 rounding whatever the number of ranks. ``"displaced"`` (DistriFusion) and
+``"partial"`` (Partially Conditioned Patch Parallelism) use the previous call's activations of
+the other bands, sent asynchronously in one packed message per neighbour per call; call
+``reset()`` before each sampling. :mod:`pydiff.parallel.model` holds the trained test model.
 
 Example (under ``torchrun --nproc_per_node 2`` or :func:`pydiff.distributed.launch`):
     >>> import torch, pydiff
@@ -22,6 +25,6 @@ Example (under ``torchrun --nproc_per_node 2`` or :func:`pydiff.distributed.laun
     torch.Size([1, 1, 16, 16])
 """
 
-from .patch import MODES, PatchParallel
+from .patch import GN_CORRECTIONS, MODES, PatchParallel, PatchState
 
-__all__ = ["PatchParallel", "MODES"]
+__all__ = ["PatchParallel", "PatchState", "MODES", "GN_CORRECTIONS"]

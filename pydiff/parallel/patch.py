@@ -94,8 +94,8 @@ class PatchParallel(nn.Module):
             neighbours talk: attention sees the fresh local K/V and the ``fraction`` of each
             neighbouring band's K/V rows nearest to it; GroupNorm statistics travel along the
             chain (each rank passes on the merged statistics of the bands beyond it, one call
-            staler per hop). One packed message per neighbour per call, nothing all-gathered
-            but the output.
+            staler per hop). One packed message per neighbour per call; nothing else is
+            all-gathered but the output (and the GroupNorm statistics with ``gn="sync"``).
         group: the process group (default: the whole world of :mod:`torch.distributed`;
             without an initialized group the wrapper is the plain model).
         warmup: synchronous calls after each :meth:`reset` before the stale modes start.
