@@ -16,11 +16,12 @@ three conditioning masks over its observed points:
 - ``block``: one to three contiguous gaps of 2 to ``L / 4`` points;
 - ``forecast``: the last ``horizon`` points hidden (the future);
 
-the window is mean-scaled by its *conditioning* values (what inference knows), and the core's
-denoising loss counts only the hidden observed points.
+the window is standardized by its *conditioning* values (their mean and standard deviation:
+what inference knows; :func:`standardization`), and the core's denoising loss counts only the
+hidden observed points.
 
 :class:`CSDI` imputes the NaN of whole series (windows of the trained length cover the series;
-each is scaled by its own observed values) and forecasts (the future is a gap at the end).
+each is standardized by its own observed values) and forecasts (the future is a gap at the end).
 
 Example:
     >>> import numpy as np
@@ -92,6 +93,32 @@ def conditioning_masks(observed: Tensor, horizon: int, generator: torch.Generato
     return observed * keep[:, None].to(observed)
 
 
+def standardization(values: Any) -> tuple[Any, Any]:
+    """``(loc, scale)`` over the last axis: the mean and standard deviation of the observed
+    (non-NaN) values, the scale at least 1% of their mean ``|x|`` (a flat window keeps a
+    finite scale). NumPy arrays or tensors.
+
+    Unlike TSDiff's mean scaling, the variation of a window becomes unit-sized: a smooth
+    series at a high level (GDP in the thousands) otherwise varies by a few hundredths of its
+    scale, below what the sampler resolves.
+
+    Example:
+        >>> [float(v) for v in standardization(np.array([1.0, 3.0, np.nan]))]
+        [2.0, 1.0]
+    """
+    if torch.is_tensor(values):
+        loc = torch.nan_to_num(values.nanmean(-1))
+        std = ((values - loc[..., None]) ** 2).nanmean(-1).sqrt().nan_to_num()
+        floor = (0.01 * mean_scale(values)).clamp_min(SCALE_FLOOR)
+        return loc, torch.maximum(std, floor)
+    values = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(values)
+    count = np.maximum(ok.sum(-1), 1)
+    loc = np.where(ok, values, 0).sum(-1) / count
+    std = np.sqrt((np.where(ok, values - loc[..., None], 0) ** 2).sum(-1) / count)
+    return loc, np.maximum(std, np.maximum(0.01 * mean_scale(values), SCALE_FLOOR))
+
+
 class ConditionalLoss:
     """``loss_fn`` of the Trainer for the conditional model (module docs)."""
 
@@ -102,9 +129,9 @@ class ConditionalLoss:
                  generator: torch.Generator) -> Tensor:
         observed = batch["mask"]
         cond_mask = conditioning_masks(observed, self.horizon, generator, self.kinds)
-        # rescale by the conditioning values: inference knows only those
-        scale = mean_scale(torch.where(cond_mask.bool(), batch["values"], torch.nan))
-        values = batch["values"] / scale[..., None]
+        # standardize by the conditioning values: inference knows only those
+        loc, scale = standardization(torch.where(cond_mask.bool(), batch["values"], torch.nan))
+        values = (batch["values"] - loc[..., None]) / scale[..., None]
         target = observed * (1 - cond_mask)
         return diffusion_loss(model, values, generator=generator, mask=target,
                               cond={"observed": values * cond_mask, "cond_mask": cond_mask}
@@ -133,15 +160,16 @@ class CSDI(TSDiff):
 
     @torch.no_grad()
     def impute_windows(self, values: np.ndarray, num_samples: int, *, solver: str | None = None,
-                       steps: int | None = None, seed: int = 0, scale: np.ndarray | None = None,
+                       steps: int | None = None, seed: int = 0,
+                       standard: tuple[np.ndarray, np.ndarray] | None = None,
                        **solver_options: Any) -> np.ndarray:
         """Samples ``[W, num_samples, L]`` of windows ``values [W, L]`` (NaN: to fill), each
-        mean-scaled by its observed values (or by ``scale [W]``)."""
+        standardized by its observed values (or by ``standard = (loc [W], scale [W])``)."""
         n = _positive(num_samples, "num_samples")
         solver, steps = self.solver_and_steps(solver, steps)
-        scale = mean_scale(values) if scale is None else np.asarray(scale, np.float64)
+        loc, scale = standardization(values) if standard is None else standard
         known = ~np.isnan(values)
-        scaled = np.nan_to_num(values / scale[:, None])
+        scaled = np.nan_to_num((values - loc[:, None]) / scale[:, None])
         obs = torch.from_numpy(scaled[:, None]).float().repeat_interleave(n, 0)
         mask = torch.from_numpy(known[:, None].astype(np.float32)).repeat_interleave(n, 0)
         generator = torch.Generator().manual_seed(int(seed))
@@ -150,7 +178,7 @@ class CSDI(TSDiff):
         x = pydiff.sample(bound, x, solver, steps, generator=generator,
                           hooks=[InpaintReplace(obs, mask, noise="fresh")], **solver_options)
         out = x[:, 0].double().numpy().reshape(len(values), n, -1)
-        return out * np.maximum(scale, SCALE_FLOOR)[:, None, None]
+        return out * scale[:, None, None] + loc[:, None, None]
 
     def impute(self, series: Any, num_samples: int = 100, **options: Any) -> np.ndarray:
         """Samples ``[num_samples, len(series)]`` of a series with its NaN filled in (the
@@ -171,8 +199,9 @@ class CSDI(TSDiff):
         windows = np.stack([values[s:s + w] for s in starts])
         # a window with (almost) nothing observed takes the series' level
         few = (~np.isnan(windows)).sum(1) < 2
-        scale = np.where(few, mean_scale(values), mean_scale(windows))
-        samples = self.impute_windows(windows, n, scale=scale, **options)
+        own, whole = standardization(windows), standardization(values)
+        standard = tuple(np.where(few, w, o) for o, w in zip(own, whole))
+        samples = self.impute_windows(windows, n, standard=standard, **options)
         for s, paths in zip(starts, samples):
             fill = gaps[s:s + w]
             out[:, s:s + w][:, fill] = paths[:, fill]
@@ -195,5 +224,5 @@ class CSDI(TSDiff):
         return [s[:, c:] for s in samples]
 
 
-__all__ = ["CSDI", "ConditionalLoss", "conditioning_masks", "MASK_KINDS",
+__all__ = ["CSDI", "ConditionalLoss", "standardization", "conditioning_masks", "MASK_KINDS",
            "CSDI_PRETRAINED_DIR"]
