@@ -308,3 +308,55 @@ def test_policy_entry_points() -> None:
         except BaseException as err:  # noqa: BLE001 -- report every failing row at once
             failures.append(f"{row.id}: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
+
+
+# -- timeseries -----------------------------------------------------------------------------------
+def _timeseries_rows() -> list[Row]:
+    import pandas as pd
+
+    from pydiff.domains.timeseries import CSDI, TSDiff
+    from pydiff.domains.timeseries.evaluate import evaluate
+    from pydiff.domains.timeseries.train import TrainConfig, train
+
+    tsdiff, csdi = TSDiff.from_pretrained(), CSDI.from_pretrained()
+    y = 10 + np.sin(np.arange(60) / 3)
+    gappy = np.where(np.arange(60) == 30, np.nan, y)
+    series = {"y": pd.Series(y, index=pd.date_range("2024-01-01", periods=60, freq="h"))}
+    return [
+        Row("ts-forecast-all-nan", lambda: tsdiff.forecast(np.full(30, np.nan), 4), InputError,
+            ("all missing",)),
+        Row("ts-forecast-2d", lambda: tsdiff.forecast(np.ones((2, 30)), 4), InputError,
+            ("1-D", "(2, 30)")),
+        Row("ts-forecast-horizon-zero", lambda: tsdiff.forecast(y, 0), InputError,
+            ("horizon", "0")),
+        Row("ts-forecast-unknown-guidance", lambda: tsdiff.forecast(y, 4, guidance="l1"),
+            InputError, ("guidance", "l1")),
+        Row("ts-impute-too-few-observed", lambda: csdi.impute(np.r_[np.ones(5), [np.nan] * 9]),
+            InputError, ("5 observed", "at least 8")),
+        Row("ts-impute-samples-zero", lambda: csdi.impute(gappy, 0), InputError,
+            ("num_samples", "0")),
+        Row("ts-impute-unknown-solver", lambda: csdi.impute(gappy, 2, solver="nosuch"),
+            InputError, ("nosuch",)),
+        Row("ts-impute-strings", lambda: csdi.impute(["a", "b"]), InputError,
+            ("series", "numbers")),
+        Row("ts-evaluate-horizon-zero", lambda: evaluate(series, 0, model=tsdiff), InputError,
+            ("horizon", "0")),
+        Row("ts-evaluate-unknown-baseline",
+            lambda: evaluate(series, 4, baselines=["arima"], model=tsdiff), InputError,
+            ("arima",)),
+        Row("ts-evaluate-too-many-windows", lambda: evaluate(series, 24, 5, model=tsdiff),
+            InputError, ("'y'", "fewer --windows")),
+        Row("ts-train-unknown-kind", lambda: train([y], TrainConfig(kind="gan")), InputError,
+            ("kind", "gan")),
+    ]
+
+
+def test_timeseries_entry_points() -> None:
+    pytest.importorskip("gluonts")
+    failures = []
+    for row in _timeseries_rows():
+        try:
+            _check(row)
+        except BaseException as err:  # noqa: BLE001 -- report every failing row at once
+            failures.append(f"{row.id}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)
