@@ -39,6 +39,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("demo", "train a tiny model on a 2D toy distribution and compare solvers"),
     ("info", "show the version, the kernel backend and the available solvers"),
     ("medical", "medical image reconstruction (recon batch jobs, train the prior)"),
+    ("molecules", "3D molecule generation and property steering (sample, evaluate, train)"),
     ("parallel", "one image sampled with patch parallelism over N processes"),
     ("policy", "diffusion policies for robot control loops (train, run, eval)"),
     ("speech", "diffusion speech enhancement (enhance, train, evaluate)"),

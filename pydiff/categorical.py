@@ -215,6 +215,14 @@ class JointModel(Model):
     def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         return self.evaluate_joint(x, t, **cond)[0]
 
+    def denoised(self, x: dict[str, Tensor], t: float | Tensor, **cond: Any
+                 ) -> dict[str, Tensor]:
+        """The whole state's clean estimate at ``t``: x0-hat of the continuous entries, the most
+        likely clean class of each categorical entry, the fixed entries as they are (what a
+        reward of the clean data is evaluated on, e.g. by :class:`pydiff.guidance.SVDD`)."""
+        pred, probs = self.evaluate_joint(x, t, **cond)
+        return {**x, **pred.x0(), **{k: p.argmax(-1) for k, p in probs.items()}}
+
     def split(self, x: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``(continuous entries, categorical and fixed entries)`` of a full state."""
         if not isinstance(x, dict):
@@ -446,15 +454,19 @@ class JointSolver(Solver):
             raise InputError("a joint state needs at least one continuous (floating) entry")
         inner = self.solver.init(cont, schedule, grid, generator=generator, hooks=hooks)
         keep = CategoricalProcess.keep(schedule, inner.grid)
+        # the keep levels are a table (per step, not per sample): aux holds only the inner
+        # run, whose tensors are all per sample (SVDD gathers candidates through them)
+        table = {"keep_t": keep[:-1], "keep_s": keep[1:]}
         return SolverState(x={**x, **inner.x}, i=0, grid=inner.grid, alpha=inner.alpha,
-                           sigma=inner.sigma, table={}, generator=generator, aux=(inner, keep),
-                           times=inner.times)
+                           sigma=inner.sigma, table=table, generator=generator, aux=(inner,),
+                           times=inner.times, rows={k: v.unbind(0) for k, v in table.items()})
 
     def step(self, state, model):
         if not isinstance(model, JointModel):
             raise TypeError(f"JointSolver needs a JointModel (e.g. JointDenoiser), got "
                             f"{type(model).__name__}")
-        inner, keep = state.aux
+        (inner,) = state.aux
+        c = state.coef
         rest = {k: v for k, v in state.x.items() if k not in inner.x}
         probs: dict[str, Tensor] = {}
         inner = self.solver.step(inner, _ContinuousPart(model, rest, probs))
@@ -464,9 +476,9 @@ class JointSolver(Solver):
             if i + 1 == state.steps and self.final == "argmax":
                 moved[k] = probs[k].argmax(-1)
             else:
-                p = proc.posterior(rest[k], probs[k], keep[i], keep[i + 1])
+                p = proc.posterior(rest[k], probs[k], c["keep_t"], c["keep_s"])
                 moved[k] = sample_categorical(p, state.generator)
-        return state.replace(x={**rest, **inner.x, **moved}, i=i + 1, aux=(inner, keep),
+        return state.replace(x={**rest, **inner.x, **moved}, i=i + 1, aux=(inner,),
                              nfe=inner.nfe)
 
 

@@ -71,6 +71,11 @@ class ZeroCenterOfMass:
             return pos
         return {**x, self.key: pos}
 
+    def take(self, index: Tensor) -> ZeroCenterOfMass:
+        """The hook for the samples ``index`` of the batch (solvers that copy samples, such as
+        :class:`pydiff.guidance.SVDD`, call it)."""
+        return ZeroCenterOfMass(self.key, None if self.mask is None else self.mask[index])
+
 
 class InpaintReplace:
     """Replace the known region by the known values noised to the current level.

@@ -120,6 +120,15 @@ def ts_impute(source: str = "{tmp}/series.csv", *mistake: str) -> list[str]:
             *mistake]
 
 
+def mol_sample(*mistake: str) -> list[str]:
+    return ["molecules", "sample", "-n", "1", "--steps", "1", "-o", "{tmp}/m.sdf", *mistake]
+
+
+def mol_train(*mistake: str) -> list[str]:
+    return ["molecules", "train", "--out", "{tmp}/mol_model", "--steps", "1", "--hidden-dim",
+            "4", "--num-layers", "1", *mistake]
+
+
 ROWS: list[Row] = [
     # -- parallel-sample (checked before any worker starts)
     Row("parallel-size-not-divisible", parallel_sample("--nproc", "3"),
@@ -377,6 +386,33 @@ ROWS: list[Row] = [
     Row("ts-train-out-is-a-file", ts_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
     Row("ts-train-series-too-short", ts_train("--context", "96", "--horizon", "24"),
         ("no series", "120 points")),
+    # -- molecules sample / evaluate / train
+    Row("mol-sample-atoms-zero", mol_sample("--atoms", "0"), ("--atoms", "'0'")),
+    Row("mol-sample-atoms-500", mol_sample("--atoms", "500"), ("--atoms 500", "2 to 64")),
+    Row("mol-sample-n-zero", mol_sample("-n", "0"), ("-n", "'0'")),
+    Row("mol-sample-unknown-reward", mol_sample("--reward", "sweetness"),
+        ("--reward", "sweetness", "qed")),
+    Row("mol-sample-unknown-guidance", mol_sample("--reward", "qed", "--guidance", "dps"),
+        ("--guidance", "dps")),
+    Row("mol-sample-guidance-without-reward", mol_sample("--guidance", "svdd"),
+        ("--guidance svdd", "--reward")),
+    Row("mol-sample-unknown-solver", mol_sample("--solver", "nosuch"), ("--solver", "nosuch")),
+    Row("mol-sample-candidates-zero", mol_sample("--candidates", "0"), ("--candidates",)),
+    Row("mol-sample-checkpoint-empty", mol_sample("--checkpoint", "{tmp}/empty_dir"),
+        ("empty_dir",)),
+    Row("mol-sample-output-read-only", mol_sample("-o", "{tmp}/read_only/m.sdf"),
+        ("-o", "not writable"), read_only=True),
+    Row("mol-evaluate-missing", ["molecules", "evaluate", "{tmp}/missing.sdf"],
+        ("missing.sdf",)),
+    Row("mol-evaluate-empty", ["molecules", "evaluate", "{tmp}/empty.wav"], ("empty.wav",)),
+    Row("mol-evaluate-not-sdf", ["molecules", "evaluate", "{tmp}/not_audio.wav"],
+        ("not_audio.wav", "record 1")),
+    Row("mol-evaluate-unknown-atom-type", ["molecules", "evaluate", "{tmp}/chlorine.sdf"],
+        ("chlorine.sdf", "Cl")),
+    Row("mol-evaluate-folder", ["molecules", "evaluate", "{tmp}/empty_dir"], ("empty_dir",)),
+    Row("mol-train-out-is-a-file", mol_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
+    Row("mol-train-steps-zero", mol_train("--steps", "0"), ("--steps", "'0'")),
+    Row("mol-train-budget-nan", mol_train("--time-budget", NAN), ("--time-budget", "nan")),
 ]
 
 # the driver runs rows one after the other in one process, each with its own stdout/stderr
@@ -438,6 +474,13 @@ def files(tmp_path_factory) -> Path:
             (tmp / folder / name).write_text("not an image")
         else:
             nib.save(nib.Nifti1Image(image, np.eye(4)), tmp / folder / name)
+
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    chlorine = Chem.AddHs(Chem.MolFromSmiles("CCl"))
+    AllChem.EmbedMolecule(chlorine, randomSeed=0)
+    Chem.MolToMolFile(chlorine, str(tmp / "chlorine.sdf"))
     (tmp / "read_only").mkdir()
     os.chmod(tmp / "read_only", 0o555)
     return tmp
@@ -513,7 +556,7 @@ def test_bad_input_row(row: Row, results, files) -> None:
         lines = lines[-1:]
     assert len(lines) == 1, err  # one line, nothing else
     words = row.argv[:2] if row.argv[0] in ("policy", "speech", "timeseries",
-                                            "medical") else row.argv[:1]
+                                            "medical", "molecules") else row.argv[:1]
     prog = "pydiff" if row.id == "no-such-command" else " ".join(["pydiff", *words])
     assert lines[0].startswith(f"{prog}: "), lines[0]
     for culprit in row.culprit:
@@ -524,7 +567,7 @@ def test_no_partial_files_left(results, files) -> None:
     leftovers = [p for p in files.rglob("*") if ".partial" in p.name]
     assert not leftovers, leftovers
     for output in ("sp", "o.wav", "outs", "demo_out", "policy_out", "ts_model",
-                   "ts_forecast.csv"):
+                   "ts_forecast.csv", "m.sdf", "mol_model"):
         assert not (files / output).exists(), output
 
 

@@ -206,3 +206,36 @@ def test_policy_style_training_with_conditioning_and_streaming_times(tmp_path):
     t = torch.tensor([[[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]]]).expand(2, 1, 8)
     torch.testing.assert_close(loaded.x0(x, t, global_cond=cond),
                                trainer.ema_model().x0(x, t, global_cond=cond))
+
+
+def test_fit_stops_after_the_step_that_crosses_the_time_budget(tmp_path):
+    import time
+
+    from pydiff.training import Callback
+
+    class Stamps(Callback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, trainer, logs):
+            self.times.append(time.perf_counter())
+
+    class Slow:
+        """A loss that takes at least 50 ms, so a 0.12 s budget takes several steps."""
+
+        def __call__(self, model, batch, generator):
+            time.sleep(0.05)
+            return DiffusionLoss()(model, batch, generator)
+
+    stamps = Stamps()
+    trainer = make_trainer(tmp_path, ring_batches(), max_steps=100, callbacks=[stamps])
+    trainer.loss_fn = Slow()
+    start = time.perf_counter()
+    trainer.fit(time_budget=0.12)
+    elapsed = [t - start for t in stamps.times]
+    assert 1 <= trainer.step < 100 and len(elapsed) == trainer.step
+    assert elapsed[-1] > 0.12 and all(e <= 0.125 for e in elapsed[:-1])
+    trainer.fit(steps=2)  # no budget: the steps asked for
+    assert len(stamps.times) == trainer.step == len(elapsed) + 2
+    with pytest.raises(ValueError, match="time_budget"):
+        trainer.fit(time_budget=0)

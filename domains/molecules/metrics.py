@@ -9,11 +9,16 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
-from rdkit import Chem
+import numpy as np
+from rdkit import Chem, RDLogger
+
+from pydiff.errors import InputError
 
 from .chemistry import atom_stability, to_mol
+from .data import ATOM_TYPES
 
 
 def evaluate(mols: Sequence[Chem.Mol], training_smiles: Iterable[str] = ()) -> dict[str, float]:
@@ -47,4 +52,61 @@ def evaluate(mols: Sequence[Chem.Mol], training_smiles: Iterable[str] = ()) -> d
             "novelty": len(unique - train) / max(len(unique), 1)}
 
 
-__all__ = ["evaluate"]
+def property_stats(mols: Sequence[Chem.Mol]) -> dict[str, float]:
+    """Mean QED, Crippen logP and ring count of the valid molecules (RDKit rebuilds each from
+    its atoms and coordinates), and the rewards' means over all of them (0 for invalid ones)."""
+    from .rewards import REWARDS
+
+    built = [to_mol([a.GetSymbol() for a in m.GetAtoms()],
+                    [a.GetFormalCharge() for a in m.GetAtoms()], m.GetConformer().GetPositions())
+             for m in mols]
+    valid = [m for m in built if m.GetProp("valid") == "1"]
+    out: dict[str, float] = {}
+    if valid:
+        from rdkit.Chem import QED, Crippen
+
+        out["qed_mean_valid"] = float(np.mean([QED.qed(m) for m in valid]))
+        out["logp_mean_valid"] = float(np.mean([Crippen.MolLogP(m) for m in valid]))
+        out["rings_mean_valid"] = float(np.mean([m.GetRingInfo().NumRings() for m in valid]))
+    for name, fn in REWARDS.items():
+        out[f"reward_{name}_mean"] = float(np.mean([fn(m) for m in built]))
+    out["atoms_mean"] = float(np.mean([m.GetNumAtoms() for m in built]))
+    return out
+
+
+def read_sdf(path: str | os.PathLike) -> list[Chem.Mol]:
+    """Every record of an SDF file as written (unsanitized: invalid molecules are read too);
+    an :class:`pydiff.InputError` naming the file for records without a 3D conformer or with
+    elements outside H, C, N, O, F, or a file with no records."""
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        records = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False))
+    except OSError as e:
+        raise InputError(f"{path} cannot be read as SDF: {e}") from None
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if not records:
+        raise InputError(f"{path} holds no SDF records")
+    for i, mol in enumerate(records):
+        if mol is None:
+            raise InputError(f"{path}: record {i + 1} is not a readable SDF molecule")
+        if mol.GetNumConformers() == 0:
+            raise InputError(f"{path}: record {i + 1} has no conformer (coordinates)")
+        odd = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ATOM_TYPES))
+        if odd:
+            raise InputError(f"{path}: record {i + 1} has atom types {odd}; the metrics know "
+                             f"only {list(ATOM_TYPES)} (with explicit hydrogens)")
+    return records
+
+
+def evaluate_file(path: str | os.PathLike) -> dict[str, float]:
+    """:func:`evaluate` (novelty against the shipped training set) and :func:`property_stats`
+    of an SDF file, with the number of molecules."""
+    from .data import load_molecules
+
+    mols = read_sdf(path)
+    train = [m.GetProp("smiles") for m in load_molecules("train")]
+    return {"molecules": len(mols), **evaluate(mols, train), **property_stats(mols)}
+
+
+__all__ = ["evaluate", "property_stats", "read_sdf", "evaluate_file"]

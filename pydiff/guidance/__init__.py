@@ -11,6 +11,9 @@ accepts them; see :mod:`pydiff.guidance.base`):
 Variational: :func:`red_diff` (RED-diff: the image fitted by Adam with the denoiser's noise
 residual as the regulariser's gradient; no backpropagation through the network).
 
+Derivative-free guidance: :class:`SVDD` (a solver wrapper: each step's candidate next states
+resampled by a reward of their clean estimates, no gradient needed).
+
 Post-step hooks: :class:`DataConsistency` (hard data consistency),
 :class:`pydiff.hooks.InpaintReplace` (replacement); RePaint's jumps are a solver,
 :class:`pydiff.solvers.Resampling` (also importable from here).
@@ -52,9 +55,10 @@ from .gradient import (
     SelfGuidance,
     gaussian_posterior_variance,
 )
+from .svdd import SVDD
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
 from .variational import red_diff
 
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
-           "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff"]
+           "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD"]

@@ -42,6 +42,7 @@ import contextlib
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,15 @@ class Trainer:
                 raise FileNotFoundError(f"resume={resume!r}: no such checkpoint")
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, steps: int | None = None) -> Trainer:
-        """Train until ``max_steps`` (or ``steps`` more steps); returns the trainer."""
+    def fit(self, steps: int | None = None, *, time_budget: float | None = None) -> Trainer:
+        """Train until ``max_steps`` (or ``steps`` more steps); returns the trainer.
+
+        ``time_budget``: seconds of wall clock; training stops after the step that crosses it
+        (a budgeted run on a shared or slow machine; ``trainer.step`` says how far it got).
+        """
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
+        started = time.perf_counter()
         end = self.max_steps if steps is None else self.step + int(steps)
         bar = None
         if self.progress and self.info.rank == 0:
@@ -255,6 +263,8 @@ class Trainer:
                 bar.update(1)
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save_checkpoint()
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                break
         if bar is not None:
             bar.close()
         for cb in self.callbacks:
