@@ -12,7 +12,8 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.training.distill", "pydiff.training.toy_distill",
                 "pydiff.categorical", "pydiff.accel", "pydiff.accel.deepcache",
                 "pydiff.accel.streams", "pydiff.guidance.variational", "pydiff.parallel",
-                "pydiff.parallel.patch", "pydiff.parallel.model"]
+                "pydiff.parallel.patch", "pydiff.parallel.model",
+                "pydiff.guidance.svdd"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
