@@ -357,3 +357,41 @@ def _timeseries_rows() -> list[Row]:
 def test_timeseries_entry_points() -> None:
     pytest.importorskip("gluonts")
     _check_all(_timeseries_rows())
+
+
+# -- molecules ------------------------------------------------------------------------------------
+def _molecule_rows() -> list[Row]:
+    from pydiff.domains.molecules import MoleculeGenerator
+    from pydiff.domains.molecules.metrics import read_sdf
+
+    from pydiff.guidance import SVDD
+
+    gen = MoleculeGenerator.from_pretrained()
+    return [
+        Row("mol-sample-atoms-zero", lambda: gen.sample(2, atoms=0, steps=1), InputError,
+            ("atoms=0", "2 to 64")),
+        Row("mol-sample-atoms-500", lambda: gen.sample(2, atoms=500, steps=1), InputError,
+            ("atoms=500", "2 to 64")),
+        Row("mol-sample-sizes-mismatch", lambda: gen.sample(3, atoms=[9, 9], steps=1),
+            InputError, ("2 sizes", "n=3")),
+        Row("mol-sample-n-zero", lambda: gen.sample(0), InputError, ("n must",)),
+        Row("mol-sample-unknown-reward", lambda: gen.sample(2, steps=1, reward="sweetness"),
+            InputError, ("sweetness", "qed")),
+        Row("mol-sample-guidance-without-reward", lambda: gen.sample(2, guidance="svdd"),
+            InputError, ("guidance", "reward")),
+        Row("mol-sample-unknown-solver", lambda: gen.sample(2, solver="nosuch"), InputError,
+            ("nosuch",)),
+        Row("mol-read-sdf-not-sdf", lambda: read_sdf(__file__), InputError, ("record 1",)),
+        Row("mol-from-pretrained-not-a-model",
+            lambda: MoleculeGenerator.from_pretrained("/nonexistent"), InputError,
+            ("/nonexistent",)),
+        Row("svdd-deterministic-solver", lambda: SVDD("ddim", reward=lambda x0: x0.sum(1)),
+            InputError, ("stochastic", "ddim")),
+        Row("svdd-candidates-zero",
+            lambda: SVDD("ddpm", reward=lambda x0: x0.sum(1), candidates=0), InputError,
+            ("candidates", "0")),
+    ]
+
+
+def test_molecule_entry_points() -> None:
+    _check_all(_molecule_rows())

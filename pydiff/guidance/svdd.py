@@ -84,7 +84,8 @@ class SVDD(Solver):
         self.base = get_solver(solver, **options)
         if not self.base.stochastic or self.base.brownian:
             raise InputError(f"SVDD needs a stochastic solver with Gaussian noise (its candidates "
-                             f"must differ), got {self.base!r}; e.g. 'ddpm', 'euler_ancestral'")
+                             f"must differ), got {self.base.name!r} ({self.base!r}); e.g. 'ddpm', "
+                             "'euler_ancestral'")
         self.reward, self.candidates, self.temperature = reward, candidates, float(temperature)
         self.estimate = estimate
         self.order = self.base.order
