@@ -82,6 +82,20 @@ def test_expert_eval_reports_coverage_beside_success(tmp_path):
     assert "coverage" not in evaluate("expert", "pointmass", [0]).summary
 
 
+def test_shipped_pusht_policy_through_eval_keeps_the_contract(tmp_path):
+    from pydiff.apps.cli import main
+    from pydiff.domains.policy import load
+
+    policy = load("pusht", preset="ddim10")
+    assert policy.config.env == "pusht" and policy.config.obs_dim == 5
+    out = tmp_path / "eval.json"
+    assert main(["policy", "eval", "--env", "pusht", "--seeds", "1", "--seed0", "1002",
+                 "--presets", "ddim10", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["ddim10"]
+    assert {"success", "return", "chunk_latency_ms", "coverage"} <= set(row)
+    assert {"p50", "p99"} <= set(row["chunk_latency_ms"]) and 0.0 <= row["coverage"] <= 1.0
+
+
 def test_demonstrations_round_trip_through_lerobot_layout(tmp_path):
     import pyarrow.parquet as pq
 
