@@ -187,6 +187,19 @@ def test_generator_samples_rdkit_molecules_reproducibly(tmp_path):
     assert len(back) == 6 and all(m.GetNumConformers() == 1 for m in back)
     scores = evaluate_file(path)
     assert scores["molecules"] == 6 and 0 <= scores["validity"] <= 1
+    assert 0 <= scores["close_pairs"] <= 1
+
+
+def test_close_pairs_count_collapsed_atoms():
+    import numpy as np
+    from pydiff.domains.molecules import chemistry
+    from pydiff.domains.molecules.metrics import close_pair_fraction
+
+    mols = data.load_molecules("test", limit=10)
+    assert close_pair_fraction(mols) == 0.0  # MMFF geometries
+    squashed = chemistry.to_mol(["C", "O", "H"], [0, 0, 0],
+                                np.array([[0.0, 0, 0], [0.5, 0, 0], [3.0, 0, 0]]))
+    assert close_pair_fraction([squashed]) == 1 / 3
 
 
 def test_generator_steers_by_an_rdkit_reward_with_a_floor_for_broken_molecules():

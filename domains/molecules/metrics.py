@@ -74,6 +74,18 @@ def property_stats(mols: Sequence[Chem.Mol]) -> dict[str, float]:
     return out
 
 
+def close_pair_fraction(mols: Sequence[Chem.Mol], cutoff: float = 0.7) -> float:
+    """Fraction of all atom pairs (within each molecule) closer than ``cutoff`` Angstrom: atoms
+    that collapsed onto each other, which no bond rule catches."""
+    close = total = 0
+    for mol in mols:
+        pos = mol.GetConformer().GetPositions()
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)[np.triu_indices(len(pos), 1)]
+        close += int((d < cutoff).sum())
+        total += d.size
+    return close / max(total, 1)
+
+
 def read_sdf(path: str | os.PathLike) -> list[Chem.Mol]:
     """Every record of an SDF file as written (unsanitized: invalid molecules are read too);
     an :class:`pydiff.InputError` naming the file for records without a 3D conformer or with
@@ -106,7 +118,8 @@ def evaluate_file(path: str | os.PathLike) -> dict[str, float]:
 
     mols = read_sdf(path)
     train = [m.GetProp("smiles") for m in load_molecules("train")]
-    return {"molecules": len(mols), **evaluate(mols, train), **property_stats(mols)}
+    return {"molecules": len(mols), **evaluate(mols, train), **property_stats(mols),
+            "close_pairs": close_pair_fraction(mols)}
 
 
-__all__ = ["evaluate", "property_stats", "read_sdf", "evaluate_file"]
+__all__ = ["evaluate", "property_stats", "close_pair_fraction", "read_sdf", "evaluate_file"]
