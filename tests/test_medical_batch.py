@@ -177,11 +177,19 @@ def test_killed_job_resumes_to_the_same_arrays_and_a_rerun_changes_nothing(scans
 
 def test_torchrun_two_processes_equal_one(scans, single, tmp_path):
     out = tmp_path / "torchrun"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pydiff.apps.cli", "medical",
-                           "recon", str(scans), str(out), *CT_ARGS],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # its own session: on a timeout the launcher and its workers go together (no orphans)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", "-m", "pydiff.apps.cli", "medical",
+                             "recon", str(scans), str(out), *CT_ARGS],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     _same_arrays(single, out)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["case"] for r in rows] == ["mr_small", "phantom"]
