@@ -115,18 +115,33 @@ def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
             "bytes_sent": parallel.bytes_sent, "calls": parallel.calls}
 
 
+def _single_process_sample(net: torch.nn.Module, size: int, steps: int, seed: int
+                           ) -> torch.Tensor:
+    """The reference sample of ``net`` on one process, made once on rank 0 and broadcast: every
+    rank making it too would multiply the reference's cost by the world size on shared cores."""
+    from ..parallel.model import sample_image
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sample_image(net, size, steps, seed)
+    single = torch.empty(1, 1, size, size)
+    if dist.get_rank() == 0:
+        single = sample_image(net, size, steps, seed)
+    dist.broadcast(single, src=0)
+    return single
+
+
 def patch_modes_vs_single(size: int, steps: int, modes: tuple[str, ...] = ("displaced",
                           "partial"), seed: int = 0, path: str | None = None, **options) -> dict:
     """Sample the shipped patch-parallel model (or the checkpoint at ``path``) in each stale
-    mode and on one process (locally, on every rank); returns the PSNR of each mode against
-    the single-process sample, its bytes per call, and (the exchange's plumbing) the largest
+    mode and on one process (on rank 0, broadcast); returns the PSNR of each mode against the
+    single-process sample, its bytes per call, and (the exchange's plumbing) the largest
     difference of a displaced call on a repeated input, whose stale activations are exact,
     from the single-process output."""
     from ..parallel import PatchParallel
     from ..parallel.model import load_patch_model, psnr, sample_image
 
     net = load_patch_model(path).net
-    single = sample_image(net, size, steps, seed)
+    single = _single_process_sample(net, size, steps, seed)
     out: dict = {"rank": dist_info().rank}
     for mode in modes:
         parallel = PatchParallel(net, mode=mode, **options)
