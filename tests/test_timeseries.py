@@ -55,6 +55,15 @@ def tiny() -> TSDiff:
                                      batch_size=8, progress=False))
 
 
+def test_time_budget_stops_training_early():
+    series = [s.to_numpy() for s in synthetic_series(2).values()]
+    started = time.time()
+    model = train(series, TrainConfig(context=24, horizon=8, steps=10**6, channels=8, blocks=2,
+                                      batch_size=4, progress=False, time_budget=1.0))
+    assert 1 <= model.metadata["steps_done"] < 10**6
+    assert time.time() - started < 30  # the budget, not a million steps
+
+
 # -- data ---------------------------------------------------------------------------------
 def test_statsmodels_series_are_regular_and_real():
     s = statsmodels_series()

@@ -6,9 +6,9 @@ for the input and masked out of the loss) and the unconditional model learns the
 core's denoising loss (:func:`pydiff.training.diffusion_loss`: x0 target, EDM weighting) under
 :class:`pydiff.training.Trainer` (AdamW, warmup, gradient clipping, EMA).
 
-``time_budget`` bounds the wall clock: the trainer runs in chunks of steps and stops after the
-chunk that crosses the budget (the learning rate is constant after warmup, so stopping early
-leaves a consistent model; the EMA weights are the ones returned).
+``time_budget`` bounds the wall clock (window preparation included): the trainer stops after the
+step that crosses it (the learning rate is constant after warmup, so stopping early leaves a
+consistent model; the EMA weights are the ones returned).
 
 Example:
     >>> from pydiff.domains.timeseries.data import synthetic_series
@@ -118,11 +118,10 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
                       max_steps=config.steps, lr=config.lr,
                       lr_scheduler="constant", warmup_steps=config.warmup_steps, ema=True,
                       grad_clip=1.0, seed=config.seed, progress=config.progress)
-    chunk = 50 if config.time_budget is not None else config.steps
-    while trainer.step < config.steps:
-        trainer.fit(steps=min(chunk, config.steps - trainer.step))
-        if config.time_budget is not None and time.time() - started > config.time_budget:
-            break
+    budget = None  # what the window preparation left of the budget (at least one step runs)
+    if config.time_budget is not None:
+        budget = max(config.time_budget - (time.time() - started), 1e-3)
+    trainer.fit(time_budget=budget)
     losses = [row["loss"] for row in trainer.history if "loss" in row]
     recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
               if k != "sampling"}
