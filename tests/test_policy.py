@@ -274,7 +274,10 @@ def test_realtime_loop_counts_missed_deadlines_and_holds():
     # 50 Hz = 20 ms per tick; every 5th call takes 45 ms: misses the deadline by 25 ms,
     # so the actuator holds its last command for 2 ticks each time
     result = run_episode(SlowExpert(0.045, 5), "pointmass", seed=0, hz=50, max_steps=20)
-    assert result.deadline_misses >= 2 and result.held_steps == result.deadline_misses
+    assert result.held_steps >= 2
+    # every miss holds the last command, except a late first tick (nothing to hold yet: under
+    # load the first call can miss too)
+    assert result.held_steps <= result.deadline_misses <= result.held_steps + 1
     assert result.steps == 20
     fast = run_episode(SlowExpert(0.0, 1000), "pointmass", seed=0, hz=10, max_steps=5)
     assert fast.held_steps == 0
