@@ -17,6 +17,9 @@
   :func:`~pydiff.training.toy.train_toy` for demos and tests.
 - :mod:`pydiff.training.procedural`: anatomy-like 2D images made from fixed seeds
   (:class:`~pydiff.training.procedural.ProceduralImages`) to train image priors on.
+- :mod:`pydiff.training.image_prior`: the one recipe for small 2D image priors on those images
+  (:func:`~pydiff.training.image_prior.train_image_prior`; the medical prior and the
+  patch-parallel model are its two presets).
 
 Example:
     >>> import torch, pydiff
