@@ -13,6 +13,10 @@ slice on this CPU (``--threads``).
 
     python benchmarks/medical_recon.py [--size 128] [--threads 2] [--samples 1]
         [--settings ct8,ct4,fan60,limited90,mri4,mri8] [--methods dds,red_diff,...]
+        [--images shepp_logan,CT_small,MR_small] [--steps dds=10,...] [--option dps.scale=0.3]
+
+With ``--samples K > 1`` each row also reports the Pearson correlation between the per-pixel
+posterior std and the actual |error| of the mean (``std_error_corr``).
 
 Writes benchmarks/results/medical_recon.json and prints a markdown table.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -72,12 +77,28 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated subset")
     ap.add_argument("--settings", default="ct8,ct4,mri4,mri8",
                     help=f"comma-separated subset of {','.join(SETTINGS)}")
+    ap.add_argument("--images", default="shepp_logan,CT_small,MR_small",
+                    help="comma-separated subset of the evaluation images")
+    ap.add_argument("--steps", default="",
+                    help="NFE per method, e.g. dds=10,projection=20 (default: the table's)")
+    ap.add_argument("--option", action="append", default=[],
+                    help="a method option, e.g. dps.scale=0.3 or dds.cg=10 (repeatable)")
     ap.add_argument("--out", default="benchmarks/results/medical_recon.json")
     args = ap.parse_args()
+    steps = dict(STEPS, **{k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",")
+                                                  if kv)})
+    options: dict[str, dict[str, float]] = {}
+    for item in args.option:
+        key, value = item.split("=")
+        method, name = key.split(".")
+        options.setdefault(method, {})[name] = float(value) if "." in value or "e" in value \
+            else int(value)
     torch.set_num_threads(args.threads)
     pick = set(args.methods.split(",")) if args.methods else None
+    wanted = set(args.images.split(","))
     images = {f"shepp_logan_{args.size}": shepp_logan(args.size),
               "CT_small": dicom("CT_small.dcm"), "MR_small": dicom("MR_small.dcm")}
+    images = {k: v for k, v in images.items() if k.rsplit("_", 1)[0] in wanted or k in wanted}
     rows = []
     for key in args.settings.split(","):
         modality, label, setting = SETTINGS[key]
@@ -107,12 +128,15 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 out = rec.reconstruct(y, operator=op, method=method,
-                                      steps=STEPS.get(method), n_samples=args.samples)
+                                      steps=steps.get(method), n_samples=args.samples,
+                                      **options.get(method, {}))
                 seconds = time.perf_counter() - start
                 p, s = metrics(out.image, x)
                 row = {"setting": label, "image": name, "size": n, "method": method,
                        "psnr": round(p, 2), "ssim": round(s, 4), "nfe": out.nfe,
-                       "seconds": round(seconds, 2), "samples": args.samples}
+                       "seconds": round(seconds, 2), "samples": args.samples,
+                       "options": options.get(method, {}),
+                       "load": round(os.getloadavg()[0], 1)}
                 if args.samples > 1:
                     err = (out.image - x).abs().flatten()
                     row["std_error_corr"] = round(float(torch.corrcoef(
@@ -123,11 +147,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "threads": args.threads, "rows": rows},
                               indent=1))
-    print("\n| setting | image | method | PSNR | SSIM | NFE | s/slice |")
-    print("|---|---|---|---|---|---|---|")
+    corr = args.samples > 1
+    print("\n| setting | image | method | PSNR | SSIM | NFE | s/slice |"
+          + (" std/|error| corr |" if corr else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if corr else ""))
     for r in rows:
         print(f"| {r['setting']} | {r['image']} ({r['size']}px) | {r['method']} | {r['psnr']} "
-              f"| {r['ssim']} | {r['nfe']} | {r['seconds']} |")
+              f"| {r['ssim']} | {r['nfe']} | {r['seconds']} |"
+              + (f" {r.get('std_error_corr', '')} |" if corr else ""))
 
 
 if __name__ == "__main__":

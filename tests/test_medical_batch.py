@@ -236,3 +236,89 @@ def test_volume_slice_wise_and_mbir_tv(tmp_path):
         row = result.rows[0]
         assert row["shape"] == "33x41x25" and float(row["psnr"]) > 15
     assert case_seed("anatomical") == case_seed("anatomical") != case_seed("anatomical2")
+
+
+def _ct_series(folder: Path, slices: int) -> list[np.ndarray]:
+    """A DICOM series made from CT_small.dcm: ``slices`` files (stored out of order) whose
+    pixels differ per slice, with their own InstanceNumber, position and SOP instance UID."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    images = []
+    for i in range(slices):
+        ds = source.copy()
+        pixels = np.roll(source.pixel_array, 6 * i, axis=1)
+        ds.PixelData = pixels.astype(source.pixel_array.dtype).tobytes()
+        ds.InstanceNumber = i + 1
+        position = [float(v) for v in source.ImagePositionPatient]
+        ds.ImagePositionPatient = position[:2] + [position[2] + 5.0 * i]
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["series test", str(i)])
+        ds.save_as(folder / f"im{slices - i:02d}.dcm", enforce_file_format=True)
+        images.append(pixels)
+    return images
+
+
+def test_dicom_series_in_a_subfolder_is_one_volume_and_measured_volumes_are_used(tmp_path):
+    scans = tmp_path / "in"
+    pixels = _ct_series(scans / "chest", 3)
+    (scans / "notes").mkdir()
+    (scans / "notes" / "readme.txt").write_text("not an image")
+    # a 3-slice NIfTI volume whose measured sinograms are of other images: the files win
+    volume = np.stack([_phantom(32) * (1 + d) for d in range(3)], axis=-1)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), scans / "vol.nii.gz")
+    from pydiff.domains.medical import CTProjector
+    angles = torch.linspace(0, np.pi, 31)[:-1].double()
+    ct = CTProjector(angles=angles, size=32)
+    measured = ct.A(torch.from_numpy(np.ascontiguousarray(volume[..., ::-1].transpose(2, 0, 1)))
+                    [:, None].float())[:, 0]
+    np.save(scans / "vol_sino.npy", measured.numpy())
+    np.save(scans / "vol_angles.npy", angles.numpy())
+    assert [(c.name, c.kind) for c in find_cases(scans)] == [
+        ("chest", "dicom_series"), ("notes", "other"), ("vol", "nifti")]
+    lines: list[str] = []
+    result = run_batch(scans, tmp_path / "out", BatchSettings("ct", "fbp", views=60),
+                       progress=False, log=lines.append)
+    assert (result.done, result.failed) == (2, 1) and "holds no DICOM files" in lines[0]
+    rows = {r["case"]: r for r in result.rows}
+    # the series: one volume in InstanceNumber order (HU), written back one file per slice
+    assert rows["chest"]["shape"] == "128x128x3" and float(rows["chest"]["psnr"]) > 15
+    recon = np.asarray(nib.load(tmp_path / "out" / "chest.nii.gz").dataobj)
+    for d in range(3):
+        assert np.corrcoef(recon[..., d].T.ravel(), pixels[d].ravel())[0, 1] > 0.9
+    outputs = sorted((tmp_path / "out" / "chest").iterdir())
+    assert [p.name for p in outputs] == ["im01.dcm", "im02.dcm", "im03.dcm"]
+    written = [pydicom.dcmread(p) for p in outputs]
+    assert {ds.SeriesInstanceUID for ds in written} == {series_uid("chest", "fbp")}
+    assert len({ds.SOPInstanceUID for ds in written}) == 3
+    for ds in written:  # each file keeps its slice's position and holds that slice
+        d = int(ds.InstanceNumber) - 1
+        assert np.abs(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+                      - recon[..., d].T).max() <= 0.5 * float(ds.RescaleSlope) + 1e-3
+    # the volume: the measured sinograms (of the slices in reverse order) were reconstructed
+    assert rows["vol"]["measurement"] == "vol_sino.npy"
+    out = np.asarray(nib.load(tmp_path / "out" / "vol.nii.gz").dataobj)
+    assert np.abs(out[..., 0] - volume[..., 2]).mean() < np.abs(out[..., 0] - volume[..., 0]
+                                                                ).mean() / 3
+    # a measured file with the wrong number of slices fails its case only, naming the file
+    np.save(scans / "vol_sino.npy", measured[:2].numpy())
+    shutil.rmtree(scans / "chest")
+    result = run_batch(scans, tmp_path / "out2", BatchSettings("ct", "fbp"), progress=False,
+                       log=lines.append)
+    assert "vol_sino.npy" in lines[-1] and "2 slices" in lines[-1]
+
+
+def test_measured_kspace_volume_is_read_per_slice(tmp_path):
+    scans = tmp_path / "mri"
+    scans.mkdir()
+    volume = np.stack([_phantom(32), _phantom(32)[::-1]], axis=-1)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), scans / "head.nii.gz")
+    mask = MRIMask(2, pattern="equispaced")(32, 32, torch.Generator().manual_seed(0))
+    slices = torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 0, 1)))[:, None]
+    kspace = MRIOperator(mask).A(slices)   # [2 slices, 1 coil, 32, 32]
+    np.save(scans / "head_kspace.npy", kspace.numpy())
+    np.save(scans / "head_mask.npy", mask.numpy())
+    result = run_batch(scans, tmp_path / "out", BatchSettings("mri", "cg_sense"), progress=False)
+    row = result.rows[0]
+    assert result.done == 1 and row["measurement"] == "head_kspace.npy"
+    assert row["shape"] == "32x32x2" and float(row["psnr"]) > 20

@@ -13,6 +13,7 @@ from pydiff.domains.medical import (
     MRIOperator,
     PoissonNoise,
     coil_sensitivities,
+    operators,
     shepp_logan,
 )
 
@@ -49,12 +50,32 @@ CT_CASES = {
 }
 
 
+@pytest.mark.parametrize("path", ["sparse", "grid"])
 @pytest.mark.parametrize("case", sorted(CT_CASES))
-def test_ct_adjoint_dot_product(case):
+def test_ct_adjoint_dot_product(case, path, monkeypatch):
+    # small CPU geometries run as a sparse matrix; CUDA and large ones through grid_sample
+    if path == "grid":
+        monkeypatch.setattr(operators, "_SPARSE_SAMPLES", 0)
     g = torch.Generator().manual_seed(0)
     ct = CTProjector(size=48, **CT_CASES[case])
     x = torch.randn(2, 3, 48, 48, generator=g)   # batch of 2, three slices each
     assert _dot_test(ct, x, g) < 1e-4
+    assert (ct._sparse(x.dtype, x.device) is None) == (path == "grid")
+
+
+@pytest.mark.parametrize("case", ["fan_custom", "limited_angle"])
+def test_ct_sparse_matrix_is_the_grid_sample_operator(case, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 40, 40, generator=g, dtype=torch.float64)
+    sparse = CTProjector(size=40, **CT_CASES[case])
+    y = sparse.A(x)
+    r = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    back = sparse.A_adjoint(r)
+    monkeypatch.setattr(operators, "_SPARSE_SAMPLES", 0)
+    grid = CTProjector(size=40, **CT_CASES[case])
+    assert grid._sparse(x.dtype, x.device) is None and sparse._grids
+    assert torch.allclose(grid.A(x), y, rtol=0, atol=1e-10 * float(y.abs().max()))
+    assert torch.allclose(grid.A_adjoint(r), back, rtol=0, atol=1e-10 * float(back.abs().max()))
 
 
 @pytest.mark.parametrize("pattern", ["random", "equispaced"])

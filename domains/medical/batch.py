@@ -15,10 +15,14 @@ extensions):
 Inputs are read through MONAI's readers (:class:`monai.data.NibabelReader`,
 :class:`monai.data.PydicomReader`: the affine, i.e. spacing and orientation, is kept; DICOM
 values are rescaled to their physical units). A 2D image (also ``H x W x 1``) is one slice; a
-3D volume is reconstructed slice by slice, or as a whole with ``mbir_tv``. The measurement is
-simulated from the image with a random stream seeded by the case name, unless measured files
-sit beside it: ``<case>_sino.npy`` ``[angles, detectors]`` with ``<case>_angles.npy`` (radians)
-for CT, ``<case>_kspace.npy`` (complex ``[coils, H, W]``) with ``<case>_mask.npy`` for MRI.
+3D volume is reconstructed slice by slice, or as a whole with ``mbir_tv``. A subfolder of DICOM
+files is one series, read as one volume (slices in ``InstanceNumber`` order, as MONAI stacks
+them; the case is the subfolder's name) and written back as a DICOM series, one file per slice,
+in ``OUTPUT_DIR/<case>/``. The measurement is simulated from the image with a random stream
+seeded by the case name, unless measured files sit beside it: ``<case>_sino.npy``
+``[angles, detectors]`` (``[slices, angles, detectors]`` for a volume) with
+``<case>_angles.npy`` (radians) for CT, ``<case>_kspace.npy`` (complex ``[coils, H, W]``, or
+``[slices, coils, H, W]``) with ``<case>_mask.npy`` ``[H, W]`` for MRI.
 
 Guarantees:
 
@@ -147,7 +151,8 @@ class BatchResult:
 
 @dataclass
 class Case:
-    """One input: a file, its case name, and its kind (``"nifti"`` or ``"dicom"``)."""
+    """One input: a file (or a series' folder), its case name, and its kind (``"nifti"``,
+    ``"dicom"``, ``"dicom_series"`` or ``"other"``)."""
 
     name: str
     path: Path
@@ -186,13 +191,17 @@ def find_cases(input_dir: str | os.PathLike) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or \
-                path.name.endswith(MEASURED_SUFFIXES):
+        if path.name.startswith(".") or path.name.endswith(MEASURED_SUFFIXES):
             continue
-        name = path.name.lower()
-        kind = "nifti" if name.endswith((".nii", ".nii.gz")) else \
-            "dicom" if _is_dicom(path) else "other"
-        case = Case(case_name(path), path, kind)
+        if path.is_dir():  # a DICOM series; a folder of anything else fails as its own case
+            case = Case(path.name, path, "dicom_series" if _series_files(path) else "other")
+        elif path.is_file():
+            name = path.name.lower()
+            kind = "nifti" if name.endswith((".nii", ".nii.gz")) else \
+                "dicom" if _is_dicom(path) else "other"
+            case = Case(case_name(path), path, kind)
+        else:
+            continue
         if case.name in seen:
             raise InputError(f"INPUT_DIR {str(folder)!r}: {seen[case.name].name!r} and "
                              f"{path.name!r} give the same case name {case.name!r}")
@@ -203,10 +212,31 @@ def find_cases(input_dir: str | os.PathLike) -> list[Case]:
     return cases
 
 
+def _series_files(folder: Path) -> list[Path]:
+    """The DICOM files directly inside ``folder`` (sorted by name)."""
+    return [p for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and _is_dicom(p)]
+
+
+def _series_datasets(folder: Path) -> list[Any]:
+    """The series' datasets in MONAI's slice order (``InstanceNumber``; MONAI skips slices
+    without one), each with its file name in ``.source_name``."""
+    import pydicom
+
+    datasets = []
+    for path in _series_files(folder):
+        ds = pydicom.dcmread(path)
+        if "InstanceNumber" in ds:
+            ds.source_name = path.name
+            datasets.append(ds)
+    return sorted(datasets, key=lambda ds: ds.InstanceNumber)
+
+
 @dataclass
 class Volume:
     """An input read through MONAI: ``data`` ``[D, H, W]`` (float64, slices first), the affine,
-    the array's original shape, and for DICOM the source dataset."""
+    the array's original shape, and for DICOM the source dataset (a list of them, in slice
+    order, for a series)."""
 
     data: np.ndarray
     affine: np.ndarray
@@ -220,17 +250,21 @@ def read_case(case: Case) -> Volume:
     from monai.transforms import LoadImage
 
     if case.kind == "other":
+        if case.path.is_dir():
+            raise InputError(f"folder {case.path.name!r} holds no DICOM files (a subfolder of "
+                             "INPUT_DIR is read as one DICOM series)")
         raise InputError(f"{case.path.name!r} is neither DICOM nor NIfTI (.nii, .nii.gz)")
     # MONAI announces each time that its optional GPU DICOM decoder is missing (CPU is fine)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     reader = NibabelReader() if case.kind == "nifti" else PydicomReader()
+    kind = "a DICOM series" if case.kind == "dicom_series" else case.kind.upper()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MONAI's optional GPU decoder plugin notices
             image = LoadImage(reader=reader, image_only=True)(str(case.path))
     except Exception as err:  # any reader failure is this file's problem, not pydiff's
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{case.path.name!r} cannot be read as {case.kind.upper()}: "
+        raise InputError(f"{case.path.name!r} cannot be read as {kind}: "
                          f"{first[:200]}") from None
     array = np.asarray(image.numpy(), dtype=np.float64)
     shape = tuple(array.shape)
@@ -250,6 +284,11 @@ def read_case(case: Case) -> Volume:
     if case.kind == "dicom":
         import pydicom
         dicom = pydicom.dcmread(case.path)
+    elif case.kind == "dicom_series":
+        dicom = _series_datasets(case.path)
+        if len(dicom) != array.shape[2]:
+            raise InputError(f"{case.path.name!r}: MONAI read {array.shape[2]} slices but "
+                             f"{len(dicom)} files have an InstanceNumber")
     affine = np.asarray(image.affine, dtype=np.float64)
     return Volume(np.ascontiguousarray(array.transpose(2, 0, 1)), affine, shape, dicom)
 
@@ -317,19 +356,22 @@ def measure(case: Case, volume: Volume, settings: BatchSettings) -> Measurement:
         padded, _ = _pad_square(slices[None])
         side = padded.shape[-1]
         if measured is not None:
-            if D != 1:
-                raise InputError(f"{measured[0].name!r}: measured sinograms are read for 2D "
-                                 f"cases; {case.path.name!r} has {D} slices")
             sino, angles = (_load_npy(p) for p in measured)
-            if sino.ndim != 2 or angles.ndim != 1 or angles.shape[0] != sino.shape[0] or \
+            if sino.ndim == 2:
+                sino = sino[None]
+            if sino.ndim != 3 or angles.ndim != 1 or angles.shape[0] != sino.shape[1] or \
                     not np.isfinite(sino).all():
                 raise InputError(f"{measured[0].name!r} must be a finite [angles, detectors] "
-                                 f"array with one angle per row in {measured[1].name!r}; got "
-                                 f"{sino.shape} and {angles.shape}")
+                                 f"(or [slices, angles, detectors]) array with one angle per "
+                                 f"view in {measured[1].name!r}; got {sino.shape} and "
+                                 f"{angles.shape}")
+            if sino.shape[0] != D:
+                raise InputError(f"{measured[0].name!r} holds {sino.shape[0]} slices' "
+                                 f"sinograms; {case.path.name!r} has {D} slices")
             ct = CTProjector(angles=torch.from_numpy(angles.astype(np.float64)), size=side,
-                             geometry=settings.geometry, detectors=int(sino.shape[1]))
-            y = torch.from_numpy(sino.astype(np.float32))[None, None]
-            return Measurement([ct], [y], [ct.fbp(y)], measured[0].name,
+                             geometry=settings.geometry, detectors=int(sino.shape[2]))
+            ys = [torch.from_numpy(s.astype(np.float32))[None, None] for s in sino]
+            return Measurement([ct] * D, ys, [ct.fbp(y) for y in ys], measured[0].name,
                                pad=side - min(H, W))
         ct = CTProjector(angles=settings.views, size=side, geometry=settings.geometry)
         ys = [_add_noise(ct.A(padded[:, d:d + 1]), settings.noise_level, g) for d in range(D)]
@@ -337,21 +379,29 @@ def measure(case: Case, volume: Volume, settings: BatchSettings) -> Measurement:
                            pad=side - min(H, W))
     measured = _measured_files(case, ("_kspace.npy", "_mask.npy"))
     if measured is not None:
-        if D != 1:
-            raise InputError(f"{measured[0].name!r}: measured k-space is read for 2D cases; "
-                             f"{case.path.name!r} has {D} slices")
         kspace, mask = (_load_npy(p) for p in measured)
-        if kspace.ndim != 3 or tuple(kspace.shape[1:]) != (H, W) or \
+        if kspace.ndim == 3:
+            kspace = kspace[None]
+        if kspace.ndim != 4 or tuple(kspace.shape[2:]) != (H, W) or \
                 tuple(mask.shape) != (H, W) or not np.isfinite(kspace).all():
             raise InputError(f"{measured[0].name!r} must be finite complex [coils, {H}, {W}] "
-                             f"and {measured[1].name!r} [{H}, {W}]; got {kspace.shape} and "
-                             f"{mask.shape}")
-        k = torch.from_numpy(kspace.astype(np.complex64))
+                             f"(or [slices, coils, {H}, {W}]) and {measured[1].name!r} "
+                             f"[{H}, {W}]; got {kspace.shape} and {mask.shape}")
+        if kspace.shape[0] != D:
+            raise InputError(f"{measured[0].name!r} holds {kspace.shape[0]} slices' k-space; "
+                             f"{case.path.name!r} has {D} slices")
+        if kspace.shape[1] > 1 and D > 1 and settings.method == "mbir_tv":
+            raise InputError(f"{measured[0].name!r}: mbir_tv takes one operator for all "
+                             "slices, and measured multi-coil k-space has coil maps per "
+                             "slice; use a slice-wise method (dds, projection, ...)")
         m = torch.from_numpy(mask != 0)
-        maps = estimate_sensitivities(k, m) if k.shape[0] > 1 else None
-        mri = MRIOperator(m, sensitivities=maps)
-        y = k[None] * m
-        return Measurement([mri], [y], [mri.zero_filled(y)], measured[0].name)
+        operators, ys = [], []
+        for slice_k in torch.from_numpy(kspace.astype(np.complex64)):
+            maps = estimate_sensitivities(slice_k, m) if slice_k.shape[0] > 1 else None
+            operators.append(MRIOperator(m, sensitivities=maps))
+            ys.append(slice_k[None] * m)
+        return Measurement(operators, ys, [op.zero_filled(y) for op, y in zip(operators, ys)],
+                           measured[0].name)
     mask = MRIMask(settings.acceleration)(H, W, generator=g)
     maps = coil_sensitivities(max(H, W), settings.coils)[:, :H, :W]
     mri = MRIOperator(mask, sensitivities=maps)
@@ -434,10 +484,12 @@ def series_uid(case: str, method: str) -> str:
     return generate_uid(entropy_srcs=["pydiff medical recon", case, method])
 
 
-def write_dicom(path: Path, source: Any, image: np.ndarray, case: str, method: str) -> None:
+def write_dicom(path: Path, source: Any, image: np.ndarray, case: str, method: str,
+                instance: str = "") -> None:
     """The reconstruction (``[H, W]`` in MONAI's array layout, physical units) as a DICOM file
-    of a new derived series: the source's patient and study, stored values through the
-    source's rescale slope/intercept."""
+    of a new derived series: the source's patient and study (and slice position), stored values
+    through the source's rescale slope/intercept. ``instance`` tells a series' files apart
+    (their SOP instance UIDs)."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -454,7 +506,7 @@ def write_dicom(path: Path, source: Any, image: np.ndarray, case: str, method: s
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.SeriesInstanceUID = series_uid(case, method)
     ds.SOPInstanceUID = generate_uid(entropy_srcs=["pydiff medical recon", case, method,
-                                                   "instance"])
+                                                   "instance"] + ([instance] if instance else []))
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SeriesDescription = f"pydiff {method} reconstruction"[:64]
@@ -540,7 +592,12 @@ def process_case(reconstructor: Reconstructor, case: Case, output_dir: Path,
     if settings.samples > 1:
         outputs.append(f"{case.name}_std.nii.gz")
         write_nifti(output_dir / outputs[-1], layout(std), volume.affine)
-    if volume.dicom is not None:
+    if isinstance(volume.dicom, list):  # a series: one file per slice, in <case>/
+        for d, source in enumerate(volume.dicom):
+            outputs.append(f"{case.name}/{source.source_name}")
+            write_dicom(output_dir / outputs[-1], source, recon[d].numpy(), case.name,
+                        settings.method, instance=source.source_name)
+    elif volume.dicom is not None:
         outputs.append(f"{case.name}.dcm")
         write_dicom(output_dir / outputs[-1], volume.dicom, recon[0].numpy(), case.name,
                     settings.method)

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,14 @@ _RAY_STEP = 1.0
 # Upper bound on ray samples evaluated per grid_sample call: bounds the memory of the sampling
 # grid (two floats per sample) whatever the number of views.
 _SAMPLES_PER_CHUNK = 1 << 22
+# Grids of a projector with at most this many ray samples in all are kept between calls
+# (iterative methods call A and A^T hundreds of times; building the grid cost more than
+# sampling it). Larger geometries (hundreds of views) rebuild theirs per call.
+_CACHED_SAMPLES = 1 << 23
+# On the CPU a geometry with at most this many ray samples (sparse views) becomes a sparse
+# matrix of its bilinear weights, built once: a sparse product is several times faster than
+# grid_sample, and far faster than the scatter of grid_sampler_2d_backward that A^T needs.
+_SPARSE_SAMPLES = 1 << 22
 
 
 def _check_image(x: torch.Tensor, size: int, name: str = "x") -> None:
@@ -53,6 +62,13 @@ def _check_image(x: torch.Tensor, size: int, name: str = "x") -> None:
 # --------------------------------------------------------------------------------------------
 # CT
 # --------------------------------------------------------------------------------------------
+
+
+def _offsets(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """CSR row offsets ``[count + 1]`` of sorted row indices."""
+    offsets = torch.zeros(count + 1, dtype=torch.long)
+    offsets[1:] = torch.bincount(rows, minlength=count).cumsum(0)
+    return offsets
 
 
 class _GridSampleSum(torch.autograd.Function):
@@ -80,8 +96,9 @@ class CTProjector(torch.nn.Module):
     The image is ``size x size`` pixels of unit width centred on the rotation axis. A ray integral
     is the sum of bilinear samples of the image taken every pixel along the ray (times the step),
     so ``A`` is a fixed linear map and ``A_adjoint`` is its exact transpose, computed from the same
-    sample weights. Nothing is stored but the geometry; the sampling grid is rebuilt per chunk of
-    views, so memory stays bounded for any number of views.
+    sample weights. The sampling grid is built per chunk of views, so memory stays bounded for any
+    number of views; a small geometry (sparse views) keeps its grid between calls, and on the CPU
+    becomes a sparse matrix of the same weights (built once; several times faster).
 
     Args:
         angles: an int ``n`` for ``n`` equispaced views (over 180 degrees for parallel beam,
@@ -143,6 +160,7 @@ class CTProjector(torch.nn.Module):
             raise InputError(f"detectors must be a positive int, got {detectors!r}")
         self.detectors = detectors
         self.samples = 2 * math.ceil(radius / _RAY_STEP)
+        self._grids: dict[tuple, torch.Tensor] = {}
 
     @staticmethod
     def _angles(angles, geometry: str) -> torch.Tensor:
@@ -200,13 +218,75 @@ class CTProjector(torch.nn.Module):
         for start in range(0, self.angles.numel(), views):
             yield start, self.angles[start:start + views]
 
+    def _chunk_grid(self, start: int, angles: torch.Tensor, dtype: torch.dtype,
+                    device) -> torch.Tensor:
+        """:meth:`_grid` of the chunk of views from ``start``, kept for the next call when the
+        whole geometry is small enough (``_CACHED_SAMPLES``)."""
+        if self.angles.numel() * self.samples * self.detectors > _CACHED_SAMPLES:
+            return self._grid(angles, dtype, device)
+        key = (start, angles.numel(), dtype, torch.device(device))
+        grid = self._grids.get(key)
+        if grid is None:
+            grid = self._grids[key] = self._grid(angles, dtype, device)
+        return grid
+
+    def _sparse(self, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, A^T)`` as CSR matrices over flattened images, for a small geometry on the CPU
+        in float32/64 (built once per dtype, from exactly the weights ``grid_sample`` uses:
+        bilinear, zero padding, ``align_corners=False``); None where the grid path runs."""
+        if (torch.device(device).type != "cpu" or dtype not in (torch.float32, torch.float64)
+                or self.angles.numel() * self.samples * self.detectors > _SPARSE_SAMPLES):
+            return None
+        key = ("sparse", dtype)
+        if key not in self._grids:
+            self._grids[key] = self._build_sparse(dtype)
+        return self._grids[key]
+
+    def _build_sparse(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        n, views, rays = self.size, self.angles.numel(), self.angles.numel() * self.detectors
+        grid = self._grid(self.angles, torch.float64, "cpu")[0].reshape(
+            views, self.samples, self.detectors, 2)
+        # grid_sample's pixel coordinates (align_corners=False): -1 is the outer pixel edge
+        ix, iy = ((grid[..., 0] + 1) * n - 1) / 2, ((grid[..., 1] + 1) * n - 1) / 2
+        near = (ix > -1) & (ix < n) & (iy > -1) & (iy < n)  # touches at least one pixel
+        ray = (torch.arange(views)[:, None, None] * self.detectors
+               + torch.arange(self.detectors)[None, None, :]).expand_as(ix)[near]
+        ix, iy = ix[near], iy[near]
+        x0, y0 = ix.floor(), iy.floor()
+        fx, fy = ix - x0, iy - y0
+        x0, y0 = x0.long(), y0.long()
+        keys, weights = [], []
+        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                          (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            xx, yy = x0 + dx, y0 + dy
+            inside = (xx >= 0) & (xx < n) & (yy >= 0) & (yy < n)
+            keys.append(ray[inside] * (n * n) + yy[inside] * n + xx[inside])
+            weights.append(w[inside])
+        # a ray's samples share pixels: sum their weights into one entry per (ray, pixel)
+        keys, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        values = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(
+            0, inverse, torch.cat(weights)) * _RAY_STEP
+        rows, cols = keys // (n * n), keys % (n * n)
+        order = torch.argsort(cols * rays + rows)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            forward = torch.sparse_csr_tensor(_offsets(rows, rays), cols, values.to(dtype),
+                                              (rays, n * n))
+            transpose = torch.sparse_csr_tensor(_offsets(cols, n * n), rows[order],
+                                                values[order].to(dtype), (n * n, rays))
+        return forward, transpose
+
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[:2]
+        sparse = self._sparse(x.dtype, x.device)
+        if sparse is not None:
+            flat = x.reshape(B * C, self.size * self.size).t()
+            return (sparse[0] @ flat).t().reshape(B, C, *self.sinogram_shape)
         # Channels share one sampling grid, so batch and slices travel as channels of one image.
         image = x.reshape(1, B * C, self.size, self.size)
         out = []
-        for _, angles in self._chunks():
-            grid = self._grid(angles, x.dtype, x.device)
+        for start, angles in self._chunks():
+            grid = self._chunk_grid(start, angles, x.dtype, x.device)
             samples = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
                                     align_corners=False)
             out.append(samples.reshape(B * C, angles.numel(), self.samples, self.detectors)
@@ -215,10 +295,14 @@ class CTProjector(torch.nn.Module):
 
     def _backproject(self, y: torch.Tensor) -> torch.Tensor:
         B, C = y.shape[:2]
+        sparse = self._sparse(y.dtype, y.device)
+        if sparse is not None:
+            flat = y.reshape(B * C, -1).t()
+            return (sparse[1] @ flat).t().reshape(B, C, self.size, self.size)
         sino = y.reshape(B * C, *self.sinogram_shape)
         image = torch.zeros(1, B * C, self.size, self.size, dtype=y.dtype, device=y.device)
         for start, angles in self._chunks():
-            grid = self._grid(angles, y.dtype, y.device)
+            grid = self._chunk_grid(start, angles, y.dtype, y.device)
             views = angles.numel()
             # Transpose of "sum over samples": spread each ray value over its samples.
             spread = (sino[:, start:start + views, None, :] * _RAY_STEP).expand(

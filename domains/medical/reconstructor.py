@@ -253,11 +253,12 @@ class Reconstructor:
                                              scale=options.get("scale", 1.0))
                 return pydiff.sample(guided, x_T, "ddim", steps=steps, generator=g,
                                      eta=options.get("eta", 1.0))
+            adjoint = self._real_adjoint(operator)  # exact, cheaper than autograd's VJP
             if method == "projection":
-                hook = DataConsistency(a, y_u, iterations=cg, noise="fresh")
+                hook = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="fresh")
                 return pydiff.sample(model, x_T, "ddim", steps=steps, generator=g,
                                      hooks=[hook], eta=options.get("eta", 1.0))
-            dc = DataConsistency(a, y_u, iterations=cg, noise="none")
+            dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none")
             projected = ProjectX0(model, lambda x0, t: dc.project(x0))
             return pydiff.sample(projected, x_T, "ddim", steps=steps, generator=g,
                                  eta=options.get("eta", 0.85))
