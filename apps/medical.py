@@ -17,7 +17,8 @@ Example:
     $ torchrun --nproc_per_node 2 -m pydiff.apps.cli medical recon scans/ out/ --modality mri \
           --acceleration 4 --method projection
     $ nice -n 10 pydiff medical train -o prior/ --minutes 25
-    $ pydiff medical train -o prior_gpu/ --minutes 240 --base-channels 64 --batch-size 64
+    $ pydiff medical train -o prior_gpu/ --device cuda --minutes 8 --base-channels 40 \
+          --batch-size 64 --pool 8192 --ema 0.999
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--batch-size", type=positive_int, default=None)
     t.add_argument("--base-channels", type=positive_int, default=None)
     t.add_argument("--crop", type=positive_int, default=None, help="training patch side")
+    t.add_argument("--pool", type=positive_int, default=None,
+                   help="procedural images drawn up front (default 1024)")
+    t.add_argument("--pool-size", type=positive_int, default=None,
+                   help="their side in pixels (default 128)")
+    t.add_argument("--lr", type=positive_float, default=None, help="AdamW rate (1e-3)")
+    t.add_argument("--ema", type=nonnegative_float, default=None,
+                   help="EMA decay of the saved weights, in [0, 1) (0.998)")
+    t.add_argument("--max-mb", type=positive_float, default=None,
+                   help="refuse a network whose checkpoint would pass this many MB (16)")
     t.add_argument("--seed", type=nonnegative_int, default=None)
     t.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     t.add_argument("--device", default=None, help="cpu (default) or cuda")
@@ -85,19 +95,34 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch
     from pydiff.domains.medical.prior import PriorConfig, train_prior
+
+    from pydiff.errors import InputError
+    from pydiff.training import load_config
 
     config = PriorConfig(modality=args.modality)
     for name, key in (("minutes", "minutes"), ("steps", "max_steps"),
                       ("batch_size", "batch_size"), ("base_channels", "base_channels"),
-                      ("crop", "crop"), ("seed", "seed"), ("threads", "threads")):
+                      ("crop", "crop"), ("pool", "pool"), ("pool_size", "pool_size"),
+                      ("lr", "lr"), ("ema", "ema"), ("max_mb", "max_megabytes"),
+                      ("seed", "seed"), ("threads", "threads")):
         value = getattr(args, name)
         if value is not None:
             setattr(config, key, value)
+    config.check()
+    if args.device is not None:
+        kind = args.device.split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise InputError(f"--device {args.device!r}: expected cpu or cuda (cuda:N)")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device!r}: this torch sees no CUDA device")
     check_output(args.output, "output (-o)", folder=True)
     model = train_prior(config, args.output, device=args.device)
+    meta = load_config(args.output)["metadata"]
     print(json.dumps({"output": args.output,
-                      "parameters": sum(p.numel() for p in model.net.parameters())}))
+                      "parameters": sum(p.numel() for p in model.net.parameters()),
+                      "steps": meta["steps"], "final_loss": meta["final_loss"]}))
     return 0
 
 

@@ -111,6 +111,7 @@ def test_time_budget_stops_training(tmp_path):
     (dict(crop=64), "--crop 64"),
     (dict(minutes=0.0), "--minutes"),
     (dict(whole=1.5), "whole"),
+    (dict(ema=1.0), "--ema"),
     (dict(base_channels=16, max_megabytes=1.0), "1.5 MB, over the limit of 1 MB"),
 ])
 def test_bad_recipes_are_refused_before_training(tmp_path, change, culprit):

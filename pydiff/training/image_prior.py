@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -103,6 +102,8 @@ class ImagePriorRecipe:
                              f"{self.pool_size}")
         if not 0.0 <= self.whole <= 1.0:
             raise InputError(f"whole={self.whole}: expected a share in [0, 1]")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"--ema {self.ema}: expected a decay in [0, 1)")
         for name in ("max_steps", "pool", "batch_size", "base_channels", "num_res_blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}: expected >= 1")
@@ -237,7 +238,7 @@ def train_image_prior(recipe: ImagePriorRecipe, output: str | os.PathLike, *,
         losses = [h["loss"] for h in trainer.history if "loss" in h][-10:]
         meta = {**(metadata or {}), "recipe": asdict(recipe), "steps": trainer.step,
                 "train_seconds": round(time.monotonic() - start, 1),
-                "final_loss": sum(losses) / len(losses) if losses else math.nan,
+                "final_loss": sum(losses) / len(losses) if losses else None,
                 "data": "pydiff.training.procedural", "range": [-1.0, 1.0]}
         trainer.save_pretrained(Path(output), metadata=meta)
         return trainer.ema_model()
