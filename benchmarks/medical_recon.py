@@ -91,12 +91,15 @@ def main() -> None:
     args = ap.parse_args()
     steps = dict(STEPS, **{k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",")
                                                   if kv)})
-    options: dict[str, dict[str, float]] = {}
+    options: dict[str, dict[str, float | int | str]] = {}
     for item in args.option:
         key, value = item.split("=")
         method, name = key.split(".")
-        options.setdefault(method, {})[name] = float(value) if "." in value or "e" in value \
-            else int(value)
+        try:
+            parsed: float | int | str = float(value) if "." in value else int(value)
+        except ValueError:
+            parsed = value  # a name, e.g. dds.warm_start=tv
+        options.setdefault(method, {})[name] = parsed
     torch.set_num_threads(args.threads)
     pick = set(args.methods.split(",")) if args.methods else None
     wanted = set(args.images.split(","))

@@ -152,7 +152,9 @@ class Reconstructor:
             value_range: the image's ``(lo, hi)`` in its units (default: estimated).
             generator / seed: the random stream (default: seeded by ``seed``).
             options: ``scale`` (DPS zeta), ``cg`` (CG iterations of projection/DDS), ``eta``
-                (DDIM eta), ``weight`` (TV weight relative to the value range),
+                (DDIM eta), ``warm_start`` (``"tv"``: projection/DDS start from the TV
+                reconstruction noised to ``t_start``, sigma in the prior's units, default 0.5),
+                ``weight`` (TV weight relative to the value range),
                 ``iterations`` (TV/CG-SENSE iterations), ``lr`` and ``lam`` (RED-diff's Adam
                 rate and regulariser weight).
         """
@@ -247,6 +249,19 @@ class Reconstructor:
             return red_diff(model, lambda v: a(v) / norm, y_u / norm, x_init, steps,
                             lr=options.get("lr", 0.05), weight=options.get("lam", 0.25),
                             t_start=options.get("t_start"), generator=g)
+        t_start = None
+        if options.get("warm_start") == "tv" and method in ("dds", "projection"):
+            # SDEdit-style: the TV reconstruction noised to sigma = t_start, then the method
+            # from there (fewer, lower-noise steps; the prior corrects TV's staircase)
+            weight = options.get("weight", 0.01 if isinstance(operator, CTProjector) else 0.003)
+            start = tv_reconstruct(operator, y, weight=weight * (hi - lo),
+                                   iterations=options.get("iterations", 300))
+            x_init = ((start - c0) / c1).clamp(-1, 1).expand(shape).to(like.dtype)
+            t_start = float(options.get("t_start", 0.5))
+            x_T = pydiff.add_noise(model.schedule, x_init, t_start, generator=g)
+        elif options.get("warm_start") not in (None, "noise"):
+            raise InputError(f"warm_start={options.get('warm_start')!r}: expected 'noise' or "
+                             "'tv' (dds and projection)")
         with torch.no_grad():
             if method == "dps":
                 guided = MeasurementGuidance(model, a, y_u, step="dps",
@@ -257,11 +272,12 @@ class Reconstructor:
             if method == "projection":
                 hook = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="fresh")
                 return pydiff.sample(model, x_T, "ddim", steps=steps, generator=g,
-                                     hooks=[hook], eta=options.get("eta", 1.0))
+                                     hooks=[hook], eta=options.get("eta", 1.0),
+                                     t_start=t_start)
             dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none")
             projected = ProjectX0(model, lambda x0, t: dc.project(x0))
             return pydiff.sample(projected, x_T, "ddim", steps=steps, generator=g,
-                                 eta=options.get("eta", 0.85))
+                                 eta=options.get("eta", 0.85), t_start=t_start)
 
     def reconstruct_volume(self, y: Tensor | list[Tensor], operator, steps: int | None = None,
                            n_samples: int = 1, *, value_range: tuple[float, float] | None = None,
