@@ -78,6 +78,10 @@ def register(subparsers, help_text: str) -> None:
     t.add_argument("--lr", type=positive_float, default=None)
     t.add_argument("--seed", type=int_at_least(0), default=None)
     t.add_argument("--threads", type=positive_int, default=None)
+    t.add_argument("--balance", default=None, choices=("series", "windows"),
+                   help="batch rows: each series alike (default) or each window alike")
+    t.add_argument("--stride", type=positive_int, default=None,
+                   help="points between the starts of consecutive training windows (default 2)")
     t.set_defaults(func=run_train)
 
     e = cmds.add_parser("evaluate", help="rolling-origin backtest of TSDiff against baselines "
@@ -194,7 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
         series.update(holdout_split(training_mixture(), args.horizon, HOLDOUT_WINDOWS)[0])
     config = TrainConfig(kind=args.kind, context=args.context, horizon=args.horizon)
     for name in ("steps", "time_budget", "batch_size", "channels", "blocks", "lr", "seed",
-                 "threads"):
+                 "threads", "balance", "stride"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

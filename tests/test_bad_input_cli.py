@@ -394,6 +394,8 @@ ROWS: list[Row] = [
     Row("ts-train-out-is-a-file", ts_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
     Row("ts-train-series-too-short", ts_train("--context", "96", "--horizon", "24"),
         ("no series", "120 points")),
+    Row("ts-train-unknown-balance", ts_train("--balance", "rows"), ("--balance", "rows")),
+    Row("ts-train-stride-zero", ts_train("--stride", "0"), ("--stride", "'0'")),
     # -- molecules sample / evaluate / train
     Row("mol-sample-atoms-zero", mol_sample("--atoms", "0"), ("--atoms", "'0'")),
     Row("mol-sample-atoms-500", mol_sample("--atoms", "500"), ("--atoms 500", "2 to 64")),

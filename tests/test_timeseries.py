@@ -90,6 +90,18 @@ def test_windows_are_mean_scaled_and_mask_missing_values():
     torch.testing.assert_close(means, torch.ones_like(means))
     assert w["mask"][0, 0, 5] == 0 and torch.isfinite(w["values"]).all()
     assert float(mean_scale(np.zeros(5))) == 1.0
+    # each window knows its series (what balanced training draws by); too short gives none
+    w = make_windows([x, np.ones(5), np.arange(1.0, 15.0)], context=8, horizon=4, stride=1)
+    assert w["series"].tolist() == [0] * 29 + [2] * 3
+
+
+def test_training_balance_is_checked_and_recorded():
+    series = [s.to_numpy() for s in synthetic_series(2).values()]
+    with pytest.raises(InputError, match="balance"):
+        train(series, TrainConfig(balance="rows", progress=False))
+    model = train(series, TrainConfig(context=24, horizon=8, steps=2, channels=8, blocks=2,
+                                      batch_size=4, balance="windows", progress=False))
+    assert model.metadata["recipe"]["balance"] == "windows"
 
 
 def test_holdout_and_rolling_backtest():
@@ -189,6 +201,36 @@ def test_estimator_trains_a_predictor():
                           num_samples=2, steps=1)
     predictor = est.train(ds)
     assert next(iter(predictor.predict(ds))).samples.shape == (2, 4)
+
+
+def test_refinement_starts_from_quantile_paths_and_refines_a_gluonts_predictor(tiny):
+    from pydiff.domains.timeseries.gluonts_api import TSDiffRefiner
+
+    ctx = 50 + 10 * np.sin(np.arange(40) * 2 * np.pi / 8)
+    rng = np.random.default_rng(0)
+    initial = 50 + rng.normal(size=(7, 6))
+    # no Langevin step: the start itself, the paths sorted per step (quantile paths)
+    start = tiny.refine_many([ctx], [initial], steps=0)[0]
+    np.testing.assert_allclose(start, np.sort(initial, 0), rtol=1e-5)
+    # a point forecast becomes n equal paths; fewer paths are the initial ones' quantiles
+    point = tiny.refine_many([ctx], [initial[0]], num_samples=3, steps=0)[0]
+    np.testing.assert_allclose(point, np.tile(initial[0], (3, 1)), rtol=1e-5)
+    fewer = tiny.refine_many([ctx], [initial], num_samples=2, steps=0)[0]
+    np.testing.assert_allclose(fewer, np.quantile(initial, [0.25, 0.75], axis=0), rtol=1e-5)
+    moved = tiny.refine_many([ctx, ctx[:20]], [initial, initial], steps=3, guidance="mse")
+    assert all(m.shape == (7, 6) and np.isfinite(m).all() for m in moved)
+    assert np.abs(moved[0] - start).max() > 0  # the model and the noise moved the paths
+    with pytest.raises(InputError, match="initial"):
+        tiny.refine_many([ctx], [initial, initial])
+    with pytest.raises(InputError, match="finite"):
+        tiny.refine_many([ctx], [np.full((2, 6), np.nan)])
+    with pytest.raises(InputError, match="level"):
+        tiny.refine_many([ctx], [initial], level=1.0)
+    ds = list(to_gluonts(synthetic_series(2)))
+    refiner = TSDiffRefiner(tiny, seasonal_naive(6), num_samples=4, steps=2)
+    forecasts = list(refiner.predict(ds))
+    for f, e in zip(forecasts, ds):
+        assert f.samples.shape == (4, 6) and f.start_date == e["start"] + len(e["target"])
 
 
 def test_metrics_match_gluonts_definitions():

@@ -21,6 +21,7 @@ from pydiff.training import (
     PerPosition,
     SampledBatches,
     Uniform,
+    WeightedBatches,
     cosine_with_warmup,
     diffusion_loss,
     get_weighting,
@@ -353,6 +354,36 @@ def test_loaders_resume_from_state_dict():
                                                                     "position": 0})
     with pytest.raises(ValueError, match="batch_size"):
         BatchLoader(torch.zeros(10, 1), 11)
+
+
+def test_weighted_batches_draw_each_group_alike_and_resume():
+    # group 0 has 9 rows, group 1 one row: with group weights each group is half the draws
+    data = {"x": torch.arange(10.0)[:, None], "g": torch.tensor([0] * 9 + [1])}
+    weights = WeightedBatches.group_weights(data["g"])
+    torch.testing.assert_close(weights.sum(), torch.tensor(2.0, dtype=torch.float64))
+    batches = WeightedBatches(data, weights, 4000, seed=0)
+    it = iter(batches)
+    first = next(it)
+    assert first["x"].shape == (4000, 1)
+    assert torch.equal(first["x"][:, 0].long(), torch.arange(10)[first["x"][:, 0].long()])
+    share = float((first["g"] == 1).float().mean())
+    assert 0.46 < share < 0.54, share  # plain shuffling would give 0.1
+    assert set(first["x"][first["g"] == 0, 0].long().tolist()) == set(range(9))
+    state = batches.state_dict()
+    want = next(it)
+    again = WeightedBatches(data, weights, 4000, seed=0)
+    again.load_state_dict(state)
+    torch.testing.assert_close(next(iter(again))["x"], want["x"])
+    zero = WeightedBatches(data["x"], torch.tensor([0.0] * 9 + [1.0]), 50, seed=0)
+    assert bool((next(iter(zero)) == 9).all())  # weight 0 is never drawn
+    with pytest.raises(ValueError, match="one per row"):
+        WeightedBatches(data, torch.ones(3), 2)
+    with pytest.raises(ValueError, match="not all 0"):
+        WeightedBatches(data, torch.zeros(10), 2)
+    with pytest.raises(ValueError, match="not all 0"):
+        WeightedBatches(data, torch.tensor([-1.0] + [1.0] * 9), 2)
+    with pytest.raises(ValueError, match="integer labels"):
+        WeightedBatches.group_weights(torch.zeros(3))
 
 
 # -- pretrained ----------------------------------------------------------------------------------

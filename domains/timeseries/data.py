@@ -194,14 +194,15 @@ def make_windows(series: Iterable[np.ndarray], context: int, horizon: int,
     :func:`fill_missing` (so the network sees a plausible input) and marked 0 in ``mask``
     (so the loss skips them); windows whose context is mostly missing are dropped.
 
-    Returns ``{"values": [N, 1, L] float32, "mask": [N, 1, L] float32, "scale": [N] float32}``.
+    Returns ``{"values": [N, 1, L] float32, "mask": [N, 1, L] float32, "scale": [N] float32,
+    "series": [N] int64}`` (``series``: the position of each window's series in ``series``).
     """
     if context < 1 or horizon < 1 or stride < 1:
         raise InputError(f"context, horizon and stride must be >= 1, got {context}, {horizon}, "
                          f"{stride}")
     length = context + horizon
-    values, masks = [], []
-    for s in series:
+    values, masks, owners = [], [], []
+    for i, s in enumerate(series):
         s = np.asarray(s, dtype=np.float64)
         if len(s) < length:
             continue
@@ -210,16 +211,18 @@ def make_windows(series: Iterable[np.ndarray], context: int, horizon: int,
         view = np.lib.stride_tricks.sliding_window_view
         values.append(view(filled, length)[::stride])
         masks.append(view(observed, length)[::stride])
+        owners.append(np.full(len(values[-1]), i))
     if not values:
         raise InputError(f"no series has the {length} points of a window (context {context} + "
                          f"horizon {horizon})")
-    v, m = np.concatenate(values), np.concatenate(masks)
+    v, m, owner = np.concatenate(values), np.concatenate(masks), np.concatenate(owners)
     keep = m[:, :context].mean(1) >= 0.5
-    v, m = v[keep], m[keep]
+    v, m, owner = v[keep], m[keep], owner[keep]
     scale = mean_scale(np.where(m[:, :context], v[:, :context], np.nan))
     return {"values": torch.from_numpy((v / scale[:, None])[:, None]).float(),
             "mask": torch.from_numpy(m[:, None].astype(np.float32)),
-            "scale": torch.from_numpy(scale).float()}
+            "scale": torch.from_numpy(scale).float(),
+            "series": torch.from_numpy(owner.astype(np.int64))}
 
 
 # -- held-out windows and GluonTS datasets ----------------------------------------------------

@@ -86,17 +86,39 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _cpu_budget_callback(seconds: float):
+    """A lightning callback that stops training once this process has used ``seconds`` of CPU
+    time (all its threads): a budget that other jobs on a shared machine do not shrink."""
+    import lightning.pytorch as pl
+
+    class CPUBudget(pl.Callback):
+        def __init__(self) -> None:
+            self.start = time.process_time()
+            self.steps = 0
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            self.steps = trainer.global_step
+            if time.process_time() - self.start >= seconds:
+                trainer.should_stop = True
+
+    return CPUBudget()
+
+
 def deepar_predictor(train_dataset: Any, horizon: int, context_length: int, time_budget: float,
-                     seed: int = 0, frequencies: Sequence[str] = (), num_samples: int = 100):
+                     seed: int = 0, frequencies: Sequence[str] = (), num_samples: int = 100,
+                     cpu_budget: float | None = None):
     """GluonTS's torch DeepAR trained on ``train_dataset`` for ``time_budget`` seconds (CPU).
 
     ``frequencies``: the series' pandas frequencies; one gives GluonTS's lags and calendar
     features for it, several give :data:`MIXED_FREQUENCY_LAGS` and no calendar features.
+    ``cpu_budget``: also stop after this many seconds of CPU time of this process (comparable
+    with a TSDiff checkpoint's ``train_cpu_seconds`` whatever the machine's load).
     """
     import lightning.pytorch as pl
     from gluonts.torch.model.deepar import DeepAREstimator
 
     _quiet_lightning()
+    callbacks = [] if cpu_budget is None else [_cpu_budget_callback(float(cpu_budget))]
     pl.seed_everything(seed, verbose=False)
     freqs = sorted(set(frequencies))
     mixed = len(freqs) != 1
@@ -109,7 +131,7 @@ def deepar_predictor(train_dataset: Any, horizon: int, context_length: int, time
             trainer_kwargs=dict(max_time={"seconds": float(time_budget)}, max_epochs=100_000,
                                 accelerator="cpu", devices=1, enable_progress_bar=False,
                                 enable_model_summary=False, logger=False,
-                                default_root_dir=root))
+                                default_root_dir=root, callbacks=callbacks))
         _quiet_lightning()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

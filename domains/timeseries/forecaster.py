@@ -39,7 +39,7 @@ import torch
 import pydiff
 from pydiff.errors import InputError
 from pydiff.files import atomic_output_dir
-from pydiff.guidance import SelfGuidance
+from pydiff.guidance import SelfGuidance, pinball_energy, refine
 from pydiff.pretrained import from_pretrained, save_pretrained
 
 from .data import mean_scale
@@ -53,6 +53,10 @@ MIN_OBSERVATIONS = 8
 # defaults of the shipped sampler; a checkpoint may override them in its "sampling" entry
 DEFAULT_SAMPLING: dict[str, Any] = {"solver": "ddpm", "steps": 20,
                                     "scale": {"quantile": 8.0, "mse": 8.0}}
+# TSDiff's refinement (their configs: 20 Langevin steps of 0.1, noise 0.1, the prior's loss at
+# step 20 of 100 of their linear schedule, where alpha^2 ~ 0.8: t = 0.3 of the cosine schedule)
+DEFAULT_REFINEMENT: dict[str, Any] = {"steps": 20, "step_size": 0.1, "noise_scale": 0.1,
+                                      "level": 0.3, "scale": 1.0}
 
 
 def check_context(values: Any, name: str = "context") -> np.ndarray:
@@ -211,6 +215,71 @@ class TSDiff:
         """
         return self.forecast_many([context], horizon, num_samples, **options)[0]
 
+    def refine_many(self, contexts: Sequence[Any], initial: Sequence[Any], *,
+                    num_samples: int | None = None, guidance: str = "quantile",
+                    scale: float | None = None, steps: int | None = None,
+                    step_size: float | None = None, noise_scale: float | None = None,
+                    level: float | None = None, seed: int = 0) -> list[np.ndarray]:
+        """Refine another forecaster's sample paths (TSDiff's energy-based refinement).
+
+        Each context's window is its (scaled) history followed by the initial paths
+        ``initial[i]`` ``[k, H]``, sorted per time step so that path ``j`` of ``n`` is a quantile
+        path, as in TSDiff (``k != n``: the ``(j + 1/2) / n`` quantiles of the ``k`` paths; a
+        point forecast, ``k = 1``, is repeated). Then
+        :func:`pydiff.guidance.refine` runs Langevin dynamics on the model's denoising energy at
+        level ``level`` plus ``scale`` times the observation energy: ``"quantile"``, the
+        pinball loss at path ``j``'s level against the history and the initial forecast;
+        ``"mse"``, the squared error to the history. Returns paths ``[n, H]`` per context
+        (``n`` = ``num_samples``, default ``k``).
+        """
+        if guidance not in GUIDANCES:
+            raise InputError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
+        if len(initial) != len(contexts):
+            raise InputError(f"initial has {len(initial)} forecasts for {len(contexts)} "
+                             "contexts")
+        opts = {**DEFAULT_REFINEMENT, **{k: v for k, v in dict(
+            scale=scale, steps=steps, step_size=step_size, noise_scale=noise_scale,
+            level=level).items() if v is not None}}
+        if not 0 < float(opts["level"]) < 1:
+            raise InputError(f"level must lie in (0, 1), got {opts['level']!r}")
+        checked = [check_context(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
+        paths = []
+        for i, p in enumerate(initial):
+            arr = np.asarray(p, dtype=np.float64)
+            arr = arr[None] if arr.ndim == 1 else arr
+            if arr.ndim != 2 or arr.shape[1] < 1 or not np.isfinite(arr).all():
+                raise InputError(f"initial[{i}] must be finite sample paths [k, horizon], got "
+                                 f"shape {arr.shape}")
+            paths.append(arr)
+        horizon = paths[0].shape[1] if paths else 1
+        if any(p.shape[1] != horizon for p in paths):
+            raise InputError("initial forecasts must share one horizon")
+        n = _positive(num_samples or max(p.shape[0] for p in paths), "num_samples")
+        generator = torch.Generator().manual_seed(int(seed))
+        observed, mask, scales = self.windows(checked, horizon)
+        c = self.context_length
+        for i, p in enumerate(paths):  # n quantile paths per series (a point forecast repeated)
+            pick = (np.sort(p, 0) if p.shape[0] == n else
+                    np.quantile(p, (np.arange(n) + 0.5) / n, axis=0))
+            paths[i] = pick / scales[i]
+        start = observed.repeat_interleave(n, 0)
+        start[:, 0, c:] = torch.from_numpy(np.concatenate(paths)).float()
+        mask = mask.repeat_interleave(n, 0)
+        if guidance == "quantile":
+            levels = (torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)).repeat(len(checked))
+            energy = pinball_energy(start.clone(), levels)  # history and initial forecast
+        else:
+            target = start.clone()
+
+            def energy(x: Tensor) -> Tensor:
+                return (mask * (x - target) ** 2).flatten(1).sum(1)
+
+        x = refine(self.model, start, energy, steps=int(opts["steps"]),
+                   step_size=float(opts["step_size"]), noise_scale=float(opts["noise_scale"]),
+                   t=float(opts["level"]), scale=float(opts["scale"]), generator=generator)
+        out = x[:, 0, c:].double().numpy().reshape(len(checked), n, horizon)
+        return [o * sc for o, sc in zip(out, scales)]
+
     @torch.no_grad()
     def sample(self, num_samples: int, length: int | None = None, *, solver: str | None = None,
                steps: int | None = None, seed: int = 0) -> np.ndarray:
@@ -236,5 +305,5 @@ def new_model(context_length: int, prediction_length: int, **net_kwargs: Any) ->
     return TSDiff(TSDiffNet(**net_kwargs), context_length, prediction_length)
 
 
-__all__ = ["TSDiff", "GUIDANCES", "MIN_OBSERVATIONS", "check_context", "new_model",
-           "PRETRAINED_DIR"]
+__all__ = ["TSDiff", "GUIDANCES", "DEFAULT_REFINEMENT", "MIN_OBSERVATIONS", "check_context",
+           "new_model", "PRETRAINED_DIR"]

@@ -6,6 +6,11 @@ for the input and masked out of the loss) and the unconditional model learns the
 core's denoising loss (:func:`pydiff.training.diffusion_loss`: x0 target, EDM weighting) under
 :class:`pydiff.training.Trainer` (AdamW, warmup, gradient clipping, EMA).
 
+``balance``: ``"series"`` (the default) draws every batch row from a series chosen uniformly,
+then a window of it (:class:`pydiff.training.WeightedBatches`), as GluonTS's instance sampler
+weighs each series alike; ``"windows"`` shuffles all windows alike, so long series dominate
+(a 1300-point hourly series has a hundred times the windows of a 130-quarter macro series).
+
 ``time_budget`` bounds the wall clock (window preparation included): the trainer stops after the
 step that crosses it (the learning rate is constant after warmup, so stopping early leaves a
 consistent model; the EMA weights are the ones returned).
@@ -34,7 +39,7 @@ import torch
 
 from pydiff.errors import InputError
 from pydiff.files import check_output
-from pydiff.training import BatchLoader, Trainer, diffusion_loss
+from pydiff.training import BatchLoader, Trainer, WeightedBatches, diffusion_loss
 
 from .conditional import CSDI, ConditionalLoss
 from .data import make_windows
@@ -43,6 +48,7 @@ from .model import CSDINet, TSDiffNet, make_denoiser
 
 Tensor = torch.Tensor
 KINDS = ("tsdiff", "csdi")
+BALANCES = ("series", "windows")
 
 
 @dataclass
@@ -64,6 +70,7 @@ class TrainConfig:
     channels: int = 64
     blocks: int = 6
     lags: tuple[int, ...] = (7, 12, 24, 52)
+    balance: str = "series"  # "series": each series alike; "windows": each window alike
     seed: int = 0
     threads: int = 1
     time_budget: float | None = None  # seconds of training (None: all steps)
@@ -100,11 +107,13 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
         check_output(output, "output", folder=True)  # before training, not after
     if config.kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {config.kind!r}")
+    if config.balance not in BALANCES:
+        raise InputError(f"balance must be one of {BALANCES}, got {config.balance!r}")
     if config.time_budget is not None and not config.time_budget > 0:
         raise InputError(f"time_budget must be > 0 seconds, got {config.time_budget}")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     data = make_windows(_arrays(series), config.context, config.horizon, config.stride)
     windows = int(data["values"].shape[0])
     batch = min(config.batch_size, windows)
@@ -112,8 +121,11 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     net = (CSDINet if conditional else TSDiffNet)(channels=config.channels,
                                                   blocks=config.blocks, lags=config.lags)
     model = make_denoiser(net)
-    trainer = Trainer(model, BatchLoader({"values": data["values"], "mask": data["mask"]},
-                                         batch, seed=config.seed),
+    rows = {"values": data["values"], "mask": data["mask"]}
+    batches = (WeightedBatches(rows, WeightedBatches.group_weights(data["series"]), batch,
+                               seed=config.seed) if config.balance == "series"
+               else BatchLoader(rows, batch, seed=config.seed))
+    trainer = Trainer(model, batches,
                       loss_fn=ConditionalLoss(config.horizon) if conditional else WindowLoss(),
                       max_steps=config.steps, lr=config.lr,
                       lr_scheduler="constant", warmup_steps=config.warmup_steps, ema=True,
@@ -128,6 +140,8 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     metadata: dict[str, Any] = {"recipe": recipe, "windows": windows, "series": len(
         _arrays(series)), "steps_done": trainer.step,
         "train_seconds": round(time.time() - started, 1),
+        # CPU seconds of this process: what a shared machine's load does not change
+        "train_cpu_seconds": round(time.process_time() - cpu_started, 1),
         "final_loss": round(float(np.mean(losses[-10:])), 5) if losses else None}
     if config.sampling:
         metadata["sampling"] = dict(config.sampling)
@@ -138,4 +152,4 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     return result
 
 
-__all__ = ["TrainConfig", "WindowLoss", "train"]
+__all__ = ["TrainConfig", "WindowLoss", "train", "BALANCES"]

@@ -11,6 +11,10 @@ accepts them; see :mod:`pydiff.guidance.base`):
 Variational: :func:`red_diff` (RED-diff: the image fitted by Adam with the denoiser's noise
 residual as the regulariser's gradient; no backpropagation through the network).
 
+Refinement: :func:`refine` (TSDiff's energy-based refinement: Langevin dynamics on the
+denoising loss at one level plus an observation energy such as :func:`pinball_energy`, started
+from another model's samples).
+
 Derivative-free guidance: :class:`SVDD` (a solver wrapper: each step's candidate next states
 resampled by a reward of their clean estimates, no gradient needed).
 
@@ -55,10 +59,12 @@ from .gradient import (
     SelfGuidance,
     gaussian_posterior_variance,
 )
+from .refine import diffusion_energy, pinball_energy, refine
 from .svdd import SVDD
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
 from .variational import red_diff
 
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
-           "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD"]
+           "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD",
+           "refine", "diffusion_energy", "pinball_energy"]

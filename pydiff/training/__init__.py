@@ -11,7 +11,8 @@
 - :class:`EMA` (Diffusion Policy's warmup schedule or a constant decay).
 - :class:`Trainer`: any model, any iterable of batches, any ``loss_fn(model, batch,
   generator)``; LR schedules, clipping, bf16 autocast, torchrun data parallelism, exact resume.
-- :class:`BatchLoader`, :class:`SampledBatches`: resumable, per-rank sharded batch sources.
+- :class:`BatchLoader`, :class:`SampledBatches`, :class:`WeightedBatches`: resumable, per-rank
+  sharded batch sources.
 - :func:`save_pretrained` / :func:`from_pretrained` (safetensors + versioned JSON config).
 - :mod:`pydiff.training.toy`: :class:`~pydiff.training.toy.ToyMLP` and
   :func:`~pydiff.training.toy.train_toy` for demos and tests.
@@ -36,7 +37,7 @@ Example:
 """
 
 from ..pretrained import CheckpointError, from_pretrained, load_config, save_pretrained
-from .data import BatchLoader, SampledBatches
+from .data import BatchLoader, SampledBatches, WeightedBatches
 from .distributed import (
     all_reduce_gradients,
     all_reduce_mean,
@@ -67,7 +68,7 @@ __all__ = [
     "default_time_sampler", "get_time_sampler",
     "get_weighting", "MinSNR", "EDMWeight", "x0_factor",
     "EMA", "Trainer", "Callback", "Every",
-    "BatchLoader", "SampledBatches",
+    "BatchLoader", "SampledBatches", "WeightedBatches",
     "cosine_with_warmup", "constant_with_warmup", "WarmupCosine", "WarmupConstant",
     "init_distributed", "dist_info", "broadcast_module", "all_reduce_gradients",
     "all_reduce_mean",

@@ -10,6 +10,9 @@ ranks:
   ranks' batches is exactly the batch a single process with ``batch_size * world_size`` sees.
 - :class:`SampledBatches`: batches drawn by a function ``fn(n, generator)`` (toy
   distributions, simulators), each rank with its own generator.
+- :class:`WeightedBatches`: rows of in-memory tensors drawn with replacement in proportion to
+  per-row weights (e.g. ``1 / rows of its group``: every group, such as the windows of one
+  time series, equally likely however many rows it has).
 
 Example:
     >>> import torch
@@ -163,4 +166,58 @@ class SampledBatches:
         self.generator.set_state(state["generator"])
 
 
-__all__ = ["BatchLoader", "SampledBatches"]
+class WeightedBatches(SampledBatches):
+    """Endless batches of rows of ``data`` drawn with replacement, row ``i`` with probability
+    ``weights[i] / sum(weights)`` (resumable; each rank draws its own rows).
+
+    Use it where rows come in groups of very different sizes and each group should count
+    alike, as GluonTS's instance samplers weigh each series alike:
+    :meth:`group_weights` gives ``1 / size of the row's group``.
+
+    Args:
+        data: a tensor or a (nested) tuple/dict of tensors sharing the first dimension.
+        weights: ``[N]`` non-negative weights, not all zero.
+        batch_size: rows per batch on each rank.
+        seed, rank: as :class:`SampledBatches`.
+
+    Example:
+        >>> import torch
+        >>> groups = torch.tensor([0, 0, 0, 1])  # row 3 alone is as likely as rows 0-2 together
+        >>> batches = WeightedBatches(torch.arange(4.0), WeightedBatches.group_weights(groups),
+        ...                           batch_size=1000, seed=0)
+        >>> round(float((next(iter(batches)) == 3).float().mean()), 1)
+        0.5
+    """
+
+    def __init__(self, data: Any, weights: Tensor, batch_size: int, *, seed: int = 0,
+                 rank: int | None = None):
+        n = _rows(data)
+        _check_rows(data, n)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (n,):
+            raise ValueError(f"weights has shape {tuple(weights.shape)}; expected one per row "
+                             f"of data: ({n},)")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) \
+                or float(weights.sum()) <= 0:
+            raise ValueError("weights must be finite, >= 0 and not all 0")
+        self.data, self.weights = data, weights
+
+        def draw(size: int, generator: torch.Generator) -> Any:
+            idx = torch.multinomial(self.weights, size, replacement=True, generator=generator)
+            return _index(self.data, idx)
+
+        super().__init__(draw, batch_size, seed=seed, rank=rank)
+
+    @staticmethod
+    def group_weights(groups: Tensor) -> Tensor:
+        """``1 / (rows sharing the row's group)`` for integer group labels ``[N]``: every
+        group gets the same total weight."""
+        groups = torch.as_tensor(groups)
+        if groups.dim() != 1 or groups.dtype.is_floating_point:
+            raise ValueError(f"groups must be integer labels [N], got {groups.dtype} "
+                             f"{tuple(groups.shape)}")
+        _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+        return 1.0 / counts[inverse].double()
+
+
+__all__ = ["BatchLoader", "SampledBatches", "WeightedBatches"]
