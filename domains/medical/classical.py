@@ -305,15 +305,22 @@ def admm_tv_z(forward: Linear, adjoint: Linear, y: Tensor, x_init: Tensor, weigh
 
     aty = volume(adjoint(y))
     x = x_init
-    z = _diff_z(x)
+    # start from the shrunk z-differences of x_init (u = 0): starting from z = D_z x_init left
+    # the first x-update blind to the weight, so one round (the default) ignored it
+    z = _soft(_diff_z(x), weight / rho)
     u = torch.zeros_like(z)
     for _ in range(iterations):
         x = conjugate_gradient(normal, aty + rho * _diff_z_adjoint(z - u), x0=x, iterations=cg)
         dz = _diff_z(x)
         v = dz + u
-        z = torch.sign(v) * (v.abs() - weight / rho).clamp_min(0)
+        z = _soft(v, weight / rho)
         u = v - z
     return x
+
+
+def _soft(v: Tensor, threshold: float) -> Tensor:
+    """Soft thresholding, the proximal map of ``threshold * ||.||_1``."""
+    return torch.sign(v) * (v.abs() - threshold).clamp_min(0)
 
 
 __all__ += ["admm_tv_z"]

@@ -74,6 +74,12 @@ DIFFUSION_METHODS = ("dps", "projection", "dds", "red_diff")
 VOLUME_METHODS = ("mbir_tv",)
 BASELINES = {"ct": ("fbp", "tv"), "mri": ("zero_filled", "cg_sense", "tv")}
 DEFAULT_STEPS = {"dps": 50, "projection": 30, "dds": 20, "red_diff": 50, "mbir_tv": 20}
+# DPS's zeta per modality: the residual's scale differs (k-space of 8 coils vs a sinogram);
+# MRI's was chosen on a held-out procedural image (BENCHMARKS.md, issue 16)
+DPS_SCALE = {"ct": 1.0, "mri": 100.0}
+# the bound on x0-hat in the prior's units (chosen on held-out procedural images: 2 for CT,
+# where 8-view TV blurs thin bright structures out of the estimated range; 1 for MRI)
+CLIP = {"ct": 2.0, "mri": 1.0}
 
 
 @dataclass
@@ -151,9 +157,11 @@ class Reconstructor:
             n_samples: posterior samples; >1 gives ``std``.
             value_range: the image's ``(lo, hi)`` in its units (default: estimated).
             generator / seed: the random stream (default: seeded by ``seed``).
-            options: ``scale`` (DPS zeta), ``cg`` (CG iterations of projection/DDS), ``eta``
-                (DDIM eta), ``warm_start`` (``"tv"``: projection/DDS start from the TV
-                reconstruction noised to ``t_start``, sigma in the prior's units, default 0.5),
+            options: ``scale`` (DPS zeta; default 1 for CT, 100 for MRI), ``clip`` (bound on
+                x0-hat in the prior's units; 2 for CT, 1 for MRI), ``cg`` (CG iterations of
+                projection/DDS), ``eta`` (DDIM eta), ``warm_start`` (``"tv"``: projection/DDS
+                start from the TV reconstruction noised to ``t_start``, sigma in the prior's
+                units, default 0.5),
                 ``weight`` (TV weight relative to the value range),
                 ``iterations`` (TV/CG-SENSE iterations), ``lr`` and ``lam`` (RED-diff's Adam
                 rate and regulariser weight).
@@ -236,7 +244,10 @@ class Reconstructor:
         if isinstance(operator, MRIOperator):
             y_u = self._range_of_real_images(a, self._real_adjoint(operator), y_u, like)
         y_u = y_u.expand(n, *y_real.shape[1:])
-        model = ClipX0(self.model, bound=1.0)
+        # x0-hat may pass the estimated range: the estimate (quantiles of a short TV
+        # reconstruction) misses thin bright structures that few views blur, and a bound of 1
+        # clipped them
+        model = ClipX0(self.model, bound=float(options.get("clip", CLIP[_modality(operator)])))
         x_T = pydiff.prior(model.schedule, shape, generator=g)
         cg = options.get("cg", 5 if method == "dds" else 10)
         if method == "red_diff":
@@ -265,7 +276,8 @@ class Reconstructor:
         with torch.no_grad():
             if method == "dps":
                 guided = MeasurementGuidance(model, a, y_u, step="dps",
-                                             scale=options.get("scale", 1.0))
+                                             scale=options.get("scale",
+                                                               DPS_SCALE[_modality(operator)]))
                 return pydiff.sample(guided, x_T, "ddim", steps=steps, generator=g,
                                      eta=options.get("eta", 1.0))
             adjoint = self._real_adjoint(operator)  # exact, cheaper than autograd's VJP
@@ -350,7 +362,7 @@ class Reconstructor:
             return vol.reshape(x0.shape)
 
         g = generator if generator is not None else torch.Generator().manual_seed(seed)
-        model = ProjectX0(ClipX0(self.model, bound=1.0), project)
+        model = ProjectX0(ClipX0(self.model, bound=float(options.get("clip", 1.0))), project)
         x_T = pydiff.prior(model.schedule, (n_samples * depth, 1, H, W), generator=g)
         with torch.no_grad():
             u = pydiff.sample(model, x_T, "ddim", steps=steps, generator=g,
