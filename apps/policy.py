@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="wall-clock budget (default: the recipe's)")
     d.add_argument("--consistency-steps", type=positive_int, default=None,
                    help="intervals of the consistency discretization")
+    d.add_argument("--solver-steps", type=positive_int, default=None,
+                   help="the teacher's DDIM steps per target (its solve to clean data)")
     d.add_argument("--episodes", type=positive_int, default=None)
     d.add_argument("--batch-size", type=positive_int, default=None)
     d.add_argument("--lr", type=positive_float, default=None)
@@ -168,7 +170,8 @@ def run_distill(args: argparse.Namespace) -> int:
     out = args.out or f"consistency-{args.env}"
     check_output(out, "--out", folder=True)
     settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr",
-                                                      "minutes", "consistency_steps")
+                                                      "minutes", "consistency_steps",
+                                                      "solver_steps")
                 if getattr(args, key) is not None}
     if args.teacher is not None:
         settings["teacher"] = args.teacher

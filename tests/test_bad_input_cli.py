@@ -180,6 +180,8 @@ ROWS: list[Row] = [
     Row("distill-consistency-steps-zero", ["policy", "distill", "--env", "pointmass",
                                            "--consistency-steps", "0"],
         ("--consistency-steps",)),
+    Row("distill-solver-steps-zero", ["policy", "distill", "--env", "pointmass",
+                                      "--solver-steps", "0"], ("--solver-steps",)),
     Row("distill-teacher-missing", ["policy", "distill", "--env", "pointmass", "--teacher",
                                     "/nonexistent", "--out", "{tmp}/cp_out"],
         ("--teacher", "/nonexistent")),

@@ -54,6 +54,40 @@ def test_one_step_student_is_within_twice_the_teachers_ten_step_distance(teacher
     assert e_student1 < e_teacher1 / 20, (e_student1, e_teacher1)  # the teacher can't in 1
 
 
+def test_solve_target_is_the_teachers_ode_solution(teacher):
+    # the loss at a level is the distance to the teacher's own solve from there to clean data
+    recipe = ConsistencyDistillation(teacher, steps=4, solver="heun", solver_steps=3,
+                                     target="solve")
+    student = student_from(teacher)
+    x0 = RING.sample(6, torch.Generator().manual_seed(0)).float()
+    loss, _ = recipe(student, x0, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # replay the recipe's draws: levels, then noise
+    n = (torch.rand(6, generator=g, dtype=torch.float64) * 4).long().clamp(max=3)
+    t = recipe.grid(teacher.schedule)[n]
+    x_t = pydiff.add_noise(teacher.schedule, x0, t, torch.randn(6, 2, generator=g))
+    grid = pydiff.timesteps(teacher.schedule, 3, "time", t_start=t)
+    with torch.no_grad():
+        solved = pydiff.sample(teacher, x_t, "heun", grid=grid)
+        expected = (student.x0(x_t, t) - solved).pow(2).mean(1).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5), (loss, expected)
+    assert recipe.target is None  # no target network
+
+
+def test_two_step_student_of_the_solve_target_is_within_twice_the_teacher(teacher):
+    # levels 1 and ~0.5 (the ones 1- and 2-step consistency sampling visit), 300 steps
+    recipe = ConsistencyDistillation(teacher, steps=2, solver="heun", solver_steps=5,
+                                     target="solve")
+    data = SampledBatches(lambda n, g: RING.sample(n, g).float(), 256, seed=0)
+    trainer = Trainer(student_from(teacher), data, loss_fn=recipe, max_steps=300, lr=1e-3,
+                      ema=0.99, lr_scheduler="cosine", progress=False).fit()
+    student = trainer.ema_model()
+    e_teacher10 = energy(teacher, "euler", 10)
+    e_student2 = energy(student, "consistency", 2)
+    assert e_student2 < 2 * e_teacher10, (e_student2, e_teacher10)
+    e_student1, e_teacher1 = energy(student, "consistency", 1), energy(teacher, "euler", 1)
+    assert e_student1 < e_teacher1 / 10, (e_student1, e_teacher1)
+
+
 def ring_data():
     return SampledBatches(lambda n, g: RING.sample(n, g).float(), 32, seed=0)
 
@@ -65,6 +99,8 @@ def jump_student(teacher):
 
 RECIPES = {
     "cd": lambda t: (student_from(t), ConsistencyDistillation(t, steps=6, solver="heun"), None),
+    "cd-solve": lambda t: (student_from(t), ConsistencyDistillation(
+        t, steps=4, solver="euler", solver_steps=2, target="solve"), None),
     "ct": lambda t: (student_from(t), ConsistencyTraining(steps=(2, 8), total_steps=10), None),
     "ctm": lambda t: (jump_student(t),
                       ConsistencyDistillation(t, steps=6, solver="dpmpp_2m", solver_steps=2,
@@ -163,6 +199,12 @@ def test_recipes_reject_bad_arguments(teacher):
         ConsistencyDistillation(teacher, dsm_weight=1.0)
     with pytest.raises(pydiff.InputError, match="target_decay"):
         ConsistencyDistillation(teacher, target_decay=1.0)
+    with pytest.raises(pydiff.InputError, match="target="):
+        ConsistencyDistillation(teacher, target="ode")
+    with pytest.raises(pydiff.InputError, match="needs a teacher"):
+        ConsistencyDistillation(None, target="solve")
+    with pytest.raises(pydiff.InputError, match="jump=False"):
+        ConsistencyDistillation(teacher, target="solve", jump=True)
     with pytest.raises(pydiff.InputError, match="multiple"):
         ProgressiveDistillation(teacher, 4, base_steps=12)
     recipe = ConsistencyDistillation(teacher, jump=True)
@@ -212,6 +254,7 @@ def test_demo_shows_the_distilled_students_beside_the_solvers(tmp_path, capsys):
                  "ddim", "--distill-steps", "2", "--out", str(out)]) == 0
     rows = json.loads((out / "demo.json").read_text())["rows"]
     models = {r["model"] for r in rows}
-    assert {"trained", "exact", "flow", "cd", "ct", "pd", "reflow", "reflow+1"} <= models
-    assert min(r["nfe"] for r in rows if r["model"] in ("cd", "pd", "reflow+1")) == 1
+    assert {"trained", "exact", "flow", "cd", "cd-solve", "ct", "pd", "reflow",
+            "reflow+1"} <= models
+    assert min(r["nfe"] for r in rows if r["model"] in ("cd", "cd-solve", "pd", "reflow+1")) == 1
     assert "consistency" in capsys.readouterr().out

@@ -6,8 +6,8 @@ noisiest level is the network output itself (the teacher's eps parameterization 
 ``alpha(1) ~ 5e-4`` there, which no one-step map survives), and as the noise level goes to 0
 its estimate becomes the input, the boundary condition of a consistency model. It is trained by
 the core's :class:`pydiff.training.distill.ConsistencyDistillation` on the teacher's own
-training windows, with the teacher's inference model (x0 clipped to the action range) and
-DDIM as the ODE stepper, and sampled by the multistep consistency solver: preset ``cp1`` (one
+training windows, with the teacher's inference model (x0 clipped to the action range) solved
+by DDIM as the target, and sampled by the multistep consistency solver: preset ``cp1`` (one
 network call per chunk) or ``cp2`` (two).
 
 Example:
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import Any
 
 import torch
@@ -56,21 +55,34 @@ def consistency_student(teacher: DiffusionPolicy) -> DiffusionPolicy:
 
 def distill_consistency(teacher: DiffusionPolicy, windows: dict[str, Tensor], *,
                         steps: int = 2000, minutes: float | None = None,
-                        batch_size: int = 128, lr: float = 1e-3, consistency_steps: int = 20,
+                        batch_size: int = 128, lr: float = 1e-3, consistency_steps: int = 4,
+                        target: str = "solve", solver_steps: int = 10,
                         target_decay: float = 0.95, seed: int = 0, progress: bool = True,
                         ) -> tuple[DiffusionPolicy, list[dict[str, float]]]:
     """Distil ``teacher`` into a consistency student on its training ``windows``.
+
+    The default recipe regresses the student's clean-action map at each level of a
+    ``consistency_steps``-interval grid (uniform in time on the 100-level table, so 4 intervals
+    hold ``t = 1`` and ``t = 0.505``, the levels ``cp1`` and ``cp2`` sample at) on the teacher's
+    own DDIM solution from there (``target="solve"``, ``solver_steps`` teacher steps): the
+    consistency function by its definition, which a teacher this small computes for every batch.
+    ``target="step"`` is the bootstrapped consistency distillation (one teacher step and an EMA
+    target network), which needed far more steps than a time budget here allows (BENCHMARKS.md).
 
     Args:
         teacher: a trained diffusion policy (any prediction; its inference model is the
             teacher, so its ``clip_sample`` applies).
         windows: ``{"observation": [N, To, obs_dim], "action": [N, Tp, A]}`` (unnormalized,
             as ``DiffusionPolicy.for_demonstrations`` returns them).
-        steps: optimizer steps at most; ``minutes`` bounds the wall clock (checked every 50).
+        steps: optimizer steps at most; ``minutes`` bounds the wall clock.
         batch_size, lr: the optimization (AdamW, constant rate after 100 warm-up steps, so
             stopping at the time budget leaves a usable model).
         consistency_steps: intervals ``N`` of the consistency discretization.
-        target_decay: EMA decay of the target network.
+        target: ``"solve"`` or ``"step"`` (see above and
+            :class:`pydiff.training.distill.ConsistencyDistillation`).
+        solver_steps: the teacher's DDIM steps per target (``"solve"``: from the level to
+            clean data; ``"step"``: per interval).
+        target_decay: EMA decay of the target network (``target="step"`` only).
         seed: batches, noise and levels.
 
     Returns:
@@ -91,14 +103,13 @@ def distill_consistency(teacher: DiffusionPolicy, windows: dict[str, Tensor], *,
         }
     loader = BatchLoader(data, min(batch_size, len(data["x0"])), seed=seed)
     recipe = ConsistencyDistillation(teacher.inference_model(), steps=consistency_steps,
-                                     solver="ddim", target_decay=target_decay, data_key="x0")
+                                     solver="ddim", solver_steps=solver_steps, target=target,
+                                     target_decay=target_decay, data_key="x0")
     trainer = Trainer(student.denoiser, loader, loss_fn=recipe, max_steps=steps, lr=lr,
                       weight_decay=1e-6, lr_scheduler="constant",
                       warmup_steps=min(100, steps // 10), ema=True, seed=seed,
                       progress=progress, log_every=50)
-    deadline = None if minutes is None else time.monotonic() + 60 * minutes
-    while trainer.step < steps and (deadline is None or time.monotonic() < deadline):
-        trainer.fit(steps=min(50, steps - trainer.step))
+    trainer.fit(time_budget=None if minutes is None else 60.0 * minutes)
     student.net.load_state_dict(trainer.ema_model().net.state_dict())
     student.eval().reset()
     return student, trainer.history

@@ -61,16 +61,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                       "horizon": 48, "down_dims": (32, 64)},
     },
     # consistency students of the shipped policies, on the teachers' own demonstrations
-    # (`pydiff policy distill`; distill.py)
+    # (`pydiff policy distill`; distill.py): each level's target is the teacher's DDIM solve
+    # to clean data; levels 1 and 0.505 only (2 intervals), where cp1 and cp2 sample
     "consistency": {
-        "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 1500, "batch_size": 128,
-                     "lr": 1e-3, "consistency_steps": 20, "minutes": 15.0},
-        "pointmass": {"episodes": 100, "steps": 1500, "batch_size": 128, "lr": 1e-3,
-                      "consistency_steps": 20, "minutes": 15.0},
+        "pendulum": {"episodes": 200, "demo_steps": 100, "steps": 3000, "batch_size": 128,
+                     "lr": 1e-3, "consistency_steps": 2, "solver_steps": 5, "minutes": 18.0},
+        "pointmass": {"episodes": 100, "steps": 3000, "batch_size": 128, "lr": 1e-3,
+                      "consistency_steps": 2, "solver_steps": 10, "minutes": 16.0},
     },
 }
 OPTIMIZATION = ("episodes", "demo_steps", "steps", "batch_size", "lr")
-DISTILLATION = ("teacher", "consistency_steps", "minutes", "target_decay")
+DISTILLATION = ("teacher", "consistency_steps", "minutes", "target", "solver_steps",
+                "target_decay")
 # optimizer steps timed to fit a policy's ``minutes`` (the rest of the run follows the
 # measured pace)
 _PACE_STEPS = 20
@@ -113,7 +115,7 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
             (``horizon``, ``down_dims``, ``prediction``, ...); for
             ``"consistency"``: ``teacher`` (a policy, a shipped name or a folder; default the
             env's shipped policy), ``minutes`` (time budget), ``consistency_steps``,
-            ``target_decay``.
+            ``target``, ``solver_steps``, ``target_decay`` (see :func:`.distill_consistency`).
 
     Returns:
         The trained model (eval mode) and the trainer's history (one dict per logged step).

@@ -217,6 +217,14 @@ class ConsistencyDistillation(_Recipe):
     comparing (CTM's loss in data space); ``dsm_weight`` adds CTM's denoising loss on the
     jump to 0.
 
+    With ``target="solve"`` the target is the consistency function by its definition: the
+    teacher's own ODE solution from ``(x_hi, t_hi)`` to clean data (``solver_steps`` steps of
+    ``solver`` on ``timesteps(schedule, solver_steps, spacing, t_start=t_hi)``), with no target
+    network and no bootstrapping through the discretization. Each training step then costs
+    ``solver_steps`` teacher evaluations, so it suits small teachers (policies, toys), where it
+    converges in a fraction of the steps the bootstrapped target needs: the bootstrapped map
+    reaches the noisiest level only after the error has travelled through all ``N`` intervals.
+
     Args:
         teacher: a :class:`pydiff.Model` (None: consistency training).
         steps: discretization steps ``N``, or ``(N_start, N_end)`` for the doubling curriculum
@@ -224,7 +232,10 @@ class ConsistencyDistillation(_Recipe):
         total_steps: the training length the curriculum spans.
         spacing: grid spacing (default: the schedule's, else ``"karras"``).
         solver: the teacher's ODE stepper (any core solver name or instance).
-        solver_steps: solver steps per grid interval.
+        solver_steps: solver steps per grid interval (``target="solve"``: steps of the whole
+            solve from ``t_hi`` to clean data).
+        target: ``"step"`` (one teacher step to ``t_lo``, then the target network) or
+            ``"solve"`` (the teacher's ODE solution to clean data; needs a teacher).
         target_decay: EMA decay of the target network (0: the student without gradients).
         distance: ``"l2"`` (mean squared error) or ``"pseudo_huber"``.
         huber_c: the pseudo-Huber ``c`` (default ``0.00054 sqrt(dim)``).
@@ -240,7 +251,7 @@ class ConsistencyDistillation(_Recipe):
 
     def __init__(self, teacher: Model | None = None, *, steps: int | tuple[int, int] = 18,
                  total_steps: int | None = None, spacing: str | None = None,
-                 solver: str | Solver = "heun", solver_steps: int = 1,
+                 solver: str | Solver = "heun", solver_steps: int = 1, target: str = "step",
                  target_decay: float | None = 0.95, distance: str = "l2",
                  huber_c: float | None = None, weighting: str = "uniform",
                  level_sampler: str = "uniform", p_mean: float = -1.1, p_std: float = 2.0,
@@ -263,6 +274,12 @@ class ConsistencyDistillation(_Recipe):
         if level_sampler not in ("uniform", "lognormal"):
             raise InputError(f"unknown level_sampler={level_sampler!r}; expected 'uniform' or "
                              "'lognormal'")
+        if target not in ("step", "solve"):
+            raise InputError(f"unknown target={target!r}; expected 'step' (teacher step and "
+                             "target network) or 'solve' (the teacher's ODE solution)")
+        if target == "solve" and (teacher is None or jump):
+            raise InputError("target='solve' regresses the map to clean data on the teacher's ODE "
+                             "solution: it needs a teacher and jump=False")
         if dsm_weight and not jump:
             raise InputError("dsm_weight is CTM's denoising loss on the jump to 0: it needs "
                              "jump=True")
@@ -271,7 +288,7 @@ class ConsistencyDistillation(_Recipe):
             teacher.net.eval()
         self.steps, self.total_steps, self.spacing = steps, total_steps, spacing
         self.solver = get_solver(solver, **solver_options)
-        self.solver_steps = int(solver_steps)
+        self.solver_steps, self.target_kind = int(solver_steps), target
         self.distance, self.huber_c = _check_distance(distance), huber_c
         self.weighting, self.level_sampler = weighting, level_sampler
         self.p_mean, self.p_std = float(p_mean), float(p_std)
@@ -331,6 +348,11 @@ class ConsistencyDistillation(_Recipe):
             m = n + 1 + (_time_draw(generator, b, ref.device) * room).long()
             m = torch.minimum(m, torch.full_like(m, count + 1))
             s = ext[m]
+        if self.target_kind == "solve":
+            with torch.no_grad():
+                target = self._solve(x_hi, t_hi, sched, cond, generator)
+            per = _distance(model.x0(x_hi, t_hi, **cond), target, self.distance, self.huber_c)
+            return per.mean(), {"consistency_steps": float(count)}
         target_model = self.target_model(model)
         with torch.no_grad():
             if self.teacher is None:
@@ -359,8 +381,18 @@ class ConsistencyDistillation(_Recipe):
             loss = loss + self.dsm_weight * dsm
         return loss, info
 
+    def _solve(self, x: State, t: Tensor, schedule: Schedule, cond: dict[str, Any],
+               generator: torch.Generator | None) -> State:
+        """The teacher's ODE solution from per-sample times ``t`` (``[B]``) to clean data."""
+        spacing = self.spacing or schedule.default_spacing or self.solver.default_spacing
+        grid = timesteps(schedule, self.solver_steps, spacing, t_start=t, device=t.device)
+        bound = self.teacher.bind(**cond) if cond else self.teacher
+        return sample(bound, x, self.solver, grid=grid, generator=generator, check_finite=False)
+
     def __repr__(self) -> str:
         kind = "training" if self.teacher is None else f"teacher solver={self.solver!r}"
+        if self.target_kind == "solve":
+            kind += f", target='solve' in {self.solver_steps} steps"
         return (f"{type(self).__name__}({kind}, steps={self.steps}, jump={self.jump}, "
                 f"distance={self.distance!r}, target_decay={self.target_decay})")
 

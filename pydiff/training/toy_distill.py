@@ -8,6 +8,9 @@ put beside the teacher's solvers:
 
 - ``"cd"``: consistency distillation (Heun teacher steps), sampled by the multistep
   consistency solver at each NFE of ``nfes``.
+- ``"cd-solve"``: consistency distillation on the teacher's ODE solution (``target="solve"``:
+  each level's target is the teacher's Heun solve to clean data, no target network), sampled
+  like ``"cd"``.
 - ``"ct"``: consistency training from a freshly initialized network of the same size (no
   teacher), sampled like ``"cd"``.
 - ``"pd"``: progressive distillation from the teacher's ``2 max(nfes)``-step Euler grid,
@@ -52,8 +55,10 @@ from .distill import (
 from .toy import ToyMLP, ring_flow_teacher
 from .trainer import Trainer
 
-TOY_RECIPES = ("cd", "ct", "pd", "reflow")
-RECIPE_NAMES = {"cd": "consistency distillation", "ct": "consistency training",
+TOY_RECIPES = ("cd", "cd-solve", "ct", "pd", "reflow")
+RECIPE_NAMES = {"cd": "consistency distillation",
+                "cd-solve": "consistency distillation on the teacher's solution",
+                "ct": "consistency training",
                 "pd": "progressive distillation", "reflow": "reflow",
                 "reflow+1": "reflow + one-step distillation"}
 
@@ -63,7 +68,7 @@ class ToyStudent:
     """A distilled model and how it samples.
 
     Attributes:
-        recipe: ``"cd"``, ``"ct"``, ``"pd"``, ``"reflow"`` or ``"reflow+1"``.
+        recipe: ``"cd"``, ``"cd-solve"``, ``"ct"``, ``"pd"``, ``"reflow"`` or ``"reflow+1"``.
         model: the student Denoiser.
         solver: the solver it samples with; ``options`` its ``steps=`` or ``grid=``.
         nfe: network evaluations per sample.
@@ -134,9 +139,13 @@ def distill_ring(teacher: Denoiser | None = None, *, recipes: Sequence[str] = TO
     for recipe in recipes:
         start = time.perf_counter()
         torch.manual_seed(seed)
-        if recipe in ("cd", "ct"):
+        if recipe in ("cd", "cd-solve", "ct"):
             if recipe == "cd":
                 loss = ConsistencyDistillation(teacher, steps=18, solver="heun")
+                student, n_steps = student_from(teacher), steps
+            elif recipe == "cd-solve":  # 8 levels, each solved by 5 Heun steps (10 NFE)
+                loss = ConsistencyDistillation(teacher, steps=8, solver="heun", solver_steps=5,
+                                               target="solve")
                 student, n_steps = student_from(teacher), steps
             else:
                 n_steps = 2 * steps
