@@ -32,6 +32,34 @@ from .tree import State, leaves, per_sample, tree_map
 Tensor = torch.Tensor
 
 
+def _default_grid(schedule: Schedule, solver: Solver, steps: int, spacing: str,
+                  t_start: Any, t_end: Any, final_zero: bool, device: torch.device) -> Tensor:
+    """The grid of ``sample(..., steps=, spacing=)``, kept on the schedule for scalar ends.
+
+    A control loop samples the same grid at every call: handing back the same tensor lets the
+    Denoiser and the wrappers reuse what they computed for it (their per-grid caches), which
+    at one network call per chunk cost as much as the call. A grid changed in place is rebuilt.
+    """
+    drop_eps = solver.jumps_to_data and final_zero and t_end is None
+    scalar = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                 for v in (t_start, t_end))
+    key = (steps, spacing, t_start, t_end, final_zero, drop_eps, str(device))
+    cache = schedule.__dict__.setdefault("_default_grids", {}) if scalar else None
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None and hit[0]._version == hit[1]:
+            return hit[0]
+    grid = timesteps(schedule, steps + int(drop_eps), spacing, t_start=t_start, t_end=t_end,
+                     final_zero=final_zero, device=device)
+    if drop_eps:  # see Solver.jumps_to_data
+        grid = torch.cat([grid[:-2], grid[-1:]])
+    if cache is not None:
+        if len(cache) >= 32:
+            cache.clear()
+        cache[key] = (grid, grid._version)
+    return grid
+
+
 def prior(
     schedule: Schedule,
     shape: Sequence[int] | Tensor,
@@ -146,11 +174,8 @@ def sample(
     if grid is None:
         if spacing is None:
             spacing = schedule.default_spacing or solver.default_spacing
-        drop_eps = solver.jumps_to_data and final_zero and t_end is None
-        grid = timesteps(schedule, steps + int(drop_eps), spacing, t_start=t_start,
-                         t_end=t_end, final_zero=final_zero, device=ref.device)
-        if drop_eps:  # see Solver.jumps_to_data
-            grid = torch.cat([grid[:-2], grid[-1:]])
+        grid = _default_grid(schedule, solver, steps, spacing, t_start, t_end, final_zero,
+                             ref.device)
         name = "t_start" if torch.is_tensor(t_start) and t_start.dim() else "t_end"
     else:
         name = "grid"

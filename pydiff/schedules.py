@@ -90,6 +90,41 @@ class Schedule:
         t = as_time(t)
         return torch.where(t == 0, torch.zeros_like(t), self._sigma(t))
 
+    def alpha_sigma(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha(t), sigma(t))``; for a row of a grid tensor (``grid[i]``, as solvers pass
+        times to models) the whole grid's values are computed once and kept with the grid.
+
+        A wrapper such as :class:`pydiff.guidance.ClipX0` needs them at every model call; a
+        policy's chunk reuses one grid for every call (``pydiff.sample`` keeps its default
+        grids), where recomputing the table interpolation cost as much as a small network.
+        The 16 most recent grids are kept (checked by identity and in-place version).
+
+        Example:
+            >>> import pydiff
+            >>> s = pydiff.VPSchedule()
+            >>> grid = pydiff.timesteps(s, 4)
+            >>> bool(s.alpha_sigma(grid[1])[0] == s.alpha(grid[1]))
+            True
+        """
+        t = as_time(t)
+        base = t._base
+        if (base is None or base.dim() != t.dim() + 1 or base.stride(0) == 0
+                or base.requires_grad or t.requires_grad or base.is_inference()
+                or torch.is_inference_mode_enabled() or torch.compiler.is_compiling()
+                or base.shape[1:] != t.shape or base.stride()[1:] != t.stride()):
+            return self.alpha(t), self.sigma(t)
+        row, rem = divmod(t.storage_offset() - base.storage_offset(), base.stride(0))
+        if rem or not 0 <= row < base.shape[0]:
+            return self.alpha(t), self.sigma(t)
+        cache = self.__dict__.setdefault("_grid_levels", {})
+        hit = cache.get(id(base))
+        if hit is None or hit[0] is not base or hit[1] != base._version:
+            if len(cache) >= 16:
+                cache.clear()
+            hit = cache[id(base)] = (base, base._version, self.alpha(base).unbind(0),
+                                     self.sigma(base).unbind(0))
+        return hit[2][row], hit[3][row]
+
     def log_snr(self, t: float | Tensor) -> Tensor:
         """``lambda(t) = log(alpha / sigma)``; ``+inf`` at ``t = 0``."""
         return torch.log(self.alpha(t)) - torch.log(self.sigma(t))

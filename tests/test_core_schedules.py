@@ -127,3 +127,17 @@ def test_discrete_tables_default_to_uniform_time_steps():
     for solver in ("dpmpp_2m", "unipc", "ddim"):
         state = pydiff.sample(model, torch.zeros(1, 2), solver, steps=5, return_state=True)
         assert torch.allclose(state.grid.flatten().cpu(), pydiff.timesteps(table, 5, "time"))
+
+
+def test_alpha_sigma_of_grid_rows_is_cached_with_the_grid():
+    sched = pydiff.DiscreteSchedule.cosine(num_train_timesteps=100)
+    grid = pydiff.timesteps(sched, 5, "time")
+    for i in range(grid.shape[0]):
+        a, s = sched.alpha_sigma(grid[i])
+        assert torch.equal(a, sched.alpha(grid[i])) and torch.equal(s, sched.sigma(grid[i]))
+    assert sched.alpha_sigma(grid[2])[0] is sched.alpha_sigma(grid[2])[0]  # kept
+    grid[2] = 0.5  # an in-place change is seen (version counter): recomputed
+    assert torch.equal(sched.alpha_sigma(grid[2])[0], sched.alpha(torch.tensor(0.5, dtype=F64)))
+    # times that are not grid rows are computed directly
+    t = torch.tensor([0.3, 0.7], dtype=F64)
+    assert torch.equal(sched.alpha_sigma(t)[1], sched.sigma(t))

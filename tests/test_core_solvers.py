@@ -209,3 +209,19 @@ def test_schedule_default_spacing_overrides_the_solvers():
     state = pydiff.sample(GAUSS.denoiser(flow, "velocity"), x, "dpmpp_2m", 10, return_state=True)
     assert torch.allclose(state.grid, pydiff.timesteps(flow, 10, "time"))
     assert bool(torch.isfinite(state.x).all())  # DPM-Solver++ from alpha = 0
+
+
+def test_sample_reuses_its_default_grid_and_rebuilds_one_changed_in_place():
+    sched = pydiff.DiscreteSchedule.cosine(num_train_timesteps=100)
+    model = pydiff.Denoiser(lambda x, t: 0.1 * x, sched, prediction="eps")
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    first = pydiff.sample(model, x, "ddim", 4, return_state=True)
+    again = pydiff.sample(model, x, "ddim", 4, return_state=True)
+    assert again.grid is first.grid and torch.equal(again.x, first.x)
+    other = pydiff.sample(model, x, "ddim", 4, t_start=0.5, return_state=True)
+    assert other.grid is not first.grid and float(other.grid[0]) == 0.5
+    expected = first.grid.clone()
+    first.grid[1] = 0.9  # a caller changed the handed-out grid: the next run gets a new one
+    fresh = pydiff.sample(model, x, "ddim", 4, return_state=True)
+    assert fresh.grid is not first.grid and torch.equal(fresh.grid, expected)
+    assert torch.equal(fresh.x, again.x)

@@ -292,8 +292,14 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
         """One control step's per-position grid ``[stream_steps + 1, 1, 1, Tp]``: each position
         goes from ``(j + 1) / Tp`` to ``j / Tp`` (the head reaches clean data)."""
         s = self.config.stream_steps
-        frac = torch.linspace(1.0, 0.0, s + 1, dtype=torch.float64).reshape(-1, 1)
-        return self.stream_levels(frac).reshape(s + 1, 1, 1, -1)
+        key = (s, self.config.horizon)
+        # one tensor per setting: the Denoiser keeps its levels with the grid it was given
+        cached = self.__dict__.get("_stream_grid")
+        if cached is None or cached[0] != key or cached[1]._version != cached[2]:
+            frac = torch.linspace(1.0, 0.0, s + 1, dtype=torch.float64).reshape(-1, 1)
+            grid = self.stream_levels(frac).reshape(s + 1, 1, 1, -1)
+            cached = self.__dict__["_stream_grid"] = (key, grid, grid._version)
+        return cached[1]
 
     def _stream(self, model: pydiff.Denoiser, batch: int, generator) -> Tensor:
         cfg = self.config

@@ -82,7 +82,7 @@ class Guided(Model):
     def coefficients(self, x: State, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(t, alpha, sigma)`` as float64 tensors on the state's device."""
         tt = as_time(t, leaves(x)[0].device)
-        return tt, self.schedule.alpha(tt), self.schedule.sigma(tt)
+        return (tt, *self.schedule.alpha_sigma(tt))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
