@@ -4,7 +4,8 @@
 # runs the halo pack/unpack CUDA tests, then:
 #   - with 2 or more GPUs: torchrun, one rank per GPU (NCCL; NPROC ranks, default all GPUs up
 #     to 4), benchmarks/parallel_gpu.py: sync against one GPU, displaced/partial PSNR, bytes
-#     and ms per step at 512 and 1024 px -> $RESULTS/parallel_gpu.json;
+#     and ms per step at 512 and 1024 px, a random DiT's sync against one GPU
+#     -> $RESULTS/parallel_gpu.json;
 #   - with one GPU: sync with one rank on the GPU (the wrapper is then the plain model, so
 #     this checks the shipped model and the CUDA path only); NCCL patch parallelism needs 2.
 # It refuses more ranks than GPUs (two ranks on one GPU would measure nothing useful).
@@ -44,6 +45,13 @@ a = sample_image(PatchParallel(net, mode="sync"), 256, 4, 0, device="cuda")
 b = sample_image(net, 256, 4, 0, device="cuda")
 assert torch.equal(a, b), float((a - b).abs().max())
 print("sync, one rank on the GPU: equals the plain model")
+from pydiff.testing.distributed import random_dit
+dit = random_dit().cuda()
+x, t = torch.randn(2, 2, 512, device="cuda"), torch.rand(2, device="cuda")
+g = torch.randn(2, 3, device="cuda")
+with torch.no_grad():
+    assert torch.equal(PatchParallel(dit, mode="sync")(x, t, global_cond=g), dit(x, t, global_cond=g))
+print("DiT sync, one rank on the GPU: equals the plain model")
 PY
 fi
 exit $status

@@ -150,7 +150,8 @@ def init_distributed(
 def side_group(ranks: list[int] | None = None):
     """A second process group over the same ranks (default: all; same timeout), so exchanges
     left in flight across calls (the stale-activation messages of patch parallelism) never
-    interleave with the main group's collectives. Call it on every rank, in the same order.
+    interleave with the main group's collectives. Call it on every rank of ``ranks`` (default:
+    every rank), in the same order.
 
     Example:
         >>> side_group() is None     # not distributed: nothing to create
@@ -159,7 +160,10 @@ def side_group(ranks: list[int] | None = None):
     if not (dist.is_available() and dist.is_initialized()):
         return None
     timeout = _timeout_s if _timeout_s is not None else DEFAULT_TIMEOUT
-    return dist.new_group(ranks=ranks, timeout=timedelta(seconds=timeout))
+    # over some ranks only those call it (a subgroup's wrapper creates its side group lazily,
+    # while the other ranks are busy elsewhere)
+    return dist.new_group(ranks=ranks, timeout=timedelta(seconds=timeout),
+                          use_local_synchronization=ranks is not None)
 
 
 def destroy() -> None:

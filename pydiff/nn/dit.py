@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,9 +70,15 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.forward_with(x, c, lambda a: self.attn(a, mask=mask))
+
+    def forward_with(self, x: Tensor, c: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
+        """The block with ``attend(tokens) -> [B, L, dim]`` in place of its self-attention
+        (the projections in ``self.attn`` included): a wrapper that holds only some of the
+        tokens (pydiff.parallel.PatchParallel) attends over the others' keys and values."""
         params = (_per_token(p) for p in self.ada(c).chunk(6, dim=-1))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = params
-        x = x + gate_a * self.attn(_modulate(self.norm1(x), shift_a, scale_a), mask=mask)
+        x = x + gate_a * attend(_modulate(self.norm1(x), shift_a, scale_a))
         x = x + gate_m * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
         return x
 
@@ -155,25 +162,46 @@ class DiT(nn.Module):
                 f"x has shape {tuple(x.shape)}; expected [B, in_channels={self.in_channels}, L]"
             )
         b, _, length = x.shape
-        t = normalize_time(t, b, length, owner="DiT").to(x.device)
-        h = self.embed(x.transpose(1, 2))
-        pos = torch.arange(length, device=x.device, dtype=torch.float32)
-        h = h + self.pos_embed(pos).to(h.dtype)
-        c = self.time_embed(t).to(h.dtype)  # [B, D] or [B, L, D]
+        c = self.condition(t, b, length, global_cond, x.device)
+        h = self.tokens(x, torch.arange(length, device=x.device))
+        for blk in self.blocks:
+            h = blk(h, c, mask=mask)
+        return self.head(h, c)
+
+    # The pieces of ``forward``, public so that a wrapper evaluating a contiguous range of the
+    # tokens (pydiff.parallel.PatchParallel: one band of tokens per rank) computes exactly what
+    # ``forward`` computes for them.
+
+    def condition(self, t: Tensor | float, batch: int, length: int,
+                  global_cond: Tensor | None = None, device: torch.device | None = None) -> Tensor:
+        """The blocks' condition: the time embedding plus the projected global condition,
+        ``[B, hidden_dim]`` or, for per-position ``t``, ``[B, length, hidden_dim]``."""
+        t = normalize_time(t, batch, length, owner="DiT")
+        t = t if device is None else t.to(device)
+        c = self.time_embed(t).to(self.embed.weight.dtype)  # [B, D] or [B, L, D]
         if self.cond_embed is not None:
-            if global_cond is None or global_cond.shape != (b, self.global_cond_dim):
+            if global_cond is None or global_cond.shape != (batch, self.global_cond_dim):
                 got = None if global_cond is None else tuple(global_cond.shape)
                 raise ValueError(
                     f"global_cond has shape {got}; expected [B, {self.global_cond_dim}]"
                 )
-            g = self.cond_embed(global_cond.to(h.dtype))
+            g = self.cond_embed(global_cond.to(c.dtype))
             c = c + (g.unsqueeze(1) if c.dim() == 3 else g)
         elif global_cond is not None:
             raise ValueError(
                 "global_cond was given but the network was built with global_cond_dim=0"
             )
-        for blk in self.blocks:
-            h = blk(h, c, mask=mask)
+        return c
+
+    def tokens(self, x: Tensor, positions: Tensor) -> Tensor:
+        """``x [B, in_channels, n]`` (the positions ``positions [n]`` of the sequence) as
+        embedded tokens ``[B, n, hidden_dim]``."""
+        h = self.embed(x.transpose(1, 2))
+        return h + self.pos_embed(positions.to(torch.float32)).to(h.dtype)
+
+    def head(self, h: Tensor, c: Tensor) -> Tensor:
+        """The final adaLN-modulated layer: tokens ``[B, n, hidden_dim]`` (and their condition)
+        to the output ``[B, out_channels, n]``."""
         shift, scale = (_per_token(p) for p in self.ada_out(c).chunk(2, dim=-1))
         h = self.out(_modulate(self.norm_out(h), shift, scale))
         return h.transpose(1, 2)

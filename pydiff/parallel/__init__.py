@@ -1,7 +1,7 @@
 """Patch parallelism: one sample's network evaluation split across processes.
 
-:class:`PatchParallel` wraps a :class:`pydiff.nn.UNet2D`: every rank computes one band of rows
-of every activation, convolutions exchange halo rows with the neighbouring ranks
+:class:`PatchParallel` wraps a :class:`pydiff.nn.UNet2D` (or a DiT, below): every rank computes
+one band of rows of every activation, convolutions exchange halo rows with the neighbouring ranks
 (:func:`pydiff.ops.halo_pack` / ``halo_unpack``), GroupNorm merges per-band (count, mean, M2)
 statistics across ranks (Welford's parallel merge), self-attention attends over the K/V of all
 bands, and the output bands are all-gathered. The solver runs unchanged on the full sample,
@@ -13,6 +13,11 @@ model to float32 rounding whatever the number of ranks. ``"displaced"`` (DistriF
 ``"partial"`` (Partially Conditioned Patch Parallelism) use the previous call's activations of
 the other bands, sent asynchronously in one packed message per neighbour per call; call
 ``reset()`` before each sampling. :mod:`pydiff.parallel.model` holds the trained test model.
+
+A :class:`pydiff.nn.DiT` is split the same way into bands of tokens (``x [B, C, L]``, an image
+in row-major order: bands of rows); only its self-attention exchanges anything: every band's
+K/V, attended band by band and merged exactly through the log-sum-exps that
+``pydiff.ops.attention(..., return_lse=True)`` returns.
 
 Example (under ``torchrun --nproc_per_node 2`` or :func:`pydiff.distributed.launch`):
     >>> import torch, pydiff

@@ -1,4 +1,5 @@
-"""PatchParallel: a UNet2D evaluated in row bands, one band per rank (see the package doc)."""
+"""PatchParallel: a UNet2D (rows of the image) or a DiT (runs of tokens) evaluated in bands, one
+band per rank (see the package doc)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..distributed import collective_errors, dist_info, side_group
 from ..errors import InputError
+from ..nn.attention import MultiHeadAttention
+from ..nn.dit import DiT
 from ..nn.embeddings import normalize_time
 from ..nn.unet2d import AttnBlock2D, ColumnGroupNorm, ResBlock2D, UNet2D, _Down, _Up
 
@@ -41,6 +44,21 @@ def _stats_map(stats: _Stats) -> Tensor:
 def _map_stats(m: Tensor, like: Tensor) -> _Stats:
     parts = m.double().reshape(3, *like.shape)
     return parts[0], parts[1], parts[2]
+
+
+def _merge_parts(parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Attention over keys split in parts, from each part's ``(out, lse)`` (``pydiff.ops.
+    attention(..., return_lse=True)``): exact, ``sum_i exp(lse_i - lse) out_i`` with
+    ``lse = logsumexp_i lse_i``; a query whose keys are all masked gets 0, as in one call."""
+    if len(parts) == 1:
+        return parts[0][0]
+    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), dim=0)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    out = None
+    for o, part_lse in parts:
+        term = (part_lse - lse).exp().to(o.dtype)[..., None] * o
+        out = term if out is None else out + term
+    return out
 
 
 @dataclass
@@ -122,12 +140,12 @@ class PatchParallel(nn.Module):
         torch.Size([1, 1, 8, 8])
     """
 
-    def __init__(self, model: UNet2D, mode: str = "sync", group=None, *, warmup: int = 2,
+    def __init__(self, model: UNet2D | DiT, mode: str = "sync", group=None, *, warmup: int = 2,
                  fraction: float = 0.125, gn: str = "sync") -> None:
         super().__init__()
-        if not isinstance(model, UNet2D):
+        if not isinstance(model, (UNet2D, DiT)):
             raise TypeError(f"PatchParallel: model is {type(model).__name__}; expected a "
-                            "pydiff.nn.UNet2D")
+                            "pydiff.nn.UNet2D or a pydiff.nn.DiT")
         if mode not in MODES:
             raise InputError(f"PatchParallel: mode={mode!r}; expected one of {MODES}")
         if int(warmup) < 1:
@@ -158,6 +176,11 @@ class PatchParallel(nn.Module):
         info = dist_info()
         return info.rank, info.world_size
 
+    def _peer(self, rank: int) -> int:
+        """The global rank of the group's ``rank``: point-to-point operations name their peer
+        by its global rank, whatever group they run on."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
     def _count(self, t: Tensor, times: int = 1) -> None:
         self.bytes_sent += t.numel() * t.element_size() * times
 
@@ -175,19 +198,21 @@ class PatchParallel(nn.Module):
         if rank > 0:
             if bottom:
                 msg = ops.halo_pack([h], bottom, "top")
-                ops_list.append(dist.P2POp(dist.isend, msg, rank - 1, self.group))
+                ops_list.append(dist.P2POp(dist.isend, msg, self._peer(rank - 1), self.group))
                 self._count(msg)
             if top:
                 recv["top"] = h.new_empty(h.shape[0] * h.shape[1] * top * h.shape[3])
-                ops_list.append(dist.P2POp(dist.irecv, recv["top"], rank - 1, self.group))
+                ops_list.append(dist.P2POp(dist.irecv, recv["top"], self._peer(rank - 1),
+                                           self.group))
         if rank < world - 1:
             if top:
                 msg = ops.halo_pack([h], top, "bottom")
-                ops_list.append(dist.P2POp(dist.isend, msg, rank + 1, self.group))
+                ops_list.append(dist.P2POp(dist.isend, msg, self._peer(rank + 1), self.group))
                 self._count(msg)
             if bottom:
                 recv["bottom"] = h.new_empty(h.shape[0] * h.shape[1] * bottom * h.shape[3])
-                ops_list.append(dist.P2POp(dist.irecv, recv["bottom"], rank + 1, self.group))
+                ops_list.append(dist.P2POp(dist.irecv, recv["bottom"], self._peer(rank + 1),
+                                          self.group))
         if ops_list:
             start = time.perf_counter()
             with collective_errors("halo rows"):
@@ -275,18 +300,20 @@ class PatchParallel(nn.Module):
         with collective_errors("stale activations"):
             if rank > 0 and up:
                 msg = ops.halo_pack([m for m, _ in up], [r for _, r in up], "top")
-                p2p.append(dist.P2POp(dist.isend, msg, rank - 1, self._side))
+                p2p.append(dist.P2POp(dist.isend, msg, self._peer(rank - 1), self._side))
                 self._count(msg)
                 pending["recv_up"] = msg.new_empty(sum(math.prod(shape) for _, shape, _ in
                                                        pending["down_spec"]))
-                p2p.append(dist.P2POp(dist.irecv, pending["recv_up"], rank - 1, self._side))
+                p2p.append(dist.P2POp(dist.irecv, pending["recv_up"], self._peer(rank - 1),
+                                       self._side))
             if rank < world - 1 and down:
                 msg = ops.halo_pack([m for m, _ in down], [r for _, r in down], "bottom")
-                p2p.append(dist.P2POp(dist.isend, msg, rank + 1, self._side))
+                p2p.append(dist.P2POp(dist.isend, msg, self._peer(rank + 1), self._side))
                 self._count(msg)
                 pending["recv_down"] = msg.new_empty(sum(math.prod(shape) for _, shape, _ in
                                                          pending["up_spec"]))
-                p2p.append(dist.P2POp(dist.irecv, pending["recv_down"], rank + 1, self._side))
+                p2p.append(dist.P2POp(dist.irecv, pending["recv_down"], self._peer(rank + 1),
+                                       self._side))
             if p2p:
                 pending["works"] += dist.batch_isend_irecv(p2p)
             if step.gather:
@@ -411,32 +438,72 @@ class PatchParallel(nn.Module):
         heads = block.num_heads
         qkv = block.qkv(self._norm(block.norm, x))
         q = qkv[:, :c].reshape(b, heads, c // heads, hh * ww).transpose(-1, -2)
-        kv = qkv[:, c:]  # [B, 2C, h, w]: K and V as maps, so their rows pack like activations
+        # K and V as maps [B, 2C, h, w], so their rows pack like activations
+        out = self._attend(q, qkv[:, c:], heads).transpose(-1, -2).reshape(b, c, hh, ww)
+        out = x + block.proj(out)
+        return out / math.sqrt(2.0) if block.skip_rescale else out
+
+    def _attend(self, q: Tensor, kv: Tensor, heads: int, mask: Tensor | None = None) -> Tensor:
+        """This band's queries ``q [B, H, n, D]`` attending over the keys and values of every
+        band. ``kv [B, 2 H D, rows, W]`` is this band's K and V as a map (rows of the image or,
+        with ``W = 1``, tokens of a sequence), ``mask [B, L]`` an optional key mask over the
+        whole row-major sequence. Each band's K/V part is attended separately and the parts
+        are merged exactly through their log-sum-exps (:func:`_merge_parts`): in sync calls the
+        local part is computed while the other bands' K/V are being all-gathered; stale calls
+        take the others' (displaced: every band's; partial: the neighbours' nearest rows) from
+        the previous call."""
         rank, world = self._world()
         step = self._step
         site = step.next_site()
+        rows, width = kv.shape[2], kv.shape[3]
+        start = rank * rows  # this band's first row in the image
+
+        def part(m: Tensor, first_row: int) -> tuple[Tensor, Tensor]:
+            k, v = (z.transpose(-1, -2) for z in m.reshape(m.shape[0], 2, heads, -1,
+                                                             m.shape[2] * width).unbind(1))
+            keep = None if mask is None else \
+                mask[:, first_row * width:(first_row + m.shape[2]) * width]
+            return ops.attention(q, k, v, mask=keep, return_lse=True)
+
         if step.stale:
             stale = self.state.stale
             if self.mode == "displaced":  # every band's previous K/V, this band's fresh
-                maps = [kv if r == rank else stale["ranks"][r][site] for r in range(world)]
+                parts = [part(kv if r == rank else stale["ranks"][r][site], r * rows)
+                         for r in range(world)]
             else:  # fresh local K/V and the nearest rows of the neighbours' previous K/V
-                maps = ([stale["up"][site]] if rank > 0 else []) + [kv] + (
-                    [stale["down"][site]] if rank < world - 1 else [])
+                parts = [part(kv, start)]
+                if rank > 0:
+                    above = stale["up"][site]
+                    parts.append(part(above, start - above.shape[2]))
+                if rank < world - 1:
+                    parts.append(part(stale["down"][site], start + rows))
         else:
-            # every band's K/V, in band order = the single-process row-major position order
-            maps = self._all_gather(kv, "attention K/V")
+            parts = self._attend_sync(kv, part, rank, world)
         if step.record:
             if self.mode == "displaced":
                 step.gather.append((site, kv))
             else:
-                rows = self._partial_rows(hh)
-                step.up.append((site, kv[:, :, :rows], rows))
-                step.down.append((site, kv[:, :, hh - rows:], rows))
-        kv_all = torch.cat([m.reshape(b, 2, heads, c // heads, -1) for m in maps], dim=-1)
-        k_all, v_all = (kv_all[:, i].transpose(-1, -2) for i in range(2))
-        out = ops.attention(q, k_all, v_all).transpose(-1, -2).reshape(b, c, hh, ww)
-        out = x + block.proj(out)
-        return out / math.sqrt(2.0) if block.skip_rescale else out
+                n = self._partial_rows(rows)
+                step.up.append((site, kv[:, :, :n], n))
+                step.down.append((site, kv[:, :, rows - n:], n))
+        return _merge_parts(parts)
+
+    def _attend_sync(self, kv: Tensor, part, rank: int, world: int) -> list[tuple[Tensor, Tensor]]:
+        """Every band's K/V part now: the all-gather runs while the local part is computed."""
+        if world == 1:
+            return [part(kv, 0)]
+        flat = kv.contiguous()
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        with collective_errors("attention K/V"):
+            work = dist.all_gather(gathered, flat, group=self.group, async_op=True)
+        self._count(flat, world - 1)
+        rows = kv.shape[2]
+        parts = [part(kv, rank * rows)]
+        begin = time.perf_counter()
+        with collective_errors("attention K/V"):
+            work.wait()
+        self.wait_seconds += time.perf_counter() - begin
+        return parts + [part(gathered[r], r * rows) for r in range(world) if r != rank]
 
     def _partial_rows(self, rows: int) -> int:
         """Rows of a neighbour's band whose K/V ``partial`` exchanges (at least one)."""
@@ -459,9 +526,14 @@ class PatchParallel(nn.Module):
     # -- forward -------------------------------------------------------------------------------
 
     def check_size(self, height: int) -> None:
-        """Raise :class:`~pydiff.InputError` unless ``height`` splits into equal bands at every
-        resolution of the model."""
+        """Raise :class:`~pydiff.InputError` unless ``height`` (a UNet2D's image rows, a DiT's
+        sequence length) splits into equal bands at every resolution of the model."""
         _, world = self._world()
+        if isinstance(self.model, DiT):
+            if height % world:
+                raise InputError(f"sequence length {height} does not split across {world} "
+                                 f"ranks: expected a multiple of {world}")
+            return
         unit = world * 2 ** self.model.n_down
         if height % unit:
             raise InputError(
@@ -470,7 +542,19 @@ class PatchParallel(nn.Module):
                 "model's downsamplings)")
 
     @torch.no_grad()
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None,
+                **dit_inputs: Tensor | None) -> Tensor:
+        """The model's output for full-size inputs, on every rank: ``(x, t, cond=None)`` for a
+        UNet2D, ``(x, t, global_cond=None, mask=None)`` for a DiT."""
+        if isinstance(self.model, DiT):
+            if cond is not None:
+                raise TypeError("PatchParallel: a DiT takes global_cond= and mask=, not cond=")
+            return self._forward_dit(x, t, **dit_inputs)
+        if dit_inputs:
+            raise TypeError(f"PatchParallel: unexpected inputs {sorted(dit_inputs)} for a UNet2D")
+        return self._forward_unet(x, t, cond)
+
+    def _forward_unet(self, x: Tensor, t: Tensor | float, cond: Tensor | None) -> Tensor:
         rank, world = self._world()
         net = self.model
         if world == 1:
@@ -491,15 +575,62 @@ class PatchParallel(nn.Module):
         pad_w = (-width) % (2 ** net.n_down)
         if pad_w:
             x = F.pad(x, (0, pad_w))
-        self._step = self._begin(x)
-        try:
-            h = self._bands(net, x, temb, rank, world)
-            if self._step.record:
-                self._launch(self._step)  # in flight during the output gather and the solver
-        finally:
-            self._step = _Step(stale=False, record=False)
+        h = self._run(x, lambda: self._bands(net, x, temb, rank, world))
         bands = self._all_gather(h, "output bands")
         return torch.cat(bands, dim=2)[:, :, :, :width]
+
+    def _forward_dit(self, x: Tensor, t: Tensor | float, global_cond: Tensor | None = None,
+                     mask: Tensor | None = None) -> Tensor:
+        """A DiT over a sequence ``x [B, C, L]`` (an image's pixels or patches in row-major
+        order: bands of tokens are bands of rows): each rank embeds and transforms its run of
+        ``L / world`` tokens; only self-attention needs the others (their K/V)."""
+        rank, world = self._world()
+        net = self.model
+        if world == 1:
+            return net(x, t, global_cond=global_cond, mask=mask)
+        if x.dim() != 3 or x.shape[1] != net.in_channels:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; expected [B, in_channels={net.in_channels}, L]")
+        b, _, length = x.shape
+        self.check_size(length)
+        if mask is not None and tuple(mask.shape) != (b, length):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected [B, L] = {(b, length)}")
+        self.calls += 1
+        rows = length // world
+        lo, hi = rank * rows, (rank + 1) * rows
+        c = net.condition(t, b, length, global_cond, x.device)
+        if c.dim() == 3:  # per-position time: this band's
+            c = c[:, lo:hi]
+        h = net.tokens(x[:, :, lo:hi], torch.arange(lo, hi, device=x.device))
+
+        def blocks() -> Tensor:
+            out = h
+            for blk in net.blocks:
+                out = blk.forward_with(out, c, lambda a, attn=blk.attn: self._dit_attn(attn, a,
+                                                                                        mask))
+            return out
+
+        out = net.head(self._run(x, blocks), c).contiguous()
+        return torch.cat(self._all_gather(out, "output bands"), dim=2)
+
+    def _dit_attn(self, attn: MultiHeadAttention, a: Tensor, mask: Tensor | None) -> Tensor:
+        b, n, _ = a.shape
+        q = attn._heads(attn.to_q(a))
+        kv = attn.to_kv(a).transpose(1, 2).unsqueeze(-1)  # [B, 2D, n, 1]: tokens as map rows
+        out = self._attend(q, kv, attn.num_heads, mask)
+        return attn.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def _run(self, x: Tensor, body) -> Tensor:
+        """``body()`` (the band's layers) as one call: stale or synchronous (:meth:`_begin`),
+        its stale messages launched at the end, in flight during the output gather."""
+        self._step = self._begin(x)
+        try:
+            h = body()
+            if self._step.record:
+                self._launch(self._step)
+        finally:
+            self._step = _Step(stale=False, record=False)
+        return h
 
     def _begin(self, x: Tensor) -> _Step:
         """This call's plan: stale (the previous call's activations) or synchronous, and

@@ -77,7 +77,22 @@ def random_unet2d(seed: int = 0, **config):
     torch.manual_seed(seed)
     config = {"in_channels": 1, "base_channels": 8, "channel_mult": (1, 2, 2),
               "num_res_blocks": 1, "attn_levels": [1], **config}
-    net = UNet2D(**config).eval()
+    return _randomized(UNet2D(**config))
+
+
+def random_dit(seed: int = 0, **config):
+    """A small :class:`~pydiff.nn.DiT` with every weight random (its zero-initialized adaLN and
+    output layers too) and a global condition."""
+    from ..nn import DiT
+
+    torch.manual_seed(seed)
+    config = {"in_channels": 2, "hidden_dim": 32, "depth": 2, "num_heads": 4,
+              "global_cond_dim": 3, **config}
+    return _randomized(DiT(**config))
+
+
+def _randomized(net: torch.nn.Module) -> torch.nn.Module:
+    net.eval()
     with torch.no_grad():
         for p in net.parameters():
             if p.dim() > 1:
@@ -88,9 +103,10 @@ def random_unet2d(seed: int = 0, **config):
 
 
 def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
-                             norm_axes: str = "hw") -> dict:
-    """Run a random UNet2D patch-parallel and on one process (locally, on every rank): one
-    network call and a short DDIM sampling; returns the largest differences and byte counts."""
+                             norm_axes: str = "hw", group=None) -> dict:
+    """Run a random UNet2D patch-parallel (over ``group``, default the world) and on one
+    process (locally, on every rank): one network call and a short DDIM sampling; returns the
+    largest differences and byte counts."""
     import pydiff
 
     from ..parallel import PatchParallel
@@ -99,7 +115,7 @@ def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, size, size + 8, generator=g)
     t = torch.tensor([0.3, 0.8])
-    parallel = PatchParallel(net, mode=mode)
+    parallel = PatchParallel(net, mode=mode, group=group)
     with torch.no_grad():
         single_out = net(x, t)
         parallel_out = parallel(x, t)
@@ -113,6 +129,33 @@ def patch_parallel_vs_single(size: int, steps: int, mode: str = "sync",
             "sample_diff": float((samples[0] - samples[1]).abs().max()),
             "sample_scale": float(samples[0].abs().max()),
             "bytes_sent": parallel.bytes_sent, "calls": parallel.calls}
+
+
+def stale_plumbing(size: int, norm_axes: str = "hw", group=None) -> dict:
+    """The stale modes on a repeated input, whose previous-call activations are exact: each
+    variant's largest difference from the single-process output over a synchronous call and
+    three stale ones (it must be rounding: which layer's rows, statistics and K/V go where).
+    Displaced with each GroupNorm treatment; partial (all of each neighbour's rows, GroupNorm
+    statistics along the chain) only over two ranks, where the neighbours are everyone."""
+    from ..parallel import PatchParallel
+
+    net = random_unet2d(norm_axes=norm_axes)
+    x = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.5, 2.0])
+    world = dist.get_world_size(group)
+    variants = {f"displaced/{gn}": ("displaced", {"gn": gn})
+                for gn in ("sync", "corrected", "shifted")}
+    if world == 2:
+        variants.update({f"partial/{gn}": ("partial", {"gn": gn, "fraction": 1.0})
+                         for gn in ("sync", "corrected")})
+    out: dict = {}
+    with torch.no_grad():
+        ref = net(x, t)
+        scale = max(1.0, float(ref.abs().max()))
+        for name, (mode, options) in variants.items():
+            parallel = PatchParallel(net, mode=mode, group=group, warmup=1, **options)
+            out[name] = max(float((parallel(x, t) - ref).abs().max()) / scale for _ in range(4))
+    return out
 
 
 def _single_process_sample(net: torch.nn.Module, size: int, steps: int, seed: int
@@ -134,9 +177,7 @@ def patch_modes_vs_single(size: int, steps: int, modes: tuple[str, ...] = ("disp
                           "partial"), seed: int = 0, path: str | None = None, **options) -> dict:
     """Sample the shipped patch-parallel model (or the checkpoint at ``path``) in each stale
     mode and on one process (on rank 0, broadcast); returns the PSNR of each mode against the
-    single-process sample, its bytes per call, and (the exchange's plumbing) the largest
-    difference of a displaced call on a repeated input, whose stale activations are exact,
-    from the single-process output."""
+    single-process sample and its bytes per call."""
     from ..parallel import PatchParallel
     from ..parallel.model import load_patch_model, psnr, sample_image
 
@@ -148,20 +189,73 @@ def patch_modes_vs_single(size: int, steps: int, modes: tuple[str, ...] = ("disp
         x = sample_image(parallel, size, steps, seed)
         out[mode] = {"psnr": psnr(x, single), "bytes_per_call": parallel.bytes_sent /
                      max(parallel.calls, 1), "calls": parallel.calls}
-    parallel = PatchParallel(net, mode="displaced", warmup=1)
-    g = torch.Generator().manual_seed(seed + 1)
-    x, t = torch.randn(2, 1, size, size, generator=g), torch.tensor([0.5, 2.0])
-    with torch.no_grad():
-        ref = net(x, t)
-        calls = [parallel(x, t) for _ in range(3)]  # sync, then two stale calls
-    out["repeat_diff"] = max(float((c - ref).abs().max()) for c in calls)
-    out["repeat_scale"] = float(ref.abs().max())
     return out
 
 
-def all_patch_modes(size: int, steps: int, norm_axes: str) -> dict:
-    """One rank's whole patch-parallel check in one launch: ``sync`` against one process on a
-    random net (:func:`patch_parallel_vs_single`), then the stale modes on the trained model
+def patch_parallel_suite(size: int, steps: int, quality_size: int, quality_steps: int) -> dict:
+    """The patch-parallel checks of tests/test_parallel.py in one launch of four ranks (a
+    launch costs seconds of process start-up per rank): first two pairs of ranks, each its
+    own two-rank group, then all four. On each group: ``sync`` against one process on a random
+    UNet2D (GroupNorm over rows and columns on the first pair and at four ranks, per column on
+    the second pair) and a random DiT, the stale modes' plumbing (:func:`stale_plumbing`, the
+    DiT's too); at four ranks the stale modes' quality on the trained model
     (:func:`patch_modes_vs_single`)."""
-    sync = patch_parallel_vs_single(size, 3, "sync", norm_axes)
-    return {"sync": sync, **patch_modes_vs_single(size, steps)}
+    rank = dist.get_rank()
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates both
+    pair = pairs[rank // 2]
+    norm_axes = "hw" if rank < 2 else "h"
+    out: dict = {"rank": rank}
+    for world, group in ((2, pair), (4, None)):
+        out[world] = {"norm_axes": norm_axes if world == 2 else "hw",
+                      "sync": patch_parallel_vs_single(size, steps, "sync",
+                                                       norm_axes if world == 2 else "hw", group),
+                      "plumbing": stale_plumbing(size, norm_axes if world == 2 else "hw", group),
+                      "dit": dit_patch_vs_single(6 * world, steps, group)}
+    out[4]["quality"] = patch_modes_vs_single(quality_size, quality_steps)
+    return out
+
+
+def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
+    """A random DiT over sequences of ``length`` tokens, patch-parallel and on one process:
+    ``sync`` calls with per-sample and per-position times, a global condition and a key mask
+    cutting across the bands, and a short DDIM sampling; ``displaced`` and ``partial`` (all of
+    a neighbour's rows) on a repeated input, whose stale K/V are exact. Returns the largest
+    differences from the single-process outputs, relative to the output's scale, and the bytes
+    each mode sent per call."""
+    import pydiff
+
+    from ..parallel import PatchParallel
+
+    net = random_dit()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 2, length, generator=g)
+    inputs = {"global_cond": torch.randn(2, 3, generator=g),
+              "mask": torch.ones(2, length, dtype=torch.bool)}
+    inputs["mask"][1, length // 3:] = False  # keys of some bands partly, of others all masked
+    times = [torch.tensor([0.3, 0.8]), torch.rand(2, length, generator=g)]
+    out: dict = {"rank": dist_info().rank}
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+    with torch.no_grad():
+        refs = [net(x, t, **inputs) for t in times]
+        sync = PatchParallel(net, mode="sync", group=group)
+        out["scale"] = min(float(r.abs().max()) for r in refs)
+        out["sync_call"] = max(rel(sync(x, t, **inputs), r) for t, r in zip(times, refs))
+        out["sync_bytes_per_call"] = sync.bytes_sent / sync.calls
+        schedule = pydiff.VPSchedule()
+        x_T = torch.randn(1, 2, length, generator=g)
+        cond = {"global_cond": inputs["global_cond"][:1]}
+        samples = [pydiff.sample(pydiff.Denoiser(m, schedule, prediction="eps", cond=cond), x_T,
+                                 "ddim", steps=steps) for m in (net, sync)]
+        out["sync_sample"] = rel(samples[1], samples[0])
+        modes = [("displaced", {})]
+        if dist.get_world_size(group) == 2:  # all of the neighbours' K/V = everyone's
+            modes.append(("partial", {"fraction": 1.0}))
+        for mode, options in modes:
+            stale = PatchParallel(net, mode=mode, group=group, warmup=1, **options)
+            calls = [stale(x, times[1], **inputs) for _ in range(3)]  # sync, then two stale
+            out[mode] = max(rel(c, refs[1]) for c in calls)
+            out[mode + "_bytes_per_call"] = stale.bytes_sent / stale.calls
+    return out
