@@ -267,11 +267,12 @@ def test_read_series_csv_and_forecast_table(tiny, tmp_path):
 @pytest.mark.skipif(not (PRETRAINED_DIR / "timeseries.json").is_file(),
                     reason="no shipped checkpoint")
 def test_shipped_model_forecasts_a_new_series_sensibly():
-    """Zero-shot: a level-1000 seasonal series it never saw gets forecasts at its level."""
+    """Zero-shot: a level-1000 seasonal series it never saw gets forecasts at its level (with
+    the checkpoint's sampler: 10 guided ddpm steps are too coarse for the balanced model)."""
     model = TSDiff.from_pretrained()
     t = np.arange(150)
     y = 1000 + 100 * np.sin(2 * np.pi * t / 12)
-    f = model.forecast(y, horizon=12, num_samples=16, steps=10)
+    f = model.forecast(y, horizon=12, num_samples=16)
     truth = 1000 + 100 * np.sin(2 * np.pi * np.arange(150, 162) / 12)
     assert np.abs(np.median(f, 0) - truth).mean() < 60  # vs 100 for the series' mean
 
