@@ -293,6 +293,19 @@ def test_cli_forecast_contract(tmp_path):
     assert (tmp_path / "fan.png").stat().st_size > 1000
 
 
+def test_deepar_stops_at_its_cpu_budget():
+    """A CPU-seconds budget ends DeepAR's training long before its (generous) wall budget."""
+    from pydiff.domains.timeseries.evaluate import deepar_predictor
+
+    train_ds, _ = backtest(to_gluonts(synthetic_series(1)), 8, 1)
+    started = time.process_time()
+    predictor = deepar_predictor(train_ds, 8, 24, time_budget=300.0, cpu_budget=1.0,
+                                 frequencies=["h"], num_samples=4)
+    used = time.process_time() - started
+    assert 1.0 <= used < 30, used
+    assert predictor.prediction_length == 8
+
+
 def test_evaluate_backtests_tsdiff_and_baselines(tiny):
     """Every method is scored on the same rolling origins; DeepAR trains within its budget."""
     from pydiff.domains.timeseries.evaluate import evaluate, format_table
