@@ -44,7 +44,9 @@ def _default_grid(schedule: Schedule, solver: Solver, steps: int, spacing: str,
     scalar = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
                  for v in (t_start, t_end))
     key = (steps, spacing, t_start, t_end, final_zero, drop_eps, str(device))
-    cache = schedule.__dict__.setdefault("_default_grids", {}) if scalar else None
+    # an inference-mode grid could not be saved for a later run's backward: not kept
+    keep = scalar and not torch.is_inference_mode_enabled()
+    cache = schedule.__dict__.setdefault("_default_grids", {}) if keep else None
     if cache is not None:
         hit = cache.get(key)
         if hit is not None and hit[0]._version == hit[1]:

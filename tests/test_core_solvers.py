@@ -225,3 +225,11 @@ def test_sample_reuses_its_default_grid_and_rebuilds_one_changed_in_place():
     fresh = pydiff.sample(model, x, "ddim", 4, return_state=True)
     assert fresh.grid is not first.grid and torch.equal(fresh.grid, expected)
     assert torch.equal(fresh.x, again.x)
+    # a grid made under inference mode is not kept: a later run can still backpropagate
+    sched2 = pydiff.DiscreteSchedule.cosine(num_train_timesteps=100)
+    model2 = pydiff.Denoiser(lambda x, t: 0.1 * x, sched2, prediction="eps")
+    with torch.inference_mode():
+        pydiff.sample(model2, x, "ddim", 4)
+    x_grad = x.clone().requires_grad_(True)
+    pydiff.sample(model2, x_grad, "ddim", 4).sum().backward()
+    assert x_grad.grad is not None
