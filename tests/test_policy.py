@@ -233,6 +233,12 @@ def test_streaming_uses_per_position_levels_and_pops_a_clean_head():
     t_net = counter.times[0]
     assert t_net.shape[-1] == 16 and t_net.dim() == 3  # per-position time [B|1, 1, Tp]
     assert torch.all(t_net[..., 1:] > t_net[..., :-1])  # noise rises along the horizon
+    assert policy.stream_grid() is policy.stream_grid()  # one tensor per setting
+    fresh = tiny_policy(mode="stream")
+    with torch.inference_mode():  # a robot loop under inference mode first, then a plain one
+        fresh.select_action(torch.zeros(3, 3), generator=g)
+        fresh.select_action(torch.zeros(3, 3), generator=g)
+    fresh.select_action(torch.zeros(3, 3), generator=g)
 
 
 @pytest.mark.parametrize("solver", ["ddim", "ddpm", "dpmpp_2m"])

@@ -295,9 +295,12 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
         key = (s, self.config.horizon)
         # one tensor per setting: the Denoiser keeps its levels with the grid it was given
         cached = self.__dict__.get("_stream_grid")
-        if cached is None or cached[0] != key or cached[1]._version != cached[2]:
+        if (cached is None or cached[0] != key or cached[1].is_inference()
+                or cached[1]._version != cached[2]):
             frac = torch.linspace(1.0, 0.0, s + 1, dtype=torch.float64).reshape(-1, 1)
             grid = self.stream_levels(frac).reshape(s + 1, 1, 1, -1)
+            if grid.is_inference():  # made under inference mode: no version counter to keep
+                return grid
             cached = self.__dict__["_stream_grid"] = (key, grid, grid._version)
         return cached[1]
 
