@@ -302,6 +302,34 @@ py::object lincomb_multi_fast(py::handle terms_obj, py::handle rows_obj, py::han
   return std::move(out);
 }
 
+// A coefficient known on the host: a Python number or a 0-dim CPU tensor without grad.
+bool host_value(PyObject* o, double* v) {
+  if (PyFloat_CheckExact(o)) {
+    *v = PyFloat_AS_DOUBLE(o);
+    return true;
+  }
+  if (PyLong_CheckExact(o)) {
+    *v = PyLong_AsDouble(o);
+    if (*v == -1.0 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+    return true;
+  }
+  at::Tensor c;
+  if (!plain_tensor(o, &c) || c.dim() != 0 || !c.device().is_cpu() || c.requires_grad())
+    return false;
+  switch (c.scalar_type()) {
+    case at::kDouble: *v = *static_cast<const double*>(c.const_data_ptr()); return true;
+    case at::kFloat: *v = *static_cast<const float*>(c.const_data_ptr()); return true;
+    case at::kHalf: *v = static_cast<float>(*static_cast<const at::Half*>(c.const_data_ptr())); return true;
+    case at::kBFloat16:
+      *v = static_cast<float>(*static_cast<const at::BFloat16*>(c.const_data_ptr()));
+      return true;
+    default: return false;
+  }
+}
+
 // Eager fast path of pydiff.solvers.combine when terms are pydiff.Linear (a model's x0/eps as a
 // map of the network output): the same ops.lincomb_multi call the Python path builds, built
 // here. Returns (result, kept or None), or None for anything but tensor states of plain
@@ -364,26 +392,38 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
   }
   const bool has_noise = !noise_obj.is_none();
   if (has_noise && !add_input(noise_obj.ptr())) return none;
-  if (linears.empty() || linears.size() + 1 > static_cast<size_t>(kMaxOutputs)) return none;
+  if (linears.empty()) return none;
   if (!usable_terms(inputs)) return none;
   const at::Tensor& x = inputs[0];
   const int nin = static_cast<int>(inputs.size());
   const int nlin = static_cast<int>(linears.size());
 
-  // rows as (source, coefficient object); a repeated source needs its coefficients summed,
-  // which only numbers allow here
-  std::vector<std::vector<std::pair<int, PyObject*>>> rows(nlin + 1);
+  // rows as (source, coefficient); a repeated source needs its coefficients summed, which
+  // only host values allow here (as the Python path sums them, in the same order)
+  struct Entry {
+    int src;
+    PyObject* obj;  // the coefficient object, or nullptr when `val` holds a host value
+    double val;
+  };
+  auto host = [](const Entry& e, double* v) -> bool {
+    if (e.obj == nullptr) {
+      *v = e.val;
+      return true;
+    }
+    return host_value(e.obj, v);
+  };
+  std::vector<std::vector<Entry>> rows(nlin + 1);
   auto put = [&](int j, int src, PyObject* c) -> bool {
     if (c == Py_None) return true;
     for (auto& e : rows[j]) {
-      if (e.first != src) continue;
-      if (!PyFloat_Check(e.second) || !PyFloat_Check(c)) return false;
-      holders.push_back(py::reinterpret_steal<py::object>(
-          PyFloat_FromDouble(PyFloat_AS_DOUBLE(e.second) + PyFloat_AS_DOUBLE(c))));
-      e.second = holders.back().ptr();
+      if (e.src != src) continue;
+      double a, b;
+      if (!host(e, &a) || !host_value(c, &b)) return false;
+      e.obj = nullptr;
+      e.val = a + b;
       return true;
     }
-    rows[j].emplace_back(src, c);
+    rows[j].push_back({src, c, 0.0});
     return true;
   };
   for (int l = 0; l < nlin; ++l) {
@@ -409,21 +449,115 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
     if (it == linears.end()) return none;
     keep_at = static_cast<int>(it - linears.begin());
   }
+  for (int j = 0; j <= nlin; ++j)  // by source, as the Python path's dense rows order them
+    std::stable_sort(rows[j].begin(), rows[j].end(),
+                     [](const Entry& a, const Entry& b) { return a.src < b.src; });
+
+  // A Linear that is not written and whose coefficients are all host values folds into the
+  // last row: its coefficients times the last row's weight on it (see compose_linears in
+  // pydiff/solvers/base.py, which does the same arithmetic in the same order)
+  std::vector<Entry>& last = rows[nlin];
+  std::vector<int> row_of(nlin, -1);  // the output row a Linear keeps, -1 once composed
+  int nrows = 0;
+  for (int l = 0; l < nlin; ++l) {
+    bool composable = l != keep_at;
+    double weight = 0.0;
+    bool weighted = false;
+    for (auto& e : last) {
+      if (e.src != nin + l) continue;
+      composable = composable && host(e, &weight);
+      weighted = true;
+    }
+    for (auto& e : rows[l]) {
+      double v;
+      composable = composable && host(e, &v);
+      for (auto& q : last)
+        if (q.src == e.src) composable = composable && host(q, &v);
+    }
+    if (!composable) {
+      row_of[l] = nrows++;
+      continue;
+    }
+    if (weighted) {
+      for (auto& e : rows[l]) {
+        double v;
+        host(e, &v);
+        auto at = std::find_if(last.begin(), last.end(),
+                               [&](const Entry& q) { return q.src == e.src; });
+        // rounded before the sum, as Python rounds it (no fused multiply-add)
+        volatile double term = weight * v;
+        if (at == last.end()) {
+          last.push_back({e.src, nullptr, term});
+        } else {
+          double a;
+          host(*at, &a);  // checked above
+          at->obj = nullptr;
+          at->val = a + term;
+        }
+      }
+    }
+    last.erase(std::remove_if(last.begin(), last.end(),
+                              [&](const Entry& q) { return q.src == nin + l; }),
+               last.end());
+  }
+  std::stable_sort(last.begin(), last.end(),
+                   [](const Entry& a, const Entry& b) { return a.src < b.src; });
+  if (nrows + 1 > kMaxOutputs) return none;
 
   std::vector<at::Tensor> tens;
   std::vector<int64_t> index, sources, counts, keep;
   std::vector<double> scales;
-  for (int j = 0; j <= nlin; ++j) {
-    // by source, as the Python path's dense rows order them (so both round alike)
-    std::stable_sort(rows[j].begin(), rows[j].end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& e : rows[j]) {
-      if (!parse_coef(e.second, x, tens, index, scales)) return none;
-      sources.push_back(e.first);
+  auto parse = [&](const Entry& e) -> bool {
+    if (e.obj != nullptr) return parse_coef(e.obj, x, tens, index, scales);
+    index.push_back(-1);
+    scales.push_back(e.val);
+    return true;
+  };
+  if (nrows == 0) {
+    // every Linear composed: one plain lincomb over the sources the last row reads
+    std::vector<at::Tensor> used;
+    for (auto& e : last) {
+      if (!parse(e)) return none;
+      used.push_back(inputs[e.src]);
     }
-    counts.push_back(static_cast<int64_t>(rows[j].size()));
-    keep.push_back(j == keep_at || j == nlin ? 1 : 0);
+    if (used.empty()) return none;
+    for (const auto& c : tens)
+      if (at::GradMode::is_enabled() && c.requires_grad()) return none;
+    static auto fn = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("pydiff::lincomb", "")
+                         .typed<at::Tensor(at::TensorList, at::TensorList, at::IntArrayRef,
+                                           at::ArrayRef<double>)>();
+    if (used[0].scalar_type() != x.scalar_type()) {
+      // the result takes the state's dtype: read x with weight 0 first
+      used.insert(used.begin(), x);
+      index.insert(index.begin(), -1);
+      scales.insert(scales.begin(), 0.0);
+    }
+    at::Tensor res;
+    {
+      std::optional<py::gil_scoped_release> no_gil;
+      if (x.numel() >= kReleaseGilElems) no_gil.emplace();
+      at::AutoDispatchBelowADInplaceOrView guard;
+      res = fn.call(used, tens, index, scales);
+    }
+    return py::make_tuple(py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res))),
+                          none);
   }
+  for (int l = 0; l < nlin; ++l) {
+    if (row_of[l] < 0) continue;
+    for (auto& e : rows[l]) {
+      if (!parse(e)) return none;
+      sources.push_back(e.src);
+    }
+    counts.push_back(static_cast<int64_t>(rows[l].size()));
+    keep.push_back(l == keep_at ? 1 : 0);
+  }
+  for (auto& e : last) {
+    if (!parse(e)) return none;
+    sources.push_back(e.src < nin ? e.src : nin + row_of[e.src - nin]);
+  }
+  counts.push_back(static_cast<int64_t>(last.size()));
+  keep.push_back(1);
   std::vector<at::Tensor> res;
   if (!call_multi(inputs, tens, index, scales, sources, counts, keep, res)) return none;
   py::object result = py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(res.back())));

@@ -211,7 +211,10 @@ def test_queue_order_capacity_and_pop():
     streams.tick()  # streams 0, 1 finish; stream 2 enters after them
     assert streams.ready == 2 and streams.active == 0
     first = streams.pop()
-    assert torch.equal(first, pydiff.sample(model, torch.full((1, 3), 1.0), "ddim", steps=2))
+    # per-stream (per-sample) coefficients are applied in the kernel, a lone run's scalar ones
+    # compose on the host: equal up to float32 rounding
+    torch.testing.assert_close(first, pydiff.sample(model, torch.full((1, 3), 1.0), "ddim",
+                                                    steps=2), rtol=1e-6, atol=0)
     assert streams.tick() == 1 and streams.tick() == 1 and streams.tick() == 0
     assert len(streams.drain()) == 2 and streams.pop() is None
 

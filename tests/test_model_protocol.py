@@ -221,3 +221,36 @@ def test_prepared_grid_rows_serve_every_batch_size_and_copy():
         torch.testing.assert_close(state.x, state_ref.x, atol=0, rtol=0)
         outs.append(state.x)
     assert not torch.equal(outs[0], outs[3])  # the bound scale reached the network
+
+
+def test_multistep_history_keeps_the_map_and_folds_it_into_one_lincomb(monkeypatch):
+    # an eps network's x0 stays a Linear over (state, output) in the history (nothing written
+    # for it); with host coefficients the next step composes both maps into one plain lincomb
+    model = pydiff.Denoiser(_net, SCHED, prediction="eps")
+    solver = get_solver("dpmpp_2m")
+    x_T = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
+    state = solver.init(x_T, SCHED, pydiff.timesteps(SCHED, 6, "logsnr"))
+    state = solver.step(state, model)
+    kept = state.history[0]
+    assert isinstance(kept, pydiff.Linear) and kept.basis[0] is x_T
+    calls = []
+    for name in ("lincomb", "lincomb_multi"):
+        real = getattr(pydiff.ops, name)
+        monkeypatch.setattr(pydiff.ops, name,
+                            lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
+    monkeypatch.setattr(pydiff.ops, "_fold_fast", None)  # the Python path, observable
+    solver.step(state, model)
+    assert calls == ["lincomb"]
+
+
+def test_history_of_a_wider_map_is_written():
+    # classifier-free guidance's x0 reads two network outputs and the state: kept as a tensor
+    def net(x, t, label):
+        return _net(x, t) + 0.1 * label[:, None]
+
+    model = pydiff.Denoiser(net, SCHED, prediction="eps").bind(label=torch.ones(2))
+    guided = ClassifierFreeGuidance(model, scale=2.0, uncond={"label": torch.zeros(2)})
+    solver = get_solver("dpmpp_2m")
+    state = solver.init(torch.randn(2, 8), SCHED, pydiff.timesteps(SCHED, 6, "logsnr"))
+    state = solver.step(state, guided)
+    assert torch.is_tensor(state.history[0])

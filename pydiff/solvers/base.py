@@ -146,8 +146,13 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     A term may be a :class:`pydiff.Linear` (a model's x0 or eps not yet in memory, from
     :meth:`Solver.evaluate`): its map folds into the same pass, which reads the network output
     and the state once. ``keep`` (one of the terms) is the model output a multistep solver
-    stores: ``combine`` then returns ``(result, keep as a tensor)``, both written in that pass.
+    stores: ``combine`` then returns ``(result, kept)``. A kept :class:`pydiff.Linear` over at
+    most two tensors (the state and the network output) stays a Linear, which the next step
+    folds into its own pass (see :func:`keeps_lazily`); a wider one is written in this pass.
     """
+    if type(keep) is Linear and keeps_lazily(keep):
+        # the history keeps the map itself: the next step folds it into its own pass
+        return combine(terms, coeffs, noise, noise_coeff), keep
     if not any(type(t) is Linear for t in terms):
         if isinstance(terms[0], dict):
             res = {k: ops.lincomb([t[k] for t in terms], coeffs,
@@ -172,12 +177,29 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     return res if keep is None else (res, kept)
 
 
+def keeps_lazily(term: State | Linear) -> bool:
+    """Whether a model output kept for later steps (a multistep history) stays a lazy
+    :class:`pydiff.Linear` instead of being written to memory now.
+
+    For a network predicting eps, v or score the map to x0 reads two tensors (the state and the
+    network output). Keeping both and folding the map into the next step reads one tensor more
+    there, whereas writing x0 now costs a store to fresh memory (a read of the line, the write,
+    first-touch page faults for large states) plus the read later, so the lazy history is the
+    cheaper one. Maps over more tensors (classifier-free guidance: two network outputs) are
+    written. As with an x0 network's output, the history holds the network's tensors, so a
+    network must not overwrite its previous output in place.
+    """
+    return type(term) is Linear and len(term.basis) <= 2
+
+
 def _fused(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State | None,
            noise_coeff: Coef | None, keep: State | Linear | None, key: str | None
            ) -> tuple[Tensor, Tensor | None]:
-    """:func:`combine` with Linear terms, on one leaf (``key`` of dict states): one
-    ``ops.lincomb_multi`` whose first outputs are the Linear terms (kept or not) and whose last
-    is the stage. (Written for speed: a solver step on a small state costs microseconds.)"""
+    """:func:`combine` with Linear terms, on one leaf (``key`` of dict states): one plain
+    ``ops.lincomb`` when every Linear composes into the stage (:func:`compose_linears`), else
+    one ``ops.lincomb_multi`` whose first outputs are the remaining Linear terms (kept or not)
+    and whose last is the stage. (Written for speed: a solver step on a small state costs
+    microseconds.)"""
     inputs: list[Tensor] = []
     slots: dict[int, int] = {}  # id(tensor) -> position in inputs
     linears: list[Linear] = []
@@ -195,11 +217,6 @@ def _fused(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State
             if id(v) not in slots:
                 slots[id(v)] = len(inputs)
                 inputs.append(v)
-    if len(linears) > 3:  # the kernel's 4 outputs: materialize the rest first
-        extra = linears[3:]
-        values = {id(u): u.value() for u in extra}
-        terms = [values.get(id(t), t) for t in terms]
-        return _fused(terms, coeffs, noise, noise_coeff, values.get(id(keep), keep), key)
     if noise is not None:
         v = noise if key is None else noise[key]
         if id(v) not in slots:
@@ -221,19 +238,84 @@ def _fused(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: State
             _add(last, slots[id(t if key is None else t[key])], c)
     if noise is not None:
         _add(last, slots[id(noise if key is None else noise[key])], noise_coeff)
-    rows.append(last)
     keep_at = linears.index(keep) if type(keep) is Linear else -1
-    flags = [j == keep_at for j in range(len(linears))]
+    remaining = compose_linears(rows, last, n, keep_at)
+    if len(remaining) > 3:  # the kernel's 4 outputs: materialize the rest first
+        values = {id(linears[j]): linears[j].value() for j in remaining[3:]}
+        terms = [values.get(id(t), t) for t in terms]
+        return _fused(terms, coeffs, noise, noise_coeff, values.get(id(keep), keep), key)
+    kept = None if keep is None else (keep if key is None else keep[key])
+    if not remaining:
+        used = [i for i in range(n) if last[i] is not None]
+        sources, weights = [inputs[i] for i in used], [last[i] for i in used]
+        if sources[0].dtype != inputs[0].dtype:  # the result takes the state's dtype
+            sources, weights = [inputs[0], *sources], [0.0, *weights]
+        return ops.lincomb(sources, weights), kept
+    rows = [rows[j] for j in remaining]
+    rows.append(last[:n] + [last[n + j] for j in remaining])
+    flags = [j == keep_at for j in remaining]
     flags.append(True)
     outs = ops.lincomb_multi(inputs, rows, flags)
     if keep_at >= 0:
         return outs[1], outs[0]
-    return outs[0], None if keep is None else (keep if key is None else keep[key])
+    return outs[0], kept
+
+
+def compose_linears(rows: list[list], last: list, n: int, keep_at: int) -> list[int]:
+    """Fold the Linear terms of a fused stage into its last row where their coefficients are
+    known on the host; returns the Linears that keep a row of their own (the one written for
+    the history, and those with device or per-sample coefficients).
+
+    ``rows[j]`` is Linear ``j``'s dense row over the ``n`` inputs and ``last`` the stage's row
+    over the inputs and then the Linears. A composed Linear's weight in ``last`` times its row
+    is added into ``last``, so the kernel reads its basis directly instead of forming it: one
+    plain ``lincomb`` when every Linear composes. The compiled fast path
+    (``pydiff._C.fold_fast``) does the same double arithmetic in the same order, so both paths
+    give the same bits.
+    """
+    remaining = []
+    for j, row in enumerate(rows):
+        w = last[n + j]
+        if (j == keep_at or not (w is None or _host(w))
+                or any(c is not None and not (_host(c) and (last[i] is None or _host(last[i])))
+                       for i, c in enumerate(row))):
+            remaining.append(j)
+            continue
+        if w is not None:
+            wv = _host_value(w)
+            for i, c in enumerate(row):
+                if c is not None:
+                    term = wv * _host_value(c)
+                    last[i] = term if last[i] is None else _host_value(last[i]) + term
+        last[n + j] = None
+    return remaining
+
+
+def _host(c: Coef) -> bool:
+    # a coefficient known on the host: a Python number or a 0-dim CPU tensor without grad (the
+    # compiled fast path's host_value admits the same)
+    if type(c) is float or type(c) is int:
+        return True
+    return (isinstance(c, torch.Tensor) and c.dim() == 0 and c.device.type == "cpu"
+            and not c.requires_grad and c.dtype in _HOST_DTYPES)
+
+
+_HOST_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _host_value(c: Coef) -> float:
+    return float(c)
 
 
 def _add(row: list, i: int, c: Coef) -> None:
     # a source met twice (a history slot that repeats the newest output) sums its coefficients
-    row[i] = c if row[i] is None else row[i] + c
+    # (in double when both are host values, as the compiled fast path does)
+    if row[i] is None:
+        row[i] = c
+    elif _host(row[i]) and _host(c):
+        row[i] = _host_value(row[i]) + _host_value(c)
+    else:
+        row[i] = row[i] + c
 
 
 class Solver:
@@ -355,8 +437,10 @@ class Solver:
                 nfe: int = 1, aux: tuple[State, ...] = ()) -> SolverState:
         """Finish a step: run the hooks at the new level, move to the next grid point."""
         i = state.i + 1
-        # a model output stored without combine(keep=...) is materialized here
-        history = tuple(h.value() if isinstance(h, Linear) else h for h in history)
+        # a model output stored without combine(keep=...) is materialized here unless it
+        # stays lazy (see keeps_lazily)
+        history = tuple(h.value() if type(h) is Linear and not keeps_lazily(h) else h
+                        for h in history)
         aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux)
         if state.hooks:
             ctx = StepContext(step=state.i, t=state.grid[i], alpha=state.alpha[i],
