@@ -14,9 +14,9 @@ rounding of a batched network call and of per-stream coefficients). The solver i
 it receives a model that answers the stream's first evaluation of the step from the batched
 call. A solver's further evaluations in the same step (the second stage of Heun or midpoint, a
 corrector) are made per stream, unbatched, and counted in ``unbatched_calls``;
-single-evaluation solvers (DDIM, DDPM, Euler, DPM-Solver++ 2M/3M, UniPC, PLMS, ...) need exactly one batched call per tick. A solver
-that evaluates elsewhere than the step's own ``(x, t)`` (time-shift sampling, resampling jumps)
-gets every evaluation per stream.
+single-evaluation solvers (DDIM, DDPM, Euler, DPM-Solver++ 2M/3M, UniPC, PLMS, ...) need
+exactly one batched call per tick. A solver that evaluates elsewhere than the step's own
+``(x, t)`` (time-shift sampling, resampling jumps) gets every evaluation per stream.
 
 Example:
     >>> import torch, pydiff
