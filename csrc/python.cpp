@@ -330,10 +330,11 @@ bool host_value(PyObject* o, double* v) {
   }
 }
 
-// Eager fast path of pydiff.solvers.combine when terms are pydiff.Linear (a model's x0/eps as a
-// map of the network output): the same ops.lincomb_multi call the Python path builds, built
-// here. Returns (result, kept or None), or None for anything but tensor states of plain
-// tensors without grad whose repeated sources have number coefficients.
+// Eager fast path of pydiff.solvers.combine: tensors and pydiff.Linear terms (a model's x0/eps
+// as a map of the network output). Builds the call the Python path builds (one lincomb when
+// every Linear composes into the stage, else one lincomb_multi). Returns (result, kept or
+// None), or None for anything but tensor states of plain tensors without grad whose repeated
+// sources have host coefficients.
 py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noise_obj,
                      py::handle noise_coeff_obj, py::handle keep_obj, py::handle linear_type) {
   const py::object none = py::none();
@@ -392,7 +393,6 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
   }
   const bool has_noise = !noise_obj.is_none();
   if (has_noise && !add_input(noise_obj.ptr())) return none;
-  if (linears.empty()) return none;
   if (!usable_terms(inputs)) return none;
   const at::Tensor& x = inputs[0];
   const int nin = static_cast<int>(inputs.size());
@@ -586,8 +586,8 @@ PYBIND11_MODULE(_C, m) {
         "Eager fast path of pydiff.ops.lincomb; returns None when the Python path must run.");
   m.def("fold_fast", &pydiff::fold_fast, py::arg("terms"), py::arg("coeffs"), py::arg("noise"),
         py::arg("noise_coeff"), py::arg("keep"), py::arg("linear_type"),
-        "Eager fast path of pydiff.solvers.combine with pydiff.Linear terms; None when the "
-        "Python path must run.");
+        "Eager fast path of pydiff.solvers.combine (tensor and pydiff.Linear terms); None when "
+        "the Python path must run.");
   m.def("lincomb_multi_fast", &pydiff::lincomb_multi_fast, py::arg("terms"), py::arg("rows"),
         py::arg("keep"),
         "Eager fast path of pydiff.ops.lincomb_multi; returns None when the Python path must run.");

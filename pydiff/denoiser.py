@@ -179,7 +179,8 @@ class Denoiser(Model):
         shape, stride = base.shape[1:], base.stride()[1:]
         for r, lv in enumerate(rows):
             self._ready[ptr + r * step] = (base, base._version, batch, x.dtype, times[r],
-                                           lv["x0"], lv["eps"], shape, stride)
+                                           lv["x0"], lv["eps"], shape, stride,
+                                           times[r].device)
 
     def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
         """Float64 network time and the linear maps ``x0``/``eps`` on the basis ``(x, out)``
@@ -227,7 +228,7 @@ class Denoiser(Model):
             hit = self._ready.get(t.data_ptr())
             if (hit is not None and t._base is hit[0] and hit[1] == t._version
                     and hit[2] == x.shape[0] and hit[3] is x.dtype and t.shape == hit[7]
-                    and t.stride() == hit[8] and hit[4].device == x.device):
+                    and t.stride() == hit[8] and hit[9] == x.device):
                 out = self.net(x, hit[4], **self.cond)
                 if type(out) is Tensor and out.shape == x.shape:
                     return Prediction((x, out), hit[5], hit[6])

@@ -189,9 +189,14 @@ def _scaled(coefs: tuple[Coef, ...], factor: Tensor) -> tuple[Coef, ...]:
 
 
 def _term(basis: tuple[State, ...], coefs: tuple[Coef, ...]) -> State | Linear:
-    used = [k for k, c in enumerate(coefs) if c is not None]
-    if len(used) == 1 and type(coefs[used[0]]) is float and coefs[used[0]] == 1.0:
-        v = basis[used[0]]
+    used = -1
+    for k, c in enumerate(coefs):
+        if c is not None:
+            if used >= 0:  # two or more tensors: a map (a solver step's hot path)
+                return Linear(basis, coefs)
+            used = k
+    if used >= 0 and type(coefs[used]) is float and coefs[used] == 1.0:
+        v = basis[used]
         ref = basis[0]
         same = (v.dtype == ref.dtype if torch.is_tensor(v)
                 else all(v[k].dtype == ref[k].dtype for k in v))

@@ -150,10 +150,18 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     most two tensors (the state and the network output) stays a Linear, which the next step
     folds into its own pass (see :func:`keeps_lazily`); a wider one is written in this pass.
     """
-    if type(keep) is Linear and keeps_lazily(keep):
+    written = keep if type(keep) is Linear and not keeps_lazily(keep) else None
+    if ops._EXT and ops._fold_fast is not None and not torch.compiler.is_compiling():
+        # one C++ call for tensor states (plain tensors and Linear terms alike)
+        folded = ops._fold_fast(terms, coeffs, noise, noise_coeff, written, Linear)
+        if folded is not None:
+            if keep is None:
+                return folded[0]
+            return folded if written is not None else (folded[0], keep)
+    if type(keep) is Linear and written is None:
         # the history keeps the map itself: the next step folds it into its own pass
         return combine(terms, coeffs, noise, noise_coeff), keep
-    if not any(type(t) is Linear for t in terms):
+    if Linear not in map(type, terms):
         if isinstance(terms[0], dict):
             res = {k: ops.lincomb([t[k] for t in terms], coeffs,
                                   None if noise is None else noise[k], noise_coeff)
@@ -162,13 +170,6 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
             res = ops.lincomb(list(terms), list(coeffs), noise, noise_coeff)
         return res if keep is None else (res, keep)
     first = terms[0].basis[0] if type(terms[0]) is Linear else terms[0]
-    if ops._EXT and ops._fold_fast is not None and not torch.compiler.is_compiling():
-        folded = ops._fold_fast(terms, coeffs, noise, noise_coeff,
-                                keep if type(keep) is Linear else None, Linear)
-        if folded is not None:
-            if keep is None:
-                return folded[0]
-            return folded if type(keep) is Linear else (folded[0], keep)
     if isinstance(first, dict):
         parts = {k: _fused(terms, coeffs, noise, noise_coeff, keep, k) for k in first}
         res = {k: v[0] for k, v in parts.items()}
