@@ -40,11 +40,13 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "timeseries_forecast.json"
 
 
-def datasets(horizon: int, windows: int) -> dict[str, list[dict]]:
+def datasets(horizon: int, windows: int, validation: bool = False) -> dict[str, list[dict]]:
     from pydiff.domains.timeseries.data import to_gluonts, training_mixture, zero_shot_series
 
     out = {}
     for name, series in (("heldout", training_mixture()), ("zeroshot", zero_shot_series())):
+        if validation:  # the origins just before the test ones: for choosing settings
+            series = {k: v.iloc[:-horizon * windows] for k, v in series.items()}
         keep = {k: v for k, v in series.items() if len(v) >= (windows + 2) * horizon}
         out[name] = list(to_gluonts(keep))
     return out
@@ -83,7 +85,7 @@ def quality(args: argparse.Namespace) -> list[dict]:
     from pydiff.domains.timeseries.metrics import backtest_metrics, seasonal_naive
 
     model = TSDiff.from_pretrained(args.checkpoint)
-    data = datasets(args.horizon, args.windows)
+    data = datasets(args.horizon, args.windows, args.validation)
     cache: dict = {}
 
     def trained_deepar():
@@ -99,9 +101,10 @@ def quality(args: argparse.Namespace) -> list[dict]:
         "refine_deepar": lambda: TSDiffRefiner(model, trained_deepar()),
         "tsdiff_q": lambda: TSDiffPredictor(model, args.horizon,
                                             num_samples=args.quality_samples,
-                                            guidance="quantile"),
+                                            guidance="quantile", scale=args.scale),
         "tsdiff_ms": lambda: TSDiffPredictor(model, args.horizon,
-                                             num_samples=args.quality_samples, guidance="mse"),
+                                             num_samples=args.quality_samples, guidance="mse",
+                                             scale=args.scale),
     }
     chosen = {name: methods[name]() for name in args.methods.split(",")}
     rows = []
@@ -161,6 +164,10 @@ def main() -> None:
                         "train_cpu_seconds where it has them)")
     p.add_argument("--deepar-dir", default=None,
                    help="serialize the trained DeepAR here, or load it from here if present")
+    p.add_argument("--scale", type=float, default=None,
+                   help="TSDiff guidance scale (default: the checkpoint's)")
+    p.add_argument("--validation", action="store_true",
+                   help="score the --windows origins before the test ones (to choose settings)")
     p.add_argument("--json", default=str(RESULTS), help="results file")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
