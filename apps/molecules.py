@@ -3,8 +3,11 @@
 Example:
     $ pydiff molecules sample -n 100 -o out.sdf --atoms 19 --steps 50 --solver dpmpp_2m --seed 0
     $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance svdd --candidates 8
+    $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance gradient --scale 2
     $ pydiff molecules evaluate out.sdf
     $ pydiff molecules train --out model/ --time-budget 1200
+    $ pydiff molecules train --out model2/ --init model/ --time-sampler low_noise
+    $ pydiff molecules train-regressor --out qed_regressor/ --time-budget 420
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 from pydiff.errors import InputError
 from pydiff.files import check_input_dir, check_input_file, check_output
 
-from .cli import int_at_least, positive_float, positive_int
+from .cli import int_at_least, nonnegative_float, positive_float, positive_int
 
 
 def register(subparsers, help_text: str) -> None:
@@ -37,9 +40,14 @@ def register(subparsers, help_text: str) -> None:
     s.add_argument("--reward", default=None,
                    help="steer towards this RDKit property: qed, logp (window 1..2) or rings")
     s.add_argument("--guidance", default=None,
-                   help="steering method: svdd (default when --reward is given)")
+                   help="steering method: svdd (default when --reward is given) or gradient "
+                        "(a trained regressor's gradient on x0-hat; --reward qed only)")
     s.add_argument("--candidates", type=positive_int, default=8,
                    help="SVDD candidate steps per molecule and step (default 8)")
+    s.add_argument("--scale", type=nonnegative_float, default=1.0,
+                   help="gradient guidance's scale (default 1)")
+    s.add_argument("--regressor", default=None,
+                   help="gradient guidance's regressor folder (default: the shipped QED one)")
     s.add_argument("--checkpoint", default=None, help="a model folder (default: shipped)")
     s.add_argument("--threads", type=positive_int, default=None)
     s.set_defaults(func=run_sample)
@@ -60,12 +68,31 @@ def register(subparsers, help_text: str) -> None:
     t.add_argument("--lr", type=positive_float, default=None)
     t.add_argument("--seed", type=int_at_least(0), default=None)
     t.add_argument("--threads", type=positive_int, default=None)
+    t.add_argument("--init", default=None,
+                   help="warm start: a model folder whose weights training continues from")
+    t.add_argument("--time-sampler", default=None, choices=("uniform", "low_noise"),
+                   help="training times: uniform (default) or low_noise (more below t = 0.4)")
     t.set_defaults(func=run_train)
+
+    r = cmds.add_parser("train-regressor",
+                        help="train the QED regressor that gradient guidance follows")
+    r.add_argument("--out", required=True, help="regressor folder to write")
+    r.add_argument("--steps", type=positive_int, default=None)
+    r.add_argument("--time-budget", type=positive_float, default=None,
+                   help="seconds of training at most")
+    r.add_argument("--seed", type=int_at_least(0), default=None)
+    r.add_argument("--threads", type=positive_int, default=None)
+    r.set_defaults(func=run_train_regressor)
 
 
 def _check_names(args: argparse.Namespace) -> None:
     """Names and sizes checked before the model loads (one clear line each)."""
-    from pydiff.domains.molecules.generator import MAX_ATOMS, MIN_ATOMS
+    from pydiff.domains.molecules.generator import (
+        GRADIENT_REWARDS,
+        GUIDANCE,
+        MAX_ATOMS,
+        MIN_ATOMS,
+    )
     from pydiff.domains.molecules.rewards import REWARDS
 
     import pydiff
@@ -76,10 +103,14 @@ def _check_names(args: argparse.Namespace) -> None:
     if args.reward is not None and args.reward not in REWARDS:
         raise InputError(f"--reward {args.reward!r} is not known; expected one of "
                          f"{sorted(REWARDS)}")
-    if args.guidance is not None and args.guidance != "svdd":
-        raise InputError(f"--guidance {args.guidance!r} is not known; expected 'svdd'")
+    if args.guidance is not None and args.guidance not in GUIDANCE:
+        raise InputError(f"--guidance {args.guidance!r} is not known; expected one of "
+                         f"{list(GUIDANCE)}")
     if args.guidance is not None and args.reward is None:
-        raise InputError("--guidance svdd needs --reward (qed, logp or rings)")
+        raise InputError(f"--guidance {args.guidance} needs --reward (qed, logp or rings)")
+    if args.guidance == "gradient" and args.reward not in GRADIENT_REWARDS:
+        raise InputError(f"--guidance gradient follows a trained regressor, which exists for "
+                         f"--reward {' or '.join(GRADIENT_REWARDS)} only, not {args.reward!r}")
     if args.atoms is not None and not MIN_ATOMS <= args.atoms <= MAX_ATOMS:
         raise InputError(f"--atoms {args.atoms}: a molecule needs {MIN_ATOMS} to {MAX_ATOMS} "
                          "atoms (hydrogens included)")
@@ -89,6 +120,8 @@ def run_sample(args: argparse.Namespace) -> int:
     check_output(args.output, "output (-o)")
     if args.checkpoint is not None:
         check_input_dir(args.checkpoint, "--checkpoint")
+    if args.regressor is not None:
+        check_input_dir(args.regressor, "--regressor")
     _check_names(args)
     if args.threads is not None:
         import torch
@@ -100,7 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
     mols = gen.sample(args.num_molecules, args.atoms, steps=args.steps, solver=args.solver,
                       seed=args.seed, reward=args.reward,
                       guidance=args.guidance or ("svdd" if args.reward else None),
-                      candidates=args.candidates)
+                      candidates=args.candidates, scale=args.scale, regressor=args.regressor)
     write_sdf(mols, args.output)
     valid = sum(m.GetProp("valid") == "1" for m in mols)
     print(f"wrote {args.output} ({len(mols)} molecules, {valid} valid)")
@@ -124,16 +157,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", folder=True)
+    if args.init is not None:
+        check_input_dir(args.init, "--init")
     from pydiff.domains.molecules.train import TrainConfig, train
 
     config = TrainConfig()
     for name in ("steps", "time_budget", "batch_size", "hidden_dim", "num_layers", "lr", "seed",
-                 "threads"):
+                 "threads", "init", "time_sampler"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
     gen = train(config, args.out)
     shown = {k: v for k, v in gen.metadata.items() if k != "atom_counts"}
     print(json.dumps(shown, indent=2))
+    print(f"saved to {args.out}")
+    return 0
+
+
+def run_train_regressor(args: argparse.Namespace) -> int:
+    check_output(args.out, "--out", folder=True)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from pydiff.domains.molecules.regressor import RegressorConfig, train_regressor
+
+    config = RegressorConfig()
+    for name in ("steps", "time_budget", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    train_regressor(config, args.out)
     print(f"saved to {args.out}")
     return 0

@@ -363,8 +363,9 @@ def test_timeseries_entry_points() -> None:
 def _molecule_rows() -> list[Row]:
     from pydiff.domains.molecules import MoleculeGenerator
     from pydiff.domains.molecules.metrics import read_sdf
+    from pydiff.domains.molecules.train import TrainConfig, train
 
-    from pydiff.guidance import SVDD
+    from pydiff.guidance import SVDD, JointGradientGuidance
 
     gen = MoleculeGenerator.from_pretrained()
     return [
@@ -381,12 +382,24 @@ def _molecule_rows() -> list[Row]:
             InputError, ("guidance", "reward")),
         Row("mol-sample-unknown-solver", lambda: gen.sample(2, solver="nosuch"), InputError,
             ("nosuch",)),
+        Row("mol-sample-gradient-wrong-reward",
+            lambda: gen.sample(2, steps=1, reward="logp", guidance="gradient"), InputError,
+            ("gradient", "qed", "logp")),
+        Row("mol-sample-scale-negative",
+            lambda: gen.sample(2, steps=1, reward="qed", guidance="gradient", scale=-1.0),
+            InputError, ("scale", "-1")),
+        Row("mol-train-unknown-time-sampler",
+            lambda: train(TrainConfig(steps=1, time_sampler="lognormal", progress=False)),
+            InputError, ("time_sampler", "lognormal", "low_noise")),
         Row("mol-read-sdf-not-sdf", lambda: read_sdf(__file__), InputError, ("record 1",)),
         Row("mol-from-pretrained-not-a-model",
             lambda: MoleculeGenerator.from_pretrained("/nonexistent"), InputError,
             ("/nonexistent",)),
         Row("svdd-deterministic-solver", lambda: SVDD("ddim", reward=lambda x0: x0.sum(1)),
             InputError, ("stochastic", "ddim")),
+        Row("joint-gradient-guidance-plain-model",
+            lambda: JointGradientGuidance(pydiff.Denoiser(lambda x, t: x, pydiff.VPSchedule()),
+                                          lambda x0, t: x0.sum()), TypeError, ("JointModel",)),
         Row("svdd-candidates-zero",
             lambda: SVDD("ddpm", reward=lambda x0: x0.sum(1), candidates=0), InputError,
             ("candidates", "0")),

@@ -425,6 +425,23 @@ ROWS: list[Row] = [
     Row("mol-train-out-is-a-file", mol_train("--out", "{tmp}/a_file"), ("--out", "a_file")),
     Row("mol-train-steps-zero", mol_train("--steps", "0"), ("--steps", "'0'")),
     Row("mol-train-budget-nan", mol_train("--time-budget", NAN), ("--time-budget", "nan")),
+    Row("mol-train-init-missing", mol_train("--init", "{tmp}/missing_model"),
+        ("--init", "missing_model")),
+    Row("mol-train-unknown-time-sampler", mol_train("--time-sampler", "lognormal"),
+        ("--time-sampler", "lognormal")),
+    Row("mol-sample-gradient-wrong-reward",
+        mol_sample("--reward", "rings", "--guidance", "gradient"),
+        ("--guidance gradient", "qed", "rings")),
+    Row("mol-sample-scale-negative", mol_sample("--scale", "-1"), ("--scale", "'-1'")),
+    Row("mol-sample-regressor-empty", mol_sample("--reward", "qed", "--guidance", "gradient",
+                                                 "--regressor", "{tmp}/empty_dir"),
+        ("--regressor", "empty_dir")),
+    Row("mol-train-regressor-out-is-a-file",
+        ["molecules", "train-regressor", "--out", "{tmp}/a_file", "--steps", "1"],
+        ("--out", "a_file")),
+    Row("mol-train-regressor-budget-zero",
+        ["molecules", "train-regressor", "--out", "{tmp}/reg", "--time-budget", "0"],
+        ("--time-budget", "'0'")),
 ]
 
 # the driver runs rows one after the other in one process, each with its own stdout/stderr

@@ -219,7 +219,7 @@ def test_generator_steers_by_an_rdkit_reward_with_a_floor_for_broken_molecules()
         assert fn(broken) == 0.0 and 0.0 <= fn(ok) <= 1.0
 
 
-def test_train_recipe_saves_a_loadable_generator(tmp_path):
+def test_train_recipe_saves_a_loadable_generator_and_warm_starts(tmp_path):
     from pydiff.domains.molecules import MoleculeGenerator
     from pydiff.domains.molecules.train import TrainConfig, train
 
@@ -231,6 +231,67 @@ def test_train_recipe_saves_a_loadable_generator(tmp_path):
     for k, v in gen.model.net.state_dict().items():
         assert torch.equal(v, loaded.model.net.state_dict()[k])
     assert len(loaded.sample(2, steps=2)) == 2
+    # a warm start continues from those weights (lr 0: they stay exactly), at low-noise times
+    warm = train(TrainConfig(steps=1, hidden_dim=8, num_layers=1, batch_size=4, limit=16,
+                             lr=1e-12, progress=False, init=str(tmp_path / "model"),
+                             time_sampler="low_noise"))
+    assert warm.metadata["steps_before"] == 2
+    for k, v in warm.model.net.state_dict().items():
+        assert torch.allclose(v, loaded.model.net.state_dict()[k], atol=1e-9)
+    with pytest.raises(pydiff.InputError, match="hidden_dim"):
+        train(TrainConfig(steps=1, hidden_dim=16, num_layers=1, limit=16, progress=False,
+                          init=str(tmp_path / "model")))
+
+
+def test_geometry_distances_and_mmff_strain_see_distorted_molecules():
+    import numpy as np
+    from pydiff.domains.molecules import chemistry
+    from pydiff.domains.molecules.metrics import geometry_distances, mmff_strain
+
+    reference = data.load_molecules("train", limit=300)
+    held_out = data.load_molecules("test", limit=12)
+    rng = np.random.default_rng(0)
+    shaken = []
+    for mol in held_out:  # 0.04 A of noise: still the same bonds, visibly worse geometry
+        pos = mol.GetConformer().GetPositions() + rng.normal(0, 0.04, (mol.GetNumAtoms(), 3))
+        shaken.append(chemistry.to_mol([a.GetSymbol() for a in mol.GetAtoms()],
+                                       [a.GetFormalCharge() for a in mol.GetAtoms()], pos))
+    clean, noisy = geometry_distances(held_out, reference), geometry_distances(shaken, reference)
+    assert clean["geometry_molecules"] == 12 and noisy["geometry_molecules"] >= 8
+    assert clean["bond_length_w1"] < 0.01 and noisy["bond_length_w1"] > 2 * clean[
+        "bond_length_w1"]
+    assert noisy["bond_angle_w1"] > clean["bond_angle_w1"]
+    assert "C-H:SINGLE" in clean["bond_length_w1_per_type"]
+    relaxed, strained = mmff_strain(held_out), mmff_strain(shaken)
+    assert relaxed["mmff_molecules"] == 12 and relaxed["mmff_strain_median"] < 0.5
+    assert strained["mmff_strain_median"] > 5 * max(relaxed["mmff_strain_median"], 0.1)
+
+
+def test_gradient_guidance_follows_the_shipped_qed_regressor():
+    from pydiff.domains.molecules import MoleculeGenerator
+    from pydiff.domains.molecules.regressor import PropertyRegressor, qed_targets
+
+    reg = PropertyRegressor.from_pretrained()
+    mols = data.load_molecules("test", limit=40)
+    batch = data.to_tensors(mols)
+    with torch.no_grad():
+        pred = reg(batch)
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+        turned = reg({**batch, "positions": batch["positions"] @ q.T})
+    assert torch.allclose(pred, turned, atol=1e-4)  # E(3)-invariant
+    target = qed_targets(mols)
+    assert (pred - target).abs().mean() < (target - target.mean()).abs().mean()  # learned
+    gen = MoleculeGenerator.from_pretrained()
+    plain = gen.sample(2, atoms=9, steps=3, solver="ddpm", seed=4)
+    off = gen.sample(2, atoms=9, steps=3, seed=4, reward="qed", guidance="gradient", scale=0.0)
+    on = gen.sample(2, atoms=9, steps=3, seed=4, reward="qed", guidance="gradient", scale=5.0)
+    pos = [m.GetConformer().GetPositions() for m in (*plain, *off, *on)]
+    import numpy as np
+
+    # scale 0 is the unguided sampler (up to rounding); scale 5 moves the atoms
+    assert np.allclose(pos[0], pos[2], atol=1e-4) and np.allclose(pos[1], pos[3], atol=1e-4)
+    assert not np.allclose(pos[0], pos[4], atol=1e-2)
+    assert all(m.HasProp("reward") for m in on)
 
 
 def test_cli_sample_then_evaluate(tmp_path, capsys):

@@ -15,6 +15,9 @@ Refinement: :func:`refine` (TSDiff's energy-based refinement: Langevin dynamics 
 denoising loss at one level plus an observation energy such as :func:`pinball_energy`, started
 from another model's samples).
 
+Joint models (continuous and categorical entries): :class:`JointGradientGuidance` (gradient
+guidance of the continuous entries by an objective of the whole clean estimate).
+
 Derivative-free guidance: :class:`SVDD` (a solver wrapper: each step's candidate next states
 resampled by a reward of their clean estimates, no gradient needed).
 
@@ -59,6 +62,7 @@ from .gradient import (
     SelfGuidance,
     gaussian_posterior_variance,
 )
+from .joint import JointGradientGuidance
 from .refine import diffusion_energy, pinball_energy, refine
 from .svdd import SVDD
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
@@ -67,4 +71,4 @@ from .variational import red_diff
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
            "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD",
-           "refine", "diffusion_energy", "pinball_energy"]
+           "refine", "diffusion_energy", "pinball_energy", "JointGradientGuidance"]

@@ -128,20 +128,27 @@ class GradientGuidance(Guided):
         if not outer:
             x0, eps = tree_map(torch.detach, x0), tree_map(torch.detach, eps)
         scale = resolve_scale(self.scale, tt, batch_size(x))
-
-        def eps_new(e: Tensor, g: Tensor) -> Tensor:
-            s = per_sample(sigma, e).to(e.dtype)
-            return e - s * per_sample(scale, e).to(e.dtype) * g
-
-        def x0_new(u: Tensor, g: Tensor) -> Tensor:
-            a, s = per_sample(alpha, u).to(u.dtype), per_sample(sigma, u).to(u.dtype)
-            factor = torch.where(a > 0, s * s / torch.where(a > 0, a, torch.ones_like(a)), 0)
-            return u + factor * per_sample(scale, u).to(u.dtype) * g
-
-        return Prediction.of(tree_map(x0_new, x0, grad), tree_map(eps_new, eps, grad))
+        return add_to_score(x0, eps, grad, alpha, sigma, scale)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, scale={self.scale!r}, on={self.on!r})"
+
+
+def add_to_score(x0: State, eps: State, grad: State, alpha: Tensor, sigma: Tensor,
+                 scale: Tensor) -> Prediction:
+    """The prediction whose score is the given one's plus ``scale * grad`` (per sample):
+    ``eps - sigma scale grad`` and ``x0 + (sigma^2 / alpha) scale grad`` (x0 unchanged where
+    ``alpha = 0``); ``grad`` has the structure of ``x0`` and ``eps``."""
+    def eps_new(e: Tensor, g: Tensor) -> Tensor:
+        s = per_sample(sigma, e).to(e.dtype)
+        return e - s * per_sample(scale, e).to(e.dtype) * g
+
+    def x0_new(u: Tensor, g: Tensor) -> Tensor:
+        a, s = per_sample(alpha, u).to(u.dtype), per_sample(sigma, u).to(u.dtype)
+        factor = torch.where(a > 0, s * s / torch.where(a > 0, a, torch.ones_like(a)), 0)
+        return u + factor * per_sample(scale, u).to(u.dtype) * g
+
+    return Prediction.of(tree_map(x0_new, x0, grad), tree_map(eps_new, eps, grad))
 
 
 STEPS = ("dps", "fixed", "likelihood")
@@ -308,4 +315,4 @@ def gaussian_posterior_variance(schedule: Schedule, data_std: float | Tensor = 1
 
 
 __all__ = ["GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
-           "gaussian_posterior_variance"]
+           "add_to_score", "gaussian_posterior_variance"]
