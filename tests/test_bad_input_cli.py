@@ -435,7 +435,7 @@ ROWS: list[Row] = [
     Row("mol-sample-scale-negative", mol_sample("--scale", "-1"), ("--scale", "'-1'")),
     Row("mol-sample-regressor-empty", mol_sample("--reward", "qed", "--guidance", "gradient",
                                                  "--regressor", "{tmp}/empty_dir"),
-        ("--regressor", "empty_dir")),
+        ("empty_dir", "not a pydiff checkpoint")),
     Row("mol-train-regressor-out-is-a-file",
         ["molecules", "train-regressor", "--out", "{tmp}/a_file", "--steps", "1"],
         ("--out", "a_file")),

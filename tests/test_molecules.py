@@ -279,8 +279,11 @@ def test_gradient_guidance_follows_the_shipped_qed_regressor():
         q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
         turned = reg({**batch, "positions": batch["positions"] @ q.T})
     assert torch.allclose(pred, turned, atol=1e-4)  # E(3)-invariant
-    target = qed_targets(mols)
-    assert (pred - target).abs().mean() < (target - target.mean()).abs().mean()  # learned
+    held_out = data.load_molecules("test")
+    with torch.no_grad():
+        err = (reg(data.to_tensors(held_out)) - qed_targets(held_out)).abs().mean()
+    target = qed_targets(held_out)
+    assert err < 0.85 * (target - target.mean()).abs().mean()  # better than the mean: learned
     gen = MoleculeGenerator.from_pretrained()
     plain = gen.sample(2, atoms=9, steps=3, solver="ddpm", seed=4)
     off = gen.sample(2, atoms=9, steps=3, seed=4, reward="qed", guidance="gradient", scale=0.0)
