@@ -7,6 +7,7 @@ Examples:
     $ pydiff policy distill --env pendulum --out cp-pendulum --minutes 15
     $ pydiff policy eval --env pendulum --presets ddpm100,cp1,cp2
     $ pydiff policy demos --env pusht --episodes 100 --out pusht-demos
+    $ pydiff policy train --env pusht --demos pusht-demos --minutes 30
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--minutes", type=positive_float, default=None,
                    help="time budget: fewer optimizer steps if --steps would not fit")
     t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--demos", default=None,
+                   help="a LeRobot dataset folder (pydiff policy demos) to train on instead of "
+                        "recording --episodes demonstrations")
     t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
     t.add_argument("--down-dims", type=positive_int, nargs="+", default=None)
     t.add_argument("--planner", action="store_true",
@@ -47,7 +51,7 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
 
     d = cmds.add_parser("distill", help="distil a trained policy into a one/two-step "
                         "consistency policy (presets cp1, cp2)")
-    d.add_argument("--env", required=True, help="pendulum or pointmass")
+    d.add_argument("--env", required=True, help="pendulum, pointmass or pusht")
     d.add_argument("--teacher", default=None,
                    help="a saved policy folder (default: the shipped policy of --env)")
     d.add_argument("--out", default=None, help="output folder (default consistency-<env>)")
@@ -59,6 +63,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     d.add_argument("--solver-steps", type=positive_int, default=None,
                    help="the teacher's DDIM steps per target (its solve to clean data)")
     d.add_argument("--episodes", type=positive_int, default=None)
+    d.add_argument("--demos", default=None,
+                   help="a LeRobot dataset folder to distil on instead of recording "
+                        "--episodes demonstrations")
     d.add_argument("--batch-size", type=positive_int, default=None)
     d.add_argument("--lr", type=positive_float, default=None)
     d.add_argument("--seed", type=nonnegative_int, default=0)
@@ -150,10 +157,13 @@ def run_train(args: argparse.Namespace) -> int:
     model = "planner" if args.planner else "policy"
     out = args.out or f"{model}-{args.env}"
     check_output(out, "--out", folder=True)
+    if args.demos is not None:
+        check_input_dir(args.demos, "--demos")
     settings = _overrides(args)
     if not args.planner:
         settings["prediction"] = args.prediction
-    _, history = train(args.env, out, model=model, seed=args.seed, **settings)
+    _, history = train(args.env, out, model=model, seed=args.seed, demos=args.demos,
+                       **settings)
     last = [h for h in history if "loss" in h][-1:]
     print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
     return 0
@@ -169,6 +179,8 @@ def run_distill(args: argparse.Namespace) -> int:
         check_input_dir(args.teacher, "--teacher")
     out = args.out or f"consistency-{args.env}"
     check_output(out, "--out", folder=True)
+    if args.demos is not None:
+        check_input_dir(args.demos, "--demos")
     settings = {key: getattr(args, key) for key in ("episodes", "steps", "batch_size", "lr",
                                                       "minutes", "consistency_steps",
                                                       "solver_steps")
@@ -176,7 +188,8 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.teacher is not None:
         settings["teacher"] = args.teacher
     start = time.monotonic()
-    _, history = train(args.env, out, model="consistency", seed=args.seed, **settings)
+    _, history = train(args.env, out, model="consistency", seed=args.seed, demos=args.demos,
+                       **settings)
     steps = max((h.get("step", 0) for h in history), default=0)
     print(f"saved {out} ({steps} steps in {(time.monotonic() - start) / 60:.1f} min; "
           f"evaluate with --presets cp1,cp2 --checkpoint {out})")

@@ -96,6 +96,64 @@ def test_shipped_pusht_policy_through_eval_keeps_the_contract(tmp_path):
     assert {"p50", "p99"} <= set(row["chunk_latency_ms"]) and 0.0 <= row["coverage"] <= 1.0
 
 
+def test_keypoint_features_are_the_t_corners_and_ignore_the_angle_wrap():
+    import torch
+    from pydiff.domains.policy.pusht import keypoint_features, t_corners
+
+    pose = np.array([300.0, 200.0, 0.3])
+    obs = torch.tensor([[10.0, 20.0, *pose]])
+    features = keypoint_features(obs)[0].numpy()
+    assert np.allclose(features[:2], [10.0, 20.0])
+    assert np.allclose(features[2:].reshape(8, 2), t_corners(pose), atol=1e-3)
+    # gym-pusht reports angle % 2 pi: angles just either side of the wrap are near poses
+    near = keypoint_features(torch.tensor([[0.0, 0.0, 256.0, 256.0, 2 * np.pi - 1e-3],
+                                           [0.0, 0.0, 256.0, 256.0, 1e-3]]))
+    assert float((near[0] - near[1]).abs().max()) < 0.5
+
+
+def test_policy_conditions_on_features_and_saves_the_choice(tmp_path):
+    import torch
+    from pydiff.domains.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+    demos = [rollout_expert("pusht", seed=0, max_steps=20)]
+    policy, data = DiffusionPolicy.for_demonstrations(
+        demos, env_spec("pusht"), down_dims=(16, 32), obs_features="pusht_keypoints")
+    assert data["observation"].shape[-1] == 5  # the history keeps the env's observations
+    assert policy.obs_normalizer.low.shape == (18,)
+    loss, _ = policy(data)
+    assert torch.isfinite(loss)
+    policy.save_pretrained(tmp_path / "p")
+    loaded = DiffusionPolicy.from_pretrained(tmp_path / "p")
+    assert loaded.config.obs_features == "pusht_keypoints"
+    obs = data["observation"][:3]
+    gen = [torch.Generator().manual_seed(0) for _ in range(3)]
+    same = [torch.Generator().manual_seed(0) for _ in range(3)]
+    assert torch.allclose(policy.eval().predict_action_chunk(obs, generator=gen),
+                          loaded.predict_action_chunk(obs, generator=same), atol=1e-4)
+    with pytest.raises(pydiff.InputError, match="obs_features"):
+        DiffusionPolicyConfig(obs_dim=4, action_dim=2, action_low=[0, 0], action_high=[1, 1],
+                              obs_features="pusht_keypoints")
+    with pytest.raises(pydiff.InputError, match="obs_features"):
+        DiffusionPolicyConfig(obs_dim=5, action_dim=2, action_low=[0, 0], action_high=[1, 1],
+                              obs_features="corners")
+
+
+def test_train_from_a_lerobot_folder_stops_at_the_time_budget(tmp_path):
+    import time
+
+    from pydiff.domains.policy import train
+
+    export_lerobot([rollout_expert("pusht", seed=0, max_steps=20)], tmp_path / "demos",
+                   env="pusht")
+    start = time.perf_counter()
+    policy, history = train("pusht", tmp_path / "p", demos=tmp_path / "demos", steps=10**6,
+                            minutes=0.05, batch_size=8, down_dims=(16, 32), progress=False)
+    assert time.perf_counter() - start < 120  # a million steps would take hours
+    assert policy.config.obs_features == "pusht_keypoints"  # the recipe's
+    assert 0 < max(h.get("step", 0) for h in history) < 10**6
+    assert (tmp_path / "p" / "config.json").is_file()
+
+
 def test_demonstrations_round_trip_through_lerobot_layout(tmp_path):
     import pyarrow.parquet as pq
 
@@ -152,7 +210,7 @@ def test_docstring_examples_of_the_pusht_modules():
     import doctest
     import importlib
 
-    for name in (".pusht", ".lerobot"):
+    for name in (".pusht", ".lerobot", ".features"):
         mod = importlib.import_module("pydiff.domains.policy" + name)
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0

@@ -52,6 +52,7 @@ from pydiff.nn import UNet1D
 from .chunking import ChunkedPolicy
 from .data import Episode, MinMaxNormalizer, policy_windows
 from .envs import EnvSpec
+from .features import check_features, feature_dim, obs_features
 
 Tensor = torch.Tensor
 MODES = ("full", "rti", "stream")
@@ -93,6 +94,8 @@ class DiffusionPolicyConfig:
         action_low, action_high: the action space (actions are clipped to it).
         env: the env the policy was trained on (informational).
         consistency: a consistency student (:mod:`.distill`; presets ``cp1``, ``cp2``).
+        obs_features: a named map of the observations to the features the network is
+            conditioned on (:mod:`.features`, e.g. ``"pusht_keypoints"``); None: the raw ones.
     """
 
     obs_dim: int
@@ -119,6 +122,7 @@ class DiffusionPolicyConfig:
     action_high: list[float] = field(default_factory=list)
     env: str | None = None
     consistency: bool = False
+    obs_features: str | None = None
 
     def __post_init__(self) -> None:
         self.down_dims = tuple(int(d) for d in self.down_dims)
@@ -141,6 +145,7 @@ class DiffusionPolicyConfig:
             raise InputError(f"rti_t_start={self.rti_t_start} must lie in (0, 1]")
         if not 0.0 <= self.stream_fraction <= 1.0:
             raise InputError(f"stream_fraction={self.stream_fraction} must lie in [0, 1]")
+        check_features(self.obs_features, self.obs_dim)
         if self.solver not in pydiff.available_solvers():
             raise InputError(f"solver={self.solver!r}; expected one of "
                              f"{pydiff.available_solvers()}")
@@ -168,11 +173,12 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
                  action_normalizer: MinMaxNormalizer | None = None):
         super().__init__()
         self.config = config
-        self.obs_normalizer = obs_normalizer or MinMaxNormalizer(config.obs_dim)
+        cond_dim = feature_dim(config.obs_features, config.obs_dim)
+        self.obs_normalizer = obs_normalizer or MinMaxNormalizer(cond_dim)
         self.action_normalizer = action_normalizer or MinMaxNormalizer(config.action_dim)
         self.net = UNet1D(
             in_channels=config.action_dim,
-            global_cond_dim=config.obs_dim * config.n_obs_steps,
+            global_cond_dim=cond_dim * config.n_obs_steps,
             time_embed_dim=config.time_embed_dim,
             down_dims=config.down_dims,
             kernel_size=config.kernel_size,
@@ -198,7 +204,7 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
         "rti"])``; resets the episode state. Architecture fields cannot change."""
         fixed = ("obs_dim", "action_dim", "n_obs_steps", "horizon", "down_dims",
                  "time_embed_dim", "kernel_size", "n_groups", "prediction",
-                 "num_train_timesteps", "beta_schedule", "consistency")
+                 "num_train_timesteps", "beta_schedule", "consistency", "obs_features")
         changed = [k for k in overrides if k in fixed and overrides[k] != getattr(self.config, k)]
         if changed:
             raise InputError(f"cannot change architecture fields {changed} of a built policy")
@@ -212,7 +218,8 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
         if obs_history.dim() != 3 or obs_history.shape[1:] != (cfg.n_obs_steps, cfg.obs_dim):
             raise InputError(f"obs_history has shape {tuple(obs_history.shape)}; expected "
                              f"[B, n_obs_steps={cfg.n_obs_steps}, obs_dim={cfg.obs_dim}]")
-        return self.obs_normalizer.normalize(obs_history).flatten(1)
+        features = obs_features(cfg.obs_features, obs_history)
+        return self.obs_normalizer.normalize(features).flatten(1)
 
     def _generators(self, batch: int, generator: torch.Generator | list | None):
         if generator is None or isinstance(generator, torch.Generator) or len(generator) == batch:
@@ -366,7 +373,8 @@ class DiffusionPolicy(nn.Module, ChunkedPolicy):
                                     action_low=list(spec.action_low),
                                     action_high=list(spec.action_high), **config)
         obs, act = policy_windows(demos, cfg.n_obs_steps, cfg.horizon)
-        policy = cls(cfg, MinMaxNormalizer.fit(obs), MinMaxNormalizer.fit(act))
+        policy = cls(cfg, MinMaxNormalizer.fit(obs_features(cfg.obs_features, obs)),
+                     MinMaxNormalizer.fit(act))
         return policy, {"observation": obs, "action": act}
 
     # -- persistence ------------------------------------------------------------------------

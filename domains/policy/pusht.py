@@ -55,6 +55,31 @@ def t_corners(pose: np.ndarray) -> np.ndarray:
     return T_OUTLINE @ _rotation(pose[2]).T + pose[:2]
 
 
+def keypoint_features(obs: Any) -> Any:
+    """Push-T state observations ``[..., 5]`` as ``[..., 18]``: the agent's position and the
+    T's eight outline corners in world coordinates (a torch tensor in, a tensor out).
+
+    The raw block angle wraps at ``2 pi`` (gym-pusht reports ``angle % 2 pi``), so two nearly
+    equal poses can differ by ``2 pi`` in the observation; the corners move continuously with
+    the pose and say directly which edge faces the agent (Diffusion Policy's low-dimensional
+    Push-T conditions on keypoints for the same reason).
+
+    Example:
+        >>> import torch
+        >>> keypoint_features(torch.tensor([[10.0, 20.0, 256.0, 256.0, 0.0]])).shape
+        torch.Size([1, 18])
+    """
+    import torch
+
+    obs = torch.as_tensor(obs, dtype=torch.float32)
+    outline = torch.as_tensor(T_KEYPOINTS, dtype=obs.dtype, device=obs.device)
+    cos, sin = torch.cos(obs[..., 4:5]), torch.sin(obs[..., 4:5])
+    x = outline[:, 0] * cos - outline[:, 1] * sin + obs[..., 2:3]
+    y = outline[:, 0] * sin + outline[:, 1] * cos + obs[..., 3:4]
+    corners = torch.stack([x, y], dim=-1).flatten(-2)
+    return torch.cat([obs[..., :2], corners], dim=-1)
+
+
 def pose_error(pose: np.ndarray, goal: np.ndarray = GOAL_POSE) -> float:
     """Mean distance (pixels) of the T's corners from where they are at the goal pose."""
     return float(np.linalg.norm(t_corners(pose) - t_corners(goal), axis=1).mean())
@@ -328,4 +353,4 @@ class PushTExpert:
         self._plan = _Obstacle(pose, self.margin - 2.0).path(agent, start)
 
 
-__all__ = ["PushTExpert", "pose_error", "t_corners", "GOAL_POSE", "T_OUTLINE"]
+__all__ = ["PushTExpert", "keypoint_features", "pose_error", "t_corners", "GOAL_POSE", "T_OUTLINE"]
