@@ -43,11 +43,6 @@ bool plain_tensor(PyObject* o, at::Tensor* out) {
   return true;
 }
 
-struct Coef {
-  bool is_tensor = false;
-  double scale = 1.0;
-};
-
 // Parses one coefficient; false when the slow path has to look at it.
 bool parse_coef(PyObject* o, const at::Tensor& x, std::vector<at::Tensor>& tens,
                 std::vector<int64_t>& index, std::vector<double>& scales) {

@@ -283,11 +283,11 @@ def compose_linears(rows: list[list], last: list, n: int, keep_at: int) -> list[
             remaining.append(j)
             continue
         if w is not None:
-            wv = _host_value(w)
+            wv = float(w)
             for i, c in enumerate(row):
                 if c is not None:
-                    term = wv * _host_value(c)
-                    last[i] = term if last[i] is None else _host_value(last[i]) + term
+                    term = wv * float(c)
+                    last[i] = term if last[i] is None else float(last[i]) + term
         last[n + j] = None
     return remaining
 
@@ -304,17 +304,13 @@ def _host(c: Coef) -> bool:
 _HOST_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _host_value(c: Coef) -> float:
-    return float(c)
-
-
 def _add(row: list, i: int, c: Coef) -> None:
     # a source met twice (a history slot that repeats the newest output) sums its coefficients
     # (in double when both are host values, as the compiled fast path does)
     if row[i] is None:
         row[i] = c
     elif _host(row[i]) and _host(c):
-        row[i] = _host_value(row[i]) + _host_value(c)
+        row[i] = float(row[i]) + float(c)
     else:
         row[i] = row[i] + c
 
