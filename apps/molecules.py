@@ -4,6 +4,7 @@ Example:
     $ pydiff molecules sample -n 100 -o out.sdf --atoms 19 --steps 50 --solver dpmpp_2m --seed 0
     $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance svdd --candidates 8
     $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance gradient --scale 2
+    $ pydiff molecules sample -n 100 -o out.sdf --fragment benzene.sdf --atoms 18
     $ pydiff molecules evaluate out.sdf
     $ pydiff molecules train --out model/ --time-budget 1200
     $ pydiff molecules train --out model2/ --init model/ --time-sampler low_noise
@@ -48,6 +49,10 @@ def register(subparsers, help_text: str) -> None:
                    help="gradient guidance's scale (default 1)")
     s.add_argument("--regressor", default=None,
                    help="gradient guidance's regressor folder (default: the shipped QED one)")
+    s.add_argument("--fragment", default=None, metavar="FILE.sdf",
+                   help="keep this fragment (the first record of an SDF file: its atoms, "
+                        "charges and 3D coordinates as given) and generate the rest of each "
+                        "molecule; --atoms counts the fragment's atoms too")
     s.add_argument("--checkpoint", default=None, help="a model folder (default: shipped)")
     s.add_argument("--threads", type=positive_int, default=None)
     s.set_defaults(func=run_sample)
@@ -72,6 +77,9 @@ def register(subparsers, help_text: str) -> None:
                    help="warm start: a model folder whose weights training continues from")
     t.add_argument("--time-sampler", default=None, choices=("uniform", "low_noise"),
                    help="training times: uniform (default) or low_noise (more below t = 0.4)")
+    t.add_argument("--select", default=None, metavar="NAME:MIN",
+                   help="train only on molecules whose property NAME (qed, logp, rings) is at "
+                        "least MIN, e.g. qed:0.5 (fine-tune a property model with --init)")
     t.set_defaults(func=run_train)
 
     r = cmds.add_parser("train-regressor",
@@ -122,6 +130,12 @@ def run_sample(args: argparse.Namespace) -> int:
         check_input_dir(args.checkpoint, "--checkpoint")
     if args.regressor is not None:
         check_input_dir(args.regressor, "--regressor")
+    fragment = None
+    if args.fragment is not None:
+        check_input_file(args.fragment, "--fragment")
+        from pydiff.domains.molecules.generator import load_fragment
+
+        fragment = load_fragment(args.fragment)
     _check_names(args)
     if args.threads is not None:
         import torch
@@ -133,7 +147,8 @@ def run_sample(args: argparse.Namespace) -> int:
     mols = gen.sample(args.num_molecules, args.atoms, steps=args.steps, solver=args.solver,
                       seed=args.seed, reward=args.reward,
                       guidance=args.guidance or ("svdd" if args.reward else None),
-                      candidates=args.candidates, scale=args.scale, regressor=args.regressor)
+                      candidates=args.candidates, scale=args.scale, regressor=args.regressor,
+                      fragment=fragment)
     write_sdf(mols, args.output)
     valid = sum(m.GetProp("valid") == "1" for m in mols)
     print(f"wrote {args.output} ({len(mols)} molecules, {valid} valid)")
@@ -159,11 +174,17 @@ def run_train(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", folder=True)
     if args.init is not None:
         check_input_dir(args.init, "--init")
-    from pydiff.domains.molecules.train import TrainConfig, train
+    from pydiff.domains.molecules.train import TrainConfig, parse_select, train
+
+    if args.select is not None:
+        try:
+            parse_select(args.select)
+        except InputError as err:
+            raise InputError(f"--select: {err}") from None
 
     config = TrainConfig()
     for name in ("steps", "time_budget", "batch_size", "hidden_dim", "num_layers", "lr", "seed",
-                 "threads", "init", "time_sampler"):
+                 "threads", "init", "time_sampler", "select"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

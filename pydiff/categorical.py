@@ -39,6 +39,7 @@ import torch
 
 from .denoiser import Denoiser
 from .errors import InputError
+from .hooks import StepContext, apply_hooks
 from .model import Model, Prediction
 from .noise import Generators, check_generator
 from .schedules import F64, Schedule, as_time
@@ -412,7 +413,10 @@ class JointSolver(Solver):
     Each step evaluates the joint model once at the step's start for both parts (a solver with
     several stages evaluates again with the categorical entries held at the start); the
     categorical entries then move from ``t_i`` to ``t_{i+1}`` by :meth:`CategoricalProcess.
-    posterior` and a float64 Gumbel-max draw. Hooks act on the continuous entries.
+    posterior` and a float64 Gumbel-max draw. Hooks act on the whole state after both parts
+    moved: :class:`pydiff.hooks.ZeroCenterOfMass` and :class:`pydiff.hooks.InpaintReplace`
+    with ``key=`` on continuous entries, :class:`pydiff.hooks.InpaintClasses` on categorical
+    ones (a fixed fragment keeps its positions and its classes).
 
     Args:
         solver: the continuous solver (a name or an instance).
@@ -452,14 +456,17 @@ class JointSolver(Solver):
         cont = {k: v for k, v in x.items() if v.is_floating_point()}
         if not cont:
             raise InputError("a joint state needs at least one continuous (floating) entry")
-        inner = self.solver.init(cont, schedule, grid, generator=generator, hooks=hooks)
+        # the hooks run here on the whole state after both parts moved (a fixed fragment
+        # keeps its positions and its atom types), not in the continuous solver
+        inner = self.solver.init(cont, schedule, grid, generator=generator)
         keep = CategoricalProcess.keep(schedule, inner.grid)
         # the keep levels are a table (per step, not per sample): aux holds only the inner
         # run, whose tensors are all per sample (SVDD gathers candidates through them)
         table = {"keep_t": keep[:-1], "keep_s": keep[1:]}
         return SolverState(x={**x, **inner.x}, i=0, grid=inner.grid, alpha=inner.alpha,
                            sigma=inner.sigma, table=table, generator=generator, aux=(inner,),
-                           times=inner.times, rows={k: v.unbind(0) for k, v in table.items()})
+                           hooks=tuple(hooks), times=inner.times,
+                           rows={k: v.unbind(0) for k, v in table.items()})
 
     def step(self, state, model):
         if not isinstance(model, JointModel):
@@ -478,8 +485,14 @@ class JointSolver(Solver):
             else:
                 p = proc.posterior(rest[k], probs[k], c["keep_t"], c["keep_s"])
                 moved[k] = sample_categorical(p, state.generator)
-        return state.replace(x={**rest, **inner.x, **moved}, i=i + 1, aux=(inner,),
-                             nfe=inner.nfe)
+        x = {**rest, **inner.x, **moved}
+        if state.hooks:
+            ctx = StepContext(step=i, t=state.grid[i + 1], alpha=state.alpha[i + 1],
+                              sigma=state.sigma[i + 1], generator=state.generator,
+                              final=i + 1 == state.steps)
+            x = apply_hooks(state.hooks, x, ctx)
+            inner = inner.replace(x={k: x[k] for k in inner.x})
+        return state.replace(x=x, i=i + 1, aux=(inner,), nfe=inner.nfe)
 
 
 __all__ = ["CategoricalProcess", "JointModel", "JointDenoiser", "JointSolver",

@@ -442,6 +442,21 @@ ROWS: list[Row] = [
     Row("mol-sample-regressor-empty", mol_sample("--reward", "qed", "--guidance", "gradient",
                                                  "--regressor", "{tmp}/empty_dir"),
         ("empty_dir", "not a pydiff checkpoint")),
+    Row("mol-sample-fragment-missing", mol_sample("--fragment", "{tmp}/missing.sdf"),
+        ("--fragment", "missing.sdf", "does not exist")),
+    Row("mol-sample-fragment-folder", mol_sample("--fragment", "{tmp}/empty_dir"),
+        ("--fragment", "empty_dir", "folder")),
+    Row("mol-sample-fragment-not-sdf", mol_sample("--fragment", "{tmp}/not_audio.wav"),
+        ("not_audio.wav", "record 1")),
+    Row("mol-sample-fragment-unknown-atom-type", mol_sample("--fragment", "{tmp}/chlorine.sdf"),
+        ("chlorine.sdf", "Cl")),
+    Row("mol-sample-fragment-fills-the-molecule",
+        mol_sample("--fragment", "{tmp}/ethanol.sdf", "--atoms", "9"),
+        ("atoms=9", "fragment already has 9 atoms")),
+    Row("mol-train-select-unknown-property", mol_train("--select", "sweetness:0.5"),
+        ("--select", "sweetness:0.5", "qed")),
+    Row("mol-train-select-keeps-nothing", mol_train("--select", "qed:2"),
+        ("qed:2", "keeps none")),
     Row("mol-train-regressor-out-is-a-file",
         ["molecules", "train-regressor", "--out", "{tmp}/a_file", "--steps", "1"],
         ("--out", "a_file")),
@@ -516,6 +531,9 @@ def files(tmp_path_factory) -> Path:
     chlorine = Chem.AddHs(Chem.MolFromSmiles("CCl"))
     AllChem.EmbedMolecule(chlorine, randomSeed=0)
     Chem.MolToMolFile(chlorine, str(tmp / "chlorine.sdf"))
+    ethanol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(ethanol, randomSeed=0)
+    Chem.MolToMolFile(ethanol, str(tmp / "ethanol.sdf"))
     (tmp / "read_only").mkdir()
     os.chmod(tmp / "read_only", 0o555)
     return tmp

@@ -3,7 +3,8 @@
 The forward marginals of every transition family match ``keep onehot + (1 - keep) pi`` and
 compose over two steps; ancestral sampling with the exact ``p(x_0 | x_t)`` of a known
 categorical distribution reproduces it within sampling error; a joint dict state (positions,
-types, mask) advances in one ``pydiff.sample`` call.
+types, mask) advances in one ``pydiff.sample`` call; a fixed fragment (known positions and
+classes) is kept exactly at every step through the inpainting hooks.
 """
 
 import math
@@ -18,6 +19,8 @@ from pydiff.categorical import (
     JointSolver,
     sample_categorical,
 )
+from pydiff.guidance import SVDD
+from pydiff.hooks import InpaintClasses, InpaintReplace, StepContext, ZeroCenterOfMass
 
 F64 = torch.float64
 SCHED = pydiff.VPSchedule()
@@ -243,3 +246,114 @@ def test_trainer_trains_a_joint_denoiser_and_keeps_its_ema():
     # the class frequencies were learnt: at low noise the types' marginal follows P_DATA's order
     mean = probs["types"].mean((0, 1))
     assert mean[0] > mean[3]
+
+
+# -- a fixed fragment of a joint dict state ------------------------------------------------
+# pydiff.hooks.InpaintReplace (key=) pastes known positions, InpaintClasses known classes, and
+# JointSolver runs both on the whole state after every step, before ZeroCenterOfMass re-centres
+# the molecule: the fragment's geometry relative to itself is exact at every step (scaled by
+# alpha when pasted without noise) and its classes never change; one translation at the end
+# puts it back at its given coordinates.
+
+B, N, K = 16, 7, 3  # molecules, atoms per molecule, fragment atoms
+
+
+def fragment_setup(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    proc = process("uniform")
+    model = ExactModel(proc)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[:4, -1] = False  # molecules of two sizes in one batch
+    given = torch.randn(K, 3, generator=g, dtype=F64) + 5.0  # the fragment's own frame
+    known = torch.zeros(B, N, 3)
+    known[:, :K] = (given - given.mean(0)).float()
+    fmask = torch.zeros(B, N, dtype=torch.bool)
+    fmask[:, :K] = True
+    known_types = torch.zeros(B, N, dtype=torch.long)
+    known_types[:, :K] = torch.tensor([3, 1, 2])
+    x = {"pos": pydiff.prior(SCHED, (B, N, 3), generator=g) * mask[..., None],
+         "types": proc.prior((B, N), g), "mask": mask}
+    return model, proc, g, x, given, known, fmask, known_types
+
+
+def relative(pos):
+    return pos - pos.mean(-2, keepdim=True)
+
+
+def test_fragment_is_kept_exactly_at_every_step():
+    model, proc, g, x, given, known, fmask, known_types = fragment_setup()
+    hooks = [InpaintReplace(known, fmask[..., None].float(), noise="none", key="pos"),
+             InpaintClasses(known_types, fmask, key="types"),
+             ZeroCenterOfMass(key="pos", mask=x["mask"])]
+    seen = []
+
+    def check(state):
+        i = state.i
+        pos, alpha = state.x["pos"].double(), state.alpha[i].item()
+        assert torch.equal(state.x["types"][:, :K], known_types[:, :K])
+        # pasted as alpha * known, then the whole molecule translated by the re-centring
+        want = alpha * relative(known[:, :K].double())
+        assert torch.allclose(relative(pos[:, :K]), want, atol=1e-5)
+        m = state.x["mask"].double()[..., None]
+        assert ((pos * m).sum(1) / m.sum(1)).abs().max() < 1e-5  # zero centre of mass kept
+        assert (pos[~state.x["mask"]] == 0).all()  # padding stays at 0
+        seen.append(i)
+
+    out = pydiff.sample(model, x, JointSolver("ddpm"), steps=12, generator=g, hooks=hooks,
+                        callback=check)
+    assert seen == list(range(1, 13))
+    # one translation puts the fragment back at its given coordinates, exactly
+    shift = (given - out["pos"][:, :K].double()).mean(1, keepdim=True)
+    assert torch.allclose(out["pos"][:, :K].double() + shift, given.expand(B, K, 3), atol=1e-5)
+    # the rest was generated (differs between molecules), the fragment is the same in all
+    assert out["pos"][:, K:].std(0).mean() > 0.1
+
+
+def test_fresh_noise_and_corrupted_classes_end_exact():
+    model, proc, g, x, given, known, fmask, known_types = fragment_setup(1)
+    hooks = [InpaintReplace(known, fmask[..., None].float(), key="pos"),
+             InpaintClasses(known_types, fmask, key="types", process=proc),
+             ZeroCenterOfMass(key="pos", mask=x["mask"])]
+    out = pydiff.sample(model, x, JointSolver("dpmpp_2m"), steps=8, generator=g, hooks=hooks)
+    assert torch.equal(out["types"][:, :K], known_types[:, :K])
+    assert torch.allclose(relative(out["pos"][:, :K]), relative(known[:, :K]), atol=1e-5)
+
+
+def test_corrupted_classes_follow_the_forward_marginal():
+    proc = process("marginal")
+    known = torch.full((20000, 1), 2, dtype=torch.long)
+    hook = InpaintClasses(known, torch.ones(20000, 1, dtype=torch.bool), "types", process=proc)
+    t = torch.tensor(0.6, dtype=F64)
+    a, s = SCHED.alpha(t), SCHED.sigma(t)
+    state = {"types": torch.zeros(20000, 1, dtype=torch.long)}
+    out = hook(state, StepContext(0, t, a, s, torch.Generator().manual_seed(0)))
+    assert_frequencies(out["types"], proc.marginal(torch.tensor([2]), proc.keep(SCHED, t))[0])
+    final = hook(state, StepContext(0, t * 0, a / a, s * 0, final=True))
+    assert (final["types"] == 2).all()
+
+
+def test_svdd_candidates_keep_the_fragment():
+    model, proc, g, x, given, known, fmask, known_types = fragment_setup(2)
+    hooks = [InpaintReplace(known, fmask[..., None].float(), key="pos"),
+             InpaintClasses(known_types, fmask, key="types", process=proc),
+             ZeroCenterOfMass(key="pos", mask=x["mask"])]
+    solver = SVDD(JointSolver("ddpm"), lambda x0: -x0["pos"].pow(2).sum((1, 2)), candidates=3)
+    out = pydiff.sample(model, x, solver, steps=6, generator=g, hooks=hooks)
+    assert torch.equal(out["types"][:, :K], known_types[:, :K])
+    assert torch.allclose(relative(out["pos"][:, :K]), relative(known[:, :K]), atol=1e-5)
+    # the types of the generated atoms still come from the model (P_DATA), not the fragment
+    assert out["types"][:, K:].unique().numel() > 1 and P_DATA.numel() == 4
+
+
+def test_inpaint_hooks_name_a_missing_or_needed_key():
+    ctx = StepContext(0, torch.tensor(0.5), torch.tensor(0.7), torch.tensor(0.7))
+    state = {"pos": torch.zeros(2, 3, 3), "types": torch.zeros(2, 3, dtype=torch.long)}
+    with pytest.raises(pydiff.InputError, match="key="):
+        InpaintReplace(torch.zeros(2, 3, 3), torch.ones(2, 3, 1))(state, ctx)
+    with pytest.raises(pydiff.InputError, match="'coords'"):
+        InpaintReplace(torch.zeros(2, 3, 3), torch.ones(2, 3, 1), key="coords")(state, ctx)
+    with pytest.raises(pydiff.InputError, match="class indices"):
+        InpaintClasses(torch.zeros(2, 3), torch.ones(2, 3), key="types")
+    # take() gives one row per candidate (SVDD), also from a single shared row
+    hook = InpaintReplace(torch.zeros(1, 3, 3), torch.ones(1, 3, 1), key="pos")
+    assert hook.take(torch.tensor([0, 0, 0])).known.shape == (3, 3, 3)

@@ -190,6 +190,58 @@ def test_generator_samples_rdkit_molecules_reproducibly(tmp_path):
     assert 0 <= scores["close_pairs"] <= 1
 
 
+def fragment_of(mol, keep):
+    """The atoms ``keep`` of a molecule, with their coordinates (no sanitization)."""
+    em = Chem.RWMol(mol)
+    for i in sorted(set(range(mol.GetNumAtoms())) - set(keep), reverse=True):
+        em.RemoveAtom(i)
+    out = em.GetMol()
+    out.UpdatePropertyCache(strict=False)
+    return out
+
+
+def test_generator_keeps_a_fragment_and_the_cli_reads_it(tmp_path):
+    import numpy as np
+    from pydiff.apps.cli import main
+    from pydiff.domains.molecules import MoleculeGenerator
+    from pydiff.domains.molecules.generator import load_fragment
+
+    mol = data.load_molecules("test", limit=1)[0]
+    heavy = [a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() != "H"]
+    frag = fragment_of(mol, heavy)
+    k = frag.GetNumAtoms()
+    given = frag.GetConformer().GetPositions()
+    gen = MoleculeGenerator.from_pretrained()
+    mols = gen.sample(3, steps=3, seed=0, fragment=frag)
+    mols += gen.sample(2, atoms=k + 4, steps=3, seed=1, reward="qed", candidates=2,
+                       fragment=frag)  # with SVDD: every candidate keeps it
+    for m in mols:
+        assert m.GetNumAtoms() > k and m.GetProp("fragment_atoms") == str(k)
+        assert [a.GetSymbol() for a in m.GetAtoms()][:k] == [a.GetSymbol()
+                                                            for a in frag.GetAtoms()]
+        assert np.abs(m.GetConformer().GetPositions()[:k] - given).max() < 1e-4
+    rest = [m.GetConformer().GetPositions()[k:k + 1] for m in mols[:3]]
+    assert not np.allclose(rest[0], rest[1], atol=1e-2)  # the rest is generated
+    with pytest.raises(pydiff.InputError, match="already has"):
+        gen.sample(1, atoms=k, steps=1, fragment=frag)
+    chlorine = Chem.AddHs(Chem.MolFromSmiles("CCl"))
+    from rdkit.Chem import AllChem
+
+    AllChem.EmbedMolecule(chlorine, randomSeed=0)
+    with pytest.raises(pydiff.InputError, match="Cl"):
+        load_fragment(chlorine)
+    with pytest.raises(pydiff.InputError, match="conformer"):
+        load_fragment(Chem.MolFromSmiles("CO"))
+    path = tmp_path / "frag.sdf"
+    Chem.MolToMolFile(frag, str(path), kekulize=False)
+    out = tmp_path / "out.sdf"
+    assert main(["molecules", "sample", "-n", "2", "--steps", "2", "--atoms", str(k + 3),
+                 "--fragment", str(path), "-o", str(out)]) == 0
+    back = list(Chem.SDMolSupplier(str(out), removeHs=False, sanitize=False))
+    assert len(back) == 2 and all(m.GetNumAtoms() == k + 3 for m in back)
+    assert all(np.abs(m.GetConformer().GetPositions()[:k] - given).max() < 1e-3 for m in back)
+
+
 def test_close_pairs_count_collapsed_atoms():
     import numpy as np
     from pydiff.domains.molecules import chemistry
@@ -241,6 +293,19 @@ def test_train_recipe_saves_a_loadable_generator_and_warm_starts(tmp_path):
     with pytest.raises(pydiff.InputError, match="hidden_dim"):
         train(TrainConfig(steps=1, hidden_dim=16, num_layers=1, limit=16, progress=False,
                           init=str(tmp_path / "model")))
+    # a property-selected fine-tune: only the selected molecules, the categorical priors of the
+    # warm start (the process its weights learned)
+    ringed = train(TrainConfig(steps=1, hidden_dim=8, num_layers=1, batch_size=4, limit=40,
+                               progress=False, init=str(tmp_path / "model"),
+                               select="rings:0.3"))
+    from pydiff.domains.molecules.train import select_molecules
+
+    chosen = select_molecules(data.load_molecules("train", limit=40), "rings:0.3")
+    assert 0 < ringed.metadata["molecules"] == len(chosen) < 40
+    assert all(m.GetRingInfo().NumRings() >= 1 for m in chosen)
+    assert ringed.metadata["type_prior"] == loaded.metadata["type_prior"]
+    with pytest.raises(pydiff.InputError, match="NAME:MIN"):
+        train(TrainConfig(steps=1, limit=16, progress=False, select="size:3"))
 
 
 def test_geometry_distances_and_mmff_strain_see_distorted_molecules():

@@ -34,6 +34,7 @@ from rdkit import Chem
 import pydiff
 from pydiff.categorical import JointDenoiser, JointSolver
 from pydiff.errors import InputError
+from pydiff.files import check_input_file
 from pydiff.guidance import SVDD, JointGradientGuidance
 from pydiff.pretrained import from_pretrained, load_config, save_pretrained
 
@@ -91,10 +92,15 @@ class MoleculeGenerator:
 
     # -- sampling ------------------------------------------------------------------------------
     def atom_counts(self, n: int, atoms: int | Sequence[int] | None,
-                    generator: torch.Generator) -> list[int]:
-        """``n`` molecule sizes: drawn from the training histogram, or as given."""
+                    generator: torch.Generator, above: int = 0) -> list[int]:
+        """``n`` molecule sizes: drawn from the training histogram, or as given; all larger than
+        ``above`` (a fixed fragment's atoms)."""
         if atoms is None:
-            idx = torch.multinomial(self.size_probs, n, replacement=True, generator=generator)
+            probs = torch.where(self.sizes > above, self.size_probs, 0.0)
+            if not probs.sum() > 0:
+                raise InputError(f"the fragment has {above} atoms, as many as the largest "
+                                 f"training molecule ({int(self.sizes.max())}); pass atoms=")
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)
             return self.sizes[idx].tolist()
         sizes = [atoms] * n if isinstance(atoms, int) else list(atoms)
         if len(sizes) != n:
@@ -104,17 +110,23 @@ class MoleculeGenerator:
             if isinstance(k, bool) or not isinstance(k, int) or not MIN_ATOMS <= k <= MAX_ATOMS:
                 raise InputError(f"atoms={k!r}: a molecule needs {MIN_ATOMS} to {MAX_ATOMS} "
                                  "atoms (hydrogens included)")
+            if k <= above:
+                raise InputError(f"atoms={k}: the fragment already has {above} atoms; a "
+                                 "molecule needs at least one atom more")
         return sizes
 
     def sample_state(self, sizes: Sequence[int], *, steps: int = 50, solver: str = "dpmpp_2m",
                      generator: torch.Generator | None = None,
                      reward: Callable[[dict[str, Tensor]], Tensor] | None = None,
                      candidates: int = 8, objective: Callable | None = None,
-                     scale: float = 1.0, progress: bool = False) -> dict[str, Tensor]:
+                     scale: float = 1.0, fragment: Chem.Mol | None = None,
+                     progress: bool = False) -> dict[str, Tensor]:
         """The joint state after sampling molecules of ``sizes`` atoms: ``positions [B, N, 3]``,
         ``atom_types`` / ``charges [B, N]`` (indices), ``mask [B, N]``. ``reward`` steers by
         SVDD, ``objective(x0, t) -> [B]`` (of the clean estimate, differentiable) by gradient
-        guidance with ``scale``."""
+        guidance with ``scale``; ``fragment`` (a ``Chem.Mol`` with a conformer, checked by
+        :func:`load_fragment`) fixes the first atoms of every molecule (:func:`fragment_hooks`),
+        and the returned positions put it at its own coordinates."""
         b, n = len(sizes), max(sizes)
         mask = torch.arange(n)[None, :] < torch.tensor(sizes)[:, None]
         procs = self.model.processes
@@ -123,6 +135,9 @@ class MoleculeGenerator:
              "atom_types": procs["atom_types"].prior((b, n), generator),
              "charges": procs["charges"].prior((b, n), generator)}
         hook = pydiff.hooks.ZeroCenterOfMass(key="positions", mask=mask)
+        hooks: list[Any] = [hook]
+        if fragment is not None:
+            hooks = [*fragment_hooks(fragment, b, n, procs), hook]  # paste, then re-centre
         if reward is None:
             method: Any = JointSolver(solver)
         else:
@@ -131,13 +146,17 @@ class MoleculeGenerator:
         if objective is not None:
             model = JointGradientGuidance(self.model, objective, scale=scale)
         with torch.no_grad():
-            return pydiff.sample(model, x, method, steps=steps, generator=generator,
-                                 hooks=[hook], progress=progress)
+            out = pydiff.sample(model, x, method, steps=steps, generator=generator,
+                                hooks=hooks, progress=progress)
+        if fragment is not None:
+            out = {**out, "positions": place_fragment(out["positions"], mask, fragment)}
+        return out
 
     def sample(self, n: int, atoms: int | Sequence[int] | None = None, *, steps: int = 50,
                solver: str | None = None, seed: int = 0, reward: str | Callable | None = None,
                guidance: str | None = None, candidates: int = 8, scale: float = 1.0,
-               regressor: str | os.PathLike | None = None, batch_size: int = 250,
+               regressor: str | os.PathLike | None = None,
+               fragment: Chem.Mol | str | os.PathLike | None = None, batch_size: int = 250,
                progress: bool = False) -> list[Chem.Mol]:
         """``n`` molecules as ``Chem.Mol`` with hydrogens, a 3D conformer and bonds from
         ``rdDetermineBonds`` (property ``valid`` = "1"/"0"; invalid ones are kept).
@@ -158,6 +177,12 @@ class MoleculeGenerator:
             candidates: SVDD's candidate next states per step.
             scale: gradient guidance's scale.
             regressor: gradient guidance's regressor folder (default: the shipped QED one).
+            fragment: a fragment to keep (a ``Chem.Mol`` with a conformer, or an SDF file whose
+                first record is used, hydrogens as written): its atoms, charges and 3D
+                coordinates are fixed as the first atoms of every molecule and the model
+                generates the rest (``atoms`` counts the fragment's atoms too; sizes drawn from
+                the training set are drawn among those larger than the fragment). The molecule
+                carries the property ``fragment_atoms``.
             batch_size: molecules sampled together.
         """
         from .rewards import molecule_reward
@@ -184,8 +209,10 @@ class MoleculeGenerator:
         objective = None
         if guidance == "gradient":
             objective = property_objective(PropertyRegressor.from_pretrained(regressor))
+        frag = None if fragment is None else load_fragment(fragment)
         g = torch.Generator().manual_seed(seed)
-        sizes = self.atom_counts(n, atoms, g)
+        sizes = self.atom_counts(n, atoms, g,
+                                 above=0 if frag is None else frag.GetNumAtoms())
         mols: list[Chem.Mol] = []
         for start in range(0, n, batch_size):
             part = sizes[start:start + batch_size]
@@ -194,8 +221,11 @@ class MoleculeGenerator:
                 fn = lambda x0: torch.tensor(score(state_to_mols(x0)))  # noqa: E731
             state = self.sample_state(part, steps=steps, solver=solver, generator=g, reward=fn,
                                       candidates=candidates, objective=objective, scale=scale,
-                                      progress=progress)
+                                      fragment=frag, progress=progress)
             built = state_to_mols(state)
+            if frag is not None:
+                for mol in built:
+                    mol.SetProp("fragment_atoms", str(frag.GetNumAtoms()))
             if score is not None:
                 for mol, value in zip(built, score(built)):
                     mol.SetProp("reward", f"{value:.4f}")
@@ -214,6 +244,68 @@ def property_objective(regressor: PropertyRegressor) -> Callable[[dict[str, Tens
     return objective
 
 
+def load_fragment(fragment: Chem.Mol | str | os.PathLike) -> Chem.Mol:
+    """A fragment to keep, checked: a ``Chem.Mol`` as is, or the first record of an SDF file
+    (hydrogens as written, not sanitized); it needs a conformer, elements among
+    :data:`.data.ATOM_TYPES`, formal charges among :data:`.data.CHARGES` and fewer than
+    :data:`MAX_ATOMS` atoms (an :class:`pydiff.InputError` names what is wrong)."""
+    from .metrics import check_molecule, read_sdf
+
+    if isinstance(fragment, Chem.Mol):
+        mol, where = fragment, "fragment"
+        check_molecule(mol, where, known_by="the model knows")
+    else:
+        path = check_input_file(fragment, "fragment")
+        mol, where = read_sdf(path, known_by="the model knows")[0], f"fragment {path}"
+    bad = sorted({a.GetFormalCharge() for a in mol.GetAtoms()} - set(CHARGES))
+    if bad:
+        raise InputError(f"{where} has formal charges {bad}; the model knows only "
+                         f"{list(CHARGES)}")
+    if not 1 <= mol.GetNumAtoms() < MAX_ATOMS:
+        raise InputError(f"{where} has {mol.GetNumAtoms()} atoms; a fragment needs 1 to "
+                         f"{MAX_ATOMS - 1}")
+    return mol
+
+
+def fragment_hooks(fragment: Chem.Mol, batch: int, atoms: int,
+                   processes: dict[str, Any]) -> list[Any]:
+    """The core's inpainting hooks that keep ``fragment`` as the first atoms of each of
+    ``batch`` molecules padded to ``atoms``: its positions (:class:`pydiff.hooks.
+    InpaintReplace`, fresh noise at each level) and its atom types and charges
+    (:class:`pydiff.hooks.InpaintClasses`, corrupted to each level by their processes).
+
+    The frame: the positions live on the zero centre-of-mass subspace of the whole molecule,
+    and where the molecule's centre falls is not known before the rest is generated. So the
+    fragment is pasted centred on its own centroid and the :class:`pydiff.hooks.
+    ZeroCenterOfMass` hook that runs after these re-centres the whole molecule, which
+    translates the fragment rigidly: its geometry is kept exactly at every step, and
+    :func:`place_fragment` translates the result so that it sits at its given coordinates.
+    """
+    k = fragment.GetNumAtoms()
+    given = torch.tensor(fragment.GetConformer().GetPositions(), dtype=torch.float32)
+    pos = torch.zeros(batch, atoms, 3)
+    pos[:, :k] = given - given.mean(0)
+    fixed = torch.zeros(batch, atoms, dtype=torch.bool)
+    fixed[:, :k] = True
+    types = torch.zeros(batch, atoms, dtype=torch.long)
+    types[:, :k] = torch.tensor([ATOM_TYPES.index(a.GetSymbol()) for a in fragment.GetAtoms()])
+    charges = torch.full((batch, atoms), CHARGES.index(0), dtype=torch.long)
+    charges[:, :k] = torch.tensor([CHARGES.index(a.GetFormalCharge())
+                                   for a in fragment.GetAtoms()])
+    return [pydiff.hooks.InpaintReplace(pos, fixed[..., None].float(), key="positions"),
+            pydiff.hooks.InpaintClasses(types, fixed, "atom_types", processes["atom_types"]),
+            pydiff.hooks.InpaintClasses(charges, fixed, "charges", processes["charges"])]
+
+
+def place_fragment(positions: Tensor, mask: Tensor, fragment: Chem.Mol) -> Tensor:
+    """Translate each molecule (its real atoms) so that its first atoms, the fragment's, sit at
+    the fragment's given coordinates (see :func:`fragment_hooks`)."""
+    k = fragment.GetNumAtoms()
+    given = torch.tensor(fragment.GetConformer().GetPositions(), dtype=torch.float64)
+    shift = (given - positions[:, :k].double()).mean(1, keepdim=True)
+    return ((positions.double() + shift) * mask[..., None]).to(positions.dtype)
+
+
 def state_to_mols(state: dict[str, Tensor]) -> list[Chem.Mol]:
     """RDKit molecules of a joint state (its real atoms only), by :func:`.chemistry.to_mol`."""
     mols = []
@@ -226,5 +318,6 @@ def state_to_mols(state: dict[str, Tensor]) -> list[Chem.Mol]:
     return mols
 
 
-__all__ = ["MoleculeGenerator", "state_to_mols", "property_objective", "PRETRAINED",
+__all__ = ["MoleculeGenerator", "state_to_mols", "property_objective", "load_fragment",
+           "fragment_hooks", "place_fragment", "PRETRAINED",
            "MIN_ATOMS", "MAX_ATOMS", "GUIDANCE", "GRADIENT_REWARDS"]

@@ -195,7 +195,7 @@ def _rebuild(mol: Chem.Mol) -> Chem.Mol:
                   [a.GetFormalCharge() for a in mol.GetAtoms()], mol.GetConformer().GetPositions())
 
 
-def read_sdf(path: str | os.PathLike) -> list[Chem.Mol]:
+def read_sdf(path: str | os.PathLike, known_by: str = "the metrics know") -> list[Chem.Mol]:
     """Every record of an SDF file as written (unsanitized: invalid molecules are read too);
     an :class:`pydiff.InputError` naming the file for records without a 3D conformer or with
     elements outside H, C, N, O, F, or a file with no records."""
@@ -211,13 +211,19 @@ def read_sdf(path: str | os.PathLike) -> list[Chem.Mol]:
     for i, mol in enumerate(records):
         if mol is None:
             raise InputError(f"{path}: record {i + 1} is not a readable SDF molecule")
-        if mol.GetNumConformers() == 0:
-            raise InputError(f"{path}: record {i + 1} has no conformer (coordinates)")
-        odd = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ATOM_TYPES))
-        if odd:
-            raise InputError(f"{path}: record {i + 1} has atom types {odd}; the metrics know "
-                             f"only {list(ATOM_TYPES)} (with explicit hydrogens)")
+        check_molecule(mol, f"{path}: record {i + 1}", known_by)
     return records
+
+
+def check_molecule(mol: Chem.Mol, where: str, known_by: str = "the metrics know") -> None:
+    """An :class:`pydiff.InputError` starting with ``where`` for a molecule without a conformer
+    or with elements outside H, C, N, O, F."""
+    if mol.GetNumConformers() == 0:
+        raise InputError(f"{where} has no conformer (coordinates)")
+    odd = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ATOM_TYPES))
+    if odd:
+        raise InputError(f"{where} has atom types {odd}; {known_by} only {list(ATOM_TYPES)} "
+                         "(with explicit hydrogens)")
 
 
 def evaluate_file(path: str | os.PathLike) -> dict[str, object]:
@@ -234,4 +240,4 @@ def evaluate_file(path: str | os.PathLike) -> dict[str, object]:
 
 
 __all__ = ["evaluate", "property_stats", "close_pair_fraction", "bond_geometry",
-           "geometry_distances", "mmff_strain", "read_sdf", "evaluate_file"]
+           "geometry_distances", "mmff_strain", "read_sdf", "check_molecule", "evaluate_file"]

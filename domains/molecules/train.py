@@ -62,6 +62,7 @@ class TrainConfig:
     progress: bool = True
     init: str | None = None  # warm start: a checkpoint folder whose weights training starts from
     time_sampler: str = "uniform"  # "uniform" in [t_eps, t_max] or "low_noise" (see TIME_SAMPLERS)
+    select: str | None = None  # "NAME:MIN": only molecules whose reward NAME is >= MIN (see select)
 
 
 # Where the training times fall. Bond orders (hence stability and validity) are decided below
@@ -110,6 +111,36 @@ def statistics(batch: dict[str, Tensor]) -> dict[str, Any]:
             "atom_counts": {str(k): v for k, v in sorted(counts.items())}}
 
 
+def parse_select(select: str) -> tuple[str, float]:
+    """``"NAME:MIN"`` (a reward of :data:`.rewards.REWARDS` and its threshold) as a pair."""
+    from .rewards import REWARDS
+
+    name, sep, value = select.partition(":")
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = float("nan")
+    if not sep or name not in REWARDS or threshold != threshold:
+        raise InputError(f"select={select!r} is not NAME:MIN with NAME one of {sorted(REWARDS)} "
+                         "and MIN a number (e.g. 'qed:0.5', 'rings:0.3')")
+    return name, threshold
+
+
+def select_molecules(mols: list, select: str | None) -> list:
+    """The molecules whose reward ``NAME`` is at least ``MIN`` (``select = "NAME:MIN"``): a
+    property-selected training subset, e.g. to fine-tune one model per property for
+    :class:`pydiff.guidance.SuperDiff`."""
+    if select is None:
+        return mols
+    from .rewards import REWARDS
+
+    name, threshold = parse_select(select)
+    kept = [m for m in mols if REWARDS[name](m) >= threshold]
+    if not kept:
+        raise InputError(f"select={select!r} keeps none of the {len(mols)} training molecules")
+    return kept
+
+
 def _warm_start(net: MoleculeNet, path: str | Path) -> MoleculeNet:
     """``net``'s architecture must match the checkpoint's; its weights are the checkpoint's."""
     start = MoleculeGenerator.from_pretrained(path).model.net
@@ -129,16 +160,25 @@ def train(config: TrainConfig | None = None, output: str | Path | None = None
     if config.time_sampler not in TIME_SAMPLERS:
         raise InputError(f"time_sampler={config.time_sampler!r} is not known; expected one of "
                          f"{sorted(TIME_SAMPLERS)}")
+    if config.select is not None:
+        parse_select(config.select)
     if config.time_budget is not None and not config.time_budget > 0:
         raise InputError(f"time_budget must be > 0 seconds, got {config.time_budget}")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # initial weights
     started = time.time()
-    batch = to_tensors(load_molecules("train", limit=config.limit))
+    batch = to_tensors(select_molecules(load_molecules("train", limit=config.limit),
+                                        config.select))
     stats = statistics(batch)
     net = MoleculeNet(hidden_dim=config.hidden_dim, num_layers=config.num_layers)
     if config.init is not None:
         net = _warm_start(net, config.init)
+        # the categorical corruption the network learned stays that of its first training:
+        # a subset's type frequencies would change the process under the weights (and models
+        # fine-tuned on different subsets could no longer be superposed)
+        start = MoleculeGenerator.from_pretrained(config.init).metadata
+        stats = {**stats, "type_prior": start["type_prior"],
+                 "charge_prior": start["charge_prior"]}
     model = make_model(net, type_prior=stats["type_prior"], charge_prior=stats["charge_prior"])
     loader = BatchLoader(batch, min(config.batch_size, batch["mask"].shape[0]), seed=config.seed)
     trainer = Trainer(model, loader, loss_fn=MoleculeLoss(config.time_sampler),
@@ -167,4 +207,5 @@ def _previous_steps(init: str | Path | None) -> int:
     return int(meta.get("steps_done", 0)) + int(meta.get("steps_before", 0))
 
 
-__all__ = ["TIME_SAMPLERS", "TrainConfig", "MoleculeLoss", "statistics", "train"]
+__all__ = ["TIME_SAMPLERS", "TrainConfig", "MoleculeLoss", "statistics", "train",
+           "select_molecules", "parse_select"]
