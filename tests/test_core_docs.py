@@ -14,7 +14,8 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.categorical", "pydiff.accel", "pydiff.accel.deepcache",
                 "pydiff.accel.streams", "pydiff.guidance.variational", "pydiff.parallel",
                 "pydiff.parallel.patch", "pydiff.parallel.model",
-                "pydiff.guidance.svdd", "pydiff.guidance.refine", "pydiff.training.data"]
+                "pydiff.guidance.svdd", "pydiff.guidance.refine", "pydiff.training.data",
+                "pydiff.guidance.superdiff"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

@@ -21,6 +21,10 @@ guidance of the continuous entries by an objective of the whole clean estimate).
 Derivative-free guidance: :class:`SVDD` (a solver wrapper: each step's candidate next states
 resampled by a reward of their clean estimates, no gradient needed).
 
+Model superposition: :class:`SuperDiff` (a solver wrapper: AND / OR of several models'
+densities, with per-sample weights from the Itô density estimator) around the models of a
+:class:`Superposition`.
+
 Post-step hooks: :class:`DataConsistency` (hard data consistency),
 :class:`pydiff.hooks.InpaintReplace` (replacement); RePaint's jumps are a solver,
 :class:`pydiff.solvers.Resampling` (also importable from here).
@@ -64,6 +68,7 @@ from .gradient import (
 )
 from .joint import JointGradientGuidance
 from .refine import diffusion_energy, pinball_energy, refine
+from .superdiff import SuperDiff, Superposition
 from .svdd import SVDD
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
 from .variational import red_diff
@@ -71,4 +76,5 @@ from .variational import red_diff
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
            "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD",
-           "refine", "diffusion_energy", "pinball_energy", "JointGradientGuidance"]
+           "refine", "diffusion_energy", "pinball_energy", "JointGradientGuidance", "SuperDiff",
+           "Superposition"]
