@@ -5,6 +5,7 @@ Example:
     $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance svdd --candidates 8
     $ pydiff molecules sample -n 100 -o out.sdf --reward qed --guidance gradient --scale 2
     $ pydiff molecules sample -n 100 -o out.sdf --fragment benzene.sdf --atoms 18
+    $ pydiff molecules sample -n 100 -o out.sdf --checkpoint qed/ --superpose rings/ --mode and
     $ pydiff molecules evaluate out.sdf
     $ pydiff molecules train --out model/ --time-budget 1200
     $ pydiff molecules train --out model2/ --init model/ --time-sampler low_noise
@@ -53,6 +54,10 @@ def register(subparsers, help_text: str) -> None:
                    help="keep this fragment (the first record of an SDF file: its atoms, "
                         "charges and 3D coordinates as given) and generate the rest of each "
                         "molecule; --atoms counts the fragment's atoms too")
+    s.add_argument("--superpose", default=None, metavar="MODEL_DIR",
+                   help="superpose a second model folder with the first (SuperDiff): --mode and "
+                        "samples where both models' densities are equal, or their mixture")
+    s.add_argument("--mode", default="and", help="with --superpose: and (default) or or")
     s.add_argument("--checkpoint", default=None, help="a model folder (default: shipped)")
     s.add_argument("--threads", type=positive_int, default=None)
     s.set_defaults(func=run_sample)
@@ -100,6 +105,7 @@ def _check_names(args: argparse.Namespace) -> None:
         GUIDANCE,
         MAX_ATOMS,
         MIN_ATOMS,
+        SUPERPOSE_MODES,
     )
     from pydiff.domains.molecules.rewards import REWARDS
 
@@ -119,6 +125,12 @@ def _check_names(args: argparse.Namespace) -> None:
     if args.guidance == "gradient" and args.reward not in GRADIENT_REWARDS:
         raise InputError(f"--guidance gradient follows a trained regressor, which exists for "
                          f"--reward {' or '.join(GRADIENT_REWARDS)} only, not {args.reward!r}")
+    if args.mode not in SUPERPOSE_MODES:
+        raise InputError(f"--mode {args.mode!r} is not known; expected one of "
+                         f"{list(SUPERPOSE_MODES)}")
+    if args.superpose is not None and args.reward is not None:
+        raise InputError("--superpose combines two models without a reward: give --superpose "
+                         "or --reward, not both")
     if args.atoms is not None and not MIN_ATOMS <= args.atoms <= MAX_ATOMS:
         raise InputError(f"--atoms {args.atoms}: a molecule needs {MIN_ATOMS} to {MAX_ATOMS} "
                          "atoms (hydrogens included)")
@@ -130,6 +142,8 @@ def run_sample(args: argparse.Namespace) -> int:
         check_input_dir(args.checkpoint, "--checkpoint")
     if args.regressor is not None:
         check_input_dir(args.regressor, "--regressor")
+    if args.superpose is not None:
+        check_input_dir(args.superpose, "--superpose")
     fragment = None
     if args.fragment is not None:
         check_input_file(args.fragment, "--fragment")
@@ -148,7 +162,7 @@ def run_sample(args: argparse.Namespace) -> int:
                       seed=args.seed, reward=args.reward,
                       guidance=args.guidance or ("svdd" if args.reward else None),
                       candidates=args.candidates, scale=args.scale, regressor=args.regressor,
-                      fragment=fragment)
+                      fragment=fragment, superpose=args.superpose, mode=args.mode)
     write_sdf(mols, args.output)
     valid = sum(m.GetProp("valid") == "1" for m in mols)
     print(f"wrote {args.output} ({len(mols)} molecules, {valid} valid)")

@@ -242,6 +242,28 @@ def test_generator_keeps_a_fragment_and_the_cli_reads_it(tmp_path):
     assert all(np.abs(m.GetConformer().GetPositions()[:k] - given).max() < 1e-3 for m in back)
 
 
+def test_superposing_a_model_with_itself_is_that_model():
+    import numpy as np
+    from pydiff.domains.molecules import MoleculeGenerator, make_model
+
+    gen = MoleculeGenerator.from_pretrained()
+    alone = gen.sample(3, atoms=[8, 11, 9], steps=4, seed=2, solver="ddpm")
+    for mode in ("and", "or"):
+        both = gen.sample(3, atoms=[8, 11, 9], steps=4, seed=2, superpose=gen, mode=mode)
+        for x, y in zip(alone, both):  # equal densities at every step: the model itself
+            assert [a.GetSymbol() for a in x.GetAtoms()] == [a.GetSymbol() for a in y.GetAtoms()]
+            assert np.allclose(x.GetConformer().GetPositions(), y.GetConformer().GetPositions(),
+                               atol=1e-4)
+    other = MoleculeGenerator(make_model(gen.model.net, type_prior=[0.2] * 5,
+                                         charge_prior=gen.metadata["charge_prior"]), gen.metadata)
+    with pytest.raises(pydiff.InputError, match="atom_types processes differ"):
+        gen.sample(1, atoms=5, steps=1, superpose=other)
+    with pytest.raises(pydiff.InputError, match="mode"):
+        gen.sample(1, atoms=5, steps=1, superpose=gen, mode="xor")
+    with pytest.raises(pydiff.InputError, match="not both"):
+        gen.sample(1, atoms=5, steps=1, superpose=gen, reward="qed")
+
+
 def test_close_pairs_count_collapsed_atoms():
     import numpy as np
     from pydiff.domains.molecules import chemistry

@@ -35,7 +35,7 @@ import pydiff
 from pydiff.categorical import JointDenoiser, JointSolver
 from pydiff.errors import InputError
 from pydiff.files import check_input_file
-from pydiff.guidance import SVDD, JointGradientGuidance
+from pydiff.guidance import SVDD, JointGradientGuidance, SuperDiff, Superposition
 from pydiff.pretrained import from_pretrained, load_config, save_pretrained
 
 from .chemistry import to_mol
@@ -48,6 +48,7 @@ PRETRAINED = Path(__file__).parent / "pretrained" / "model"
 MIN_ATOMS, MAX_ATOMS = 2, 64
 GUIDED_SOLVER = "ddpm"  # SVDD needs a stochastic position step (candidates must differ)
 GUIDANCE = ("svdd", "gradient")
+SUPERPOSE_MODES = ("and", "or")
 GRADIENT_REWARDS = ("qed",)  # the properties a shipped regressor predicts
 
 
@@ -120,13 +121,16 @@ class MoleculeGenerator:
                      reward: Callable[[dict[str, Tensor]], Tensor] | None = None,
                      candidates: int = 8, objective: Callable | None = None,
                      scale: float = 1.0, fragment: Chem.Mol | None = None,
+                     superpose: MoleculeGenerator | None = None, mode: str = "and",
                      progress: bool = False) -> dict[str, Tensor]:
         """The joint state after sampling molecules of ``sizes`` atoms: ``positions [B, N, 3]``,
         ``atom_types`` / ``charges [B, N]`` (indices), ``mask [B, N]``. ``reward`` steers by
         SVDD, ``objective(x0, t) -> [B]`` (of the clean estimate, differentiable) by gradient
         guidance with ``scale``; ``fragment`` (a ``Chem.Mol`` with a conformer, checked by
         :func:`load_fragment`) fixes the first atoms of every molecule (:func:`fragment_hooks`),
-        and the returned positions put it at its own coordinates."""
+        and the returned positions put it at its own coordinates; ``superpose`` (another
+        generator) samples the superposition of both models (:class:`pydiff.guidance.SuperDiff`,
+        ``mode`` ``"and"`` or ``"or"``)."""
         b, n = len(sizes), max(sizes)
         mask = torch.arange(n)[None, :] < torch.tensor(sizes)[:, None]
         procs = self.model.processes
@@ -145,6 +149,9 @@ class MoleculeGenerator:
         model: Any = self.model
         if objective is not None:
             model = JointGradientGuidance(self.model, objective, scale=scale)
+        if superpose is not None:
+            model = Superposition(self.model, superpose.model)
+            method = SuperDiff(method, mode)
         with torch.no_grad():
             out = pydiff.sample(model, x, method, steps=steps, generator=generator,
                                 hooks=hooks, progress=progress)
@@ -156,7 +163,9 @@ class MoleculeGenerator:
                solver: str | None = None, seed: int = 0, reward: str | Callable | None = None,
                guidance: str | None = None, candidates: int = 8, scale: float = 1.0,
                regressor: str | os.PathLike | None = None,
-               fragment: Chem.Mol | str | os.PathLike | None = None, batch_size: int = 250,
+               fragment: Chem.Mol | str | os.PathLike | None = None,
+               superpose: MoleculeGenerator | str | os.PathLike | None = None,
+               mode: str = "and", batch_size: int = 250,
                progress: bool = False) -> list[Chem.Mol]:
         """``n`` molecules as ``Chem.Mol`` with hydrogens, a 3D conformer and bonds from
         ``rdDetermineBonds`` (property ``valid`` = "1"/"0"; invalid ones are kept).
@@ -183,6 +192,14 @@ class MoleculeGenerator:
                 generates the rest (``atoms`` counts the fragment's atoms too; sizes drawn from
                 the training set are drawn among those larger than the fragment). The molecule
                 carries the property ``fragment_atoms``.
+            superpose: a second model (a generator or a model folder, e.g. one fine-tuned on
+                other molecules by ``train --select``) to superpose with this one by
+                :class:`pydiff.guidance.SuperDiff`: ``mode="and"`` samples where both models'
+                densities are equal (molecules both models find likely), ``"or"`` their mixture.
+                The weights come from the positions' densities; atom-type and charge
+                probabilities are pooled with the same weights. Not with ``reward`` /
+                ``guidance``; the solver defaults to ``"ddpm"``.
+            mode: ``"and"`` or ``"or"`` (with ``superpose``).
             batch_size: molecules sampled together.
         """
         from .rewards import molecule_reward
@@ -200,8 +217,24 @@ class MoleculeGenerator:
             raise InputError(f"scale must be a number >= 0, got {scale!r}")
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
             raise InputError(f"candidates must be an integer >= 1, got {candidates!r}")
+        if superpose is not None:
+            if mode not in SUPERPOSE_MODES:
+                raise InputError(f"mode={mode!r} is not known; expected one of "
+                                 f"{SUPERPOSE_MODES}")
+            if reward is not None:
+                raise InputError("superpose= combines two models without a reward; steer "
+                                 "(reward=) or superpose, not both")
+            if not isinstance(superpose, MoleculeGenerator):
+                superpose = MoleculeGenerator.from_pretrained(superpose)
+            for key, proc in self.model.processes.items():
+                other = superpose.model.processes[key]
+                if other.kind != proc.kind or not torch.allclose(other.stationary,
+                                                                 proc.stationary):
+                    raise InputError(f"superpose: the two models' {key} processes differ "
+                                     "(priors); superposed models need one corruption process "
+                                     "(fine-tune both from one model: train --init --select)")
         if solver is None:
-            solver = "dpmpp_2m" if reward is None else GUIDED_SOLVER
+            solver = "dpmpp_2m" if reward is None and superpose is None else GUIDED_SOLVER
         if solver not in pydiff.available_solvers():
             raise InputError(f"solver={solver!r} is not a pydiff solver; expected one of "
                              f"{pydiff.available_solvers()}")
@@ -221,7 +254,8 @@ class MoleculeGenerator:
                 fn = lambda x0: torch.tensor(score(state_to_mols(x0)))  # noqa: E731
             state = self.sample_state(part, steps=steps, solver=solver, generator=g, reward=fn,
                                       candidates=candidates, objective=objective, scale=scale,
-                                      fragment=frag, progress=progress)
+                                      fragment=frag, superpose=superpose, mode=mode,
+                                      progress=progress)
             built = state_to_mols(state)
             if frag is not None:
                 for mol in built:
@@ -320,4 +354,4 @@ def state_to_mols(state: dict[str, Tensor]) -> list[Chem.Mol]:
 
 __all__ = ["MoleculeGenerator", "state_to_mols", "property_objective", "load_fragment",
            "fragment_hooks", "place_fragment", "PRETRAINED",
-           "MIN_ATOMS", "MAX_ATOMS", "GUIDANCE", "GRADIENT_REWARDS"]
+           "MIN_ATOMS", "MAX_ATOMS", "GUIDANCE", "GRADIENT_REWARDS", "SUPERPOSE_MODES"]
