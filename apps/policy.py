@@ -8,6 +8,8 @@ Examples:
     $ pydiff policy eval --env pendulum --presets ddpm100,cp1,cp2
     $ pydiff policy demos --env pusht --episodes 100 --out pusht-demos
     $ pydiff policy train --env pusht --demos pusht-demos --minutes 30
+    $ pydiff policy train --env pusht --demos pusht-demos --init policy-pusht --minutes 30 \
+        --out policy-pusht-2
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--demos", default=None,
                    help="a LeRobot dataset folder (pydiff policy demos) to train on instead of "
                         "recording --episodes demonstrations")
-    t.add_argument("--prediction", choices=("eps", "x0"), default="eps")
+    t.add_argument("--prediction", choices=("eps", "x0"), default=None,
+                   help="what the network predicts (default: eps, or --init's)")
+    t.add_argument("--init", default=None,
+                   help="warm start: a folder saved by policy train (or the shipped checkpoint's "
+                        "folder) to continue training; its architecture and normalizers are "
+                        "kept, optimizer and learning-rate schedule start afresh")
     t.add_argument("--down-dims", type=positive_int, nargs="+", default=None)
     t.add_argument("--planner", action="store_true",
                    help="train the Diffuser-style trajectory planner instead of the policy")
@@ -159,11 +166,18 @@ def run_train(args: argparse.Namespace) -> int:
     check_output(out, "--out", folder=True)
     if args.demos is not None:
         check_input_dir(args.demos, "--demos")
+    if args.init is not None:
+        check_input_dir(args.init, "--init")
     settings = _overrides(args)
-    if not args.planner:
+    if args.prediction is not None and not args.planner:
         settings["prediction"] = args.prediction
-    _, history = train(args.env, out, model=model, seed=args.seed, demos=args.demos,
-                       **settings)
+    try:
+        _, history = train(args.env, out, model=model, seed=args.seed, demos=args.demos,
+                           init=args.init, **settings)
+    except InputError as err:
+        if args.init is None or not str(err).startswith("init="):
+            raise
+        raise InputError(f"--init {str(err)[len('init='):]}") from None
     last = [h for h in history if "loss" in h][-1:]
     print(f"saved {out} (final loss {last[0]['loss']:.4f})" if last else f"saved {out}")
     return 0

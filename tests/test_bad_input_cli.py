@@ -173,6 +173,13 @@ ROWS: list[Row] = [
     Row("train-demos-missing", policy_train("--demos", "/nonexistent"),
         ("--demos", "/nonexistent")),
     Row("train-demos-not-a-dataset", policy_train("--demos", "{tmp}"), ("info.json",)),
+    Row("train-init-missing", policy_train("--init", "/nonexistent"),
+        ("--init", "/nonexistent")),
+    # teacher_ckpt is the shipped point-mass policy: another env's warm start is refused
+    Row("train-init-other-env", ["policy", "train", "--env", "pendulum", "--episodes", "2",
+                                 "--steps", "1", "--out", "{tmp}/policy_out", "--init",
+                                 "{tmp}/teacher_ckpt"],
+        ("--init", "teacher_ckpt", "pointmass", "pendulum")),
     # -- policy distill
     Row("distill-unknown-env", ["policy", "distill", "--env", "nosuch", "--out",
                                 "{tmp}/cp_out"], ("--env", "nosuch")),

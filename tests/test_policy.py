@@ -27,9 +27,11 @@ from pydiff.domains.policy.data import (
     trajectory_windows,
 )
 from pydiff.domains.policy.experts import PendulumExpert, PointMassExpert
+from pydiff.domains.policy.train import checkpoint_path
 from pydiff.domains.policy.validation import ActionClipper, ObservationError
 
 import pydiff
+from pydiff.errors import InputError
 
 torch.set_num_threads(1)
 
@@ -350,6 +352,36 @@ def test_one_training_path_for_every_model_type(tmp_path, model):
     if model == "planner":  # the policy has a Push-T recipe (tests/test_policy_pusht.py)
         with pytest.raises(ValueError, match="recipe"):
             train("pusht", None, model=model, steps=1)
+
+
+def test_training_warm_starts_from_a_saved_policy(tmp_path):
+    start = checkpoint_path("pointmass")
+    shipped = load("pointmass")
+    # a tiny learning rate: the continued weights stay the folder's (a fresh start would be
+    # random), and the folder's normalizers are kept though 2 demonstrations span less
+    warm, _ = train("pointmass", tmp_path / "warm", init=start, episodes=2, steps=1,
+                    batch_size=8, lr=1e-12, progress=False)
+    for a, b in zip(shipped.net.parameters(), warm.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(warm.obs_normalizer.low, shipped.obs_normalizer.low)
+    assert load(tmp_path / "warm").config.down_dims == shipped.config.down_dims
+    # and it does train: a real learning rate moves the weights
+    moved, _ = train("pointmass", None, init=start, episodes=2, steps=2, batch_size=8,
+                     lr=1e-2, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(shipped.net.parameters(),
+                                                     moved.net.parameters()))
+
+
+@pytest.mark.parametrize("init, settings, match", [
+    ("pointmass", {"down_dims": (8, 16)}, "down_dims"),
+    ("pendulum", {}, "env 'pendulum'"),
+    ("pointmass_planner", {}, "TrajectoryPlanner"),
+    ("pointmass_consistency", {}, "consistency"),
+])
+def test_warm_start_refuses_a_mismatched_folder(init, settings, match):
+    with pytest.raises(InputError, match=match):
+        train("pointmass", None, init=checkpoint_path(init), episodes=2, steps=1,
+              progress=False, **settings)
 
 
 # -- the planner ----------------------------------------------------------------------------

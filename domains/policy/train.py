@@ -106,7 +106,7 @@ def _recipe(model: str, env: str) -> dict[str, Any]:
 
 def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "policy",
           seed: int = 0, progress: bool = True, demos: str | os.PathLike | None = None,
-          **settings: Any,
+          init: str | os.PathLike | None = None, **settings: Any,
           ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Collect demonstrations, train a ``model`` on them, and save the EMA weights to
     ``out_dir`` (if given).
@@ -122,6 +122,12 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
             episodes, instead of recording ``episodes`` demonstrations here (Push-T's expert
             plans every push in a simulator: recording once and training many times saves
             most of a run's CPU).
+        init: warm start: a folder saved by :func:`train` (a policy or planner of this
+            ``model`` type and env) whose architecture, normalizers and weights training
+            continues from; the weights (the saved EMA weights) start both the trained network
+            and its EMA. A ``save_pretrained`` folder holds no optimizer state, so AdamW's
+            moments and the cosine schedule (with its warm-up) start afresh over ``steps`` or
+            ``minutes``. Config settings that differ from the folder's are refused.
         **settings: override the env's :data:`RECIPES` entry: ``episodes``, ``demo_steps``
             (shorten the demonstrations), ``steps``, ``batch_size``, ``lr``, ``minutes`` (a time
             budget: fewer steps if ``steps`` would not fit), or any config field of the model
@@ -140,6 +146,7 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
         check_output(out_dir, "out_dir", folder=True)  # before training, not after
     opt = {k: recipe.pop(k) for k in OPTIMIZATION if k in recipe}
     steps = opt.get("steps", 2000)
+    start = None if init is None else _load_init(init, model, env, settings)
     if demos is not None:
         from .lerobot import read_lerobot
 
@@ -150,7 +157,11 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     if model == "consistency":
         return _distill(env, out_dir, demos, opt, recipe, seed, progress)
     minutes = recipe.pop("minutes", None)
-    net, data = MODEL_TYPES[model].for_demonstrations(demos, env_spec(env), env=env, **recipe)
+    if start is not None:
+        net, data = start.train(), _windows_for(start, demos, env)
+    else:
+        net, data = MODEL_TYPES[model].for_demonstrations(demos, env_spec(env), env=env,
+                                                          **recipe)
     batch_size = min(opt.get("batch_size", 128), len(next(iter(data.values()))))
     initial = copy.deepcopy(net.state_dict())
 
@@ -186,6 +197,45 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     if out_dir is not None:
         trained.save_pretrained(out_dir)
     return trained, trainer.history
+
+
+def _load_init(init: str | os.PathLike, model: str, env: str, settings: dict[str, Any]
+               ) -> nn.Module:
+    """``train(init=...)``: the saved model (its config, normalizers and weights), refused if
+    it is not a ``model`` of ``env`` or disagrees with a setting given explicitly."""
+    if model == "consistency":
+        raise InputError("init= warm-starts a policy or planner; a consistency student "
+                         "starts from its teacher (teacher=)")
+    start = load(Path(init))  # a Path is always a folder, never a shipped name
+    if type(start) is not MODEL_TYPES[model] or getattr(start.config, "consistency", False):
+        raise InputError(f"init={os.fspath(init)!r} holds a {type(start).__name__}"
+                         f"{' (a consistency student)' if model == 'policy' else ''}, not a "
+                         f"{model}")
+    cfg = start.config
+    if cfg.env is None or resolve_env_id(cfg.env) != resolve_env_id(env):
+        raise InputError(f"init={os.fspath(init)!r} was trained for env {cfg.env!r}, not "
+                         f"{env!r}")
+    # settings given explicitly must agree with the saved config; the recipe's own defaults
+    # give way to the folder's
+    clash = sorted(k for k, v in settings.items()
+                   if k not in OPTIMIZATION and k != "minutes" and hasattr(cfg, k)
+                   and _comparable(getattr(cfg, k)) != _comparable(v))
+    if clash:
+        raise InputError(f"init={os.fspath(init)!r} holds a network with "
+                         + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash)
+                         + f"; got {', '.join(f'{k}={settings[k]!r}' for k in clash)}")
+    return start
+
+
+def _windows_for(start: nn.Module, demos: list, env: str) -> dict:
+    """Training windows cut from ``demos`` for a warm start's config (its normalizers stay)."""
+    fields = {k: v for k, v in start.config.to_dict().items()
+              if k not in ("obs_dim", "action_dim", "action_low", "action_high")}
+    return type(start).for_demonstrations(demos, env_spec(env), **fields)[1]
+
+
+def _comparable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _distill(env: str, out_dir: Any, demos: list, opt: dict[str, Any], recipe: dict[str, Any],
