@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                         "a few bytes per layer), DistriFusion's corrected stale ones, or those "
                         "shifted by this band's own change")
     p.add_argument("--model", default=None,
-                   help="checkpoint folder (default: the shipped procedural-image model)")
+                   help="checkpoint folder (default: the shipped procedural-image model of "
+                        "--arch)")
+    p.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                   help="which shipped model: the UNet2D (default) or the DiT (64 x 64 only)")
     p.set_defaults(func=run)
 
     t = sub.add_parser("parallel-train", help="train the procedural-image model that "
@@ -69,15 +72,18 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--max-steps", type=positive_int, default=1_000_000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
+    t.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                   help="a UNet2D with attention (default) or a DiT over 4 x 4 patches")
     t.set_defaults(func=train)
 
 
 def train(args: argparse.Namespace) -> int:
     from pydiff.files import check_output
-    from pydiff.parallel.model import PatchModelConfig, train_patch_model
+    from pydiff.parallel.model import PatchDiTConfig, PatchModelConfig, train_patch_model
 
     check_output(args.output, "--output")
-    config = PatchModelConfig(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
+    recipe = PatchDiTConfig if args.arch == "dit" else PatchModelConfig
+    config = recipe(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed,
                               threads=args.threads)
     train_patch_model(config, args.output, progress=sys.stderr.isatty())
     print(f"parallel-train: wrote {args.output}")
@@ -99,9 +105,10 @@ def _sample(net, args: argparse.Namespace, mode: str | None):
 
 
 def _net(args: argparse.Namespace):
-    from pydiff.parallel.model import load_patch_model
+    from pydiff.parallel.model import SHIPPED_DIT, load_patch_model
 
-    return load_patch_model(args.model).net
+    path = args.model if args.model is not None or args.arch == "unet" else SHIPPED_DIT
+    return load_patch_model(path).net
 
 
 def _fault(rank: int) -> None:

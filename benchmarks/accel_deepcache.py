@@ -15,8 +15,14 @@ speed-up that share allows at interval N (``N / (1 + (N - 1) work)``): they do n
 machine's load. Times are process CPU time (single-threaded), the median of ``--repeats``
 rounds that interleave the variants, so the machine's load shifts all of them alike.
 
+Refresh schedules (``--schedules``): a full call every N calls, or as many full calls placed
+non-uniformly (``DeepCacheState.power_schedule``), each with or without extrapolating the deep
+features from the last two full calls (``+x``).
+
 Usage:
     python benchmarks/accel_deepcache.py --intervals 2,3,5
+    python benchmarks/accel_deepcache.py --steps 20 --envs "" \
+        --schedules uniform,uniform+x,power,power+x
 Writes benchmarks/results/accel_deepcache.json.
 """
 
@@ -77,44 +83,66 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
+SCHEDULES = ("uniform", "uniform+x", "power", "power+x")
+"""Refresh schedules at interval N: a full call every N calls (``uniform``), or as many full
+calls (ceil(calls / N)) placed by ``DeepCacheState.power_schedule`` (``power``: sparse early,
+dense late); ``+x`` extrapolates the deep features linearly from the last two full calls."""
+
+
+def cache_state(schedule: str, interval: int, calls: int, power: float) -> DeepCacheState:
+    extrapolate = schedule.endswith("+x")
+    if schedule.startswith("uniform"):
+        return DeepCacheState(interval, extrapolate=extrapolate)
+    return DeepCacheState.power_schedule(calls, math.ceil(calls / interval), power,
+                                         extrapolate=extrapolate)
+
+
 def prior_table(intervals: list[int], branches: list[int], size: int, steps: int, batch: int,
-                repeats: int) -> list[dict]:
+                repeats: int, schedules: list[str], power: float, seed: int) -> list[dict]:
     from pydiff.domains.medical.reconstructor import PRETRAINED
 
     model = pydiff.from_pretrained(PRETRAINED / "anatomy")  # the shipped prior
     net = model.net.eval()
     sched = model.schedule
-    x_T = pydiff.prior(sched, (batch, 1, size, size), generator=torch.Generator().manual_seed(0))
+    x_T = pydiff.prior(sched, (batch, 1, size, size),
+                       generator=torch.Generator().manual_seed(seed))
+    full_calls: dict = {}
 
-    def run(branch: int | None, interval: int) -> torch.Tensor:
+    def run(branch: int | None, interval: int, schedule: str) -> torch.Tensor:
         if branch is None:
             return pydiff.sample(model, x_T, "dpmpp_2m", steps=steps)
-        cached = _with_net(model, DeepCache(net, branch)).bind(
-            deep_cache=DeepCacheState(interval))
-        return pydiff.sample(cached, x_T, "dpmpp_2m", steps=steps)
+        state = cache_state(schedule, interval, steps, power)  # dpmpp_2m: a call per step
+        cached = _with_net(model, DeepCache(net, branch)).bind(deep_cache=state)
+        out = pydiff.sample(cached, x_T, "dpmpp_2m", steps=steps)
+        full_calls[(branch, interval, schedule)] = state.full_calls
+        return out
 
-    variants = [(None, 1)] + [(b, n) for b in branches for n in intervals]
+    variants = [(None, 1, "none")] + [(b, n, k) for b in branches for n in intervals
+                                      for k in schedules]
     times: dict = {v: [] for v in variants}
     outs: dict = {}
     with torch.no_grad():
-        run(None, 1)  # warm-up
+        run(None, 1, "none")  # warm-up
         for _ in range(repeats):
             for v in variants:
                 seconds, outs[v] = _cpu(lambda v=v: run(*v))
                 times[v].append(seconds / batch)
-    base = statistics.median(times[(None, 1)])
+    base = statistics.median(times[variants[0]])
     rows = [{"network": "anatomy prior UNet2D", "branch": None, "interval": 1,
+             "schedule": "none", "full_calls": steps, "seed": seed,
              "steps": steps, "seconds_per_sample": base, "speedup": 1.0, "psnr_db": math.inf,
              "cached_work_fraction": 1.0, "ideal_speedup": 1.0}]
     fractions = {b: cached_work_fraction(net, b, x_T[:1], torch.tensor([0.5]))
                  for b in branches}
-    for b, n in variants[1:]:
-        s = statistics.median(times[(b, n)])
+    for b, n, k in variants[1:]:
+        s = statistics.median(times[(b, n, k)])
+        full = full_calls[(b, n, k)]
         rows.append({"network": "anatomy prior UNet2D", "branch": b, "interval": n,
+                     "schedule": k, "full_calls": full, "seed": seed,
                      "cached_work_fraction": fractions[b],
-                     "ideal_speedup": ideal_speedup(fractions[b], n),
+                     "ideal_speedup": steps / (full + (steps - full) * fractions[b]),
                      "steps": steps, "seconds_per_sample": s, "speedup": base / s,
-                     "psnr_db": psnr(outs[(b, n)], outs[(None, 1)])})
+                     "psnr_db": psnr(outs[(b, n, k)], outs[variants[0]])})
     return rows
 
 
@@ -193,6 +221,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", default="20,50", help="solver steps of the prior (a list)")
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--schedules", default="uniform",
+                    help=f"refresh schedules of the prior, a list of {', '.join(SCHEDULES)}")
+    ap.add_argument("--power", type=float, default=0.5,
+                    help="the power schedule's exponent (< 1: full calls dense late)")
+    ap.add_argument("--seed", type=int, default=0, help="the prior's noise seed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--envs", default="pendulum,pointmass", help="policies ('' for none)")
     ap.add_argument("--chunks", type=int, default=50)
@@ -206,12 +239,14 @@ def main() -> None:
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
         prow = prior_table(intervals, [int(b) for b in args.branches.split(",")], args.size,
-                           steps, args.batch, args.repeats)
-        print(f"anatomy prior {args.size}x{args.size}, dpmpp_2m {steps} steps")
-        print(f"{'branch':>6} {'N':>3} {'work':>5} {'ideal':>6} {'s/sample':>9} "
-              f"{'speed-up':>9} {'PSNR dB':>8}")
+                           steps, args.batch, args.repeats, args.schedules.split(","),
+                           args.power, args.seed)
+        print(f"anatomy prior {args.size}x{args.size}, dpmpp_2m {steps} steps, seed {args.seed}")
+        print(f"{'branch':>6} {'N':>3} {'schedule':>10} {'full':>4} {'work':>5} {'ideal':>6} "
+              f"{'s/sample':>9} {'speed-up':>9} {'PSNR dB':>8}")
         for r in prow:
-            print(f"{str(r['branch']):>6} {r['interval']:>3} {r['cached_work_fraction']:>5.2f} "
+            print(f"{str(r['branch']):>6} {r['interval']:>3} {r['schedule']:>10} "
+                  f"{r['full_calls']:>4} {r['cached_work_fraction']:>5.2f} "
                   f"{r['ideal_speedup']:>5.2f}x {r['seconds_per_sample']:>9.3f} "
                   f"{r['speedup']:>8.2f}x {r['psnr_db']:>8.1f}", flush=True)
         rows += prow

@@ -19,6 +19,8 @@ batch 1, float32, DPM-Solver++(2M).
 Run:
     nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py \\
         --json benchmarks/results/parallel_bytes.json
+    nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py --arch dit --bytes-sizes 64 \\
+        --quality-size 64 --json benchmarks/results/parallel_dit.json
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.distributed as dist
 
 from pydiff.distributed import collective_errors, dist_info, launch
 from pydiff.parallel import PatchParallel
-from pydiff.parallel.model import load_patch_model, psnr, sample_image
+from pydiff.parallel.model import SHIPPED, SHIPPED_DIT, load_patch_model, psnr, sample_image
 
 PARTIAL_TARGET = 0.35  # partial's stale-step bytes at most this share of displaced's (issue 19)
 
@@ -61,8 +63,8 @@ class Tiled(torch.nn.Module):
         return torch.cat(parts, dim=2)
 
 
-def _bytes_worker(sizes: list[int], fraction: float) -> list[dict]:
-    net = load_patch_model().net
+def _bytes_worker(sizes: list[int], fraction: float, path: str | None = None) -> list[dict]:
+    net = load_patch_model(path).net
     rows = []
     for size in sizes:
         for mode in ("sync", "displaced", "partial"):
@@ -76,8 +78,9 @@ def _bytes_worker(sizes: list[int], fraction: float) -> list[dict]:
     return rows
 
 
-def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all") -> list[dict]:
-    net = load_patch_model().net
+def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all",
+                    path: str | None = None) -> list[dict]:
+    net = load_patch_model(path).net
     rows = []
     if variants == "all":
         variants = [("sync", {})] + [(mode, {"gn": gn}) for mode in ("displaced", "partial")
@@ -100,11 +103,11 @@ def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all
     return rows
 
 
-def _cfg_worker(size: int, steps: int) -> dict:
+def _cfg_worker(size: int, steps: int, path: str | None = None) -> dict:
     """A CFG pair split across two ranks: each evaluates one member, the outputs are
     all-gathered (the model is unconditional: the pair is two evaluations, what the split
     costs does not depend on the conditioning)."""
-    net = load_patch_model().net
+    net = load_patch_model(path).net
     x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     sent, waited = 0, 0.0
     dist.barrier()
@@ -146,8 +149,11 @@ def main() -> None:
     p.add_argument("--variants", choices=("all", "default"), default="all",
                    help="quality: every mode x GroupNorm treatment, or the stale modes' "
                         "defaults and naive tiling only (large sizes)")
+    p.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                   help="the shipped UNet2D or the shipped DiT (trained at 64x64: sample it there)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    path = str(SHIPPED_DIT if args.arch == "dit" else SHIPPED)
     torch.set_num_threads(1)
     report: dict = {"bytes": [], "quality": [], "cfg": None, "single": None}
 
@@ -155,7 +161,8 @@ def main() -> None:
           "partial / displaced |", flush=True)
     print("|---|---|---|---|---|---|")
     for nproc in [] if args.skip_bytes else args.nprocs:
-        per_rank = launch(_bytes_worker, nproc, args.bytes_sizes, args.fraction, timeout=600)
+        per_rank = launch(_bytes_worker, nproc, args.bytes_sizes, args.fraction, path,
+                          timeout=600)
         for size in args.bytes_sizes:
             mean = {}
             for mode in ("sync", "displaced", "partial"):
@@ -171,7 +178,7 @@ def main() -> None:
 
     if not args.skip_quality:
         size, steps = args.quality_size, args.steps
-        net = load_patch_model().net
+        net = load_patch_model(path).net
         start = time.perf_counter()
         single = sample_image(net, size, steps, seed=0)
         single_seconds = (time.perf_counter() - start) / steps
@@ -182,7 +189,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for nproc in args.nprocs:
             per_rank = launch(_quality_worker, nproc, size, steps, args.fraction, args.variants,
-                              timeout=1800)
+                              path, timeout=1800)
             for i, row in enumerate(per_rank[0]):
                 x = row["sample"]
                 ranks = [r[i] for r in per_rank]
@@ -199,7 +206,7 @@ def main() -> None:
                       f"{entry['bytes_per_step']:,.0f} | {entry['seconds_per_step']:.3f} | "
                       f"{entry['wait_share']:.0%} |", flush=True)
     if not (args.skip_quality or args.skip_cfg):
-        cfg = launch(_cfg_worker, 2, size, steps, timeout=600)
+        cfg = launch(_cfg_worker, 2, size, steps, path, timeout=600)
         report["cfg"] = {"nproc": 2, "size": size,
                          "bytes_per_step": cfg[0]["bytes_per_step"],
                          "seconds_per_step": max(r["seconds_per_step"] for r in cfg),

@@ -166,9 +166,31 @@ def side_group(ranks: list[int] | None = None):
                           use_local_synchronization=ranks is not None)
 
 
+_IN_FLIGHT: list[list] = []
+
+
+def track_in_flight(works: list) -> None:
+    """Note asynchronous work handles (``async_op=True``, ``batch_isend_irecv``) left in flight
+    across calls; :func:`destroy` waits for them first (also for those whose owner is gone):
+    gloo work still running when a group is destroyed waits for peers that have already left,
+    the whole timeout long. Call :func:`untrack_in_flight` after waiting for them."""
+    _IN_FLIGHT.append(works)
+
+
+def untrack_in_flight(works: list) -> None:
+    """The handles given to :func:`track_in_flight` are complete."""
+    _IN_FLIGHT[:] = [w for w in _IN_FLIGHT if w is not works]
+
+
 def destroy() -> None:
-    """Destroy this process's group (no-op when none is initialized)."""
+    """Destroy this process's group (no-op when none is initialized), after waiting for the
+    work still in flight (:func:`track_in_flight`)."""
     global _timeout_s
+    for works in _IN_FLIGHT:
+        for work in works:
+            with contextlib.suppress(Exception):  # a failed peer: the group is going anyway
+                work.wait()
+    _IN_FLIGHT.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _timeout_s = None
@@ -309,8 +331,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, backend: str | None, timeout: float,
-            threads: int, fn: Callable[..., Any], args: tuple, results: Any) -> None:
+            threads: int, fn: Callable[..., Any], args: tuple, results: Any,
+            environ: dict[str, str]) -> None:
     torch.set_num_threads(threads)
+    # the fork server started with the launcher's environment of that moment: use today's
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -327,6 +353,22 @@ def _worker(rank: int, world_size: int, port: int, backend: str | None, timeout:
         raise SystemExit(1) from None
 
 
+def _context(fn: Callable[..., Any]):
+    """The workers' start method: a fork server. It is a fresh process (forking the launcher
+    itself is unsafe once it has run a parallel torch operation) that imports torch, pydiff
+    and ``fn``'s module once, and forks every worker of this and later launches from that
+    state, where spawning would import torch again in every worker (seconds of CPU each)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    preload = ["torch", "torch.distributed", __name__]
+    module = getattr(fn, "__module__", None)
+    if module and module != "__main__" and module not in preload:
+        preload.append(module)
+    ctx.set_forkserver_preload(preload)  # takes effect when the server starts
+    return ctx
+
+
 def launch(
     fn: Callable[..., T],
     nproc: int,
@@ -337,8 +379,10 @@ def launch(
 ) -> list[T]:
     """Run ``fn(*args)`` in ``nproc`` new local processes joined in one process group.
 
-    Every worker sets ``threads`` torch threads, joins the group (``RANK`` etc. are set as
-    torchrun sets them), calls ``fn`` and destroys the group. ``fn`` and ``args`` must be
+    Workers are forked from a fork server that has imported torch once (started at the first
+    launch of a process; ``spawn`` where there is no fork server). Every worker takes the
+    launcher's environment, sets ``threads`` torch threads, joins the group (``RANK`` etc. are
+    set as torchrun sets them), calls ``fn`` and destroys the group. ``fn`` and ``args`` must be
     picklable (``fn`` a module-level function). Returns the ranks' results in rank order.
 
     Failure: when a rank raises, dies or hangs, the others fail in their next collective
@@ -356,11 +400,13 @@ def launch(
     if nproc < 1:
         raise InputError(f"nproc={nproc}: expected at least 1 process")
     timeout = _check_timeout(timeout)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context(fn)
     results = ctx.Queue()
     port = free_port()
+    environ = dict(os.environ)
     procs = [ctx.Process(target=_worker, name=f"pydiff-rank{rank}", daemon=True,
-                         args=(rank, nproc, port, backend, timeout, threads, fn, args, results))
+                         args=(rank, nproc, port, backend, timeout, threads, fn, args, results,
+                               environ))
              for rank in range(nproc)]
     reports: dict[int, tuple[bool, Any]] = {}
     terminated: set[int] = set()

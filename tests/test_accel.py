@@ -92,6 +92,64 @@ def test_a_cached_call_on_unchanged_input_reproduces_the_full_call(kind, branch)
     assert torch.equal(full, plain)
 
 
+def test_a_refresh_schedule_runs_exactly_the_listed_calls_in_full():
+    net = _unet2d()
+    deep = _Counter(net.mid[0])
+    model = pydiff.Denoiser(DeepCache(net), pydiff.VPSchedule(), prediction="eps")
+    cache = DeepCacheState.power_schedule(12, 5, power=0.5)
+    assert cache.refresh == (0, 5, 8, 9, 11)  # round(12 sqrt(k / 5))
+    full_at = []
+    with torch.no_grad():
+        solver = pydiff.get_solver("ddim")
+        state = solver.init(_noise(1, 1, 8, 8), model.schedule,
+                            pydiff.timesteps(model.schedule, 12, "time"))
+        bound = model.bind(deep_cache=cache)
+        while not state.done:
+            before = deep.calls
+            state = solver.step(state, bound)
+            if deep.calls > before:
+                full_at.append(cache.calls - 1)
+    assert full_at == [0, 5, 8, 9, 11] and cache.cached_calls == 7
+    assert DeepCacheState(refresh=(4, 2)).refresh == (0, 2, 4)  # call 0 always runs in full
+    assert DeepCacheState.power_schedule(6, 6).refresh == tuple(range(6))
+    # crowded at the end (4, 5, 6, 7 for calls 0 .. 5): pulled back into range
+    assert DeepCacheState.power_schedule(6, 5, power=0.3).refresh == (0, 2, 3, 4, 5)
+    for bad in ({"refresh": (1, -1)}, {"refresh": (True,)}):
+        with pytest.raises(pydiff.InputError, match="refresh="):
+            DeepCacheState(**bad)
+    with pytest.raises(pydiff.InputError, match="full=7"):
+        DeepCacheState.power_schedule(6, 7)
+    with pytest.raises(pydiff.InputError, match="power=0"):
+        DeepCacheState.power_schedule(6, 3, power=0)
+
+
+@pytest.mark.parametrize("kind", ["unet2d", "unet1d"])
+def test_extrapolated_features_are_the_line_through_the_last_two_full_calls(kind):
+    net = DeepCache(_unet2d() if kind == "unet2d" else _unet1d(cond=3), branch=1 if
+                    kind == "unet2d" else 0)
+    x = _noise(2, 1, 8, 8) if kind == "unet2d" else _noise(2, 2, 16)
+    args = {} if kind == "unet2d" else {"global_cond": _noise(2, 3, seed=1)}
+    times = [torch.tensor([0.9, 0.8]), torch.tensor([0.7, 0.8]), torch.tensor([0.4, 0.8])]
+    cache = DeepCacheState(refresh=(0, 1), extrapolate=True)
+    plain = DeepCacheState(refresh=(0, 1))
+    with torch.no_grad():
+        feats = []
+        for t in times[:2]:
+            net(x, t, deep_cache=cache, **args)
+            net(x, t, deep_cache=plain, **args)
+            feats.append(cache.features)
+        out = net(x, times[2], deep_cache=cache, **args)
+        stale = net(x, times[2], deep_cache=plain, **args)
+        # sample 0: 0.9 -> 0.7 -> 0.4 is 1.5 steps on; sample 1's times never moved: its last
+        step = torch.tensor([1.5, 0.0]).reshape(-1, *[1] * (feats[1].dim() - 1))
+        line = feats[1] + step * (feats[1] - feats[0])
+        run = net._unet2d if kind == "unet2d" else net._unet1d
+        expected, _ = run(x, times[2], deep=line, **args)
+    assert cache.cached_calls == 1
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[1], stale[1]) and not torch.allclose(out[0], stale[0])
+
+
 def test_caching_changes_the_result():
     net = _unet2d()
     x = _noise(2, 1, 16, 16)
@@ -173,11 +231,54 @@ def test_each_stream_equals_sampling_it_alone(solver):
         # a batched convolution rounds differently; the random network amplifies that (one
         # element in ~100 differs by ~1e-5 relative)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    if solver == "heun":  # its second stage runs per stream
-        assert streams.unbatched_calls > 0
+    assert streams.unbatched_calls == 0 and streams.ticks < 6 * 4  # streams shared ticks
+    if solver == "heun":  # its second stage is batched too: two calls a tick, one at the end
+        assert streams.ticks < streams.network_calls <= 2 * streams.ticks
     else:  # one batched network call per tick, nothing else
-        assert streams.unbatched_calls == 0 and streams.network_calls == streams.ticks
-        assert streams.ticks < 6 * 4  # streams shared ticks
+        assert streams.network_calls == streams.ticks
+
+
+def test_every_stage_is_batched_wherever_it_evaluates():
+    # Heun with churn evaluates first at a raised noise level (not the state's own x, t), then
+    # at the Euler point: both stages come from batched calls; every stream's own generator
+    net = _unet2d()
+    model = pydiff.Denoiser(net, pydiff.VPSchedule(), prediction="eps")
+    options = {"S_churn": 20.0, "S_tmax": 1e3}
+    xs = [_noise(1, 1, 8, 8, seed=k) for k in range(4)]
+    streams = StreamBatch(model, "heun", steps=3, max_streams=4, **options)
+    calls = _Counter(net)
+    with torch.no_grad():
+        for k, x in enumerate(xs):
+            streams.push(x, generator=torch.Generator().manual_seed(30 + k))
+        outs = streams.drain()
+        assert calls.calls == streams.network_calls == 5  # 2 + 2 + 1 for 4 streams
+        alone = [pydiff.sample(model, x, "heun", steps=3, **options,
+                               generator=torch.Generator().manual_seed(30 + k))
+                 for k, x in enumerate(xs)]
+    for out, ref in zip(outs, alone):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert streams.unbatched_calls == 0
+
+
+def test_a_failing_stage_raises_and_leaves_no_parked_step():
+    import threading
+
+    calls = []
+
+    def net(x, t):
+        calls.append(x.shape[0])
+        if len(calls) == 2:  # the second stage of the first tick
+            raise RuntimeError("network failed on purpose")
+        return 0.5 * x
+
+    model = pydiff.Denoiser(net, pydiff.VPSchedule(), prediction="eps")
+    streams = StreamBatch(model, "heun", steps=2, max_streams=3)
+    before = threading.active_count()
+    for k in range(3):
+        streams.push(torch.full((1, 2), float(k)))
+    with pytest.raises(RuntimeError, match="failed on purpose"):
+        streams.tick()
+    assert calls == [3, 3] and threading.active_count() == before
 
 
 def test_streams_with_per_position_times_and_own_conditioning():

@@ -149,6 +149,11 @@ CORE: list[Row] = [
     Row("deepcache-state-not-a-cache",
         lambda: pydiff.accel.DeepCache(pydiff.nn.UNet1D(2, down_dims=(8, 16)))(
             torch.zeros(1, 2, 8), 0.5, deep_cache={}), TypeError, ("deep_cache is dict",)),
+    Row("deepcache-refresh-negative", lambda: pydiff.accel.DeepCacheState(refresh=(0, -2)),
+        InputError, ("refresh=(0, -2)",)),
+    Row("deepcache-power-schedule-too-many-full",
+        lambda: pydiff.accel.DeepCacheState.power_schedule(10, 12), InputError,
+        ("full=12", "calls=10")),
     Row("stream-batch-model-a-function", lambda: pydiff.accel.StreamBatch(zeros_net), TypeError,
         ("model",)),
     Row("stream-batch-max-streams-zero", lambda: pydiff.accel.StreamBatch(MODEL, max_streams=0),
@@ -167,6 +172,9 @@ CORE: list[Row] = [
         InputError, ("fraction=0",)),
     Row("patch-parallel-gn-unknown", lambda: PatchParallel(UNET, mode="displaced", gn="stale"),
         InputError, ("gn='stale'",)),
+    Row("patch-parallel-image-dit-height", lambda: PatchParallel(
+        pydiff.nn.ImageDiT(1, patch=4, hidden_dim=16, depth=1)).check_size(6), InputError,
+        ("height 6", "patch 4")),
     Row("patch-parallel-not-a-unet2d", lambda: PatchParallel(torch.nn.Linear(3, 3)), TypeError,
         ("UNet2D",)),
 ]

@@ -18,6 +18,7 @@ from pydiff.nn import (
     EGNNLayer,
     FiLM,
     GaussianFourierEmbedding,
+    ImageDiT,
     MultiHeadAttention,
     SinusoidalEmbedding,
     TimeEmbedding,
@@ -516,6 +517,23 @@ def test_dit_zero_init_grads_config():
     assert_config_roundtrip(net)
     with pytest.raises(ValueError, match=r"x has shape \(2, 5, 2\)"):
         net(x.transpose(1, 2), 0.5)
+
+
+def test_image_dit_patches_row_major_and_roundtrip():
+    net = randomize_zero_inits(ImageDiT(2, patch=2, hidden_dim=16, depth=1, num_heads=2),
+                               std=0.2).eval()
+    x = torch.randn(3, 2, 6, 4)
+    tokens = net.to_tokens(x)
+    assert tokens.shape == (3, 2 * 2 * 2, 3 * 2)
+    # token 3 is patch row 1, column 1: rows 2-3, columns 2-3 of both channels
+    assert torch.equal(tokens[:, :, 3], x[:, :, 2:4, 2:4].reshape(3, -1))
+    assert torch.equal(net.to_image(tokens, 6, 4), x)
+    t = torch.rand(3)
+    with torch.no_grad():  # the network is the DiT on the patch sequence
+        assert torch.equal(net(x, t), net.to_image(net.dit(tokens, t), 6, 4))
+    assert_config_roundtrip(net)
+    with pytest.raises(ValueError, match="multiples of patch=2"):
+        net(torch.randn(1, 2, 5, 4), 0.5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """pydiff.parallel.PatchParallel with real gloo processes: sync equals one process (UNet2D and
 DiT); the stale modes' plumbing is exact on a repeated input; displaced and partial stay close
-to one process on the shipped trained model. Everything runs in one launch of four ranks (a
-launch costs seconds of process start-up per rank): two pairs of ranks as two-rank groups,
-then all four. The two-rank quality of the stale modes on the trained model is checked by
+to one process on the shipped trained UNet2D, displaced on the shipped trained DiT. Everything
+runs in one launch of four ranks: two pairs of ranks as two-rank groups, then all four. The
+two-rank quality of the stale modes on the trained UNet2D is checked by
 tests/test_parallel_cli.py (displaced by the CLI's own launch, partial under torchrun)."""
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def test_dit_sync_equals_one_process(results, world):
         band = length // world
         expected = (2 * (2 * 2 * 32 * band) + 2 * 2 * band) * 4 * (world - 1)
         assert dit["sync_bytes_per_call"] == expected, dit
+        assert dit["image_sync"] < EXACT, dit  # an ImageDiT: bands of patch rows
 
 
 def test_stale_modes_close_to_one_process_on_the_trained_model(results):
@@ -78,6 +79,14 @@ def test_stale_modes_close_to_one_process_on_the_trained_model(results):
     assert len({r[4]["quality"]["partial"]["psnr"] for r in results}) == 1
 
 
+def test_displaced_close_to_one_process_on_the_trained_dit(results):
+    # the shipped DiT over each pair of ranks, 20 steps (its stale modes: BENCHMARKS.md)
+    for r in results:
+        dit = r[2]["quality_dit"]["displaced"]
+        assert dit["calls"] == 20 and dit["psnr"] is not None and dit["psnr"] >= MIN_PSNR, dit
+    assert len({r[2]["quality_dit"]["displaced"]["psnr"] for r in results}) == 1  # both pairs
+
+
 def test_one_process_is_the_plain_model_and_bad_input():
     net = workers.random_unet2d()
     x, t = torch.randn(1, 1, 16, 16), torch.rand(1)
@@ -90,7 +99,7 @@ def test_one_process_is_the_plain_model_and_bad_input():
         PatchParallel(net, mode="displaced", warmup=0)
     with pytest.raises(pydiff.InputError, match="fraction=1.5"):
         PatchParallel(net, mode="partial", fraction=1.5)
-    with pytest.raises(TypeError, match="expected a pydiff.nn.UNet2D or a pydiff.nn.DiT"):
+    with pytest.raises(TypeError, match="expected a pydiff.nn.UNet2D, a pydiff.nn.DiT or a"):
         PatchParallel(torch.nn.Conv2d(1, 1, 3))
     with pytest.raises(pydiff.InputError, match="height 18 does not split across 1 ranks"):
         PatchParallel(net).check_size(18)
@@ -105,3 +114,9 @@ def test_dit_on_one_process_is_the_plain_model_and_bad_input():
                                net(x, t, global_cond=cond))
     with pytest.raises(TypeError, match="global_cond= and mask=, not cond="):
         PatchParallel(net)(x, t, cond=cond)
+    image_net = workers.random_image_dit()
+    image = torch.randn(1, 1, 8, 6)
+    with torch.no_grad():
+        assert torch.equal(PatchParallel(image_net, mode="partial")(image, t), image_net(image, t))
+    with pytest.raises(pydiff.InputError, match="height 7 does not split across 1 ranks"):
+        PatchParallel(image_net).check_size(7)

@@ -50,6 +50,11 @@ class DeepCacheState:
             full and equals the plain network exactly); the calls between reuse the deep
             features of the last full call. Every network evaluation counts as a call, so a
             two-stage solver (Heun) uses ``interval`` evaluations, not steps.
+        refresh: instead of ``interval``, the indices of the calls that run in full (a
+            non-uniform schedule, e.g. :meth:`front_loaded`); call 0 always does.
+        extrapolate: a cached call uses the deep features extrapolated linearly in the
+            network's time input from the last two full calls (one multiply-add on the cached
+            map) instead of the last full call's as they are.
 
     Attributes:
         calls, full_calls, cached_calls: network calls so far, and how they were served.
@@ -61,25 +66,68 @@ class DeepCacheState:
     """
 
     interval: int = 3
+    refresh: tuple[int, ...] | None = None
+    extrapolate: bool = False
     calls: int = 0
     full_calls: int = 0
     cached_calls: int = 0
     features: Tensor | None = field(default=None, repr=False)
     key: tuple | None = field(default=None, repr=False)
+    _history: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.interval, bool) or not isinstance(self.interval, int) \
                 or self.interval < 1:
             raise InputError(f"DeepCacheState: interval={self.interval!r}; expected an integer "
                              ">= 1 (a full network call every `interval` calls)")
+        if self.refresh is not None:
+            calls = tuple(self.refresh)
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                       for c in calls):
+                raise InputError(f"DeepCacheState: refresh={self.refresh!r}; expected call "
+                                 "indices >= 0")
+            self.refresh = tuple(sorted(set(calls) | {0}))
+
+    @classmethod
+    def power_schedule(cls, calls: int, full: int, power: float = 0.5,
+                       extrapolate: bool = False) -> DeepCacheState:
+        """A non-uniform schedule of ``full`` full calls out of ``calls``: full call k at
+        ``round(calls * (k / full) ** power)``. ``power < 1`` makes full calls sparse at the
+        start of sampling (high noise, where a cached call's error is washed out by the steps
+        after it) and dense at its end (low noise, where the sample's detail is decided and
+        an error stays); ``power = 1`` spreads them evenly, ``power > 1`` packs them at the
+        start. BENCHMARKS.md ("DeepCache") compares them at equal numbers of full calls.
+
+        Example:
+            >>> DeepCacheState.power_schedule(20, 7).refresh
+            (0, 8, 11, 13, 15, 17, 19)
+        """
+        if not 1 <= full <= calls:
+            raise InputError(f"DeepCacheState.power_schedule: full={full}; expected 1 .. "
+                             f"calls={calls}")
+        if not power > 0:
+            raise InputError(f"DeepCacheState.power_schedule: power={power}; expected > 0")
+        picks: list[int] = []
+        for k in range(full):
+            c = max(round(calls * (k / full) ** power), picks[-1] + 1 if picks else 0)
+            picks.append(c)
+        # a schedule crowded at one end can run out of room: pull the overflow back
+        for k in range(full - 1, -1, -1):
+            picks[k] = min(picks[k], calls - full + k)
+        return cls(refresh=tuple(picks), extrapolate=extrapolate)
 
     def reset(self) -> None:
         """Forget the features and counters (start of a new run)."""
         self.calls = self.full_calls = self.cached_calls = 0
         self.features = self.key = None
+        self._history = []
 
     def _full_due(self, key: tuple) -> bool:
-        due = self.features is None or self.key != key or self.calls % self.interval == 0
+        if self.refresh is not None:
+            scheduled = self.calls in self.refresh
+        else:
+            scheduled = self.calls % self.interval == 0
+        due = self.features is None or self.key != key or scheduled
         self.calls += 1
         if due:
             self.full_calls += 1
@@ -87,8 +135,30 @@ class DeepCacheState:
             self.cached_calls += 1
         return due
 
-    def _store(self, key: tuple, features: Tensor) -> None:
+    def _store(self, key: tuple, features: Tensor, t: Tensor | float) -> None:
+        if self.key != key:
+            self._history = []
         self.key, self.features = key, features.detach()
+        if self.extrapolate:
+            self._history = [*self._history[-1:], (_time_column(t, features), self.features)]
+
+    def _cached(self, t: Tensor | float) -> Tensor:
+        """The deep features for a cached call at time input ``t``."""
+        if not self.extrapolate or len(self._history) < 2:
+            return self.features
+        (t0, f0), (t1, f1) = self._history
+        t = _time_column(t, f1)
+        # per sample: a sample whose two full calls share a time keeps its last features
+        step = torch.where(t1 != t0, (t - t1) / torch.where(t1 != t0, t1 - t0, 1.0), 0.0)
+        return torch.lerp(f1, f0, -step.to(f1.dtype)) if step.any() else f1
+
+
+def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
+    """A network's per-sample time input as ``[B, 1, ...]`` float64 (for extrapolation)."""
+    t = torch.as_tensor(t, dtype=torch.float64, device=like.device)
+    if t.dim() > 1:  # per-position times: their mean per sample
+        t = t.reshape(t.shape[0], -1).mean(dim=1)
+    return t.reshape(-1, *([1] * (like.dim() - 1))).expand(like.shape[0], *([1] * (like.dim() - 1)))
 
 
 class DeepCache(nn.Module):
@@ -144,9 +214,9 @@ class DeepCache(nn.Module):
         key = (tuple(x.shape), x.dtype, x.device)
         full = deep_cache._full_due(key)
         run = self._unet2d if isinstance(self.net, UNet2D) else self._unet1d
-        out, features = run(x, t, *args, deep=None if full else deep_cache.features, **kwargs)
+        out, features = run(x, t, *args, deep=None if full else deep_cache._cached(t), **kwargs)
         if full:
-            deep_cache._store(key, features)
+            deep_cache._store(key, features, t)
         return out
 
     def _unet2d(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, *,

@@ -11,12 +11,17 @@ slice of the prediction; :meth:`StreamBatch.pop` returns finished samples in pus
 Each stream keeps its own :class:`pydiff.SolverState`: its grid, its step, its generator and a
 multistep solver's history, so a stream's output equals sampling it alone (up to the float
 rounding of a batched network call and of per-stream coefficients). The solver is unchanged:
-it receives a model that answers the stream's first evaluation of the step from the batched
-call. A solver's further evaluations in the same step (the second stage of Heun or midpoint, a
-corrector) are made per stream, unbatched, and counted in ``unbatched_calls``;
-single-evaluation solvers (DDIM, DDPM, Euler, DPM-Solver++ 2M/3M, UniPC, PLMS, ...) need
-exactly one batched call per tick. A solver that evaluates elsewhere than the step's own
-``(x, t)`` (time-shift sampling, resampling jumps) gets every evaluation per stream.
+each stream's step runs as a coroutine (on its own thread, one thread running at a time, in
+stream order, so even draws from the global generator happen in a fixed order) whose model
+parks every evaluation until all the streams of the tick have asked for theirs; then one
+batched network call answers them all. So every stage of a multi-stage solver is batched
+across streams: a tick costs one batched call per stage (Heun: two, one on a stream's last
+step), wherever the stage evaluates (Heun's second stage, churn's raised noise level, a
+corrector, a time-shifted point). Single-evaluation solvers (DDIM, DDPM, Euler, DPM-Solver++
+2M/3M, UniPC, PLMS, ...) need exactly one batched call per tick. Only an evaluation that
+carries its own extra conditioning is made per stream (counted in ``unbatched_calls``). The
+solver's arithmetic (a few fused element-wise passes per stream) stays per stream: each stream
+has its own coefficient table and step index.
 
 Example:
     >>> import torch, pydiff
@@ -31,11 +36,16 @@ Example:
     >>> outs = streams.drain()             # tick until every pushed stream is done
     >>> len(outs), streams.network_calls, streams.unbatched_calls
     (6, 8, 0)
+    >>> heun = StreamBatch(model, "heun", steps=3, max_streams=4)   # 2 stages, both batched
+    >>> _ = [heun.push(pydiff.prior(sched, (1, 2), generator=g)) for _ in range(4)]
+    >>> len(heun.drain()), heun.network_calls       # 3 ticks: 2 + 2 + 1 (the last is Euler)
+    (4, 5)
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,21 +71,70 @@ class _Stream:
         self.ticket, self.state, self.cond, self.model = ticket, state, cond, model
 
 
-class _Answered(Model):
-    """The stream's model for one step: the evaluation at the step's own ``(x, t)`` comes from
-    the batched call; any other evaluation goes to the stream's model (and is counted)."""
+class _Coroutine:
+    """One stream's solver step run as a coroutine on its own thread. The step's model
+    evaluations park it (:meth:`ask`) until the coordinator answers them (:meth:`answer`); the
+    coordinator and the step never run at the same time (each hands over and waits), so the
+    streams' steps run one at a time in the order the coordinator resumes them."""
 
-    def __init__(self, model: Model, x: Tensor, t: Tensor, prediction: Prediction,
-                 owner: StreamBatch):
+    def __init__(self, step, state: SolverState, model: Model) -> None:
+        self._go, self._back = threading.Semaphore(0), threading.Semaphore(0)
+        self.request: tuple[Tensor, Tensor] | None = None
+        self.result: SolverState | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self._answer: Any = None
+        self.unbatched = 0
+        # grad and inference modes are per thread: the step runs under the caller's
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        self._thread = threading.Thread(target=self._run, args=(step, state, model, modes),
+                                        daemon=True)
+        self._thread.start()
+        self._back.acquire()  # the step runs until its first evaluation (or its end)
+
+    def _run(self, step, state: SolverState, model: Model, modes: tuple[bool, bool]) -> None:
+        try:
+            with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
+                self.result = step(state, _Parked(model, self))
+        except BaseException as err:  # handed to the coordinator, which raises it
+            self.error = err
+        finally:
+            self.done, self.request = True, None
+            self._back.release()
+
+    def ask(self, x: Tensor, t: Tensor) -> Prediction:
+        """On the step's thread: park until the coordinator answers ``(x, t)``."""
+        self.request = (x, t)
+        self._back.release()
+        self._go.acquire()
+        answer, self._answer = self._answer, None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def answer(self, value: Prediction | BaseException) -> None:
+        """On the coordinator's thread: resume the step with ``value`` and wait until it asks
+        again or ends."""
+        self._answer, self.request = value, None
+        self._go.release()
+        self._back.acquire()
+        if self.done:
+            self._thread.join()
+
+
+class _Parked(Model):
+    """The stream's model inside its coroutine: an evaluation parks the step until the tick's
+    batched call answers it; one with extra conditioning goes to the stream's model alone."""
+
+    def __init__(self, model: Model, coroutine: _Coroutine):
         super().__init__(model.schedule, model.cond)
-        self._model, self._x, self._t, self._prediction, self._owner = (
-            model, x, t, prediction, owner)
+        self._model, self._coroutine = model, coroutine
 
     def evaluate(self, x: Any, t: Any, **cond: Any) -> Prediction:
-        if x is self._x and t is self._t and not cond:
-            return self._prediction
-        self._owner.unbatched_calls += 1
-        return self._model.evaluate(x, t, **cond)
+        if cond or not torch.is_tensor(x):
+            self._coroutine.unbatched += 1
+            return self._model.evaluate(x, t, **cond)
+        return self._coroutine.ask(x, torch.as_tensor(t, dtype=torch.float64, device=x.device))
 
     def __getattr__(self, name: str) -> Any:  # e.g. supports_jump
         return getattr(self.__dict__["_model"], name)
@@ -96,8 +155,8 @@ class StreamBatch:
 
     Attributes:
         ticks: ticks that advanced at least one stream.
-        network_calls: batched model evaluations (one per such tick).
-        unbatched_calls: evaluations made per stream (later stages of multi-stage solvers).
+        network_calls: batched model evaluations (one per solver stage per tick).
+        unbatched_calls: evaluations made per stream (those with their own conditioning).
     """
 
     def __init__(self, model: Model, solver: str | Solver = "ddim", steps: int = 4, *,
@@ -164,19 +223,32 @@ class StreamBatch:
         active = self._active
         if not active:
             return 0
-        states = [s.state for s in active]
-        xs = [st.x for st in states]
-        ts = [st.t for st in states]
-        x_all = xs[0] if len(xs) == 1 else torch.cat(xs)
-        t_all = _stack_times(ts, xs)
-        cond = _stack_cond([s.cond for s in active])
-        prediction = self.model.evaluate(x_all, t_all, **cond)
         self.ticks += 1
-        self.network_calls += 1
-        parts = _split(prediction, x_all, xs)
+        runs = [_Coroutine(self.solver.step, s.state, s.model) for s in active]
+        try:
+            while asking := [(s, r) for s, r in zip(active, runs) if not r.done]:
+                failed = next((r.error for r in runs if r.error is not None), None)
+                if failed is not None:
+                    raise failed
+                xs = [r.request[0] for _, r in asking]
+                x_all = xs[0] if len(xs) == 1 else torch.cat(xs)
+                t_all = _stack_times([r.request[1] for _, r in asking], xs)
+                cond = _stack_cond([s.cond for s, _ in asking])
+                prediction = self.model.evaluate(x_all, t_all, **cond)
+                self.network_calls += 1
+                for (_, r), part in zip(asking, _split(prediction, x_all, xs)):
+                    r.answer(part)
+        finally:
+            for r in runs:  # after an error: end the parked steps (they raise and exit)
+                while not r.done:
+                    r.answer(RuntimeError("StreamBatch: the tick was abandoned"))
+        failed = next((r.error for r in runs if r.error is not None), None)
+        if failed is not None:
+            raise failed
         still = []
-        for stream, st, t, part in zip(active, states, ts, parts):
-            stream.state = self.solver.step(st, _Answered(stream.model, st.x, t, part, self))
+        for stream, r in zip(active, runs):
+            self.unbatched_calls += r.unbatched
+            stream.state = r.result
             if stream.state.done:
                 self._done[stream.ticket] = stream.state.x
             else:

@@ -1,7 +1,8 @@
 """Neural-network building blocks for diffusion models.
 
 Time embeddings (global and per-position), FiLM, a 1D temporal UNet (Diffusion Policy), a
-small 2D UNet (NCSN++ options), DiT blocks and a DiT, and EGNN layers for molecules.
+small 2D UNet (NCSN++ options), DiT blocks, a DiT and an image (patch) DiT, and EGNN layers
+for molecules.
 Attention goes through :func:`pydiff.nn.attention`, which calls ``pydiff.ops.attention``.
 
 Top-level networks (:class:`UNet1D`, :class:`UNet2D`, :class:`DiT`, :class:`EGNN`) keep their
@@ -17,7 +18,7 @@ Example:
 """
 
 from .attention import MultiHeadAttention, attention
-from .dit import DiT, DiTBlock
+from .dit import DiT, DiTBlock, ImageDiT
 from .egnn import EGNN, EGNNLayer
 from .embeddings import (
     GaussianFourierEmbedding,
@@ -49,6 +50,7 @@ __all__ = [
     "UNet2D",
     "DiTBlock",
     "DiT",
+    "ImageDiT",
     "EGNNLayer",
     "EGNN",
 ]

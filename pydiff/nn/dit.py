@@ -11,6 +11,8 @@ Example:
     torch.Size([2, 3, 17])
     >>> net(torch.randn(2, 3, 17), torch.rand(2, 17)).shape      # per-position t
     torch.Size([2, 3, 17])
+    >>> ImageDiT(1, patch=4, hidden_dim=32, depth=1)(torch.randn(2, 1, 16, 8), 0.5).shape
+    torch.Size([2, 1, 16, 8])
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .embeddings import SinusoidalEmbedding, TimeEmbedding, normalize_time
 
-__all__ = ["DiT", "DiTBlock"]
+__all__ = ["DiT", "DiTBlock", "ImageDiT"]
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -205,3 +207,57 @@ class DiT(nn.Module):
         shift, scale = (_per_token(p) for p in self.ada_out(c).chunk(2, dim=-1))
         h = self.out(_modulate(self.norm_out(h), shift, scale))
         return h.transpose(1, 2)
+
+
+class ImageDiT(nn.Module):
+    """A :class:`DiT` over an image's non-overlapping ``patch`` x ``patch`` patches in
+    row-major order (ViT-style patchify): ``x [B, C, H, W]`` to ``[B, C, H, W]``.
+
+    The tokens are a sequence for the inner ``dit`` (``in_channels = C * patch^2``), so its
+    fixed 1D position embeddings see a vertical neighbour at a fixed offset (the patch columns,
+    ``W / patch``): train and sample at one width. A band of tokens is a band of patch rows,
+    which is how :class:`pydiff.parallel.PatchParallel` splits it.
+
+    Args:
+        in_channels: image channels.
+        patch: patch side; ``H`` and ``W`` must be multiples of it.
+        hidden_dim, depth, num_heads, mlp_ratio, time_embedding: the inner :class:`DiT`'s.
+
+    Example:
+        >>> net = ImageDiT(1, patch=2, hidden_dim=32, depth=1)
+        >>> net.to_tokens(torch.randn(1, 1, 4, 6)).shape      # 2 x 3 patches of 1 x 2 x 2
+        torch.Size([1, 4, 6])
+    """
+
+    def __init__(self, in_channels: int = 1, patch: int = 4, hidden_dim: int = 96,
+                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
+                 time_embedding: str = "sinusoidal") -> None:
+        super().__init__()
+        if patch < 1:
+            raise ValueError(f"patch={patch}; expected >= 1")
+        self.config: dict[str, Any] = dict(in_channels=in_channels, patch=patch,
+                                           hidden_dim=hidden_dim, depth=depth,
+                                           num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                           time_embedding=time_embedding)
+        self.in_channels, self.patch = in_channels, patch
+        self.dit = DiT(in_channels * patch * patch, hidden_dim=hidden_dim, depth=depth,
+                       num_heads=num_heads, mlp_ratio=mlp_ratio, time_embedding=time_embedding)
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        """``x [B, C, H, W]`` as ``[B, C * patch^2, (H / patch) * (W / patch)]``."""
+        b, c, height, width = x.shape
+        p = self.patch
+        if c != self.in_channels or height % p or width % p:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected [B, {self.in_channels}, "
+                             f"H, W] with H and W multiples of patch={p}")
+        x = x.reshape(b, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 2, 4)
+        return x.reshape(b, c * p * p, (height // p) * (width // p))
+
+    def to_image(self, tokens: Tensor, height: int, width: int) -> Tensor:
+        """The inverse of :meth:`to_tokens` for an ``height`` x ``width`` image."""
+        b, p = tokens.shape[0], self.patch
+        x = tokens.reshape(b, self.in_channels, p, p, height // p, width // p)
+        return x.permute(0, 1, 4, 2, 5, 3).reshape(b, self.in_channels, height, width)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        return self.to_image(self.dit(self.to_tokens(x), t), x.shape[-2], x.shape[-1])

@@ -33,8 +33,12 @@ from ..training.image_prior import (
     train_image_prior,
 )
 
-SHIPPED = Path(__file__).resolve().parent.parent / "training" / "pretrained" / "procedural_attn"
-"""The shipped checkpoint (trained by ``pydiff parallel-train``)."""
+_PRETRAINED = Path(__file__).resolve().parent.parent / "training" / "pretrained"
+SHIPPED = _PRETRAINED / "procedural_attn"
+"""The shipped UNet2D checkpoint (trained by ``pydiff parallel-train``)."""
+SHIPPED_DIT = _PRETRAINED / "procedural_dit"
+"""The shipped ImageDiT checkpoint (trained by ``pydiff parallel-train --arch dit``), for
+64 x 64 samples (its training crops: a DiT's 1D positions fix the width)."""
 
 
 @dataclass
@@ -55,6 +59,22 @@ class PatchModelConfig(ImagePriorRecipe):
     ema: float = 0.995
     attn_levels: tuple[int, ...] = field(default=(2, 3))
     mid_attention: bool = True
+
+
+@dataclass
+class PatchDiTConfig(PatchModelConfig):
+    """Training recipe of the shipped DiT (``pydiff parallel-train --arch dit``): the same
+    images and crops as :class:`PatchModelConfig`, a :class:`~pydiff.nn.ImageDiT` over 4 x 4
+    patches (256 tokens per 64 x 64 crop), a lower learning rate and a longer warm-up (a
+    transformer)."""
+
+    arch: str = "dit"
+    patch: int = 4
+    hidden_dim: int = 96
+    depth: int = 4
+    num_heads: int = 4
+    lr: float = 5e-4
+    warmup_steps: int = 200
 
 
 SOLVER = "dpmpp_2m"
@@ -108,7 +128,8 @@ def psnr(x: torch.Tensor, reference: torch.Tensor) -> float | None:
 
 
 def patch_model(config: PatchModelConfig | None = None) -> Denoiser:
-    """A fresh (untrained) model: UNet2D + EDM schedule and preconditioning, x0 prediction.
+    """A fresh (untrained) model: UNet2D (or, with :class:`PatchDiTConfig`, ImageDiT) + EDM
+    schedule and preconditioning, x0 prediction.
 
     Example:
         >>> patch_model(PatchModelConfig(base_channels=8)).net.config["attn_levels"]
@@ -127,11 +148,13 @@ def train_patch_model(config: PatchModelConfig, output: str | os.PathLike, *,
 
 
 def load_patch_model(path: str | os.PathLike | None = None) -> Denoiser:
-    """The shipped model (or the checkpoint at ``path``), in eval mode."""
+    """The shipped UNet2D model (or the checkpoint at ``path``: ``SHIPPED_DIT`` for the
+    shipped DiT), in eval mode."""
     model = from_pretrained(SHIPPED if path is None else path)
     model.net.eval()
     return model
 
 
-__all__ = ["PatchModelConfig", "patch_model", "train_patch_model", "load_patch_model", "SHIPPED",
-           "denoiser_for", "sample_image", "psnr", "SOLVER"]
+__all__ = ["PatchModelConfig", "PatchDiTConfig", "SHIPPED_DIT", "patch_model",
+           "train_patch_model", "load_patch_model", "SHIPPED", "denoiser_for", "sample_image",
+           "psnr", "SOLVER"]

@@ -14,10 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..distributed import collective_errors, dist_info, side_group
+from ..distributed import (
+    collective_errors,
+    dist_info,
+    side_group,
+    track_in_flight,
+    untrack_in_flight,
+)
 from ..errors import InputError
 from ..nn.attention import MultiHeadAttention
-from ..nn.dit import DiT
+from ..nn.dit import DiT, ImageDiT
 from ..nn.embeddings import normalize_time
 from ..nn.unet2d import AttnBlock2D, ColumnGroupNorm, ResBlock2D, UNet2D, _Down, _Up
 
@@ -140,12 +146,12 @@ class PatchParallel(nn.Module):
         torch.Size([1, 1, 8, 8])
     """
 
-    def __init__(self, model: UNet2D | DiT, mode: str = "sync", group=None, *, warmup: int = 2,
-                 fraction: float = 0.125, gn: str = "sync") -> None:
+    def __init__(self, model: UNet2D | DiT | ImageDiT, mode: str = "sync", group=None, *,
+                 warmup: int = 2, fraction: float = 0.125, gn: str = "sync") -> None:
         super().__init__()
-        if not isinstance(model, (UNet2D, DiT)):
+        if not isinstance(model, (UNet2D, DiT, ImageDiT)):
             raise TypeError(f"PatchParallel: model is {type(model).__name__}; expected a "
-                            "pydiff.nn.UNet2D or a pydiff.nn.DiT")
+                            "pydiff.nn.UNet2D, a pydiff.nn.DiT or a pydiff.nn.ImageDiT")
         if mode not in MODES:
             raise InputError(f"PatchParallel: mode={mode!r}; expected one of {MODES}")
         if int(warmup) < 1:
@@ -260,6 +266,7 @@ class PatchParallel(nn.Module):
         with collective_errors("stale activations"):
             for work in pending["works"]:
                 work.wait()
+        untrack_in_flight(pending["works"])
         self.wait_seconds += time.perf_counter() - start
         stale: dict[str, Any] = {"up": {}, "down": {}, "ranks": []}
         # the neighbour above sent its "down" list, the one below its "up" list: same shapes
@@ -324,6 +331,8 @@ class PatchParallel(nn.Module):
                                                         group=self._side, async_op=True))
                 self._count(flat, world - 1)
         self.state.pending = pending
+        # destroying the group waits for them, if no later call or reset() does
+        track_in_flight(pending["works"])
 
     # -- layers --------------------------------------------------------------------------------
 
@@ -529,6 +538,13 @@ class PatchParallel(nn.Module):
         """Raise :class:`~pydiff.InputError` unless ``height`` (a UNet2D's image rows, a DiT's
         sequence length) splits into equal bands at every resolution of the model."""
         _, world = self._world()
+        if isinstance(self.model, ImageDiT):
+            unit = world * self.model.patch
+            if height % unit:
+                raise InputError(
+                    f"image height {height} does not split across {world} ranks: expected a "
+                    f"multiple of {unit} (world size {world} x patch {self.model.patch})")
+            return
         if isinstance(self.model, DiT):
             if height % world:
                 raise InputError(f"sequence length {height} does not split across {world} "
@@ -545,7 +561,18 @@ class PatchParallel(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None,
                 **dit_inputs: Tensor | None) -> Tensor:
         """The model's output for full-size inputs, on every rank: ``(x, t, cond=None)`` for a
-        UNet2D, ``(x, t, global_cond=None, mask=None)`` for a DiT."""
+        UNet2D, ``(x, t, global_cond=None, mask=None)`` for a DiT, ``(x, t)`` for an
+        ImageDiT (bands of patch rows)."""
+        if isinstance(self.model, ImageDiT):
+            if cond is not None or dit_inputs:
+                raise TypeError("PatchParallel: an ImageDiT takes (x, t) only")
+            image = self.model
+            _, world = self._world()
+            if world == 1:
+                return image(x, t)
+            self.check_size(x.shape[-2])
+            out = self._forward_dit(image.to_tokens(x), t, net=image.dit)
+            return image.to_image(out, x.shape[-2], x.shape[-1])
         if isinstance(self.model, DiT):
             if cond is not None:
                 raise TypeError("PatchParallel: a DiT takes global_cond= and mask=, not cond=")
@@ -580,12 +607,13 @@ class PatchParallel(nn.Module):
         return torch.cat(bands, dim=2)[:, :, :, :width]
 
     def _forward_dit(self, x: Tensor, t: Tensor | float, global_cond: Tensor | None = None,
-                     mask: Tensor | None = None) -> Tensor:
+                     mask: Tensor | None = None, net: DiT | None = None) -> Tensor:
         """A DiT over a sequence ``x [B, C, L]`` (an image's pixels or patches in row-major
         order: bands of tokens are bands of rows): each rank embeds and transforms its run of
-        ``L / world`` tokens; only self-attention needs the others (their K/V)."""
+        ``L / world`` tokens; only self-attention needs the others (their K/V). ``net``: the
+        DiT (default the wrapped model; an ImageDiT's inner one)."""
         rank, world = self._world()
-        net = self.model
+        net = self.model if net is None else net
         if world == 1:
             return net(x, t, global_cond=global_cond, mask=mask)
         if x.dim() != 3 or x.shape[1] != net.in_channels:

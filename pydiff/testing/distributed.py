@@ -91,6 +91,16 @@ def random_dit(seed: int = 0, **config):
     return _randomized(DiT(**config))
 
 
+def random_image_dit(seed: int = 0, **config):
+    """A small :class:`~pydiff.nn.ImageDiT` (2 x 2 patches) with every weight random."""
+    from ..nn import ImageDiT
+
+    torch.manual_seed(seed)
+    config = {"in_channels": 1, "patch": 2, "hidden_dim": 32, "depth": 2, "num_heads": 4,
+              **config}
+    return _randomized(ImageDiT(**config))
+
+
 def _randomized(net: torch.nn.Module) -> torch.nn.Module:
     net.eval()
     with torch.no_grad():
@@ -158,34 +168,38 @@ def stale_plumbing(size: int, norm_axes: str = "hw", group=None) -> dict:
     return out
 
 
-def _single_process_sample(net: torch.nn.Module, size: int, steps: int, seed: int
-                           ) -> torch.Tensor:
-    """The reference sample of ``net`` on one process, made once on rank 0 and broadcast: every
-    rank making it too would multiply the reference's cost by the world size on shared cores."""
+def _single_process_sample(net: torch.nn.Module, size: int, steps: int, seed: int,
+                           group=None) -> torch.Tensor:
+    """The reference sample of ``net`` on one process, made once on the group's first rank and
+    broadcast: every rank making it too would multiply the reference's cost by the world size
+    on shared cores."""
     from ..parallel.model import sample_image
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return sample_image(net, size, steps, seed)
+    first = dist.get_global_rank(group, 0) if group is not None else 0
     single = torch.empty(1, 1, size, size)
-    if dist.get_rank() == 0:
+    if dist.get_rank() == first:
         single = sample_image(net, size, steps, seed)
-    dist.broadcast(single, src=0)
+    dist.broadcast(single, src=first, group=group)
     return single
 
 
 def patch_modes_vs_single(size: int, steps: int, modes: tuple[str, ...] = ("displaced",
-                          "partial"), seed: int = 0, path: str | None = None, **options) -> dict:
+                          "partial"), seed: int = 0, path: str | None = None, group=None,
+                          **options) -> dict:
     """Sample the shipped patch-parallel model (or the checkpoint at ``path``) in each stale
-    mode and on one process (on rank 0, broadcast); returns the PSNR of each mode against the
-    single-process sample and its bytes per call."""
+    mode over ``group`` (default the world) and on one process (on the group's first rank,
+    broadcast); returns the PSNR of each mode against the single-process sample and its bytes
+    per call."""
     from ..parallel import PatchParallel
     from ..parallel.model import load_patch_model, psnr, sample_image
 
     net = load_patch_model(path).net
-    single = _single_process_sample(net, size, steps, seed)
+    single = _single_process_sample(net, size, steps, seed, group)
     out: dict = {"rank": dist_info().rank}
     for mode in modes:
-        parallel = PatchParallel(net, mode=mode, **options)
+        parallel = PatchParallel(net, mode=mode, group=group, **options)
         x = sample_image(parallel, size, steps, seed)
         out[mode] = {"psnr": psnr(x, single), "bytes_per_call": parallel.bytes_sent /
                      max(parallel.calls, 1), "calls": parallel.calls}
@@ -197,9 +211,11 @@ def patch_parallel_suite(size: int, steps: int, quality_size: int, quality_steps
     launch costs seconds of process start-up per rank): first two pairs of ranks, each its
     own two-rank group, then all four. On each group: ``sync`` against one process on a random
     UNet2D (GroupNorm over rows and columns on the first pair and at four ranks, per column on
-    the second pair) and a random DiT, the stale modes' plumbing (:func:`stale_plumbing`, the
-    DiT's too); at four ranks the stale modes' quality on the trained model
-    (:func:`patch_modes_vs_single`)."""
+    the second pair) and a random DiT (and image DiT), the stale modes' plumbing
+    (:func:`stale_plumbing`, the DiT's too); displaced on the trained DiT over each pair, and
+    at four ranks the stale modes on the trained UNet2D (:func:`patch_modes_vs_single`)."""
+    from ..parallel.model import SHIPPED_DIT
+
     rank = dist.get_rank()
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates both
     pair = pairs[rank // 2]
@@ -211,6 +227,10 @@ def patch_parallel_suite(size: int, steps: int, quality_size: int, quality_steps
                                                        norm_axes if world == 2 else "hw", group),
                       "plumbing": stale_plumbing(size, norm_axes if world == 2 else "hw", group),
                       "dit": dit_patch_vs_single(6 * world, steps, group)}
+    # the DiT's stale K/V (every layer attends to the other bands' previous K/V) need more,
+    # closer steps than the UNet2D's stale halos: displaced over each pair at 20 steps
+    out[2]["quality_dit"] = patch_modes_vs_single(quality_size, 20, modes=("displaced",),
+                                                  path=str(SHIPPED_DIT), group=pair)
     out[4]["quality"] = patch_modes_vs_single(quality_size, quality_steps)
     return out
 
@@ -258,4 +278,9 @@ def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
             calls = [stale(x, times[1], **inputs) for _ in range(3)]  # sync, then two stale
             out[mode] = max(rel(c, refs[1]) for c in calls)
             out[mode + "_bytes_per_call"] = stale.bytes_sent / stale.calls
+        # an image DiT: bands of patch rows (patchify, the DiT's bands, unpatchify)
+        image_net = random_image_dit()
+        image = torch.randn(2, 1, 4 * dist.get_world_size(group), 6, generator=g)
+        out["image_sync"] = rel(PatchParallel(image_net, group=group)(image, times[0]),
+                                image_net(image, times[0]))
     return out

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..denoiser import Denoiser
 from ..errors import InputError
-from ..nn import UNet2D
+from ..nn import ImageDiT, UNet2D
 from ..schedules import EDMSchedule
 from .losses import DiffusionLoss
 from .procedural import ProceduralImages
@@ -65,7 +65,10 @@ class ImagePriorRecipe:
         turns: random 90 degree turns (besides the left-right flips every patch gets).
         batch_size, lr, warmup_steps, ema, grad_clip: optimisation (AdamW, constant rate
             after a linear warm-up, EMA decay of the saved weights).
+        arch: ``"unet"`` (a :class:`~pydiff.nn.UNet2D`) or ``"dit"`` (a
+            :class:`~pydiff.nn.ImageDiT` over ``crop`` x ``crop`` images: sample at that size).
         base_channels, channel_mult, num_res_blocks, attn_levels, mid_attention: the UNet2D.
+        patch, hidden_dim, depth, num_heads: the ImageDiT.
         seed: the image pool's, the crops' and the trainer's seed.
         threads: torch intra-op threads while training (CPU).
         max_megabytes: the largest checkpoint (float32 weights) the recipe may make; a network
@@ -89,6 +92,11 @@ class ImagePriorRecipe:
     num_res_blocks: int = 1
     attn_levels: tuple[int, ...] = field(default=())
     mid_attention: bool = False
+    arch: str = "unet"
+    patch: int = 4
+    hidden_dim: int = 96
+    depth: int = 4
+    num_heads: int = 4
     seed: int = 0
     threads: int = 1
     max_megabytes: float = 16.0
@@ -104,7 +112,12 @@ class ImagePriorRecipe:
             raise InputError(f"whole={self.whole}: expected a share in [0, 1]")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"--ema {self.ema}: expected a decay in [0, 1)")
-        for name in ("max_steps", "pool", "batch_size", "base_channels", "num_res_blocks"):
+        if self.arch not in ("unet", "dit"):
+            raise InputError(f"--arch {self.arch!r}: expected 'unet' or 'dit'")
+        if self.arch == "dit" and self.crop % self.patch:
+            raise InputError(f"--crop {self.crop} must be a multiple of the patch {self.patch}")
+        for name in ("max_steps", "pool", "batch_size", "base_channels", "num_res_blocks",
+                     "patch", "hidden_dim", "depth", "num_heads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}: expected >= 1")
 
@@ -122,7 +135,8 @@ def edm_image_denoiser(net: torch.nn.Module) -> Denoiser:
 
 
 def image_prior(recipe: ImagePriorRecipe | None = None) -> Denoiser:
-    """A fresh (untrained) prior for ``recipe``: its UNet2D in :func:`edm_image_denoiser`.
+    """A fresh (untrained) prior for ``recipe``: its UNet2D (or ImageDiT) in
+    :func:`edm_image_denoiser`.
 
     Example:
         >>> image_prior(ImagePriorRecipe(base_channels=8, attn_levels=(3,))).net.config[
@@ -130,6 +144,9 @@ def image_prior(recipe: ImagePriorRecipe | None = None) -> Denoiser:
         [3]
     """
     recipe = recipe or ImagePriorRecipe()
+    if recipe.arch == "dit":
+        return edm_image_denoiser(ImageDiT(1, patch=recipe.patch, hidden_dim=recipe.hidden_dim,
+                                           depth=recipe.depth, num_heads=recipe.num_heads))
     net = UNet2D(in_channels=1, base_channels=recipe.base_channels,
                  channel_mult=tuple(recipe.channel_mult), num_res_blocks=recipe.num_res_blocks,
                  attn_levels=tuple(recipe.attn_levels), mid_attention=recipe.mid_attention)
