@@ -6,10 +6,14 @@ checkpoint's ``train_cpu_seconds`` of CPU time where it has them, ``--deepar-cpu
 shared machine wall-clock seconds buy very different amounts of compute; else its wall-clock
 ``train_seconds``, ``--deepar-budget``), the shipped TSDiff checkpoint with quantile
 self-guidance (TSDiff-Q) and mean-squared self-guidance (TSDiff-MS), and TSDiff's energy-based
-refinement of seasonal naive (``refine_sn``) and of DeepAR (``refine_deepar``), all through
+refinement of seasonal naive (``refine_sn``) and of DeepAR (``refine_deepar``), and the
+conditional CSDI-style model forecasting the future as a gap (``csdi``, the shipped
+``pretrained_csdi`` or ``--csdi-checkpoint``), all through
 GluonTS predictors and its ``Evaluator`` (CRPS = mean_wQuantileLoss over the quantiles
 0.1 ... 0.9). ``--methods`` picks a subset. ``--deepar-dir`` keeps the trained DeepAR
-(GluonTS's ``serialize``) so later runs reuse the same model.
+(GluonTS's ``serialize``) so later runs reuse the same model. ``--deepar-seeds 0,1,2`` trains
+one DeepAR per seed (same data and budget; ``refine_deepar`` refines the first) and prints the
+mean and standard deviation of its metrics over the seeds.
 
 Data:
 - ``heldout``: the training mixture's series (statsmodels' and synthetic), on the last
@@ -52,46 +56,50 @@ def datasets(horizon: int, windows: int, validation: bool = False) -> dict[str, 
     return out
 
 
-def deepar(args: argparse.Namespace, model, heldout: list[dict]):
+def deepar(args: argparse.Namespace, model, heldout: list[dict], seed: int = 0):
     """DeepAR on the checkpoint's training windows, for its training budget (module docs)."""
     from gluonts.model.predictor import Predictor
     from pydiff.domains.timeseries.data import backtest
     from pydiff.domains.timeseries.evaluate import deepar_predictor
 
-    if args.deepar_dir and (Path(args.deepar_dir) / "gluonts-config.json").is_file():
-        print(f"deepar loaded from {args.deepar_dir}", flush=True)
-        return Predictor.deserialize(Path(args.deepar_dir))
+    folder = None
+    if args.deepar_dir:  # seed 0 in the folder itself (as before seeds), others below it
+        folder = Path(args.deepar_dir) / (f"seed{seed}" if seed else "")
+    if folder and (folder / "gluonts-config.json").is_file():
+        print(f"deepar loaded from {folder}", flush=True)
+        return Predictor.deserialize(folder)
     cpu = args.deepar_cpu_budget or model.metadata.get("train_cpu_seconds")
     budget = args.deepar_budget or (10 * cpu if cpu else
                                     model.metadata.get("train_seconds", 600.0))
     train, _ = backtest(heldout, args.horizon, args.windows)
     freqs = [e["start"].freqstr for e in heldout]
     started, cpu_started = time.perf_counter(), time.process_time()
-    predictor = deepar_predictor(train, args.horizon, model.context_length, budget,
+    predictor = deepar_predictor(train, args.horizon, model.context_length, budget, seed=seed,
                                  frequencies=freqs, num_samples=args.quality_samples,
                                  cpu_budget=cpu)
-    print(f"deepar trained for {time.perf_counter() - started:.0f} s wall, "
+    print(f"deepar (seed {seed}) trained for {time.perf_counter() - started:.0f} s wall, "
           f"{time.process_time() - cpu_started:.0f} s CPU (budget: {budget:.0f} s wall, "
           f"{cpu or 0:.0f} s CPU)", flush=True)
-    if args.deepar_dir:
-        Path(args.deepar_dir).mkdir(parents=True, exist_ok=True)
-        predictor.serialize(Path(args.deepar_dir))
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        predictor.serialize(folder)
     return predictor
 
 
 def quality(args: argparse.Namespace) -> list[dict]:
-    from pydiff.domains.timeseries import TSDiff
+    from pydiff.domains.timeseries import CSDI, TSDiff
     from pydiff.domains.timeseries.gluonts_api import TSDiffPredictor, TSDiffRefiner
     from pydiff.domains.timeseries.metrics import backtest_metrics, seasonal_naive
 
     model = TSDiff.from_pretrained(args.checkpoint)
     data = datasets(args.horizon, args.windows, args.validation)
     cache: dict = {}
+    seeds = [int(s) for s in str(args.deepar_seeds).split(",")]
 
-    def trained_deepar():
-        if "deepar" not in cache:
-            cache["deepar"] = deepar(args, model, data["heldout"])
-        return cache["deepar"]
+    def trained_deepar(seed: int = seeds[0]):
+        if seed not in cache:
+            cache[seed] = deepar(args, model, data["heldout"], seed)
+        return cache[seed]
 
     methods = {
         "seasonal_naive": lambda: seasonal_naive(args.horizon),
@@ -105,18 +113,37 @@ def quality(args: argparse.Namespace) -> list[dict]:
         "tsdiff_ms": lambda: TSDiffPredictor(model, args.horizon,
                                              num_samples=args.quality_samples, guidance="mse",
                                              scale=args.scale),
+        # CSDI.forecast_many: the future as a gap after the context (no guidance)
+        "csdi": lambda: TSDiffPredictor(CSDI.from_pretrained(args.csdi_checkpoint), args.horizon,
+                                        num_samples=args.quality_samples),
     }
-    chosen = {name: methods[name]() for name in args.methods.split(",")}
+    chosen: dict = {}
+    for name in args.methods.split(","):
+        if name == "deepar":
+            chosen.update({("deepar", seed): trained_deepar(seed) for seed in seeds})
+        else:
+            chosen[(name, None)] = methods[name]()
     rows = []
     for data_name, ds in data.items():
         if data_name not in args.data.split(","):
             continue
-        for method, predictor in chosen.items():
+        for (method, seed), predictor in chosen.items():
             m = backtest_metrics(predictor, ds, args.horizon, args.windows)
-            rows.append({"data": data_name, "method": method, "series": len(ds), **m})
-            print(f"{data_name:9s} {method:15s} CRPS {m['crps']:.4f} MASE {m['mase']:.3f} "
+            rows.append({"data": data_name, "method": method, "seed": seed, "series": len(ds),
+                         **m})
+            label = method if seed is None or len(seeds) == 1 else f"{method} seed {seed}"
+            print(f"{data_name:9s} {label:15s} CRPS {m['crps']:.4f} MASE {m['mase']:.3f} "
                   f"cov50 {m['coverage_50']:.2f} cov90 {m['coverage_90']:.2f} "
                   f"({m['seconds']:.0f} s)", flush=True)
+        runs = [r for r in rows if r["data"] == data_name and r["method"] == "deepar"]
+        if len(runs) > 1:  # spread over the seeds
+            spread = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
+                      for k in ("crps", "mase", "coverage_50", "coverage_90")}
+            rows.append({"data": data_name, "method": "deepar_seeds", "seeds": seeds,
+                         **{k: v[0] for k, v in spread.items()},
+                         **{f"{k}_std": v[1] for k, v in spread.items()}})
+            print(f"{data_name:9s} deepar over {len(runs)} seeds: " + " ".join(
+                f"{k} {m:.4f} +- {sd:.4f}" for k, (m, sd) in spread.items()), flush=True)
     return rows
 
 
@@ -145,6 +172,8 @@ def speed(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None, help="TSDiff folder (default: shipped)")
+    p.add_argument("--csdi-checkpoint", default=None,
+                   help="CSDI folder of the csdi method (default: shipped)")
     p.add_argument("--horizon", type=int, default=24)
     p.add_argument("--windows", type=int, default=3, help="rolling origins per series")
     p.add_argument("--samples", type=int, default=100, help="sample paths in the speed table")
@@ -162,6 +191,8 @@ def main() -> None:
     p.add_argument("--deepar-cpu-budget", type=float, default=None,
                    help="DeepAR's CPU seconds of training (default: the checkpoint's "
                         "train_cpu_seconds where it has them)")
+    p.add_argument("--deepar-seeds", default="0",
+                   help="comma-separated DeepAR seeds: one model per seed (default 0)")
     p.add_argument("--deepar-dir", default=None,
                    help="serialize the trained DeepAR here, or load it from here if present")
     p.add_argument("--scale", type=float, default=None,

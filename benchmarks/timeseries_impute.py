@@ -7,6 +7,9 @@ whose last 3 horizons the checkpoint never trained on; gaps are placed only in t
 - ``random``: each point of the gap region missing with probability ``--random-rate``;
 - ``block``: one contiguous gap of ``--block`` points inside the gap region.
 
+``--draws`` masks each window that many times (independent gap draws from the same seeded
+generator; 1 reproduces the single-draw tables), for more hidden points per series.
+
 CRPS is GluonTS's: the weighted quantile losses (``gluonts.evaluation.metrics.quantile_loss``)
 over the quantiles 0.1 ... 0.9, summed over all missing points of all windows and divided by the
 sum of their ``|target|``, averaged over the quantiles. Linear interpolation is a point
@@ -73,6 +76,7 @@ def main() -> None:
     p.add_argument("--gap-region", type=int, default=72)
     p.add_argument("--random-rate", type=float, default=0.3)
     p.add_argument("--block", type=int, default=12)
+    p.add_argument("--draws", type=int, default=1, help="gap draws per window")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--solver", default=None)
@@ -91,17 +95,18 @@ def main() -> None:
         for kind in ("random", "block"):
             rng = np.random.default_rng(args.seed)
             masked, truth, hidden = [], [], []
-            for y in series.values():
-                hide = gaps(y, kind, args.gap_region, rng, args)
-                masked.append(np.where(hide, np.nan, y))
-                truth.append(y[hide])
-                hidden.append(hide)
+            for _ in range(args.draws):
+                for y in series.values():
+                    hide = gaps(y, kind, args.gap_region, rng, args)
+                    masked.append(np.where(hide, np.nan, y))
+                    truth.append(y[hide])
+                    hidden.append(hide)
             started = time.perf_counter()
             diffusion = [model.impute(m, args.samples, steps=args.steps, solver=args.solver,
                                       seed=args.seed)[:, h] for m, h in zip(masked, hidden)]
             seconds = time.perf_counter() - started
             linear = [fill_missing(m)[h][None] for m, h in zip(masked, hidden)]
-            row = {"data": data_name, "gaps": kind, "series": len(series),
+            row = {"data": data_name, "gaps": kind, "series": len(series), "draws": args.draws,
                    "points": int(sum(h.sum() for h in hidden)),
                    "crps_csdi": crps(truth, diffusion), "crps_linear": crps(truth, linear),
                    "seconds_csdi": seconds}

@@ -264,6 +264,16 @@ def test_read_series_csv_and_forecast_table(tiny, tmp_path):
     assert (np.diff(q, axis=1) >= -1e-9).all()
 
 
+def test_read_series_csv_takes_the_issues_upper_case_freq_quietly(tmp_path):
+    """`--freq H` (the issue's spelling, deprecated in pandas 2.2) means hourly, no warning."""
+    idx = pd.date_range("2024-03-01", periods=30, freq="h")
+    pd.DataFrame({"t": idx, "y": np.arange(30.0)}).to_csv(tmp_path / "h.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, freq, series = read_series_csv(tmp_path / "h.csv", freq="H")
+    assert freq == "h" and len(series["y"]) == 30
+
+
 @pytest.mark.skipif(not (PRETRAINED_DIR / "timeseries.json").is_file(),
                     reason="no shipped checkpoint")
 def test_shipped_model_forecasts_a_new_series_sensibly():

@@ -111,7 +111,11 @@ def read_series_csv(path: str | Path, column: str | None = None, freq: str | Non
             raise InputError(f"cannot infer the frequency of {path!r} from its dates; pass "
                              "--freq (e.g. h, D, W, MS, QS, YS)")
     try:
-        offset = pd.tseries.frequencies.to_offset(freq)
+        # pandas' deprecated upper-case aliases (H, T, S: the issue's `--freq H`) still parse;
+        # the offset's freqstr is the current alias (h), so the warning would only be noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            offset = pd.tseries.frequencies.to_offset(freq)
     except ValueError:
         raise InputError(f"--freq {freq!r} is not a pandas frequency (e.g. h, D, W, MS, QS, "
                          "YS)") from None
