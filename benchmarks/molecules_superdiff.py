@@ -45,7 +45,10 @@ def main() -> None:
     p.add_argument("--solver", default="ddpm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="written after every row")
+    p.add_argument("--rows", default="shipped,a,b,and,or",
+                   help="comma list of rows to run: shipped, a, b, and, or, and01 (AND with "
+                        "its weight clipped to [0, 1])")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from pydiff.domains.molecules import MoleculeGenerator, evaluate
@@ -53,16 +56,20 @@ def main() -> None:
     shipped = MoleculeGenerator.from_pretrained()
     a, b = MoleculeGenerator.from_pretrained(args.a), MoleculeGenerator.from_pretrained(args.b)
     sizes = shipped.atom_counts(args.n, None, torch.Generator().manual_seed(args.seed))
-    rows = [("shipped model", shipped, {}), ("A alone", a, {}), ("B alone", b, {}),
-            ("SuperDiff AND(A, B)", a, {"superpose": b, "mode": "and"}),
-            ("SuperDiff OR(A, B)", a, {"superpose": b, "mode": "or"})]
+    rows = {"shipped": ("shipped model", shipped, {}), "a": ("A alone", a, {}),
+            "b": ("B alone", b, {}),
+            "and": ("SuperDiff AND(A, B)", a, {"superpose": b, "mode": "and"}),
+            "or": ("SuperDiff OR(A, B)", a, {"superpose": b, "mode": "or"}),
+            "and01": ("SuperDiff AND(A, B), kappa in [0, 1]", a,
+                      {"superpose": b, "mode": "and", "kappa_range": (0.0, 1.0)})}
+    chosen = [rows[key] for key in args.rows.split(",")]
     out = {"a": args.a, "b": args.b, "n": args.n, "steps": args.steps, "solver": args.solver,
            "rows": []}
     print(f"\n## SuperDiff: A = {args.a}, B = {args.b} ({args.n} molecules per row, "
           f"{args.solver} {args.steps} steps)\n")
     print("| model | validity | atom stab. | mean QED of valid | ring fraction of valid | "
           "QED >= 0.5 and a ring (of all) | s / 100 mol. |\n|---|---|---|---|---|---|---|")
-    for name, gen, kw in rows:
+    for name, gen, kw in chosen:
         t = time.perf_counter()
         mols = gen.sample(args.n, sizes, steps=args.steps, solver=args.solver, seed=args.seed,
                           **kw)
@@ -74,10 +81,10 @@ def main() -> None:
               f"{row['qed_mean_valid']:.3f} | {100 * row['ring_fraction_valid']:.1f}% | "
               f"{100 * row['qed_and_ring_fraction']:.1f}% | {row['seconds_per_100']} |",
               flush=True)
-    if args.json:
-        from pydiff.files import write_json
+        if args.json:
+            from pydiff.files import write_json
 
-        write_json(args.json, out)
+            write_json(args.json, out)
 
 
 if __name__ == "__main__":

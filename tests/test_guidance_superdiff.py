@@ -111,6 +111,16 @@ def test_and_samples_where_the_densities_are_equal():
     assert (state.aux[1][:, 0] - state.aux[1][:, 1]).abs().max() < 1e-6
 
 
+def test_and_with_clipped_weights_is_a_softer_and():
+    state, _, _ = run("and", n=2000, kappa_range=(0.0, 1.0))
+    assert state.aux[2].min() >= 0 and state.aux[2].max() <= 1
+    # the gaps a clipped step leaves are closed by the next steps: still near x_1 = 0
+    assert state.x[:, 0].abs().mean() < 0.1 * C
+    assert abs(state.x[:, 1].std().item() - C) < 0.05 * C
+    with pytest.raises(pydiff.InputError, match="kappa_range"):
+        SuperDiff("ddpm", "and", kappa_range=(1.0, 0.0))
+
+
 def test_and_with_a_multistep_solver_and_a_generator_list():
     a, b = pair()
     gens = [torch.Generator().manual_seed(i) for i in range(64)]

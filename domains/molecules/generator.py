@@ -122,6 +122,7 @@ class MoleculeGenerator:
                      candidates: int = 8, objective: Callable | None = None,
                      scale: float = 1.0, fragment: Chem.Mol | None = None,
                      superpose: MoleculeGenerator | None = None, mode: str = "and",
+                     kappa_range: tuple[float, float] | None = None,
                      progress: bool = False) -> dict[str, Tensor]:
         """The joint state after sampling molecules of ``sizes`` atoms: ``positions [B, N, 3]``,
         ``atom_types`` / ``charges [B, N]`` (indices), ``mask [B, N]``. ``reward`` steers by
@@ -151,7 +152,7 @@ class MoleculeGenerator:
             model = JointGradientGuidance(self.model, objective, scale=scale)
         if superpose is not None:
             model = Superposition(self.model, superpose.model)
-            method = SuperDiff(method, mode)
+            method = SuperDiff(method, mode, kappa_range=kappa_range)
         with torch.no_grad():
             out = pydiff.sample(model, x, method, steps=steps, generator=generator,
                                 hooks=hooks, progress=progress)
@@ -165,7 +166,8 @@ class MoleculeGenerator:
                regressor: str | os.PathLike | None = None,
                fragment: Chem.Mol | str | os.PathLike | None = None,
                superpose: MoleculeGenerator | str | os.PathLike | None = None,
-               mode: str = "and", batch_size: int = 250,
+               mode: str = "and", kappa_range: tuple[float, float] | None = None,
+               batch_size: int = 250,
                progress: bool = False) -> list[Chem.Mol]:
         """``n`` molecules as ``Chem.Mol`` with hydrogens, a 3D conformer and bonds from
         ``rdDetermineBonds`` (property ``valid`` = "1"/"0"; invalid ones are kept).
@@ -200,6 +202,8 @@ class MoleculeGenerator:
                 probabilities are pooled with the same weights. Not with ``reward`` /
                 ``guidance``; the solver defaults to ``"ddpm"``.
             mode: ``"and"`` or ``"or"`` (with ``superpose``).
+            kappa_range: AND's weight clipped to ``(low, high)`` (see
+                :class:`pydiff.guidance.SuperDiff`); None: the exact weight.
             batch_size: molecules sampled together.
         """
         from .rewards import molecule_reward
@@ -255,7 +259,7 @@ class MoleculeGenerator:
             state = self.sample_state(part, steps=steps, solver=solver, generator=g, reward=fn,
                                       candidates=candidates, objective=objective, scale=scale,
                                       fragment=frag, superpose=superpose, mode=mode,
-                                      progress=progress)
+                                      kappa_range=kappa_range, progress=progress)
             built = state_to_mols(state)
             if frag is not None:
                 for mol in built:

@@ -245,6 +245,12 @@ class SuperDiff(Solver):
         mode: ``"or"`` (mixture) or ``"and"`` (equal densities; two models).
         temperature: OR's ``T`` in ``softmax(T log q + bias)`` (1: the exact mixture).
         bias: OR's log mixture weights ``[K]`` (default equal weights).
+        kappa_range: AND only: clip ``kappa`` to ``(low, high)``. The exact AND weight cancels
+            the step's noise along the models' score difference, so with a few dozen steps it
+            swings far outside ``[0, 1]`` (the combination then extrapolates the models'
+            predictions); clipped, the densities are not kept equal within a step, and the
+            gap left is closed by the next steps' weights as far as the range allows. None
+            (default): the exact weight.
         **options: the base solver's options when ``solver`` is a name.
 
     The final state's ``aux[1]`` holds the tracked log densities ``[B, K]`` (without the
@@ -255,7 +261,8 @@ class SuperDiff(Solver):
     name = "superdiff"
 
     def __init__(self, solver: str | Solver = "ddpm", mode: str = "or", temperature: float = 1.0,
-                 bias: Sequence[float] | Tensor | None = None, **options: Any):
+                 bias: Sequence[float] | Tensor | None = None,
+                 kappa_range: tuple[float, float] | None = None, **options: Any):
         from ..solvers import get_solver  # the registry imports the solvers
 
         if mode not in MODES:
@@ -266,7 +273,12 @@ class SuperDiff(Solver):
         if self.base.brownian:
             raise InputError(f"SuperDiff needs Gaussian step noise, not a Brownian tree "
                              f"({self.base!r})")
+        if kappa_range is not None and not (len(kappa_range) == 2
+                                            and kappa_range[0] <= kappa_range[1]):
+            raise InputError(f"kappa_range must be (low, high) with low <= high, got "
+                             f"{kappa_range!r}")
         self.mode, self.temperature = mode, float(temperature)
+        self.kappa_range = None if kappa_range is None else tuple(map(float, kappa_range))
         self.bias = None if bias is None else torch.as_tensor(bias, dtype=F64)
         self.stochastic, self.order = self.base.stochastic, self.base.order
         self.default_spacing = self.base.default_spacing
@@ -344,6 +356,8 @@ class SuperDiff(Solver):
         den = _dot(slope, gap)
         ok = den.abs() > 1e-12 * (1 + num.abs())
         kappa = torch.where(ok, num / torch.where(ok, den, 1.0), torch.full_like(num, 0.5))
+        if self.kappa_range is not None:
+            kappa = kappa.clamp(*self.kappa_range)
         return torch.stack([kappa, 1 - kappa], 1)
 
     def __repr__(self) -> str:
