@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
                    help="GroupNorm statistics in stale steps: exchanged synchronously (default; "
                         "a few bytes per layer), DistriFusion's corrected stale ones, or those "
                         "shifted by this band's own change")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="displaced/partial: move the stale halos and K/V on along the line "
+                        "through the last two received (no extra bytes)")
     p.add_argument("--model", default=None,
                    help="checkpoint folder (default: the shipped procedural-image model of "
                         "--arch)")
@@ -96,7 +99,8 @@ def _sample(net, args: argparse.Namespace, mode: str | None):
     from pydiff.parallel.model import sample_image
 
     model = net if mode is None else PatchParallel(net, mode=mode, warmup=args.warmup,
-                                                   fraction=args.fraction, gn=args.gn)
+                                                   fraction=args.fraction, gn=args.gn,
+                                                   extrapolate=args.extrapolate)
     start = time.perf_counter()
     x = sample_image(model, args.size, args.steps, args.seed)
     seconds = (time.perf_counter() - start) / args.steps

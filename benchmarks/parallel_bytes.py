@@ -20,7 +20,8 @@ Run:
     nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py \\
         --json benchmarks/results/parallel_bytes.json
     nice -n 10 .venv/bin/python benchmarks/parallel_bytes.py --arch dit --bytes-sizes 64 \\
-        --quality-size 64 --json benchmarks/results/parallel_dit.json
+        --quality-size 64 --steps 20 --variants default --extrapolate --skip-cfg \\
+        --json benchmarks/results/parallel_dit_20.json
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _bytes_worker(sizes: list[int], fraction: float, path: str | None = None) ->
 
 
 def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all",
-                    path: str | None = None) -> list[dict]:
+                    path: str | None = None, extrapolate: bool = False) -> list[dict]:
     net = load_patch_model(path).net
     rows = []
     if variants == "all":
@@ -87,6 +88,9 @@ def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all
                                      for gn in ("corrected", "shifted", "sync")] + [("tiled", {})]
     else:  # the defaults only (sync's PSNR is float32 rounding at every size)
         variants = [("displaced", {"gn": "sync"}), ("partial", {"gn": "sync"}), ("tiled", {})]
+    if extrapolate:  # the stale modes also with their halos and K/V extrapolated
+        variants += [(m, {**o, "extrapolate": True}) for m, o in variants if m != "tiled"
+                     and o.get("gn") == "sync"]
     for mode, options in variants:
         if mode == "tiled":
             model = Tiled(net)
@@ -96,7 +100,8 @@ def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all
         start = time.perf_counter()
         x = sample_image(model, size, steps, seed=0)
         seconds = time.perf_counter() - start
-        rows.append({"mode": mode, "gn": options.get("gn"), "rank": dist_info().rank,
+        rows.append({"mode": mode + (" extrapolated" if options.get("extrapolate") else ""),
+            "gn": options.get("gn"), "rank": dist_info().rank,
             "sample": x if dist_info().rank == 0 else None, "seconds_per_step": seconds / steps,
             "wait_share": model.wait_seconds / seconds,
             "bytes_per_step": model.bytes_sent / max(model.calls, 1)})
@@ -149,6 +154,8 @@ def main() -> None:
     p.add_argument("--variants", choices=("all", "default"), default="all",
                    help="quality: every mode x GroupNorm treatment, or the stale modes' "
                         "defaults and naive tiling only (large sizes)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="quality: also the stale modes with extrapolated halos and K/V")
     p.add_argument("--arch", choices=("unet", "dit"), default="unet",
                    help="the shipped UNet2D or the shipped DiT (trained at 64x64: sample it there)")
     p.add_argument("--json", default=None)
@@ -189,7 +196,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for nproc in args.nprocs:
             per_rank = launch(_quality_worker, nproc, size, steps, args.fraction, args.variants,
-                              path, timeout=1800)
+                              path, args.extrapolate, timeout=1800)
             for i, row in enumerate(per_rank[0]):
                 x = row["sample"]
                 ranks = [r[i] for r in per_rank]

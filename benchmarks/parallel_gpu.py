@@ -1,7 +1,7 @@
 """Patch parallelism on GPUs (NCCL), one rank per GPU, under torchrun (see parallel_gpu.sh):
 sync against one GPU (max difference), displaced / partial PSNR against one GPU, bytes per
 rank per step and seconds per step, on the shipped procedural-image model; a random DiT in sync
-mode against one GPU.
+mode against one GPU; the shipped (trained) DiT's three modes against one GPU at 64 px.
 
     torchrun --nproc_per_node 2 benchmarks/parallel_gpu.py --size 512 --steps 10 --json out.json
 """
@@ -38,6 +38,23 @@ def _dit_sync(device: torch.device, world: int) -> dict:
     if diff > 1e-4:
         raise SystemExit(f"parallel_gpu: DiT sync differs from one GPU by {diff:.2e}")
     return {"model": "dit", "length": length, "nproc": world, "mode": "sync", "max_diff": diff}
+
+
+def _trained_dit(device: torch.device, world: int, steps: int = 20) -> list[dict]:
+    """The shipped DiT (64 x 64, its training size) in the stale modes against one GPU."""
+    from pydiff.parallel.model import SHIPPED_DIT
+
+    net = load_patch_model(SHIPPED_DIT).net.to(device)
+    single = sample_image(net, 64, steps, 0, device=device)
+    rows = []
+    for mode in ("sync", "displaced", "partial"):
+        model = PatchParallel(net, mode=mode)
+        x = sample_image(model, 64, steps, 0, device=device)
+        rows.append({"model": "dit (trained)", "size": 64, "steps": steps, "nproc": world,
+                     "mode": mode, "psnr": psnr(x, single),
+                     "max_diff": float((x - single).abs().max()),
+                     "bytes_per_step": model.bytes_sent / model.calls})
+    return rows
 
 
 def main() -> None:
@@ -85,6 +102,13 @@ def main() -> None:
         if info.rank == 0:
             print(f"DiT, {info.world_size} GPUs, sync: max diff {rows[-1]['max_diff']:.2e} "
                   "(relative to the output's scale)", flush=True)
+        rows += _trained_dit(device, info.world_size)
+        if info.rank == 0:
+            for r in rows[-3:]:
+                value = r["psnr"]
+                print(f"trained DiT 64 px, {info.world_size} GPUs, {r['mode']}: PSNR "
+                      f"{'identical' if value is None else f'{value:.1f} dB'}, "
+                      f"{r['bytes_per_step']:,.0f} B/rank/step", flush=True)
         if info.rank == 0 and args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

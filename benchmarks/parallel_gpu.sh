@@ -4,7 +4,8 @@
 # runs the halo pack/unpack CUDA tests, then:
 #   - with 2 or more GPUs: torchrun, one rank per GPU (NCCL; NPROC ranks, default all GPUs up
 #     to 4), benchmarks/parallel_gpu.py: sync against one GPU, displaced/partial PSNR, bytes
-#     and ms per step at 512 and 1024 px, a random DiT's sync against one GPU
+#     and ms per step at 512 and 1024 px, a random DiT's sync against one GPU, the trained
+#     DiT's three modes at 64 px
 #     -> $RESULTS/parallel_gpu.json;
 #   - with one GPU: sync with one rank on the GPU (the wrapper is then the plain model, so
 #     this checks the shipped model and the CUDA path only); NCCL patch parallelism needs 2.
@@ -52,6 +53,12 @@ g = torch.randn(2, 3, device="cuda")
 with torch.no_grad():
     assert torch.equal(PatchParallel(dit, mode="sync")(x, t, global_cond=g), dit(x, t, global_cond=g))
 print("DiT sync, one rank on the GPU: equals the plain model")
+from pydiff.parallel.model import SHIPPED_DIT
+image_dit = load_patch_model(SHIPPED_DIT).net.cuda()
+a = sample_image(PatchParallel(image_dit, mode="displaced"), 64, 4, 0, device="cuda")
+b = sample_image(image_dit, 64, 4, 0, device="cuda")
+assert torch.equal(a, b), float((a - b).abs().max())
+print("trained image DiT, one rank on the GPU: equals the plain model")
 PY
 fi
 exit $status

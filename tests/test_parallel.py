@@ -84,7 +84,25 @@ def test_displaced_close_to_one_process_on_the_trained_dit(results):
     for r in results:
         dit = r[2]["quality_dit"]["displaced"]
         assert dit["calls"] == 20 and dit["psnr"] is not None and dit["psnr"] >= MIN_PSNR, dit
+        # the stale K/V extrapolated along their last two values: much closer, same bytes
+        line = r[2]["quality_dit_extrapolated"]["displaced"]
+        assert line["psnr"] >= dit["psnr"] + 5.0, (line, dit)
+        assert line["bytes_per_call"] == dit["bytes_per_call"]
     assert len({r[2]["quality_dit"]["displaced"]["psnr"] for r in results}) == 1  # both pairs
+
+
+def test_extrapolated_stale_state_is_the_line_through_the_last_two():
+    from pydiff.parallel.patch import _extrapolated
+
+    new = {"up": {3: torch.full((1, 2, 1, 4), 2.0)}, "down": {}, "own": {5: torch.ones(3)},
+           "ranks": [{1: torch.full((1, 4, 2, 1), 4.0), 2: torch.ones(1, 2, 3, 1)}]}
+    old = {"up": {3: torch.full((1, 2, 1, 4), 1.0)}, "down": {}, "own": {5: torch.zeros(3)},
+           "ranks": [{1: torch.full((1, 4, 2, 1), 5.0), 2: torch.ones(1, 2, 2, 1)}]}
+    out = _extrapolated(new, old, 0.5)
+    assert torch.equal(out["up"][3], torch.full((1, 2, 1, 4), 2.5))  # 2 + 0.5 (2 - 1)
+    assert torch.equal(out["ranks"][0][1], torch.full((1, 4, 2, 1), 3.5))
+    assert out["ranks"][0][2] is new["ranks"][0][2]  # a shape change: as received
+    assert out["own"] is new["own"] and new["up"][3].eq(2.0).all()  # inputs untouched
 
 
 def test_one_process_is_the_plain_model_and_bad_input():
@@ -120,3 +138,6 @@ def test_dit_on_one_process_is_the_plain_model_and_bad_input():
         assert torch.equal(PatchParallel(image_net, mode="partial")(image, t), image_net(image, t))
     with pytest.raises(pydiff.InputError, match="height 7 does not split across 1 ranks"):
         PatchParallel(image_net).check_size(7)
+    with torch.no_grad():  # one process: extrapolation has nothing stale to move
+        assert torch.equal(PatchParallel(image_net, mode="displaced", extrapolate=True)(image, t),
+                           image_net(image, t))

@@ -231,6 +231,9 @@ def patch_parallel_suite(size: int, steps: int, quality_size: int, quality_steps
     # closer steps than the UNet2D's stale halos: displaced over each pair at 20 steps
     out[2]["quality_dit"] = patch_modes_vs_single(quality_size, 20, modes=("displaced",),
                                                   path=str(SHIPPED_DIT), group=pair)
+    out[2]["quality_dit_extrapolated"] = patch_modes_vs_single(
+        quality_size, 20, modes=("displaced",), path=str(SHIPPED_DIT), group=pair,
+        extrapolate=True)
     out[4]["quality"] = patch_modes_vs_single(quality_size, quality_steps)
     return out
 
