@@ -1,6 +1,7 @@
 """SuperDiff on molecules: two property fine-tunes superposed (AND / OR) against each alone.
 
-Model A and model B are model folders (e.g. the shipped checkpoint fine-tuned by ``pydiff
+Model A and model B are model folders (default: the shipped fine-tunes of the shipped
+checkpoint, ``pretrained/qed_finetune`` and ``pretrained/rings_finetune``, made by ``pydiff
 molecules train --init <shipped> --select qed:0.5`` and ``--select rings:0.3``); each is
 sampled alone, the shipped model too, and the two are superposed by
 :class:`pydiff.guidance.SuperDiff` (AND and OR), all at the same sizes, solver, steps and seed.
@@ -38,8 +39,10 @@ def properties(mols) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--a", required=True, help="model folder A (e.g. the high-QED fine-tune)")
-    p.add_argument("--b", required=True, help="model folder B (e.g. the ring fine-tune)")
+    p.add_argument("--a", default=None,
+                   help="model folder A (default: the shipped high-QED fine-tune)")
+    p.add_argument("--b", default=None,
+                   help="model folder B (default: the shipped ring fine-tune)")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--solver", default="ddpm")
@@ -52,6 +55,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from pydiff.domains.molecules import MoleculeGenerator, evaluate
+    from pydiff.domains.molecules.generator import FINETUNES
+
+    args.a = args.a or str(FINETUNES["qed"])
+    args.b = args.b or str(FINETUNES["rings"])
 
     shipped = MoleculeGenerator.from_pretrained()
     a, b = MoleculeGenerator.from_pretrained(args.a), MoleculeGenerator.from_pretrained(args.b)

@@ -262,6 +262,13 @@ def test_superposing_a_model_with_itself_is_that_model():
         gen.sample(1, atoms=5, steps=1, superpose=gen, mode="xor")
     with pytest.raises(pydiff.InputError, match="not both"):
         gen.sample(1, atoms=5, steps=1, superpose=gen, reward="qed")
+    # the shipped fine-tunes superpose (one corruption process) and were trained on their
+    # selections from the shipped model
+    from pydiff.domains.molecules.generator import FINETUNES
+
+    qed = MoleculeGenerator.from_pretrained(FINETUNES["qed"])
+    assert qed.metadata["recipe"]["select"] == "qed:0.5" and qed.metadata["steps_before"] > 0
+    assert len(qed.sample(2, atoms=9, steps=2, superpose=FINETUNES["rings"])) == 2
 
 
 def test_close_pairs_count_collapsed_atoms():

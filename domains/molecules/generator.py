@@ -45,6 +45,10 @@ from .regressor import PropertyRegressor
 
 Tensor = torch.Tensor
 PRETRAINED = Path(__file__).parent / "pretrained" / "model"
+# the shipped model fine-tuned on property-selected molecules (``train --init --select``), a
+# pair to superpose: high QED (qed:0.5) and at least one ring (rings:0.3)
+FINETUNES = {"qed": PRETRAINED.parent / "qed_finetune",
+             "rings": PRETRAINED.parent / "rings_finetune"}
 MIN_ATOMS, MAX_ATOMS = 2, 64
 GUIDED_SOLVER = "ddpm"  # SVDD needs a stochastic position step (candidates must differ)
 GUIDANCE = ("svdd", "gradient")
@@ -357,5 +361,5 @@ def state_to_mols(state: dict[str, Tensor]) -> list[Chem.Mol]:
 
 
 __all__ = ["MoleculeGenerator", "state_to_mols", "property_objective", "load_fragment",
-           "fragment_hooks", "place_fragment", "PRETRAINED",
+           "fragment_hooks", "place_fragment", "PRETRAINED", "FINETUNES",
            "MIN_ATOMS", "MAX_ATOMS", "GUIDANCE", "GRADIENT_REWARDS", "SUPERPOSE_MODES"]
