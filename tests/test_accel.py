@@ -231,11 +231,12 @@ def test_each_stream_equals_sampling_it_alone(solver):
         # a batched convolution rounds differently; the random network amplifies that (one
         # element in ~100 differs by ~1e-5 relative)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    assert streams.unbatched_calls == 0 and streams.ticks < 6 * 4  # streams shared ticks
-    if solver == "heun":  # its second stage is batched too: two calls a tick, one at the end
+    assert streams.ticks < 6 * 4  # streams shared ticks
+    if solver == "heun":  # per stream in the first tick only, then both stages batched
+        assert 0 < streams.unbatched_calls <= 1 + 2  # the first tick's streams (batch 1 + 2)
         assert streams.ticks < streams.network_calls <= 2 * streams.ticks
     else:  # one batched network call per tick, nothing else
-        assert streams.network_calls == streams.ticks
+        assert streams.unbatched_calls == 0 and streams.network_calls == streams.ticks
 
 
 def test_every_stage_is_batched_wherever_it_evaluates():
@@ -251,13 +252,15 @@ def test_every_stage_is_batched_wherever_it_evaluates():
         for k, x in enumerate(xs):
             streams.push(x, generator=torch.Generator().manual_seed(30 + k))
         outs = streams.drain()
-        assert calls.calls == streams.network_calls == 5  # 2 + 2 + 1 for 4 streams
+        # the first tick finds both evaluations elsewhere than its batched call: 4 x 2 per
+        # stream; then coroutine ticks, 2 + 1 batched calls
+        assert streams.unbatched_calls == 8 and streams.network_calls == 1 + 2 + 1
+        assert calls.calls == streams.network_calls + streams.unbatched_calls
         alone = [pydiff.sample(model, x, "heun", steps=3, **options,
                                generator=torch.Generator().manual_seed(30 + k))
                  for k, x in enumerate(xs)]
     for out, ref in zip(outs, alone):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    assert streams.unbatched_calls == 0
 
 
 def test_a_failing_stage_raises_and_leaves_no_parked_step():
@@ -267,18 +270,19 @@ def test_a_failing_stage_raises_and_leaves_no_parked_step():
 
     def net(x, t):
         calls.append(x.shape[0])
-        if len(calls) == 2:  # the second stage of the first tick
+        if len(calls) == 6:  # the second (batched) stage of the second tick
             raise RuntimeError("network failed on purpose")
         return 0.5 * x
 
     model = pydiff.Denoiser(net, pydiff.VPSchedule(), prediction="eps")
-    streams = StreamBatch(model, "heun", steps=2, max_streams=3)
+    streams = StreamBatch(model, "heun", steps=3, max_streams=3)
     before = threading.active_count()
     for k in range(3):
         streams.push(torch.full((1, 2), float(k)))
+    streams.tick()  # batched first stage, per-stream second stages: coroutines from now on
     with pytest.raises(RuntimeError, match="failed on purpose"):
         streams.tick()
-    assert calls == [3, 3] and threading.active_count() == before
+    assert calls == [3, 1, 1, 1, 3, 3] and threading.active_count() == before
 
 
 def test_streams_with_per_position_times_and_own_conditioning():

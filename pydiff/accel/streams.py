@@ -11,17 +11,18 @@ slice of the prediction; :meth:`StreamBatch.pop` returns finished samples in pus
 Each stream keeps its own :class:`pydiff.SolverState`: its grid, its step, its generator and a
 multistep solver's history, so a stream's output equals sampling it alone (up to the float
 rounding of a batched network call and of per-stream coefficients). The solver is unchanged:
-each stream's step runs as a coroutine (on its own thread, one thread running at a time, in
-stream order, so even draws from the global generator happen in a fixed order) whose model
-parks every evaluation until all the streams of the tick have asked for theirs; then one
-batched network call answers them all. So every stage of a multi-stage solver is batched
-across streams: a tick costs one batched call per stage (Heun: two, one on a stream's last
-step), wherever the stage evaluates (Heun's second stage, churn's raised noise level, a
-corrector, a time-shifted point). Single-evaluation solvers (DDIM, DDPM, Euler, DPM-Solver++
-2M/3M, UniPC, PLMS, ...) need exactly one batched call per tick. Only an evaluation that
-carries its own extra conditioning is made per stream (counted in ``unbatched_calls``). The
-solver's arithmetic (a few fused element-wise passes per stream) stays per stream: each stream
-has its own coefficient table and step index.
+a tick makes one batched call at every stream's own ``(x, t)`` and runs each stream's step
+answered from it, which is all that single-evaluation solvers (DDIM, DDPM, Euler,
+DPM-Solver++ 2M/3M, UniPC, PLMS, ...) ask for. The first step that asks for another
+evaluation (a second stage, a corrector, churn's raised noise level, a time-shifted point)
+gets it per stream (counted in ``unbatched_calls``), and from the next tick on every stream's
+step runs as a coroutine (on its own thread, one running at a time, in stream order, so even
+draws from the global generator keep a fixed order) whose model parks each evaluation until
+every stream of the tick has asked for its own; one batched call then answers them all. So
+every stage of a multi-stage solver is batched across streams: Heun costs two batched calls a
+tick (one on a stream's last step). Only an evaluation carrying its own extra conditioning
+stays per stream. The solver's arithmetic (a few fused element-wise passes per stream) stays
+per stream: every stream has its own coefficient table and step index.
 
 Example:
     >>> import torch, pydiff
@@ -36,10 +37,10 @@ Example:
     >>> outs = streams.drain()             # tick until every pushed stream is done
     >>> len(outs), streams.network_calls, streams.unbatched_calls
     (6, 8, 0)
-    >>> heun = StreamBatch(model, "heun", steps=3, max_streams=4)   # 2 stages, both batched
+    >>> heun = StreamBatch(model, "heun", steps=3, max_streams=4)   # two stages a step
     >>> _ = [heun.push(pydiff.prior(sched, (1, 2), generator=g)) for _ in range(4)]
-    >>> len(heun.drain()), heun.network_calls       # 3 ticks: 2 + 2 + 1 (the last is Euler)
-    (4, 5)
+    >>> len(heun.drain()), heun.network_calls, heun.unbatched_calls   # 1 + 2 + 1 batched
+    (4, 4, 4)
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ class _Stream:
 
     def __init__(self, ticket: int, state: SolverState, cond: dict[str, Any], model: Model):
         self.ticket, self.state, self.cond, self.model = ticket, state, cond, model
+
+
+class _Answered(Model):
+    """The stream's model for one step of :meth:`StreamBatch._tick_once`: the evaluation at
+    the step's own ``(x, t)`` comes from the batched call; any other is made per stream (and
+    counted), and switches the batch to coroutine ticks."""
+
+    def __init__(self, model: Model, x: Tensor, t: Tensor, prediction: Prediction,
+                 owner: StreamBatch):
+        super().__init__(model.schedule, model.cond)
+        self._model, self._x, self._t, self._prediction, self._owner = (
+            model, x, t, prediction, owner)
+
+    def evaluate(self, x: Any, t: Any, **cond: Any) -> Prediction:
+        if x is self._x and t is self._t and not cond:
+            return self._prediction
+        self._owner.unbatched_calls += 1
+        if not cond:
+            self._owner._coroutines = True
+        return self._model.evaluate(x, t, **cond)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. supports_jump
+        return getattr(self.__dict__["_model"], name)
 
 
 class _Coroutine:
@@ -184,6 +208,9 @@ class StreamBatch:
         self._next_ticket = 0
         self._next_out = 0
         self.ticks = self.network_calls = self.unbatched_calls = 0
+        # single-evaluation solvers tick on this thread; the first step that evaluates more
+        # or elsewhere switches to coroutine ticks (threads: too dear for the common case)
+        self._coroutines = False
 
     # -- the queue API ---------------------------------------------------------------------
     def push(self, x: Tensor, *, generator: Generators = None, hooks: Sequence[Hook] = (),
@@ -224,6 +251,39 @@ class StreamBatch:
         if not active:
             return 0
         self.ticks += 1
+        if self._coroutines:
+            results = self._tick_stages(active)
+        else:
+            results = self._tick_once(active)
+        still = []
+        for stream, state in zip(active, results):
+            stream.state = state
+            if state.done:
+                self._done[stream.ticket] = state.x
+            else:
+                still.append(stream)
+        self._active = still
+        return len(active)
+
+    def _tick_once(self, active: list[_Stream]) -> list[SolverState]:
+        """One batched call at every stream's own ``(x, t)``, then each stream's step on this
+        thread, answered from it (single-evaluation solvers). A step that asks for another
+        evaluation gets it per stream, and later ticks run as coroutines
+        (:meth:`_tick_stages`)."""
+        states = [s.state for s in active]
+        xs = [st.x for st in states]
+        ts = [st.t for st in states]
+        x_all = xs[0] if len(xs) == 1 else torch.cat(xs)
+        prediction = self.model.evaluate(x_all, _stack_times(ts, xs),
+                                         **_stack_cond([s.cond for s in active]))
+        self.network_calls += 1
+        return [self.solver.step(st, _Answered(stream.model, st.x, t, part, self))
+                for stream, st, t, part in zip(active, states, ts,
+                                               _split(prediction, x_all, xs))]
+
+    def _tick_stages(self, active: list[_Stream]) -> list[SolverState]:
+        """Every stream's step as a coroutine; each round of evaluations they ask for is one
+        batched call."""
         runs = [_Coroutine(self.solver.step, s.state, s.model) for s in active]
         try:
             while asking := [(s, r) for s, r in zip(active, runs) if not r.done]:
@@ -245,16 +305,8 @@ class StreamBatch:
         failed = next((r.error for r in runs if r.error is not None), None)
         if failed is not None:
             raise failed
-        still = []
-        for stream, r in zip(active, runs):
-            self.unbatched_calls += r.unbatched
-            stream.state = r.result
-            if stream.state.done:
-                self._done[stream.ticket] = stream.state.x
-            else:
-                still.append(stream)
-        self._active = still
-        return len(active)
+        self.unbatched_calls += sum(r.unbatched for r in runs)
+        return [r.result for r in runs]
 
     def pop(self) -> Tensor | None:
         """The next finished sample in push order, or None if it is not finished yet."""
