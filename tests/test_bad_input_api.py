@@ -6,8 +6,10 @@ device), each raising a clear exception that names the culprit rather than a bro
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,10 +374,17 @@ def _molecule_rows() -> list[Row]:
     from pydiff.domains.molecules import MoleculeGenerator
     from pydiff.domains.molecules.metrics import read_sdf
     from pydiff.domains.molecules.train import TrainConfig, train
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
 
-    from pydiff.guidance import SVDD, JointGradientGuidance
+    from pydiff.guidance import SVDD, JointGradientGuidance, SuperDiff, Superposition
+    from pydiff.hooks import InpaintClasses, InpaintReplace, StepContext
 
     gen = MoleculeGenerator.from_pretrained()
+    ethanol = Path(tempfile.mkdtemp()) / "ethanol.sdf"
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    Chem.MolToMolFile(mol, str(ethanol))
     return [
         Row("mol-sample-atoms-zero", lambda: gen.sample(2, atoms=0, steps=1), InputError,
             ("atoms=0", "2 to 64")),
@@ -411,6 +420,38 @@ def _molecule_rows() -> list[Row]:
         Row("svdd-candidates-zero",
             lambda: SVDD("ddpm", reward=lambda x0: x0.sum(1), candidates=0), InputError,
             ("candidates", "0")),
+        Row("mol-sample-fragment-fills-the-molecule",
+            lambda: gen.sample(1, atoms=3, steps=1, fragment=read_sdf(ethanol)[0]), InputError,
+            ("atoms=3", "fragment already has 9 atoms")),
+        Row("mol-sample-fragment-no-conformer",
+            lambda: gen.sample(1, steps=1, fragment=Chem.MolFromSmiles("CO")), InputError,
+            ("fragment", "no conformer")),
+        Row("mol-sample-fragment-missing-file",
+            lambda: gen.sample(1, steps=1, fragment="/nonexistent.sdf"), InputError,
+            ("fragment", "/nonexistent.sdf")),
+        Row("mol-sample-superpose-unknown-mode",
+            lambda: gen.sample(1, steps=1, superpose=gen, mode="xor"), InputError,
+            ("mode", "xor")),
+        Row("mol-sample-superpose-with-reward",
+            lambda: gen.sample(1, steps=1, superpose=gen, reward="qed"), InputError,
+            ("superpose", "not both")),
+        Row("mol-train-select-unknown",
+            lambda: train(TrainConfig(steps=1, select="size:3", progress=False)), InputError,
+            ("select", "size:3", "NAME:MIN")),
+        Row("superdiff-unknown-mode", lambda: SuperDiff("ddpm", "xor"), InputError,
+            ("mode", "xor")),
+        Row("superdiff-bad-kappa-range", lambda: SuperDiff("ddpm", "and", kappa_range=(1, 0)),
+            InputError, ("kappa_range",)),
+        Row("superposition-one-model",
+            lambda: Superposition(pydiff.Denoiser(lambda x, t: x, pydiff.VPSchedule())),
+            InputError, ("two or more",)),
+        Row("inpaint-replace-dict-without-key",
+            lambda: InpaintReplace(torch.zeros(1, 2, 3), torch.ones(1, 2, 1))(
+                {"pos": torch.zeros(1, 2, 3)}, StepContext(0, *torch.ones(3))), InputError,
+            ("key=",)),
+        Row("inpaint-classes-float-known",
+            lambda: InpaintClasses(torch.zeros(1, 2), torch.ones(1, 2), "types"), InputError,
+            ("class indices",)),
     ]
 
 
