@@ -34,7 +34,7 @@ from pydiff.apps.cli import (
     positive_int,
 )
 
-from pydiff.files import check_output
+from pydiff.files import check_input_dir, check_output
 
 
 def register(sub: argparse._SubParsersAction, help_text: str) -> None:
@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     t.add_argument("--seed", type=nonnegative_int, default=None)
     t.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     t.add_argument("--device", default=None, help="cpu (default) or cuda")
+    t.add_argument("--init", default=None,
+                   help="continue from this checkpoint folder (same network), e.g. the shipped "
+                        "prior's")
     t.set_defaults(func=run_train)
 
 
@@ -117,8 +120,10 @@ def run_train(args: argparse.Namespace) -> int:
             raise InputError(f"--device {args.device!r}: expected cpu or cuda (cuda:N)")
         if kind == "cuda" and not torch.cuda.is_available():
             raise InputError(f"--device {args.device!r}: this torch sees no CUDA device")
+    if args.init is not None:
+        check_input_dir(args.init, "--init")
     check_output(args.output, "output (-o)", folder=True)
-    model = train_prior(config, args.output, device=args.device)
+    model = train_prior(config, args.output, device=args.device, init=args.init)
     meta = load_config(args.output)["metadata"]
     print(json.dumps({"output": args.output,
                       "parameters": sum(p.numel() for p in model.net.parameters()),

@@ -13,7 +13,8 @@ slice on this CPU (``--threads``).
 
     python benchmarks/medical_recon.py [--size 128] [--threads 2] [--samples 1]
         [--settings ct8,ct4,fan60,limited90,mri4,mri8] [--methods dds,red_diff,...]
-        [--images shepp_logan,CT_small,MR_small] [--steps dds=10,...] [--option dps.scale=0.3]
+        [--images shepp_logan,CT_small,MR_small] [--procedural 3] [--steps dds=10,...]
+        [--option dps.scale=0.3]
         [--prior CHECKPOINT_DIR]
 
 With ``--samples K > 1`` each row also reports the Pearson correlation between the per-pixel
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--images", default="shepp_logan,CT_small,MR_small",
                     help="comma-separated subset of the evaluation images, or 'procedural' "
                          "(a held-out procedural image, for tuning a method's options)")
+    ap.add_argument("--procedural", type=int, default=1,
+                    help="how many held-out procedural images 'procedural' means (default 1)")
     ap.add_argument("--steps", default="",
                     help="NFE per method, e.g. dds=10,projection=20 (default: the table's)")
     ap.add_argument("--option", action="append", default=[],
@@ -113,10 +116,12 @@ def main() -> None:
     pick = set(args.methods.split(",")) if args.methods else None
     wanted = set(args.images.split(","))
     images = {f"shepp_logan_{args.size}": shepp_logan(args.size),
-              "CT_small": dicom("CT_small.dcm"), "MR_small": dicom("MR_small.dcm"),
-              # for tuning: a procedural image of a seed the prior's training never drew
-              f"procedural_{args.size}": ProceduralImages(1, args.size, seed=TUNING_SEED)[0][0]}
+              "CT_small": dicom("CT_small.dcm"), "MR_small": dicom("MR_small.dcm")}
     images = {k: v for k, v in images.items() if k.rsplit("_", 1)[0] in wanted or k in wanted}
+    if "procedural" in wanted:  # for tuning: images of a seed the prior's training never drew
+        held_out = ProceduralImages(args.procedural, args.size, seed=TUNING_SEED)
+        for k in range(args.procedural):
+            images[f"procedural_{args.size}" + (f"_{k}" if k else "")] = held_out[k][0]
     rows = []
     for key in args.settings.split(","):
         modality, label, setting = SETTINGS[key]

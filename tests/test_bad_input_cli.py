@@ -316,6 +316,8 @@ ROWS: list[Row] = [
         ("--pool", "'0'")),
     Row("medical-train-unknown-device", ["medical", "train", "-o", "{tmp}/m", "--device",
                                          "tpu"], ("--device", "tpu")),
+    Row("medical-train-init-missing", ["medical", "train", "-o", "{tmp}/m", "--init",
+                                       "/nonexistent"], ("--init", "/nonexistent")),
     Row("medical-train-network-too-big", ["medical", "train", "-o", "{tmp}/m",
                                           "--max-mb", "1"], ("1.5 MB", "--base-channels")),
     # -- medical recon (a bad case fails alone after the others ran: its line is the last)

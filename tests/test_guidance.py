@@ -304,6 +304,23 @@ def test_data_consistency_cg_matches_pseudo_inverse():
     torch.testing.assert_close(exact.project(x) @ A.T, y)
 
 
+def test_data_consistency_damping_is_the_proximal_step():
+    # argmin_z ||A z - y||^2 + lam ||z - x||^2 = x + (A^T A + lam)^-1 A^T (y - A x), exactly
+    A = torch.randn(3, 6, generator=_gen(40), dtype=F64)
+    y = torch.randn(4, 3, generator=_gen(41), dtype=F64)
+    x = torch.randn(4, 6, generator=_gen(42), dtype=F64)
+    lam = 0.7
+    closed = x + torch.linalg.solve(A.T @ A + lam * torch.eye(6, dtype=F64),
+                                    A.T @ (y - x @ A.T).T).T
+    for adjoint in (None, lambda r: r @ A):  # autograd's VJP and an explicit A^T
+        dc = DataConsistency(lambda v: v @ A.T, y, adjoint=adjoint, iterations=6, damping=lam)
+        torch.testing.assert_close(dc.project(x), closed)
+    # damping pulls toward x: the residual is larger than the exact projection's (zero)
+    assert float((closed @ A.T - y).norm()) > 0.1
+    with pytest.raises(ValueError, match="damping"):
+        DataConsistency(lambda v: v @ A.T, y, damping=-1.0)
+
+
 def test_data_consistency_hook_ends_on_the_measurement():
     A = torch.randn(2, 4, generator=_gen(15), dtype=F64)
     y = torch.randn(6, 2, generator=_gen(16), dtype=F64)

@@ -119,3 +119,19 @@ def test_bad_recipes_are_refused_before_training(tmp_path, change, culprit):
         train_image_prior(replace(ImagePriorRecipe(**TINY), **change), tmp_path / "x",
                           progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_warm_start_continues_from_a_checkpoint(tmp_path):
+    first = train_image_prior(ImagePriorRecipe(**TINY), tmp_path / "a", progress=False)
+    # a rate of ~0 and no EMA drift: the continued network is the checkpoint's
+    recipe = replace(ImagePriorRecipe(**TINY), max_steps=1, lr=1e-20, warmup_steps=0, seed=5)
+    again = train_image_prior(recipe, tmp_path / "b", progress=False, init=tmp_path / "a")
+    fresh = train_image_prior(recipe, tmp_path / "c", progress=False)
+    start = first.net.state_dict()
+    assert all(torch.allclose(v, start[k]) for k, v in again.net.state_dict().items())
+    assert not all(torch.allclose(v, start[k]) for k, v in fresh.net.state_dict().items())
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())["metadata"]
+    assert meta["init"] == str(tmp_path / "a")
+    with pytest.raises(pydiff.InputError, match="another network"):
+        train_image_prior(replace(recipe, base_channels=16), tmp_path / "d", progress=False,
+                          init=tmp_path / "a")

@@ -51,16 +51,19 @@ def prior_model(config: PriorConfig | None = None) -> pydiff.Denoiser:
 
 
 def train_prior(config: PriorConfig, output: str | os.PathLike, *,
-                progress: bool = True, device: str | None = None) -> pydiff.Denoiser:
+                progress: bool = True, device: str | None = None,
+                init: str | os.PathLike | None = None) -> pydiff.Denoiser:
     """Train a prior on procedural images within ``config.minutes`` and save it to ``output``.
 
-    ``device="cuda"`` trains on a GPU (the same recipe, longer budgets). Returns the EMA model.
+    ``device="cuda"`` trains on a GPU (the same recipe, longer budgets); ``init`` (a checkpoint
+    folder of the same network, e.g. the shipped prior) continues from its weights. Returns the
+    EMA model.
     The checkpoint is a :func:`pydiff.training.save_pretrained` folder whose metadata records
     the modality, the recipe, the steps done and the final loss.
     """
     if config.modality not in MODALITIES:
         raise pydiff.InputError(f"modality={config.modality!r}; expected one of {MODALITIES}")
-    return train_image_prior(config, output, progress=progress, device=device,
+    return train_image_prior(config, output, progress=progress, device=device, init=init,
                              metadata={"modality": config.modality,
                                        "evaluation_images_seen": False})
 

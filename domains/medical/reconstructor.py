@@ -9,8 +9,8 @@ this module only builds the measurement model in the prior's units:
   :class:`pydiff.guidance.DataConsistency` (the state projected onto ``A x = alpha y + sigma A z``
   by conjugate gradients: score-MRI's k-space projection, and its CT analogue);
 - ``"dds"``: DDS: a few conjugate-gradient steps on x0-hat (:class:`pydiff.guidance.ProjectX0`
-  around ``DataConsistency.project``, no backpropagation through the network), DDIM with
-  ``eta = 0.85``;
+  around ``DataConsistency.project``, no backpropagation through the network), DDIM; for MRI
+  the step is proximal, with a weight on x0-hat that grows as the noise level falls;
 - ``"red_diff"``: RED-diff, :func:`pydiff.guidance.red_diff` (variational: Adam on the image
   with the denoiser's noise residual as the regulariser's gradient, no backpropagation through
   the network), started from a short TV reconstruction;
@@ -22,12 +22,13 @@ this module only builds the measurement model in the prior's units:
   from :mod:`pydiff.domains.medical.classical`.
 
 Units: the prior works in ``[-1, 1]``. The image's value range ``(lo, hi)`` is given or estimated
-from the analytic baseline (FBP, zero-filled: its 0.5% and 99.5% quantiles; ``lo = 0`` for MRI
-magnitudes); since ``A`` is linear, ``x = c0 + c1 u`` turns ``y`` into the measurement of
-``u``: ``(y - c0 A 1) / c1``. Outputs are in the input's units. MRI images are real-valued
-(magnitude images, simulated data); complex k-space becomes real pairs for the guidance, and is
-first projected onto the k-space of real images (``A A^+ y``): noise has no conjugate symmetry,
-and the data-consistency CG cannot remove the part of ``y`` that no real image explains.
+from the measurement (CT: the 0.5% and 99.5% quantiles of a short TV reconstruction; MRI:
+``lo = 0`` for magnitudes and the maximum of a short CS-TV reconstruction); since ``A`` is
+linear, ``x = c0 + c1 u`` turns ``y`` into the measurement of ``u``: ``(y - c0 A 1) / c1``.
+Outputs are in the input's units. MRI images are real-valued (magnitude images, simulated
+data); complex k-space becomes real pairs for the guidance, and is first projected onto the
+k-space of real images (``A A^+ y``): noise has no conjugate symmetry, and the data-consistency
+CG cannot remove the part of ``y`` that no real image explains.
 
 Example:
     >>> import torch
@@ -80,9 +81,16 @@ DPS_SCALE = {"ct": 1.0, "mri": 100.0}
 # the bound on x0-hat in the prior's units (chosen on held-out procedural images: 2 for CT,
 # where 8-view TV blurs thin bright structures out of the estimated range; 1 for MRI)
 CLIP = {"ct": 2.0, "mri": 1.0}
-# DDS's CG steps on x0-hat per modality (held-out procedural images): more steps fit the
-# measurement noise, and 4x k-space with 8 coils is fitted in 2
-DDS_CG = {"ct": 5, "mri": 2}
+# DDS's CG steps on x0-hat per modality (held-out procedural images); MRI's proximal step
+# (DDS_DAMPING) keeps more steps from fitting the measurement noise
+DDS_CG = {"ct": 5, "mri": 10}
+# DDS's DDIM eta per modality (held-out procedural images)
+DDS_ETA = {"ct": 0.85, "mri": 1.0}
+# DDS's data consistency as the proximal step argmin ||A x - y||^2 + lam ||x - x0-hat||^2 with
+# lam = damping * ||A||^2 / sigma_t^2 (0: the minimum-norm correction); MRI's value and CG
+# steps were chosen on held-out procedural images (BENCHMARKS.md, issue 16); on CT it made no
+# difference there
+DDS_DAMPING = {"ct": 0.0, "mri": 3e-4}
 
 
 @dataclass
@@ -162,7 +170,10 @@ class Reconstructor:
             generator / seed: the random stream (default: seeded by ``seed``).
             options: ``scale`` (DPS zeta; default 1 for CT, 100 for MRI), ``clip`` (bound on
                 x0-hat in the prior's units; 2 for CT, 1 for MRI), ``cg`` (CG iterations of
-                projection/DDS; DDS: 5 for CT, 2 for MRI), ``eta`` (DDIM eta),
+                projection/DDS; DDS: 5 for CT, 10 for MRI), ``eta`` (DDIM eta; DDS: 0.85 for
+                CT, 1 for MRI), ``damping`` (DDS: its data consistency becomes the proximal
+                step ``argmin ||A x - y||^2 + lam ||x - x0-hat||^2``, ``lam = damping
+                ||A||^2 / sigma_t^2``; 0 for CT, 3e-4 for MRI),
                 ``warm_start`` (``"tv"``: projection/DDS start from the TV reconstruction
                 noised to ``t_start``, sigma in the prior's units, default 0.5),
                 ``weight`` (TV weight relative to the value range),
@@ -218,8 +229,12 @@ class Reconstructor:
             return float(torch.quantile(flat, 0.005)), float(torch.quantile(flat, 0.995))
 
         if modality == "mri":
-            hi = quantiles(cg_sense(operator, y, iterations=10).abs())[1]
-            return 0.0, max(hi, 1e-6)
+            # CG-SENSE's aliasing and noise move its quantiles either way (-36% to +2% of the
+            # span on held-out procedural images); the maximum of a short CS-TV reconstruction
+            # is within -9% to +6% (BENCHMARKS.md, issue 16)
+            scale = quantiles(cg_sense(operator, y, iterations=30).abs())[1]
+            tv = tv_reconstruct(operator, y, weight=0.003 * scale, iterations=100)
+            return 0.0, max(float(tv.detach().abs().max()), 1e-6)
         lo, hi = quantiles(baseline)
         lo, hi = quantiles(tv_reconstruct(operator, y, weight=0.01 * (hi - lo), iterations=100))
         return lo, max(hi, lo + 1e-6)
@@ -290,9 +305,26 @@ class Reconstructor:
                                      hooks=[hook], eta=options.get("eta", 1.0),
                                      t_start=t_start)
             dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none")
-            projected = ProjectX0(model, lambda x0, t: dc.project(x0))
+            damping = float(options.get("damping", DDS_DAMPING[_modality(operator)]))
+            if damping > 0:
+                # the proximal step argmin ||A x - y||^2 + lam ||x - x0-hat||^2 with lam =
+                # damping ||A||^2 / sigma_t^2: x0-hat's error shrinks with the noise level
+                # while the measurement's noise does not, so late steps trust x0-hat more
+                # and the DC stops writing the measurement noise into the image
+                scaled = damping * operator_norm(a, adjoint, like) ** 2
+                schedule = model.schedule
+
+                def proximal(x0: Tensor, t: Tensor) -> Tensor:
+                    level = torch.as_tensor(schedule.sigma(t) / schedule.alpha(t),
+                                            dtype=x0.dtype)
+                    return dc.project(x0, damping=scaled / level.clamp_min(1e-4) ** 2)
+
+                projected = ProjectX0(model, proximal)
+            else:
+                projected = ProjectX0(model, lambda x0, t: dc.project(x0))
             return pydiff.sample(projected, x_T, "ddim", steps=steps, generator=g,
-                                 eta=options.get("eta", 0.85), t_start=t_start)
+                                 eta=options.get("eta", DDS_ETA[_modality(operator)]),
+                                 t_start=t_start)
 
     def reconstruct_volume(self, y: Tensor | list[Tensor], operator, steps: int | None = None,
                            n_samples: int = 1, *, value_range: tuple[float, float] | None = None,

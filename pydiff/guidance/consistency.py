@@ -8,7 +8,11 @@ correction ``d`` with ``A (x + d) = alpha y + sigma A z`` (``d = A^+ (target - A
   replacement, :class:`pydiff.hooks.InpaintReplace`);
 - otherwise by ``iterations`` steps of conjugate gradients on ``A A^T u = target - A x`` and
   ``d = A^T u`` (the minimum-norm correction; ``adjoint`` defaults to autograd's vector-Jacobian
-  product of a linear ``operator``), as DDS-style reconstructions do.
+  product of a linear ``operator``), as DDS-style reconstructions do;
+- or, with ``damping = lam > 0``, the proximal step ``argmin_z ||A z - target||^2 +
+  lam ||z - x||^2`` (conjugate gradients on ``(A^T A + lam) d = A^T (target - A x)``): the
+  correction no longer has to fit the measurement exactly, so with noisy data and an
+  ill-conditioned ``A`` it does not amplify the noise (DDS's regularised form).
 
 ``noise="fresh"`` uses new noise per step from the solver's generator (RePaint); ``"none"``
 projects onto ``alpha y``. At the final step (``sigma = 0``) both project onto ``y`` itself.
@@ -50,26 +54,39 @@ class DataConsistency:
         adjoint: ``A^T`` for the conjugate-gradient path (default: autograd's VJP of ``A``).
         iterations: conjugate-gradient iterations.
         noise: ``"fresh"`` or ``"none"`` (see the module docstring).
+        damping: ``lam >= 0``; ``> 0`` makes the projection the proximal step above (in the
+            squared units of ``A``; ignored with ``pinv``).
     """
 
     def __init__(self, operator: Linear, measurement: Tensor, pinv: Linear | None = None,
-                 adjoint: Linear | None = None, iterations: int = 10, noise: str = "fresh"):
+                 adjoint: Linear | None = None, iterations: int = 10, noise: str = "fresh",
+                 damping: float = 0.0):
         if not callable(operator):
             raise TypeError(f"operator must be callable as A(x), got {type(operator).__name__}")
         if noise not in ("fresh", "none"):
             raise ValueError(f"noise must be 'fresh' or 'none', got {noise!r}")
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if not damping >= 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
         self.operator, self.measurement, self.pinv, self.adjoint = (
             operator, measurement, pinv, adjoint)
-        self.iterations, self.noise = int(iterations), noise
+        self.iterations, self.noise, self.damping = int(iterations), noise, float(damping)
 
-    def project(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        """``x + A^+ (target - A x)`` (``target`` defaults to the measurement ``y``)."""
+    def project(self, x: Tensor, target: Tensor | None = None,
+                damping: float | Tensor | None = None) -> Tensor:
+        """``x + A^+ (target - A x)`` (``target`` defaults to the measurement ``y``), or the
+        proximal step with ``damping`` (default: the constructor's; a ``[B]`` tensor gives one
+        per sample, e.g. a noise-level-dependent weight inside a sampler)."""
         target = self.measurement if target is None else target
+        lam = self.damping if damping is None else damping
         with torch.no_grad():
             r = target.to(device=x.device, dtype=x.dtype) - self.operator(x)
-            return x + (self.pinv(r) if self.pinv is not None else self._min_norm(x, r))
+            if self.pinv is not None:
+                return x + self.pinv(r)
+            if torch.is_tensor(lam) or lam > 0:
+                return x + self._damped(x, r, lam)
+            return x + self._min_norm(x, r)
 
     def _transpose(self, x: Tensor) -> Linear:
         if self.adjoint is not None:
@@ -83,13 +100,33 @@ class DataConsistency:
 
         return vjp
 
+    @staticmethod
+    def _dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).reshape(a.shape[0], -1).sum(1).reshape(-1, *([1] * (a.dim() - 1)))
+
+    def _damped(self, x: Tensor, r: Tensor, lam: float | Tensor) -> Tensor:
+        # CG on (A^T A + lam) d = A^T r in image space, batched per sample, from d = 0
+        at, dot = self._transpose(x), self._dot
+        b = at(r)
+        if torch.is_tensor(lam):
+            lam = per_sample(lam.to(device=b.device, dtype=b.dtype).expand(b.shape[0]), b)
+        d = torch.zeros_like(b)
+        res, p = b.clone(), b.clone()
+        rr = dot(res, res)
+        tiny = torch.finfo(b.dtype).tiny
+        for _ in range(self.iterations):
+            ap = at(self.operator(p)) + lam * p
+            step = rr / dot(p, ap).clamp_min(tiny)
+            d = d + step * p
+            res = res - step * ap
+            rr_new = dot(res, res)
+            p = res + rr_new / rr.clamp_min(tiny) * p
+            rr = rr_new
+        return d
+
     def _min_norm(self, x: Tensor, r: Tensor) -> Tensor:
         # CG on (A A^T) u = r, batched per sample; d = A^T u is the minimum-norm correction
-        at = self._transpose(x)
-
-        def dot(a: Tensor, b: Tensor) -> Tensor:
-            return (a * b).reshape(a.shape[0], -1).sum(1).reshape(-1, *([1] * (a.dim() - 1)))
-
+        at, dot = self._transpose(x), self._dot
         u = torch.zeros_like(r)
         res, p = r.clone(), r.clone()
         rr = dot(res, res)
@@ -115,6 +152,8 @@ class DataConsistency:
 
     def __repr__(self) -> str:
         how = "pinv" if self.pinv is not None else f"cg({self.iterations})"
+        if self.pinv is None and self.damping > 0:
+            how += f", damping={self.damping:g}"
         return f"DataConsistency({how}, noise={self.noise!r})"
 
 

@@ -212,16 +212,33 @@ class ProceduralCrops:
         self.generator.set_state(state["generator"])
 
 
+def _warm_start(model: Denoiser, init: str | os.PathLike) -> None:
+    """Copy a checkpoint's weights into ``model``; the networks must have the same shapes."""
+    from ..pretrained import from_pretrained
+
+    if not Path(init).is_dir():
+        raise InputError(f"init={str(init)!r} is not a checkpoint folder")
+    start = from_pretrained(init).net.state_dict()
+    own = model.net.state_dict()
+    if {k: tuple(v.shape) for k, v in start.items()} != {k: tuple(v.shape)
+                                                        for k, v in own.items()}:
+        raise InputError(f"init={str(init)!r} holds another network than the recipe's: pass "
+                         "the same --base-channels (and channel multipliers)")
+    model.net.load_state_dict(start)
+
+
 def train_image_prior(recipe: ImagePriorRecipe, output: str | os.PathLike, *,
                       progress: bool = True, device: str | torch.device | None = None,
-                      metadata: dict[str, Any] | None = None) -> Denoiser:
+                      metadata: dict[str, Any] | None = None,
+                      init: str | os.PathLike | None = None) -> Denoiser:
     """Train :func:`image_prior` on procedural images within ``recipe.minutes`` and save it
     to ``output`` (a :func:`pydiff.training.save_pretrained` folder).
 
     The checkpoint's metadata holds ``metadata`` and the recipe, the steps done, the seconds
     spent, the mean loss of the last logged steps, the data and the range ``[-1, 1]``.
-    ``device="cuda"`` trains on a GPU (the pool is still drawn on the CPU). Returns the EMA
-    model (on ``device``).
+    ``device="cuda"`` trains on a GPU (the pool is still drawn on the CPU). ``init`` (a
+    checkpoint folder of the same network) warm-starts from its weights, so training can go on
+    in several budgets. Returns the EMA model (on ``device``).
 
     Example:
         >>> import tempfile
@@ -238,6 +255,8 @@ def train_image_prior(recipe: ImagePriorRecipe, output: str | os.PathLike, *,
     try:
         torch.manual_seed(recipe.seed)
         model = image_prior(recipe)
+        if init is not None:
+            _warm_start(model, init)
         megabytes = checkpoint_megabytes(model)
         if megabytes > recipe.max_megabytes:
             raise InputError(f"the network's checkpoint would be {megabytes:.1f} MB, over the "
@@ -254,6 +273,7 @@ def train_image_prior(recipe: ImagePriorRecipe, output: str | os.PathLike, *,
         trainer.fit(time_budget=60 * recipe.minutes)
         losses = [h["loss"] for h in trainer.history if "loss" in h][-10:]
         meta = {**(metadata or {}), "recipe": asdict(recipe), "steps": trainer.step,
+                **({"init": str(init)} if init is not None else {}),
                 "train_seconds": round(time.monotonic() - start, 1),
                 "final_loss": sum(losses) / len(losses) if losses else None,
                 "data": "pydiff.training.procedural", "range": [-1.0, 1.0]}
