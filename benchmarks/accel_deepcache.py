@@ -83,14 +83,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-SCHEDULES = ("uniform", "uniform+x", "power", "power+x")
+SCHEDULES = ("uniform", "uniform+x", "power", "power+x", "power+x2")
 """Refresh schedules at interval N: a full call every N calls (``uniform``), or as many full
 calls (ceil(calls / N)) placed by ``DeepCacheState.power_schedule`` (``power``: sparse early,
-dense late); ``+x`` extrapolates the deep features linearly from the last two full calls."""
+dense late); ``+x`` extrapolates the deep features linearly from the last two full calls,
+``+x2`` quadratically from the last three."""
 
 
 def cache_state(schedule: str, interval: int, calls: int, power: float) -> DeepCacheState:
-    extrapolate = schedule.endswith("+x")
+    extrapolate = 2 if schedule.endswith("+x2") else schedule.endswith("+x")
     if schedule.startswith("uniform"):
         return DeepCacheState(interval, extrapolate=extrapolate)
     return DeepCacheState.power_schedule(calls, math.ceil(calls / interval), power,

@@ -150,6 +150,25 @@ def test_extrapolated_features_are_the_line_through_the_last_two_full_calls(kind
     assert torch.equal(out[1], stale[1]) and not torch.allclose(out[0], stale[0])
 
 
+def test_quadratic_extrapolation_is_the_parabola_through_the_last_three_full_calls():
+    net = DeepCache(_unet2d(), branch=1)
+    x = _noise(1, 1, 8, 8)
+    times = [torch.tensor([t]) for t in (0.9, 0.7, 0.6, 0.3)]
+    cache = DeepCacheState(refresh=(0, 1, 2), extrapolate=2)
+    with torch.no_grad():
+        feats = []
+        for t in times[:3]:
+            net(x, t, deep_cache=cache)
+            feats.append(cache.features)
+        out = net(x, times[3], deep_cache=cache)
+        # Lagrange weights at 0.3 for nodes 0.9, 0.7, 0.6: 2, -9, 8
+        curve = 2.0 * feats[0] - 9.0 * feats[1] + 8.0 * feats[2]
+        expected, _ = net._unet2d(x, times[3], deep=curve)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(pydiff.InputError, match="extrapolate=3"):
+        DeepCacheState(extrapolate=3)
+
+
 def test_caching_changes_the_result():
     net = _unet2d()
     x = _noise(2, 1, 16, 16)

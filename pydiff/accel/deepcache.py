@@ -52,9 +52,10 @@ class DeepCacheState:
             two-stage solver (Heun) uses ``interval`` evaluations, not steps.
         refresh: instead of ``interval``, the indices of the calls that run in full (a
             non-uniform schedule, e.g. :meth:`front_loaded`); call 0 always does.
-        extrapolate: a cached call uses the deep features extrapolated linearly in the
-            network's time input from the last two full calls (one multiply-add on the cached
-            map) instead of the last full call's as they are.
+        extrapolate: a cached call uses the deep features extrapolated in the network's time
+            input, through the last ``extrapolate + 1`` full calls (``True`` or 1: the line
+            through the last two; 2: the parabola through the last three; a few multiply-adds
+            on the cached maps) instead of the last full call's as they are.
 
     Attributes:
         calls, full_calls, cached_calls: network calls so far, and how they were served.
@@ -67,7 +68,7 @@ class DeepCacheState:
 
     interval: int = 3
     refresh: tuple[int, ...] | None = None
-    extrapolate: bool = False
+    extrapolate: bool | int = False
     calls: int = 0
     full_calls: int = 0
     cached_calls: int = 0
@@ -80,6 +81,9 @@ class DeepCacheState:
                 or self.interval < 1:
             raise InputError(f"DeepCacheState: interval={self.interval!r}; expected an integer "
                              ">= 1 (a full network call every `interval` calls)")
+        if self.extrapolate not in (False, True, 0, 1, 2):
+            raise InputError(f"DeepCacheState: extrapolate={self.extrapolate!r}; expected "
+                             "False, True (linear) or 2 (quadratic)")
         if self.refresh is not None:
             calls = tuple(self.refresh)
             if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
@@ -90,7 +94,7 @@ class DeepCacheState:
 
     @classmethod
     def power_schedule(cls, calls: int, full: int, power: float = 0.5,
-                       extrapolate: bool = False) -> DeepCacheState:
+                       extrapolate: bool | int = False) -> DeepCacheState:
         """A non-uniform schedule of ``full`` full calls out of ``calls``: full call k at
         ``round(calls * (k / full) ** power)``. ``power < 1`` makes full calls sparse at the
         start of sampling (high noise, where a cached call's error is washed out by the steps
@@ -139,18 +143,34 @@ class DeepCacheState:
         if self.key != key:
             self._history = []
         self.key, self.features = key, features.detach()
-        if self.extrapolate:
-            self._history = [*self._history[-1:], (_time_column(t, features), self.features)]
+        order = int(self.extrapolate)
+        if order:
+            self._history = [*self._history[len(self._history) - order:],
+                             (_time_column(t, features), self.features)]
 
     def _cached(self, t: Tensor | float) -> Tensor:
-        """The deep features for a cached call at time input ``t``."""
-        if not self.extrapolate or len(self._history) < 2:
+        """The deep features for a cached call at time input ``t``: the Lagrange polynomial
+        through the last full calls (as many as there are, up to ``extrapolate + 1``)."""
+        nodes = self._history[-(int(self.extrapolate) + 1):]
+        if len(nodes) < 2:
             return self.features
-        (t0, f0), (t1, f1) = self._history
-        t = _time_column(t, f1)
-        # per sample: a sample whose two full calls share a time keeps its last features
-        step = torch.where(t1 != t0, (t - t1) / torch.where(t1 != t0, t1 - t0, 1.0), 0.0)
-        return torch.lerp(f1, f0, -step.to(f1.dtype)) if step.any() else f1
+        t = _time_column(t, self.features)
+        times = [tn for tn, _ in nodes]
+        # per sample: one whose full calls share a time keeps its last features
+        distinct = torch.ones_like(t, dtype=torch.bool)
+        for a in range(len(times)):
+            for b in range(a + 1, len(times)):
+                distinct &= times[a] != times[b]
+        out = None
+        for a, (ta, fa) in enumerate(nodes):
+            weight = torch.ones_like(t)
+            for b, tb in enumerate(times):
+                if b != a:
+                    weight = weight * (t - tb) / torch.where(distinct, ta - tb, 1.0)
+            weight = torch.where(distinct, weight, 1.0 if a == len(nodes) - 1 else 0.0)
+            term = fa * weight.to(fa.dtype)
+            out = term if out is None else out + term
+        return out
 
 
 def _time_column(t: Tensor | float, like: Tensor) -> Tensor:
