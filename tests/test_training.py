@@ -15,11 +15,13 @@ from pydiff.testing import GaussianMixture
 from pydiff.training import (
     EMA,
     BatchLoader,
+    BudgetSchedule,
     DiscreteUniform,
     LogitNormal,
     LogNormal,
     PerPosition,
     SampledBatches,
+    Trainer,
     Uniform,
     WeightedBatches,
     cosine_with_warmup,
@@ -323,6 +325,43 @@ def test_cosine_with_warmup():
     assert lrs[:5] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
     assert lrs[9] == pytest.approx(0.2 + 1.8 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[14] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("callbacks", [True, False])
+def test_budget_schedule_ends_the_cosine_when_the_budget_ends(callbacks):
+    # steps slow down threefold halfway (the load rose): the first plan (max_steps) is far too
+    # long, so without the callback the budget stops the run with the learning rate still
+    # at its peak; with it the cosine reaches its floor where the budget ends
+    import time
+
+    net = torch.nn.Linear(2, 1)
+
+    def slowing_loss(model, x, generator):
+        time.sleep(0.002 if trainer.step < 60 else 0.006)
+        return model(x).pow(2).mean()
+
+    budget = 0.8
+    trainer = Trainer(net, [torch.randn(8, 2)] * 4, loss_fn=slowing_loss, max_steps=100_000,
+                      lr=1.0, lr_scheduler="cosine", warmup_steps=5, progress=False,
+                      callbacks=[BudgetSchedule(budget, every=10)] if callbacks else [])
+    trainer.fit(time_budget=budget)
+    last_lr = trainer.optimizer.param_groups[0]["lr"]
+    assert trainer.step < 100_000
+    if callbacks:
+        assert last_lr < 0.25
+        assert any("planned_steps" in h for h in trainer.history)
+    else:
+        assert last_lr > 0.99
+
+
+def test_budget_schedule_refuses_a_schedule_it_cannot_end():
+    trainer = Trainer(torch.nn.Linear(2, 1), [torch.randn(8, 2)],
+                      loss_fn=lambda m, x, g: m(x).pow(2).mean(), max_steps=10,
+                      lr_scheduler="constant", progress=False, callbacks=[BudgetSchedule(1.0)])
+    with pytest.raises(ValueError, match="cosine"):
+        trainer.fit()
+    with pytest.raises(ValueError, match="seconds"):
+        BudgetSchedule(0.0)
 
 
 # -- data ----------------------------------------------------------------------------------------

@@ -80,9 +80,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 OPTIMIZATION = ("episodes", "demo_steps", "steps", "batch_size", "lr")
 DISTILLATION = ("teacher", "consistency_steps", "minutes", "target", "solver_steps",
                 "target_decay")
-# optimizer steps timed one by one to fit a policy's ``minutes``: the median step sets the
-# run's length (the first steps allocate, and a shared CPU's load comes in bursts: a mean of
-# 20 steps once planned a third of what the budget then held)
+# optimizer steps timed one by one to plan a policy's ``minutes`` (the warm-up; the median
+# step, since the first steps allocate and a shared CPU's load comes in bursts)
 _PACE_STEPS = 20
 
 # Inference settings applied when a shipped checkpoint is loaded by env name (measured with
@@ -139,7 +138,7 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     Returns:
         The trained model (eval mode) and the trainer's history (one dict per logged step).
     """
-    from pydiff.training import BatchLoader, Trainer
+    from pydiff.training import BatchLoader, BudgetSchedule, Trainer
 
     recipe = {**_recipe(model, env), **settings}
     if out_dir is not None:
@@ -165,21 +164,23 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
     batch_size = min(opt.get("batch_size", 128), len(next(iter(data.values()))))
     initial = copy.deepcopy(net.state_dict())
 
-    def trainer_for(max_steps: int, show: bool = progress) -> Trainer:
+    def trainer_for(max_steps: int, show: bool = progress, planned: int | None = None,
+                    callbacks: tuple = ()) -> Trainer:
         net.load_state_dict(initial)
         return Trainer(net, BatchLoader(data, batch_size, seed=seed),
                        loss_fn=lambda m, batch, g: m(batch, g), max_steps=max_steps,
                        lr=opt.get("lr", 2e-3), weight_decay=1e-6, lr_scheduler="cosine",
-                       warmup_steps=min(200, max_steps // 10), ema=True, seed=seed,
-                       progress=show, log_every=100)
+                       warmup_steps=min(200, (planned or max_steps) // 10), ema=True,
+                       seed=seed, progress=show, log_every=100, callbacks=callbacks)
 
     budget = None
     if minutes is not None and steps > _PACE_STEPS:
         if not minutes > 0:
             raise InputError(f"minutes must be > 0, got {minutes}")
-        # time steps one by one, then restart with as many steps as fit the budget, so the
-        # cosine schedule still ends at the last step; the budget also stops the run if the
-        # load rises (after the step that crosses it)
+        # time steps one by one to plan the run (its warm-up), then restart: ``steps`` is a
+        # ceiling, the budget stops the run, and BudgetSchedule re-plans the cosine's last step
+        # from the pace as it goes, so the learning rate reaches its floor where the budget
+        # ends however the shared machine's load moves
         start = time.perf_counter()
         timer, times = trainer_for(steps, show=False), []
         for _ in range(_PACE_STEPS):
@@ -188,8 +189,12 @@ def train(env: str, out_dir: str | os.PathLike | None = None, *, model: str = "p
             times.append(time.perf_counter() - tick)
         pace = sorted(times)[len(times) // 2]
         budget = 60.0 * minutes - (time.perf_counter() - start)
-        steps = max(min(steps, int(budget / pace)), _PACE_STEPS)
-    trainer = trainer_for(steps)
+        if budget > 0:
+            planned = max(min(steps, int(budget / pace)), _PACE_STEPS)
+            trainer = trainer_for(steps, planned=planned,
+                                  callbacks=(BudgetSchedule(budget, every=50),))
+    if budget is None or budget <= 0:
+        trainer = trainer_for(steps)
     trainer.fit(time_budget=budget if budget is not None and budget > 0 else None)
     trained = trainer.ema_model().eval()
     if isinstance(trained, DiffusionPolicy):

@@ -59,7 +59,7 @@ from .time_samplers import (
     default_time_sampler,
     get_time_sampler,
 )
-from .trainer import Callback, Every, Trainer
+from .trainer import BudgetSchedule, Callback, Every, Trainer
 from .weighting import EDMWeight, MinSNR, get_weighting, x0_factor
 
 __all__ = [
@@ -67,7 +67,7 @@ __all__ = [
     "TimeSampler", "Uniform", "LogitNormal", "LogNormal", "DiscreteUniform", "PerPosition",
     "default_time_sampler", "get_time_sampler",
     "get_weighting", "MinSNR", "EDMWeight", "x0_factor",
-    "EMA", "Trainer", "Callback", "Every",
+    "EMA", "Trainer", "Callback", "Every", "BudgetSchedule",
     "BatchLoader", "SampledBatches", "WeightedBatches",
     "cosine_with_warmup", "constant_with_warmup", "WarmupCosine", "WarmupConstant",
     "init_distributed", "dist_info", "broadcast_module", "all_reduce_gradients",

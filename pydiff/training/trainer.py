@@ -63,7 +63,7 @@ from .distributed import (
 )
 from .ema import EMA
 from .losses import DiffusionLoss
-from .lr import constant_with_warmup, cosine_with_warmup
+from .lr import WarmupCosine, constant_with_warmup, cosine_with_warmup
 
 Tensor = torch.Tensor
 LossFn = Callable[[Any, Any, torch.Generator], Any]
@@ -106,6 +106,62 @@ class Every(Callback):
         if trainer.step % self.n == 0 or (self.final and trainer.step == trainer.max_steps):
             return self.fn(trainer)
         return None
+
+
+class BudgetSchedule(Callback):
+    """End a cosine learning-rate schedule when a wall-clock budget ends, whatever the pace.
+
+    A budgeted run on a shared machine plans its steps from an early pace; when the load then
+    rises, ``fit(time_budget=)`` stops the run long before the planned last step, with the
+    learning rate still high (and when the load falls, the schedule ends early and the rest
+    of the budget trains at the floor). Every ``every`` steps this re-plans the cosine's last
+    step (the trainer's :class:`~pydiff.training.lr.WarmupCosine` factor) as the current step
+    plus the steps that the remaining budget holds at the pace of the last ``every`` steps,
+    capped at ``max_steps``. Pass the same ``seconds`` to ``fit(time_budget=)`` and give the
+    trainer ``max_steps`` as a ceiling (the run can then be longer than the first plan).
+
+    Example:
+        >>> import torch
+        >>> from pydiff.training import BudgetSchedule, Trainer
+        >>> net = torch.nn.Linear(2, 1)
+        >>> data = [torch.randn(8, 2)] * 4
+        >>> trainer = Trainer(net, data, loss_fn=lambda m, x, g: m(x).pow(2).mean(),
+        ...                   max_steps=10_000, lr_scheduler="cosine", progress=False,
+        ...                   callbacks=[BudgetSchedule(0.2, every=5)])
+        >>> trainer.fit(time_budget=0.2).step < 10_000
+        True
+    """
+
+    def __init__(self, seconds: float, every: int = 50):
+        if not seconds > 0:
+            raise ValueError(f"BudgetSchedule(seconds={seconds}): must be > 0")
+        if every < 1:
+            raise ValueError(f"BudgetSchedule(every={every}): must be >= 1")
+        self.seconds, self.every = float(seconds), int(every)
+
+    def _factor(self, trainer: Trainer) -> WarmupCosine:
+        lambdas = getattr(trainer.lr_scheduler, "lr_lambdas", [None])
+        if not all(isinstance(f, WarmupCosine) for f in lambdas):
+            raise ValueError("BudgetSchedule needs the trainer's lr_scheduler='cosine'")
+        return lambdas[0]
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._factor(trainer)  # refuse another schedule before any step
+        self.started = self._mark = time.perf_counter()
+        self._mark_step = trainer.step
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> dict[str, Any] | None:
+        if trainer.step - self._mark_step < self.every:
+            return None
+        now = time.perf_counter()
+        pace = (now - self._mark) / (trainer.step - self._mark_step)
+        self._mark, self._mark_step = now, trainer.step
+        left = max(0.0, self.seconds - (now - self.started))
+        last = min(trainer.max_steps, trainer.step + max(1, int(left / pace)))
+        factors = self._factor(trainer), *trainer.lr_scheduler.lr_lambdas[1:]
+        for factor in factors:
+            factor.total_steps = max(last, factor.warmup_steps + 1)
+        return {"planned_steps": last}
 
 
 class Trainer:
@@ -264,6 +320,8 @@ class Trainer:
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save_checkpoint()
             if time_budget is not None and time.perf_counter() - started > time_budget:
+                if count:  # the run's last loss (this rank's: ranks may stop at different steps)
+                    self._log({"step": self.step, "loss": float(running / count)}, bar)
                 break
         if bar is not None:
             bar.close()
@@ -515,4 +573,4 @@ def _atomic_write(file: Path, text: str) -> None:
     write_text(file, text, "checkpoint pointer")
 
 
-__all__ = ["Trainer", "Callback", "Every"]
+__all__ = ["Trainer", "Callback", "Every", "BudgetSchedule"]
