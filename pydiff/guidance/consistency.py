@@ -106,40 +106,33 @@ class DataConsistency:
 
     def _damped(self, x: Tensor, r: Tensor, lam: float | Tensor) -> Tensor:
         # CG on (A^T A + lam) d = A^T r in image space, batched per sample, from d = 0
-        at, dot = self._transpose(x), self._dot
+        at = self._transpose(x)
         b = at(r)
         if torch.is_tensor(lam):
             lam = per_sample(lam.to(device=b.device, dtype=b.dtype).expand(b.shape[0]), b)
-        d = torch.zeros_like(b)
+        return self._cg(lambda p: at(self.operator(p)) + lam * p, b)
+
+    def _cg(self, apply, b: Tensor) -> Tensor:
+        # conjugate gradients on apply(u) = b from u = 0, batched per sample
+        dot = self._dot
+        u = torch.zeros_like(b)
         res, p = b.clone(), b.clone()
         rr = dot(res, res)
         tiny = torch.finfo(b.dtype).tiny
         for _ in range(self.iterations):
-            ap = at(self.operator(p)) + lam * p
-            step = rr / dot(p, ap).clamp_min(tiny)
-            d = d + step * p
-            res = res - step * ap
-            rr_new = dot(res, res)
-            p = res + rr_new / rr.clamp_min(tiny) * p
-            rr = rr_new
-        return d
-
-    def _min_norm(self, x: Tensor, r: Tensor) -> Tensor:
-        # CG on (A A^T) u = r, batched per sample; d = A^T u is the minimum-norm correction
-        at, dot = self._transpose(x), self._dot
-        u = torch.zeros_like(r)
-        res, p = r.clone(), r.clone()
-        rr = dot(res, res)
-        tiny = torch.finfo(r.dtype).tiny
-        for _ in range(self.iterations):
-            ap = self.operator(at(p))
+            ap = apply(p)
             step = rr / dot(p, ap).clamp_min(tiny)
             u = u + step * p
             res = res - step * ap
             rr_new = dot(res, res)
             p = res + rr_new / rr.clamp_min(tiny) * p
             rr = rr_new
-        return at(u)
+        return u
+
+    def _min_norm(self, x: Tensor, r: Tensor) -> Tensor:
+        # CG on (A A^T) u = r, batched per sample; d = A^T u is the minimum-norm correction
+        at = self._transpose(x)
+        return at(self._cg(lambda p: self.operator(at(p)), r))
 
     def __call__(self, x: Tensor, ctx: StepContext) -> Tensor:
         y = self.measurement.to(device=x.device, dtype=x.dtype)
