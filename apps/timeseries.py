@@ -69,6 +69,9 @@ def register(subparsers, help_text: str) -> None:
     t.add_argument("--kind", default="tsdiff", choices=("tsdiff", "csdi"),
                    help="tsdiff: the unconditional window model (forecast); csdi: the "
                         "conditional model (impute)")
+    t.add_argument("--no-residual", dest="residual", action="store_false", default=None,
+                   help="csdi: diffuse the standardized values themselves, not their residual "
+                        "over the linear interpolation of the observed ones")
     t.add_argument("--steps", type=positive_int, default=None)
     t.add_argument("--time-budget", type=positive_float, default=None,
                    help="seconds of training at most")
@@ -198,7 +201,7 @@ def run_train(args: argparse.Namespace) -> int:
         series.update(holdout_split(training_mixture(), args.horizon, HOLDOUT_WINDOWS)[0])
     config = TrainConfig(kind=args.kind, context=args.context, horizon=args.horizon)
     for name in ("steps", "time_budget", "batch_size", "channels", "blocks", "lr", "seed",
-                 "threads", "balance", "stride"):
+                 "threads", "balance", "stride", "residual"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)

@@ -378,6 +378,42 @@ def test_conditioning_masks_hide_only_observed_points():
     assert 5 < future_only < 40  # forecast masks are one of three kinds
 
 
+def test_residual_frame_starts_from_the_linear_interpolation():
+    from pydiff.domains.timeseries.conditional import frame, interpolate, standardization
+
+    nan = float("nan")
+    v = torch.tensor([[nan, 2.0, nan, nan, 8.0, nan], [5.0, nan, nan, nan, nan, nan]])
+    known = ~v.isnan()
+    assert interpolate(v, known).tolist() == [[2.0, 2.0, 4.0, 6.0, 8.0, 8.0], [5.0] * 6]
+    assert interpolate(v, torch.zeros_like(known)).abs().sum() == 0
+    # a line with gaps: its residual is 0 everywhere, in units of its slope
+    line = 1000 + 3.0 * torch.arange(12.0)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 1]).bool()  # ends known: no flat part
+    offset, scale, observed = frame(line[None], mask[None], residual=True)
+    torch.testing.assert_close(offset[0], line)
+    assert scale.item() == pytest.approx(3.0)
+    loc, std = standardization(torch.where(mask, line, nan))
+    torch.testing.assert_close(observed[0], (line - loc) / std)  # everywhere, gaps included
+    # plain coordinates: the standardization, 0 where not conditioning
+    offset, scale, observed = frame(line[None], mask[None], residual=False)
+    assert offset.item() == pytest.approx(loc.item()) and scale.item() == pytest.approx(std.item())
+    assert (observed[0][~mask] == 0).all()
+    # a flat stretch keeps a finite scale (a tenth of the standard deviation)
+    step = torch.tensor([[0.0, 0.0, 0.0, 10.0, 10.0, 10.0]])
+    assert frame(step, torch.ones_like(step), residual=True)[1].item() == pytest.approx(2.0)
+
+
+def test_plain_csdi_still_trains_and_imputes():
+    series = [s.to_numpy() for s in synthetic_series(2).values()]
+    model = train(series, TrainConfig(kind="csdi", context=24, horizon=8, steps=2, channels=8,
+                                      blocks=2, batch_size=4, residual=False, progress=False))
+    assert not model.model.net.residual and "residual" not in model.model.net.config
+    y = series[0][:40].copy()
+    y[10:15] = np.nan
+    paths = model.impute(y, num_samples=3, steps=2)
+    assert np.isfinite(paths).all() and np.array_equal(paths[:, :10], np.tile(y[:10], (3, 1)))
+
+
 def test_csdi_imputes_gaps_keeps_observations_and_round_trips(tiny_csdi, tmp_path):
     from pydiff.domains.timeseries.conditional import CSDI
 
@@ -392,6 +428,7 @@ def test_csdi_imputes_gaps_keeps_observations_and_round_trips(tiny_csdi, tmp_pat
     assert f.shape == (3, 5) and np.isfinite(f).all()
     tiny_csdi.save_pretrained(tmp_path / "c")
     again = CSDI.from_pretrained(tmp_path / "c")
+    assert again.model.net.residual  # the default recipe, kept by the checkpoint
     np.testing.assert_allclose(again.impute(y, 4, steps=2, solver="ddim"), paths, rtol=1e-5)
     with pytest.raises(InputError, match="not a conditional"):
         CSDI.from_pretrained(PRETRAINED_DIR)

@@ -20,6 +20,17 @@ the window is standardized by its *conditioning* values (their mean and standard
 what inference knows; :func:`standardization`), and the core's denoising loss counts only the
 hidden observed points.
 
+Residual models (``CSDINet(residual=True)``, ``TrainConfig(residual=True)``, the default
+recipe): the diffusion runs over the residual ``(x - interp) / step`` of the window over the
+linear interpolation ``interp`` of its conditioning values (held flat before the first and after
+the last; :func:`interpolate`), ``step`` the mean absolute change per time step between
+consecutive conditioning values (at least a tenth of their standard deviation;
+:func:`step_scale`), and the network sees the standardized interpolation at every position. The
+model starts from what interpolation gives and learns what it misses: on a smooth, trending
+series (GDP in the thousands) the residual of a gap is a few per mille of the window's spread
+after standardization alone, below what the sampler's last noise level resolves, but of order
+one in units of the series' own step. :func:`frame` builds both kinds of coordinates.
+
 :class:`CSDI` imputes the NaN of whole series (windows of the trained length cover the series;
 each is standardized by its own observed values) and forecasts (the future is a gap at the end).
 
@@ -119,6 +130,87 @@ def standardization(values: Any) -> tuple[Any, Any]:
     return loc, np.maximum(std, np.maximum(0.01 * mean_scale(values), SCALE_FLOOR))
 
 
+def interpolate(values: Tensor, mask: Tensor) -> Tensor:
+    """Linear interpolation over the last axis of ``values`` where ``mask`` is 1 (other
+    entries are ignored, NaN allowed), held flat before the first and after the last known
+    point; 0 in a row with none known.
+
+    Example:
+        >>> interpolate(torch.tensor([1.0, 0.0, 3.0, 0.0]), torch.tensor([1, 0, 1, 0])).tolist()
+        [1.0, 2.0, 3.0, 3.0]
+    """
+    length = values.shape[-1]
+    known = mask.bool().expand_as(values)
+    idx = torch.arange(length, device=values.device).expand_as(values)
+    prev = torch.where(known, idx, -1).cummax(-1).values
+    nxt = torch.where(known, idx, length).flip(-1).cummin(-1).values.flip(-1)
+    has_prev, has_next = prev >= 0, nxt < length
+    v_prev = values.gather(-1, prev.clamp(0, length - 1))
+    v_next = values.gather(-1, nxt.clamp(0, length - 1))
+    w = (idx - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype)
+    inside = torch.where(has_next, v_prev + w * (v_next - v_prev), v_prev)
+    out = torch.where(has_prev, inside, v_next)
+    return torch.where(has_prev | has_next, out, torch.zeros_like(out))
+
+
+def step_scale(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean of ``|x[j] - x[i]| / (j - i)`` over consecutive known points ``i < j`` of the
+    last axis, and whether a row has such a pair (the scale of the residual coordinates).
+
+    Example:
+        >>> step_scale(torch.tensor([0.0, 9.0, 2.0, 5.0]), torch.tensor([1, 0, 1, 1]))[0].item()
+        2.0
+    """
+    length = values.shape[-1]
+    known = mask.bool().expand_as(values)
+    idx = torch.arange(length, device=values.device).expand_as(values)
+    prev = torch.where(known, idx, -1).cummax(-1).values
+    before = torch.cat([torch.full_like(prev[..., :1], -1), prev[..., :-1]], -1)
+    pair = known & (before >= 0)
+    change = (values - values.gather(-1, before.clamp_min(0))).abs() / (idx - before)
+    total = torch.where(pair, change, torch.zeros_like(change)).sum(-1)
+    return total / pair.sum(-1).clamp_min(1), pair.any(-1)
+
+
+def frame(values: Tensor, cond_mask: Tensor, residual: bool,
+          standard: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The diffusion coordinates of windows ``values [..., L]`` given their conditioning mask:
+    ``(offset, scale, observed)`` with state ``(values - offset) / scale`` and ``observed`` the
+    network's conditioning input.
+
+    Plain: offset and scale are :func:`standardization` of the conditioning values (``[..., 1]``),
+    ``observed`` the standardized values (0 where not conditioning). ``residual``: the offset is
+    the :func:`interpolate` of the conditioning values, the scale their :func:`step_scale` (at
+    least a tenth of their standard deviation; the standard deviation without a pair), and
+    ``observed`` the standardized interpolation. ``standard = (loc, std)`` replaces the
+    standardization.
+
+    Example:
+        >>> v = torch.tensor([[0.0, 1.0, 2.0, 3.0]]); m = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+        >>> offset, scale, _ = frame(v, m, residual=True)
+        >>> ((v - offset) / scale).tolist()
+        [[0.0, 0.0, 0.0, 0.0]]
+    """
+    known = cond_mask.bool().expand_as(values)
+    if standard is None:
+        loc, std = standardization(torch.where(known, values, torch.nan))
+    else:
+        loc, std = standard
+    loc, std = loc[..., None].to(values), std[..., None].to(values)
+    if not residual:
+        return loc, std, torch.where(known, (values - loc) / std, torch.zeros_like(values))
+    interp = interpolate(values, known)
+    interp = torch.where(known.any(-1, keepdim=True), interp, loc.expand_as(interp))
+    step, has_pair = step_scale(values, known)
+    scale = torch.where(has_pair[..., None], torch.maximum(step[..., None], 0.1 * std), std)
+    return interp, scale, (interp - loc) / std
+
+
+def is_residual(model: Any) -> bool:
+    """Whether a conditional model (net or Denoiser) is a residual one (module docs)."""
+    return bool(getattr(getattr(model, "net", model), "residual", False))
+
+
 class ConditionalLoss:
     """``loss_fn`` of the Trainer for the conditional model (module docs)."""
 
@@ -129,13 +221,12 @@ class ConditionalLoss:
                  generator: torch.Generator) -> Tensor:
         observed = batch["mask"]
         cond_mask = conditioning_masks(observed, self.horizon, generator, self.kinds)
-        # standardize by the conditioning values: inference knows only those
-        loc, scale = standardization(torch.where(cond_mask.bool(), batch["values"], torch.nan))
-        values = (batch["values"] - loc[..., None]) / scale[..., None]
+        # coordinates from the conditioning values only: inference knows only those
+        offset, scale, cond_input = frame(batch["values"], cond_mask, is_residual(model))
+        values = (batch["values"] - offset) / scale
         target = observed * (1 - cond_mask)
         return diffusion_loss(model, values, generator=generator, mask=target,
-                              cond={"observed": values * cond_mask, "cond_mask": cond_mask}
-                              ).loss
+                              cond={"observed": cond_input, "cond_mask": cond_mask}).loss
 
 
 class CSDI(TSDiff):
@@ -167,18 +258,24 @@ class CSDI(TSDiff):
         standardized by its observed values (or by ``standard = (loc [W], scale [W])``)."""
         n = _positive(num_samples, "num_samples")
         solver, steps = self.solver_and_steps(solver, steps)
-        loc, scale = standardization(values) if standard is None else standard
-        known = ~np.isnan(values)
-        scaled = np.nan_to_num((values - loc[:, None]) / scale[:, None])
-        obs = torch.from_numpy(scaled[:, None]).float().repeat_interleave(n, 0)
-        mask = torch.from_numpy(known[:, None].astype(np.float32)).repeat_interleave(n, 0)
+        raw = torch.from_numpy(np.asarray(values, dtype=np.float64))
+        known = ~raw.isnan()
+        offset, scale, cond_input = frame(
+            raw, known, is_residual(self.model),
+            None if standard is None else tuple(torch.as_tensor(v) for v in standard))
+        scaled = torch.nan_to_num((raw - offset) / scale)
+
+        def rows(a: Tensor) -> Tensor:  # [W, L] -> [W * n, 1, L]
+            return a[:, None].float().repeat_interleave(n, 0)
+
+        obs, mask = rows(scaled), rows(known)
         generator = torch.Generator().manual_seed(int(seed))
-        bound = self.model.bind(observed=obs, cond_mask=mask)
+        bound = self.model.bind(observed=rows(cond_input), cond_mask=mask)
         x = pydiff.prior(self.model.schedule, obs.shape, generator=generator)
         x = pydiff.sample(bound, x, solver, steps, generator=generator,
                           hooks=[InpaintReplace(obs, mask, noise="fresh")], **solver_options)
-        out = x[:, 0].double().numpy().reshape(len(values), n, -1)
-        return out * scale[:, None, None] + loc[:, None, None]
+        out = x[:, 0].double().reshape(len(values), n, -1)
+        return (out * scale[:, None] + offset[:, None]).numpy()
 
     def impute(self, series: Any, num_samples: int = 100, **options: Any) -> np.ndarray:
         """Samples ``[num_samples, len(series)]`` of a series with its NaN filled in (the
@@ -224,5 +321,5 @@ class CSDI(TSDiff):
         return [s[:, c:] for s in samples]
 
 
-__all__ = ["CSDI", "ConditionalLoss", "standardization", "conditioning_masks", "MASK_KINDS",
-           "CSDI_PRETRAINED_DIR"]
+__all__ = ["CSDI", "ConditionalLoss", "standardization", "conditioning_masks", "interpolate",
+           "step_scale", "frame", "is_residual", "MASK_KINDS", "CSDI_PRETRAINED_DIR"]

@@ -140,6 +140,11 @@ class CSDINet(TSDiffNet):
     the network sees what is known at every position and fills in the rest. Without
     ``observed`` it is an unconditional model (everything missing).
 
+    ``residual=True``: the state is the residual over the linear interpolation of the observed
+    values (:mod:`~pydiff.domains.timeseries.conditional` builds it), and ``observed`` is that
+    interpolation at every position, so the gaps' input is the interpolation rather than 0
+    (``observed`` is then not multiplied by the mask).
+
     Example:
         >>> import torch
         >>> net = CSDINet(channels=8, blocks=2)
@@ -150,8 +155,11 @@ class CSDINet(TSDiffNet):
 
     def __init__(self, channels: int = 64, blocks: int = 6, kernel_size: int = 3,
                  lags: Sequence[int] = (7, 12, 24, 52), time_embed_dim: int = 64,
-                 dilation_cycle: int = 6):
+                 dilation_cycle: int = 6, residual: bool = False):
         super().__init__(channels, blocks, kernel_size, lags, time_embed_dim, dilation_cycle)
+        self.residual = bool(residual)
+        if self.residual:  # older checkpoints' configs lack the key: they load as before
+            self.config["residual"] = True
         self.input = nn.Conv1d(3 * (1 + len(self.lags)), channels, 1)
 
     def forward(self, x: Tensor, t: Tensor | float, observed: Tensor | None = None,
@@ -159,7 +167,12 @@ class CSDINet(TSDiffNet):
         _check_window(x, "x")
         if cond_mask is None:
             cond_mask = torch.zeros_like(x)
-        known = torch.zeros_like(x) if observed is None else observed.to(x.dtype) * cond_mask
+        if observed is None:
+            known = torch.zeros_like(x)
+        else:
+            known = observed.to(x.dtype)
+            if not self.residual:
+                known = known * cond_mask
         cond_mask = cond_mask.to(x.dtype).expand_as(x)
         feats = torch.cat([self.features(x), self.features(known), self.features(cond_mask)], 1)
         return self.trunk(self.input(feats), t)

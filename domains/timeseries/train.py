@@ -56,7 +56,9 @@ class TrainConfig:
     """Recipe knobs (the shipped checkpoint's recipe is stored in its metadata).
 
     ``kind``: ``"tsdiff"`` (the unconditional window model, :class:`TSDiff`) or ``"csdi"``
-    (the conditional model, :class:`~pydiff.domains.timeseries.conditional.CSDI`).
+    (the conditional model, :class:`~pydiff.domains.timeseries.conditional.CSDI`);
+    ``residual`` (csdi only): the model learns the residual over the linear interpolation of
+    the observed values (:func:`~pydiff.domains.timeseries.conditional.frame`).
     """
 
     kind: str = "tsdiff"
@@ -71,6 +73,8 @@ class TrainConfig:
     blocks: int = 6
     lags: tuple[int, ...] = (7, 12, 24, 52)
     balance: str = "series"  # "series": each series alike; "windows": each window alike
+    # csdi: diffuse the residual over the linear interpolation of the conditioning values
+    residual: bool = True
     seed: int = 0
     threads: int = 1
     time_budget: float | None = None  # seconds of training (None: all steps)
@@ -118,8 +122,9 @@ def train(series: Iterable[Any] | Mapping[str, Any], config: TrainConfig | None 
     windows = int(data["values"].shape[0])
     batch = min(config.batch_size, windows)
     conditional = config.kind == "csdi"
-    net = (CSDINet if conditional else TSDiffNet)(channels=config.channels,
-                                                  blocks=config.blocks, lags=config.lags)
+    net = (CSDINet(channels=config.channels, blocks=config.blocks, lags=config.lags,
+                   residual=config.residual) if conditional
+           else TSDiffNet(channels=config.channels, blocks=config.blocks, lags=config.lags))
     model = make_denoiser(net)
     rows = {"values": data["values"], "mask": data["mask"]}
     batches = (WeightedBatches(rows, WeightedBatches.group_weights(data["series"]), batch,
