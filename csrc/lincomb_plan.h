@@ -248,13 +248,19 @@ void lincomb_out_via(at::TensorList terms, at::TensorList coeffs, at::IntArrayRe
   into(terms, coeffs, coeff_index, scales, out);
 }
 
+// How a device makes a fresh contiguous result (the CPU takes it from its output cache).
+using EmptyResult = at::Tensor (*)(at::IntArrayRef, const at::TensorOptions&);
+
+inline at::Tensor empty_contiguous(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+}
+
 // The functional lincomb op on top of a device's `into`: a fresh contiguous result.
-template <LincombInto into>
+template <LincombInto into, EmptyResult empty = empty_contiguous>
 at::Tensor lincomb_via(at::TensorList terms, at::TensorList coeffs, at::IntArrayRef coeff_index,
                        at::ArrayRef<double> scales) {
   check_lincomb_args(terms, coeffs, coeff_index, scales);
-  at::Tensor out = at::empty(terms[0].sizes(),
-                             terms[0].options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty(terms[0].sizes(), terms[0].options());
   into(terms, coeffs, coeff_index, scales, out);
   return out;
 }

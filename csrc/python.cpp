@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 
+#include "cpu/output_cache.h"
 #include "lincomb_plan.h"
 
 #include <algorithm>
@@ -586,4 +587,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("lincomb_multi_fast", &pydiff::lincomb_multi_fast, py::arg("terms"), py::arg("rows"),
         py::arg("keep"),
         "Eager fast path of pydiff.ops.lincomb_multi; returns None when the Python path must run.");
+  m.def("output_cache_bytes", &pydiff::output_cache_bytes,
+        "Bytes of freed lincomb results the CPU output cache holds for reuse.");
+  m.def("output_cache_clear", &pydiff::output_cache_clear,
+        "Release the CPU output cache's blocks; returns the bytes released.");
+  m.def("output_cache_limit", &pydiff::output_cache_limit,
+        "The CPU output cache's bound in bytes (PYDIFF_CPU_CACHE_MB).");
 }

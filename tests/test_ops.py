@@ -681,3 +681,87 @@ def test_lincomb_multi_fast_path_agrees_with_the_python_path(monkeypatch):
     slow = ops.lincomb_multi([x, e, m], rows, [True, True])
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# the CPU output cache (csrc/cpu/output_cache.cpp)
+
+
+@needs_ext
+def test_output_cache_hands_a_freed_result_to_the_next_step():
+    ops.empty_cache()
+    a, b = torch.randn(3, 1 << 15), torch.randn(3, 1 << 15)
+    first = ops.lincomb([a, b], [0.5, 2.0])
+    ptr = first.data_ptr()
+    del first  # a sampler drops the result of a step or two before
+    assert ops._C.output_cache_bytes() == a.numel() * 4
+    again = ops.lincomb([a, b], [1.0, -1.0])
+    assert again.data_ptr() == ptr and ops._C.output_cache_bytes() == 0
+    torch.testing.assert_close(again, a - b, rtol=0, atol=0)
+    # lincomb_multi's results come from the same cache
+    outs = ops.lincomb_multi([a, b], [[1.0, 1.0], [2.0, 0.0]], [True, True])
+    torch.testing.assert_close(outs[0], a + b, rtol=0, atol=0)
+    torch.testing.assert_close(outs[1], 2 * a, rtol=0, atol=0)
+    del outs
+    assert ops._C.output_cache_bytes() == 2 * a.numel() * 4
+    assert ops.empty_cache() == 2 * a.numel() * 4 and ops._C.output_cache_bytes() == 0
+    # small results are left to the system allocator
+    small = ops.lincomb([a[:, :8], b[:, :8]], [1.0, 1.0])
+    del small
+    assert ops._C.output_cache_bytes() == 0
+
+
+@needs_ext
+def test_output_cache_tensors_behave_as_any_tensor():
+    a = torch.randn(1 << 16)
+    out = ops.lincomb([a], [2.0])
+    out.resize_(1 << 17)  # a larger storage: allocated by the same allocator, data kept
+    torch.testing.assert_close(out[:1 << 16], 2 * a, rtol=0, atol=0)
+    out[1 << 16:] = 0.0  # the new tail is uninitialized, as with torch's own allocator
+    view = out.numpy()  # shares the block
+    view[0] = 7.0
+    assert out[0].item() == 7.0
+    c = out.clone()
+    assert torch.equal(c, out)
+    loaded = torch.load(__import__("io").BytesIO(_saved(out)), weights_only=True)
+    assert torch.equal(loaded, out)
+    del out, view, c
+    ops.empty_cache()
+
+
+def _saved(t):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    return buf.getvalue()
+
+
+@needs_ext
+def test_output_cache_is_bounded_and_can_be_turned_off():
+    import subprocess
+
+    code = ("import torch, pydiff.ops as o; a = torch.randn(1 << 20); "
+            "r = [o.lincomb([a], [1.0]) for _ in range(3)]; del r; "
+            "print(o._C.output_cache_limit(), o._C.output_cache_bytes())")
+    for mb, expect in (("0", "0 0"), ("8", f"{8 << 20} {2 * (4 << 20)}")):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PYDIFF_CPU_CACHE_MB": mb}, cwd="/", check=True)
+        assert res.stdout.split() == expect.split()
+
+
+@needs_ext
+def test_output_cache_is_thread_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = [torch.randn(1 << 15) for _ in range(8)]
+
+    def work(i):
+        x = xs[i]
+        for _ in range(200):
+            y = ops.lincomb([x, x], [1.0, 1.0])
+            torch.testing.assert_close(y, 2 * x, rtol=0, atol=0)
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "../lincomb_plan.h"
+#include "output_cache.h"
 #include "pydiff/common.h"
 
 #if (defined(CPU_CAPABILITY_AVX512) && defined(__AVX512F__)) || \
@@ -610,8 +611,7 @@ std::vector<at::Tensor> lincomb_multi_cpu(at::TensorList terms, at::TensorList c
   std::vector<at::Tensor> outs;
   for (int64_t k : keep) {
     if (k) {
-      outs.push_back(at::empty(terms[0].sizes(),
-                               terms[0].options().memory_format(at::MemoryFormat::Contiguous)));
+      outs.push_back(empty_cached(terms[0].sizes(), terms[0].options()));
     }
   }
   if (outs.empty() || terms[0].numel() == 0) return outs;
@@ -637,7 +637,7 @@ std::vector<at::Tensor> lincomb_multi_cpu(at::TensorList terms, at::TensorList c
 
 TORCH_LIBRARY_IMPL(pydiff, CPU, m) {
   m.impl("lincomb_multi", &lincomb_multi_cpu);
-  m.impl("lincomb", &lincomb_via<lincomb_into>);
+  m.impl("lincomb", &lincomb_via<lincomb_into, empty_cached>);
   m.impl("lincomb_out", &lincomb_out_via<lincomb_into>);
 }
 

@@ -30,6 +30,7 @@ __all__ = [
     "attention_backend",
     "backend",
     "cpu_capability",
+    "empty_cache",
     "halo_pack",
     "halo_unpack",
     "lincomb",
@@ -114,6 +115,25 @@ def cpu_capability() -> str | None:
         True
     """
     return getattr(_C, "cpu_capability", None) if _EXT else None
+
+
+def empty_cache() -> int:
+    """Release the CPU blocks kept for reuse by ``lincomb``'s results; returns the bytes
+    released (0 without the extension).
+
+    A sampler frees one result of the state's size per step and allocates the next: the
+    compiled CPU kernels keep freed results (up to ``PYDIFF_CPU_CACHE_MB``, default 256 MiB;
+    ``0`` turns the cache off) and hand them to the next step, so a step writes memory that is
+    already mapped instead of page-faulting a fresh block in. Call this after a large run to
+    give that memory back, as ``torch.cuda.empty_cache()`` does on the GPU.
+
+    Example:
+        >>> import pydiff.ops
+        >>> pydiff.ops.empty_cache() >= 0
+        True
+    """
+    clear = getattr(_C, "output_cache_clear", None)
+    return int(clear()) if clear is not None else 0
 
 
 # --------------------------------------------------------------------------------------------
