@@ -321,6 +321,35 @@ def test_data_consistency_damping_is_the_proximal_step():
         DataConsistency(lambda v: v @ A.T, y, damping=-1.0)
 
 
+def test_data_consistency_level_weighted_damping():
+    # the noise-weighted proximal step: damping / level^2, per sample, and from the hook's
+    # sigma / alpha
+    from pydiff.hooks import StepContext
+    A = torch.randn(3, 6, generator=_gen(43), dtype=F64)
+    y = torch.randn(4, 3, generator=_gen(44), dtype=F64)
+    x = torch.randn(4, 6, generator=_gen(45), dtype=F64)
+
+    def dc(damping, **kw):
+        return DataConsistency(lambda v: v @ A.T, y, adjoint=lambda r: r @ A, iterations=6,
+                               damping=damping, **kw)
+
+    weighted = dc(0.2, level_weighted=True, noise="none")
+    torch.testing.assert_close(weighted.project(x, level=0.5), dc(0.8).project(x))
+    levels = torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=F64)
+    per_sample = weighted.project(x, level=levels)
+    for i, level in enumerate(levels.tolist()):
+        torch.testing.assert_close(per_sample[i], dc(0.2 / level ** 2).project(x)[i])
+    ctx = StepContext(step=0, t=torch.tensor(0.5, dtype=F64), alpha=torch.tensor(0.8, dtype=F64),
+                      sigma=torch.tensor(0.6, dtype=F64))
+    torch.testing.assert_close(weighted(x, ctx), dc(0.2 / 0.75 ** 2).project(x, 0.8 * y))
+    # a constant damping ignores the level; at the final step (sigma = 0) x barely moves
+    torch.testing.assert_close(dc(0.2, noise="none")(x, ctx), dc(0.2).project(x, 0.8 * y))
+    final = StepContext(step=1, t=torch.tensor(0.0, dtype=F64), alpha=torch.tensor(1.0, dtype=F64),
+                        sigma=torch.tensor(0.0, dtype=F64), final=True)
+    assert float((weighted(x, final) - x).abs().max()) < 1e-6
+    assert "level^2" in repr(weighted)
+
+
 def test_data_consistency_hook_ends_on_the_measurement():
     A = torch.randn(2, 4, generator=_gen(15), dtype=F64)
     y = torch.randn(6, 2, generator=_gen(16), dtype=F64)

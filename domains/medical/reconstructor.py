@@ -5,9 +5,9 @@ this module only builds the measurement model in the prior's units:
 
 - ``"dps"``: :class:`pydiff.guidance.MeasurementGuidance` (the residual's gradient through
   x0-hat, DPS step rule);
-- ``"projection"``: hard data consistency after every step,
-  :class:`pydiff.guidance.DataConsistency` (the state projected onto ``A x = alpha y + sigma A z``
-  by conjugate gradients: score-MRI's k-space projection, and its CT analogue);
+- ``"projection"``: data consistency after every step, :class:`pydiff.guidance.DataConsistency`
+  (the state projected onto ``A x = alpha y + sigma A z`` by conjugate gradients: score-MRI's
+  k-space projection, and its CT analogue), as the noise-weighted proximal step (as DDS for MRI);
 - ``"dds"``: DDS: a few conjugate-gradient steps on x0-hat (:class:`pydiff.guidance.ProjectX0`
   around ``DataConsistency.project``, no backpropagation through the network), DDIM; for MRI
   the step is proximal, with a weight on x0-hat that grows as the noise level falls;
@@ -91,6 +91,10 @@ DDS_ETA = {"ct": 0.85, "mri": 1.0}
 # steps were chosen on held-out procedural images (BENCHMARKS.md, issue 16); on CT it made no
 # difference there
 DDS_DAMPING = {"ct": 0.0, "mri": 3e-4}
+# the same noise-weighted proximal step for projection's post-step hook (the state's distance
+# to the noised measurement, lam = damping ||A||^2 / (sigma_t / alpha_t)^2); both values were
+# chosen on held-out procedural images (BENCHMARKS.md, issue 16)
+PROJECTION_DAMPING = {"ct": 1e-4, "mri": 3e-4}
 
 
 @dataclass
@@ -171,9 +175,11 @@ class Reconstructor:
             options: ``scale`` (DPS zeta; default 1 for CT, 100 for MRI), ``clip`` (bound on
                 x0-hat in the prior's units; 2 for CT, 1 for MRI), ``cg`` (CG iterations of
                 projection/DDS; DDS: 5 for CT, 10 for MRI), ``eta`` (DDIM eta; DDS: 0.85 for
-                CT, 1 for MRI), ``damping`` (DDS: its data consistency becomes the proximal
-                step ``argmin ||A x - y||^2 + lam ||x - x0-hat||^2``, ``lam = damping
-                ||A||^2 / sigma_t^2``; 0 for CT, 3e-4 for MRI),
+                CT, 1 for MRI), ``damping`` (DDS and projection: the data consistency becomes
+                the noise-weighted proximal step ``argmin ||A x - y||^2 + lam ||x - x_hat||^2``
+                on x0-hat (DDS) or the state (projection), ``lam = damping ||A||^2 /
+                (sigma_t / alpha_t)^2``; DDS: 0 for CT, 3e-4 for MRI; projection: 1e-4 for
+                CT, 3e-4 for MRI),
                 ``warm_start`` (``"tv"``: projection/DDS start from the TV reconstruction
                 noised to ``t_start``, sigma in the prior's units, default 0.5),
                 ``weight`` (TV weight relative to the value range),
@@ -299,30 +305,28 @@ class Reconstructor:
                 return pydiff.sample(guided, x_T, "ddim", steps=steps, generator=g,
                                      eta=options.get("eta", 1.0))
             adjoint = self._real_adjoint(operator)  # exact, cheaper than autograd's VJP
+            defaults = DDS_DAMPING if method == "dds" else PROJECTION_DAMPING
+            damping = float(options.get("damping", defaults[_modality(operator)]))
+            # the noise-weighted proximal step argmin ||A x - y||^2 + lam ||x - x_hat||^2 with
+            # lam = damping ||A||^2 / (sigma_t / alpha_t)^2: the estimate's error shrinks with
+            # the noise level while the measurement's noise does not, so late steps trust the
+            # estimate more and the DC stops writing the measurement noise into the image
+            scaled = damping * operator_norm(a, adjoint, like) ** 2 if damping > 0 else 0.0
             if method == "projection":
-                hook = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="fresh")
+                hook = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="fresh",
+                                       damping=scaled, level_weighted=True)
                 return pydiff.sample(model, x_T, "ddim", steps=steps, generator=g,
                                      hooks=[hook], eta=options.get("eta", 1.0),
                                      t_start=t_start)
-            dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none")
-            damping = float(options.get("damping", DDS_DAMPING[_modality(operator)]))
-            if damping > 0:
-                # the proximal step argmin ||A x - y||^2 + lam ||x - x0-hat||^2 with lam =
-                # damping ||A||^2 / sigma_t^2: x0-hat's error shrinks with the noise level
-                # while the measurement's noise does not, so late steps trust x0-hat more
-                # and the DC stops writing the measurement noise into the image
-                scaled = damping * operator_norm(a, adjoint, like) ** 2
-                schedule = model.schedule
+            dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none",
+                                 damping=scaled, level_weighted=True)
+            schedule = model.schedule
 
-                def proximal(x0: Tensor, t: Tensor) -> Tensor:
-                    level = torch.as_tensor(schedule.sigma(t) / schedule.alpha(t),
-                                            dtype=x0.dtype)
-                    return dc.project(x0, damping=scaled / level.clamp_min(1e-4) ** 2)
+            def proximal(x0: Tensor, t: Tensor) -> Tensor:
+                return dc.project(x0, level=schedule.sigma(t) / schedule.alpha(t))
 
-                projected = ProjectX0(model, proximal)
-            else:
-                projected = ProjectX0(model, lambda x0, t: dc.project(x0))
-            return pydiff.sample(projected, x_T, "ddim", steps=steps, generator=g,
+            return pydiff.sample(ProjectX0(model, proximal), x_T, "ddim", steps=steps,
+                                 generator=g,
                                  eta=options.get("eta", DDS_ETA[_modality(operator)]),
                                  t_start=t_start)
 

@@ -12,7 +12,11 @@ correction ``d`` with ``A (x + d) = alpha y + sigma A z`` (``d = A^+ (target - A
 - or, with ``damping = lam > 0``, the proximal step ``argmin_z ||A z - target||^2 +
   lam ||z - x||^2`` (conjugate gradients on ``(A^T A + lam) d = A^T (target - A x)``): the
   correction no longer has to fit the measurement exactly, so with noisy data and an
-  ill-conditioned ``A`` it does not amplify the noise (DDS's regularised form).
+  ill-conditioned ``A`` it does not amplify the noise (DDS's regularised form);
+- with ``level_weighted=True`` the damping is divided by the squared noise level
+  ``(sigma / alpha)^2`` of the step (the hook's, or ``project(level=...)``): the estimate's
+  error shrinks with the noise level while the measurement's noise does not, so late steps
+  trust the estimate more and do not write the measurement noise into it.
 
 ``noise="fresh"`` uses new noise per step from the solver's generator (RePaint); ``"none"``
 projects onto ``alpha y``. At the final step (``sigma = 0``) both project onto ``y`` itself.
@@ -56,11 +60,14 @@ class DataConsistency:
         noise: ``"fresh"`` or ``"none"`` (see the module docstring).
         damping: ``lam >= 0``; ``> 0`` makes the projection the proximal step above (in the
             squared units of ``A``; ignored with ``pinv``).
+        level_weighted: divide ``damping`` by the squared noise level ``(sigma / alpha)^2``
+            (clamped at ``1e-4``) of each step, so the hook's proximal step trusts the state
+            more as the noise falls; at the final step (``sigma = 0``) it barely moves.
     """
 
     def __init__(self, operator: Linear, measurement: Tensor, pinv: Linear | None = None,
                  adjoint: Linear | None = None, iterations: int = 10, noise: str = "fresh",
-                 damping: float = 0.0):
+                 damping: float = 0.0, level_weighted: bool = False):
         if not callable(operator):
             raise TypeError(f"operator must be callable as A(x), got {type(operator).__name__}")
         if noise not in ("fresh", "none"):
@@ -72,14 +79,21 @@ class DataConsistency:
         self.operator, self.measurement, self.pinv, self.adjoint = (
             operator, measurement, pinv, adjoint)
         self.iterations, self.noise, self.damping = int(iterations), noise, float(damping)
+        self.level_weighted = bool(level_weighted)
 
     def project(self, x: Tensor, target: Tensor | None = None,
-                damping: float | Tensor | None = None) -> Tensor:
+                damping: float | Tensor | None = None,
+                level: float | Tensor | None = None) -> Tensor:
         """``x + A^+ (target - A x)`` (``target`` defaults to the measurement ``y``), or the
         proximal step with ``damping`` (default: the constructor's; a ``[B]`` tensor gives one
-        per sample, e.g. a noise-level-dependent weight inside a sampler)."""
+        per sample, e.g. a noise-level-dependent weight inside a sampler). ``level``
+        (``sigma / alpha``, a float or ``[B]``) divides the damping by ``level^2`` (clamped at
+        ``1e-4``): the noise-weighted proximal step, e.g. on x0-hat at time ``t`` (DDS)."""
         target = self.measurement if target is None else target
         lam = self.damping if damping is None else damping
+        if level is not None and (torch.is_tensor(lam) or lam > 0):
+            level = torch.as_tensor(level, dtype=torch.float64).clamp_min(1e-4)
+            lam = torch.as_tensor(lam, dtype=torch.float64) / level ** 2
         with torch.no_grad():
             r = target.to(device=x.device, dtype=x.dtype) - self.operator(x)
             if self.pinv is not None:
@@ -141,12 +155,15 @@ class DataConsistency:
             s = per_sample(ctx.sigma, x).to(x.dtype)
             with torch.no_grad():
                 target = target + self.operator(s * randn_like(x, ctx.generator))
-        return self.project(x, target)
+        level = None
+        if self.level_weighted:
+            level = torch.as_tensor(ctx.sigma) / torch.as_tensor(ctx.alpha)
+        return self.project(x, target, level=level)
 
     def __repr__(self) -> str:
         how = "pinv" if self.pinv is not None else f"cg({self.iterations})"
         if self.pinv is None and self.damping > 0:
-            how += f", damping={self.damping:g}"
+            how += f", damping={self.damping:g}" + (" / level^2" if self.level_weighted else "")
         return f"DataConsistency({how}, noise={self.noise!r})"
 
 
