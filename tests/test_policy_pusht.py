@@ -68,6 +68,33 @@ def test_expert_makes_coverage_progress_in_a_few_steps():
     env.close()
 
 
+def test_expert_continues_from_a_visited_state_with_the_agents_velocity():
+    # DAgger's correction: the env is set to step k of an episode, the agent's hidden velocity
+    # comes from the PD law over the executed actions (exactly the env's), and the expert
+    # finishes the task from there
+    from pydiff.domains.policy.pusht import expert_from_state
+
+    episode = rollout_expert("pusht", seed=1002)
+    k = 20
+    fix = expert_from_state(episode.observations, episode.actions, k)
+    assert fix.success and fix.infos[-1]["coverage"] > 0.95
+    # the first frame is the episode's step k - 1, the second its step k
+    np.testing.assert_allclose(fix.observations[:2], episode.observations[k - 1:k + 1],
+                               atol=1e-3)
+    np.testing.assert_allclose(fix.actions[0], episode.actions[k - 1])
+    # the first expert step leaves the agent where the same action leaves it in the episode,
+    # which needs the velocity the observation lacks
+    env = make_env("pusht")
+    env.reset(seed=1002)
+    for action in episode.actions[:k]:
+        env.step(action)
+    _, _, _, _, info = env.step(fix.actions[1])
+    np.testing.assert_allclose(fix.infos[1]["pos_agent"], info["pos_agent"], atol=1e-3)
+    assert np.linalg.norm(episode.infos[k - 1]["vel_agent"]) > 1.0  # moving: velocity matters
+    assert expert_from_state(episode.observations, episode.actions, 0) is None
+    env.close()
+
+
 def test_expert_eval_reports_coverage_beside_success(tmp_path):
     from pydiff.apps.cli import main
 

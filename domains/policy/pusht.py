@@ -353,4 +353,94 @@ class PushTExpert:
         self._plan = _Obstacle(pose, self.margin - 2.0).path(agent, start)
 
 
-__all__ = ["PushTExpert", "keypoint_features", "pose_error", "t_corners", "GOAL_POSE", "T_OUTLINE"]
+def expert_from_state(observations: np.ndarray, actions: np.ndarray, k: int,
+                      max_steps: int = 150) -> Any:
+    """The expert continuing an episode from its step ``k`` (DAgger's correction).
+
+    ``observations [T + 1, 5]`` and ``actions [T, 2]`` are an episode of any policy from
+    ``env.reset``. A fresh gym-pusht env is set to step ``k``'s state (the block's pose, the
+    agent's position, and the agent's velocity, which the observations lack: the env's PD law
+    integrated over the executed actions from rest, as the expert itself integrates it; the
+    agent is kinematic, so contacts never change it) and a fresh :class:`PushTExpert` runs from
+    there for at most ``max_steps`` steps or until the env reports success.
+
+    Returns:
+        An :class:`~.data.Episode` whose first observation and action are step ``k - 1``'s
+        (the policy's, so the first window's history holds the agent's motion) and the rest the
+        expert's, or None if ``k < 1``.
+
+    Example:
+        >>> from pydiff.domains.policy.data import rollout_expert
+        >>> ep = rollout_expert("pusht", seed=0, max_steps=12)
+        >>> fix = expert_from_state(ep.observations, ep.actions, k=6, max_steps=3)
+        >>> fix.observations.shape, fix.actions.shape
+        ((5, 5), (4, 2))
+    """
+    from .data import Episode
+    from .envs import make_env
+
+    if not 1 <= k <= len(actions):
+        return None
+    pos, vel = np.asarray(observations[0, :2], dtype=np.float64), np.zeros(2)
+    for action in actions[:k]:
+        pos, vel = _pd_step(pos, vel, np.asarray(action, dtype=np.float64))
+    env = make_env("pusht")
+    env.reset(seed=0)
+    sim = env.unwrapped
+    obs = np.asarray(observations[k], dtype=np.float64)
+    sim.agent.position = (float(obs[0]), float(obs[1]))
+    sim.agent.velocity = (float(vel[0]), float(vel[1]))
+    sim.block.angle = float(obs[4])  # angle first (module docstring of PushTExpert's sim)
+    sim.block.position = (float(obs[2]), float(obs[3]))
+    sim.block.velocity, sim.block.angular_velocity = (0.0, 0.0), 0.0
+    expert = PushTExpert()
+    expert._vel = vel.copy()
+    obs = sim.get_obs()
+    observations_out = [np.asarray(observations[k - 1], dtype=np.float32), obs]
+    actions_out = [np.asarray(actions[k - 1], dtype=np.float32)]
+    rewards, infos = [0.0], [{}]
+    success = False
+    for _ in range(max_steps):
+        action = expert(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations_out.append(obs)
+        actions_out.append(action)
+        rewards.append(float(reward))
+        infos.append(info)
+        success = bool(info.get("is_success", False))
+        if terminated or truncated:
+            break
+    env.close()
+    return Episode(np.asarray(observations_out, dtype=np.float32),
+                   np.asarray(actions_out, dtype=np.float32), np.asarray(rewards), seed=-1,
+                   mode=1, success=success, infos=infos)
+
+
+def collect_corrections(policy: Any, seeds: list[int], every: int = 48, max_steps: int = 150,
+                        only_success: bool = True) -> list[Any]:
+    """DAgger for Push-T: roll ``policy`` out on ``seeds`` (lockstep, :func:`~.control.evaluate`)
+    and let the expert continue from every ``every``-th step of each episode
+    (:func:`expert_from_state`).
+
+    A policy trained on the expert's demonstrations drifts into states the expert never
+    visits (near the goal it dithers, then knocks the T away); the corrections are expert
+    episodes from exactly those states, to train on beside the demonstrations.
+
+    Returns:
+        The corrections as :class:`~.data.Episode` objects (with ``only_success``, those in
+        which the expert reached the goal), ``seed`` set to the rollout's seed.
+    """
+    from .control import evaluate
+
+    out = []
+    for episode in evaluate(policy, "pusht", list(seeds)).episodes:
+        for k in range(every, episode.steps, every):
+            fix = expert_from_state(episode.observations, episode.actions, k, max_steps)
+            if fix is not None and (fix.success or not only_success):
+                fix.seed = episode.seed
+                out.append(fix)
+    return out
+
+
+__all__ = ["PushTExpert", "expert_from_state", "collect_corrections", "keypoint_features",
+           "pose_error", "t_corners", "GOAL_POSE", "T_OUTLINE"]
