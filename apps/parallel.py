@@ -49,8 +49,9 @@ def register(sub: argparse._SubParsersAction, help_text: str) -> None:
     p.add_argument("--warmup", type=positive_int, default=2,
                    help="synchronous steps before displaced/partial use stale activations (2)")
     p.add_argument("--fraction", type=positive_float, default=0.125,
-                   help="partial: share of a neighbouring band's rows whose attention K/V is "
-                        "exchanged (0.125)")
+                   help="partial on the UNet2D: share of a neighbouring band's rows whose "
+                        "attention K/V is exchanged (0.125; partial on the DiT sends every "
+                        "band's normalized attention inputs in float16 instead)")
     p.add_argument("--gn", choices=("sync", "corrected", "shifted"), default="sync",
                    help="GroupNorm statistics in stale steps: exchanged synchronously (default; "
                         "a few bytes per layer), DistriFusion's corrected stale ones, or those "

@@ -1,6 +1,6 @@
 """pydiff.parallel.PatchParallel with real gloo processes: sync equals one process (UNet2D and
 DiT); the stale modes' plumbing is exact on a repeated input; displaced and partial stay close
-to one process on the shipped trained UNet2D, displaced on the shipped trained DiT. Everything
+to one process on the shipped trained UNet2D and the shipped trained DiT. Everything
 runs in one launch of four ranks: two pairs of ranks as two-rank groups, then all four. The
 two-rank quality of the stale modes on the trained UNet2D is checked by
 tests/test_parallel_cli.py (displaced by the CLI's own launch, partial under torchrun)."""
@@ -54,13 +54,19 @@ def test_dit_sync_equals_one_process(results, world):
     for r in results:
         dit = r[world]["dit"]
         assert dit["scale"] > 0.1
-        for key in ("sync_call", "sync_sample", "displaced") + (("partial",) if world == 2 else ()):
+        # partial: the K/V rebuilt from the normalized block inputs with per-position times
+        for key in ("sync_call", "sync_sample", "displaced", "partial"):
             assert dit[key] < EXACT, (key, dit)
+        assert dit["partial_half"] < 1e-2, dit  # float16 tokens on the wire
         # bytes counted: per block the band's K and V [B=2, 2 x 32, L / world] to every other
         # rank, and the output band [2, 2, L / world]
         band = length // world
         expected = (2 * (2 * 2 * 32 * band) + 2 * 2 * band) * 4 * (world - 1)
         assert dit["sync_bytes_per_call"] == expected, dit
+        assert dit["displaced_stale_bytes"] == expected, dit
+        # partial's stale call: per block the normalized tokens [2, 32, L / world] in float16
+        assert dit["partial_half_stale_bytes"] == \
+            (2 * (2 * 32 * band) * 2 + 2 * 2 * band * 4) * (world - 1), dit
         assert dit["image_sync"] < EXACT, dit  # an ImageDiT: bands of patch rows
 
 
@@ -79,7 +85,7 @@ def test_stale_modes_close_to_one_process_on_the_trained_model(results):
     assert len({r[4]["quality"]["partial"]["psnr"] for r in results}) == 1
 
 
-def test_displaced_close_to_one_process_on_the_trained_dit(results):
+def test_stale_modes_close_to_one_process_on_the_trained_dit(results):
     # the shipped DiT over each pair of ranks, 20 steps (its stale modes: BENCHMARKS.md)
     for r in results:
         dit = r[2]["quality_dit"]["displaced"]
@@ -88,7 +94,16 @@ def test_displaced_close_to_one_process_on_the_trained_dit(results):
         line = r[2]["quality_dit_extrapolated"]["displaced"]
         assert line["psnr"] >= dit["psnr"] + 5.0, (line, dit)
         assert line["bytes_per_call"] == dit["bytes_per_call"]
-    assert len({r[2]["quality_dit"]["displaced"]["psnr"] for r in results}) == 1  # both pairs
+        # partial: every band's normalized block inputs in float16, K/V rebuilt with this
+        # call's modulation; at most 35% of displaced's bytes (the 2 warm-up calls included)
+        for world, quality in ((2, r[2]["quality_dit"]), (4, r[4]["quality_dit"]),
+                               (2, r[2]["quality_dit_extrapolated"])):
+            partial = quality["partial"]
+            assert partial["calls"] == 20 and partial["psnr"] >= MIN_PSNR, (world, partial)
+        partial, displaced = r[2]["quality_dit"]["partial"], dit
+        assert partial["bytes_per_call"] <= 0.35 * displaced["bytes_per_call"], (partial, dit)
+    for world, key in ((2, "displaced"), (2, "partial"), (4, "partial")):
+        assert len({r[world]["quality_dit"][key]["psnr"] for r in results}) == 1  # every rank
 
 
 def test_extrapolated_stale_state_is_the_line_through_the_last_two():

@@ -17,7 +17,9 @@ the other bands, sent asynchronously in one packed message per neighbour per cal
 A :class:`pydiff.nn.DiT` is split the same way into bands of tokens (``x [B, C, L]``, an image
 in row-major order: bands of rows); only its self-attention exchanges anything: every band's
 K/V, attended band by band and merged exactly through the log-sum-exps that
-``pydiff.ops.attention(..., return_lse=True)`` returns.
+``pydiff.ops.attention(..., return_lse=True)`` returns. ``partial`` on a DiT sends every band's
+normalized attention inputs in half precision, from which the receiver rebuilds their K/V with
+the current call's time modulation.
 
 Example (under ``torchrun --nproc_per_node 2`` or :func:`pydiff.distributed.launch`):
     >>> import torch, pydiff

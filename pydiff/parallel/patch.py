@@ -22,8 +22,7 @@ from ..distributed import (
     untrack_in_flight,
 )
 from ..errors import InputError
-from ..nn.attention import MultiHeadAttention
-from ..nn.dit import DiT, ImageDiT
+from ..nn.dit import DiT, DiTBlock, ImageDiT, _modulate, _per_token
 from ..nn.embeddings import normalize_time
 from ..nn.unet2d import AttnBlock2D, ColumnGroupNorm, ResBlock2D, UNet2D, _Down, _Up
 
@@ -139,6 +138,14 @@ class PatchParallel(nn.Module):
             chain (each rank passes on the merged statistics of the bands beyond it, one call
             staler per hop). One packed message per neighbour per call; nothing else is
             all-gathered but the output (and the GroupNorm statistics with ``gn="sync"``).
+            On a DiT, whose every layer attends over all tokens (the neighbours' nearest rows
+            alone leave it no better than naive tiling), ``partial`` sends a compressed
+            summary of every band's stale K/V instead: each block's normalized attention input
+            (``norm1(x)``, half the numbers of K and V) in ``wire`` precision, one packed
+            all-gather per call; the receiver rebuilds the other bands' K/V from it with this
+            call's time modulation (adaLN shift and scale) and the block's K/V projection, so
+            only the tokens are stale, not the noise level. A quarter of displaced's float32
+            K/V bytes with ``wire=torch.float16``.
         group: the process group (default: the whole world of :mod:`torch.distributed`;
             without an initialized group the wrapper is the plain model).
         warmup: synchronous calls after each :meth:`reset` before the stale modes start.
@@ -153,6 +160,8 @@ class PatchParallel(nn.Module):
             line through the last two received, ``new + r (new - old)`` with ``r`` the ratio
             of the time input's last two changes (no extra bytes: the previous message is
             kept). Worth most where every layer reads stale context (a DiT's attention).
+        wire: the dtype of a DiT's ``partial`` tokens on the wire (default ``torch.float16``;
+            ``None``: the model's dtype, which makes a repeated input exact).
 
     ``forward(x, t, cond=None)`` takes and returns full-size tensors, like the model, on every
     rank. The image height must be a multiple of ``world_size * 2 ** (levels - 1)`` so every
@@ -171,7 +180,7 @@ class PatchParallel(nn.Module):
 
     def __init__(self, model: UNet2D | DiT | ImageDiT, mode: str = "sync", group=None, *,
                  warmup: int = 2, fraction: float = 0.125, gn: str = "sync",
-                 extrapolate: bool = False) -> None:
+                 extrapolate: bool = False, wire: torch.dtype | None = torch.float16) -> None:
         super().__init__()
         if not isinstance(model, (UNet2D, DiT, ImageDiT)):
             raise TypeError(f"PatchParallel: model is {type(model).__name__}; expected a "
@@ -192,6 +201,10 @@ class PatchParallel(nn.Module):
         self.gn = gn
         self.fraction = float(fraction)
         self.extrapolate = bool(extrapolate)
+        if wire is not None and not (isinstance(wire, torch.dtype) and wire.is_floating_point):
+            raise InputError(f"PatchParallel: wire={wire!r}; expected a floating torch dtype "
+                             "or None")
+        self.wire = wire
         self.bytes_sent = 0
         self.calls = 0
         self.wait_seconds = 0.0
@@ -306,6 +319,8 @@ class PatchParallel(nn.Module):
             stale[key] = {site: d for (site, _, _), d in zip(spec, dests)}
         for buf in pending.get("gathered", []):
             spec = pending["gather_spec"]
+            if buf.element_size() < 4:  # a DiT's partial tokens: extrapolate in float32
+                buf = buf.float()
             dests = [torch.empty(shape, dtype=buf.dtype, device=buf.device) for _, shape in spec]
             ops.halo_unpack(buf, dests, [shape[2] for _, shape in spec], "top")
             stale["ranks"].append({site: d for (site, _), d in zip(spec, dests)})
@@ -478,7 +493,8 @@ class PatchParallel(nn.Module):
         out = x + block.proj(out)
         return out / math.sqrt(2.0) if block.skip_rescale else out
 
-    def _attend(self, q: Tensor, kv: Tensor, heads: int, mask: Tensor | None = None) -> Tensor:
+    def _attend(self, q: Tensor, kv: Tensor, heads: int, mask: Tensor | None = None,
+                compressed: tuple[Tensor | None, Any] | None = None) -> Tensor:
         """This band's queries ``q [B, H, n, D]`` attending over the keys and values of every
         band. ``kv [B, 2 H D, rows, W]`` is this band's K and V as a map (rows of the image or,
         with ``W = 1``, tokens of a sequence), ``mask [B, L]`` an optional key mask over the
@@ -486,7 +502,9 @@ class PatchParallel(nn.Module):
         are merged exactly through their log-sum-exps (:func:`_merge_parts`): in sync calls the
         local part is computed while the other bands' K/V are being all-gathered; stale calls
         take the others' (displaced: every band's; partial: the neighbours' nearest rows) from
-        the previous call."""
+        the previous call. ``compressed`` (a DiT's partial mode): ``(map, rebuild)``, the
+        map this band sends for the next call (None when not recording) and
+        ``rebuild(received_map, rank)``, a band's K/V map from the map it sent."""
         rank, world = self._world()
         step = self._step
         site = step.next_site()
@@ -505,6 +523,9 @@ class PatchParallel(nn.Module):
             if self.mode == "displaced":  # every band's previous K/V, this band's fresh
                 parts = [part(kv if r == rank else stale["ranks"][r][site], r * rows)
                          for r in range(world)]
+            elif compressed is not None:  # every band's K/V rebuilt from its sent summary
+                parts = [part(kv if r == rank else compressed[1](stale["ranks"][r][site], r),
+                              r * rows) for r in range(world)]
             else:  # fresh local K/V and the nearest rows of the neighbours' previous K/V
                 parts = [part(kv, start)]
                 if rank > 0:
@@ -517,6 +538,8 @@ class PatchParallel(nn.Module):
         if step.record:
             if self.mode == "displaced":
                 step.gather.append((site, kv))
+            elif compressed is not None:
+                step.gather.append((site, compressed[0]))
             else:
                 n = self._partial_rows(rows)
                 step.up.append((site, kv[:, :, :n], n))
@@ -652,26 +675,48 @@ class PatchParallel(nn.Module):
         self.calls += 1
         rows = length // world
         lo, hi = rank * rows, (rank + 1) * rows
-        c = net.condition(t, b, length, global_cond, x.device)
-        if c.dim() == 3:  # per-position time: this band's
-            c = c[:, lo:hi]
+        c_all = net.condition(t, b, length, global_cond, x.device)
+        c = c_all[:, lo:hi] if c_all.dim() == 3 else c_all  # per-position time: this band's
         h = net.tokens(x[:, :, lo:hi], torch.arange(lo, hi, device=x.device))
 
         def blocks() -> Tensor:
             out = h
             for blk in net.blocks:
-                out = blk.forward_with(out, c, lambda a, attn=blk.attn: self._dit_attn(attn, a,
-                                                                                        mask))
+                out = blk.forward_with(out, c, lambda a, blk=blk, inp=out: self._dit_attn(
+                    blk, a, inp, c_all, mask))
             return out
 
         out = net.head(self._run(x, blocks, t), c).contiguous()
         return torch.cat(self._all_gather(out, "output bands"), dim=2)
 
-    def _dit_attn(self, attn: MultiHeadAttention, a: Tensor, mask: Tensor | None) -> Tensor:
+    def _dit_attn(self, blk: DiTBlock, a: Tensor, x: Tensor, c_all: Tensor,
+                  mask: Tensor | None) -> Tensor:
+        """A DiT block's self-attention for this band: ``a`` its modulated input, ``x`` the
+        block's input, ``c_all`` the condition of every token (``[B, D]`` or ``[B, L, D]``)."""
+        attn = blk.attn
         b, n, _ = a.shape
         q = attn._heads(attn.to_q(a))
         kv = attn.to_kv(a).transpose(1, 2).unsqueeze(-1)  # [B, 2D, n, 1]: tokens as map rows
-        out = self._attend(q, kv, attn.num_heads, mask)
+        compressed = None
+        if self.mode == "partial":
+            step = self._step
+            send = None
+            if step.record:  # the normalized block input, before this call's modulation
+                send = blk.norm1(x).transpose(1, 2).unsqueeze(-1)
+                send = send.to(self.wire or send.dtype).contiguous()
+            modulation: list[Tensor] = []
+
+            def rebuild(m: Tensor, r: int) -> Tensor:
+                if not modulation:  # this call's adaLN shift and scale, once per block
+                    modulation.extend(_per_token(p) for p in blk.ada(c_all).chunk(6, -1)[:2])
+                shift, scale = modulation
+                if shift.shape[1] > 1:  # per-position time: band r's tokens
+                    shift, scale = shift[:, r * n:(r + 1) * n], scale[:, r * n:(r + 1) * n]
+                tokens = m.squeeze(-1).transpose(1, 2).to(a.dtype)
+                return attn.to_kv(_modulate(tokens, shift, scale)).transpose(1, 2).unsqueeze(-1)
+
+            compressed = (send, rebuild)
+        out = self._attend(q, kv, attn.num_heads, mask, compressed)
         return attn.proj(out.transpose(1, 2).reshape(b, n, -1))
 
     def _run(self, x: Tensor, body, t: Tensor | float = 0.0) -> Tensor:

@@ -229,20 +229,22 @@ def patch_parallel_suite(size: int, steps: int, quality_size: int, quality_steps
                       "dit": dit_patch_vs_single(6 * world, steps, group)}
     # the DiT's stale K/V (every layer attends to the other bands' previous K/V) need more,
     # closer steps than the UNet2D's stale halos: displaced over each pair at 20 steps
-    out[2]["quality_dit"] = patch_modes_vs_single(quality_size, 20, modes=("displaced",),
-                                                  path=str(SHIPPED_DIT), group=pair)
+    out[2]["quality_dit"] = patch_modes_vs_single(quality_size, 20, path=str(SHIPPED_DIT),
+                                                  group=pair)
     out[2]["quality_dit_extrapolated"] = patch_modes_vs_single(
-        quality_size, 20, modes=("displaced",), path=str(SHIPPED_DIT), group=pair,
-        extrapolate=True)
+        quality_size, 20, path=str(SHIPPED_DIT), group=pair, extrapolate=True)
     out[4]["quality"] = patch_modes_vs_single(quality_size, quality_steps)
+    out[4]["quality_dit"] = patch_modes_vs_single(quality_size, 20, modes=("partial",),
+                                                  path=str(SHIPPED_DIT))
     return out
 
 
 def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
     """A random DiT over sequences of ``length`` tokens, patch-parallel and on one process:
     ``sync`` calls with per-sample and per-position times, a global condition and a key mask
-    cutting across the bands, and a short DDIM sampling; ``displaced`` and ``partial`` (all of
-    a neighbour's rows) on a repeated input, whose stale K/V are exact. Returns the largest
+    cutting across the bands, and a short DDIM sampling; ``displaced`` and ``partial`` (its
+    tokens sent in the model's dtype, and in half precision: ``partial_half``) on a repeated
+    input, whose stale K/V are exact. Returns the largest
     differences from the single-process outputs, relative to the output's scale, and the bytes
     each mode sent per call."""
     import pydiff
@@ -273,14 +275,18 @@ def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
         samples = [pydiff.sample(pydiff.Denoiser(m, schedule, prediction="eps", cond=cond), x_T,
                                  "ddim", steps=steps) for m in (net, sync)]
         out["sync_sample"] = rel(samples[1], samples[0])
-        modes = [("displaced", {})]
-        if dist.get_world_size(group) == 2:  # all of the neighbours' K/V = everyone's
-            modes.append(("partial", {"fraction": 1.0}))
-        for mode, options in modes:
+        # partial on a DiT: every band's normalized block inputs, K/V rebuilt by the receiver
+        # (exact in the model's dtype on a repeated input; half precision on the wire)
+        modes = [("displaced", {}), ("partial", {"wire": None}), ("partial_half", {})]
+        for name, options in modes:
+            mode = name.split("_")[0]
             stale = PatchParallel(net, mode=mode, group=group, warmup=1, **options)
             calls = [stale(x, times[1], **inputs) for _ in range(3)]  # sync, then two stale
-            out[mode] = max(rel(c, refs[1]) for c in calls)
-            out[mode + "_bytes_per_call"] = stale.bytes_sent / stale.calls
+            out[name] = max(rel(c, refs[1]) for c in calls)
+            out[name + "_bytes_per_call"] = stale.bytes_sent / stale.calls
+            before = stale.bytes_sent
+            stale(x, times[1], **inputs)
+            out[name + "_stale_bytes"] = stale.bytes_sent - before
         # an image DiT: bands of patch rows (patchify, the DiT's bands, unpatchify)
         image_net = random_image_dit()
         image = torch.randn(2, 1, 4 * dist.get_world_size(group), 6, generator=g)
