@@ -179,8 +179,8 @@ class Denoiser(Model):
         shape, stride = base.shape[1:], base.stride()[1:]
         for r, lv in enumerate(rows):
             self._ready[ptr + r * step] = (base, base._version, batch, x.dtype, times[r],
-                                           lv["x0"], lv["eps"], shape, stride,
-                                           times[r].device)
+                                           _host_coefs(lv["x0"]), _host_coefs(lv["eps"]),
+                                           shape, stride, times[r].device)
 
     def _compute_level(self, t: Tensor) -> dict[str, Tensor]:
         """Float64 network time and the linear maps ``x0``/``eps`` on the basis ``(x, out)``
@@ -231,7 +231,7 @@ class Denoiser(Model):
                     and t.stride() == hit[8] and hit[9] == x.device):
                 out = self.net(x, hit[4], **self.cond)
                 if type(out) is Tensor and out.shape == x.shape:
-                    return Prediction((x, out), hit[5], hit[6])
+                    return Prediction._trusted((x, out), hit[5], hit[6])
         cond = {**self.cond, **cond} if cond else self.cond
         ref = x if isinstance(x, Tensor) else leaves(x)[0]
         t_arg = t
@@ -352,6 +352,13 @@ def _weights_device(net: Any) -> torch.device | None:
     for p in net.parameters() if isinstance(net, torch.nn.Module) else ():
         return p.device
     return None
+
+
+def _host_coefs(coefs: tuple) -> tuple:
+    """A map's coefficients with 0-dim CPU float64 tensors as Python floats (the same double):
+    the solver's fused step reads a float without unpacking a tensor."""
+    return tuple(float(c) if isinstance(c, Tensor) and c.dim() == 0 and c.device.type == "cpu"
+                 and c.dtype == torch.float64 and not c.requires_grad else c for c in coefs)
 
 
 def _row(v: Any, r: int) -> Any:

@@ -112,6 +112,13 @@ class Prediction:
                              f"{len(eps)} eps coefficients")
         self.basis, self.x0_coefs, self.eps_coefs = tuple(basis), tuple(x0), tuple(eps)
 
+    @classmethod
+    def _trusted(cls, basis: tuple, x0: tuple, eps: tuple) -> Prediction:
+        # a solver step's hot path (Denoiser.evaluate): tuples of matching lengths, unchecked
+        p = object.__new__(cls)
+        p.basis, p.x0_coefs, p.eps_coefs = basis, x0, eps
+        return p
+
     # -- construction ------------------------------------------------------------------------
     @staticmethod
     def linear(basis: Sequence[State], coefs: Sequence[Coef]) -> Linear:
@@ -193,7 +200,9 @@ def _term(basis: tuple[State, ...], coefs: tuple[Coef, ...]) -> State | Linear:
     for k, c in enumerate(coefs):
         if c is not None:
             if used >= 0:  # two or more tensors: a map (a solver step's hot path)
-                return Linear(basis, coefs)
+                lin = object.__new__(Linear)  # Prediction's tuples, already checked
+                lin.basis, lin.coefs = basis, coefs
+                return lin
             used = k
     if used >= 0 and type(coefs[used]) is float and coefs[used] == 1.0:
         v = basis[used]

@@ -150,7 +150,7 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     most two tensors (the state and the network output) stays a Linear, which the next step
     folds into its own pass (see :func:`keeps_lazily`); a wider one is written in this pass.
     """
-    written = keep if type(keep) is Linear and not keeps_lazily(keep) else None
+    written = keep if type(keep) is Linear and len(keep.basis) > 2 else None  # keeps_lazily
     if ops._EXT and ops._fold_fast is not None and not torch.compiler.is_compiling():
         # one C++ call for tensor states (plain tensors and Linear terms alike)
         folded = ops._fold_fast(terms, coeffs, noise, noise_coeff, written, Linear)
@@ -436,9 +436,16 @@ class Solver:
         i = state.i + 1
         # a model output stored without combine(keep=...) is materialized here unless it
         # stays lazy (see keeps_lazily)
-        history = tuple(h.value() if type(h) is Linear and not keeps_lazily(h) else h
-                        for h in history)
-        aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux)
+        # (keeps_lazily inlined, and no generator: this runs on every step)
+        for h in history:
+            if type(h) is Linear and len(h.basis) > 2:
+                history = tuple(h.value() if type(h) is Linear and len(h.basis) > 2 else h
+                                for h in history)
+                break
+        if type(history) is not tuple:
+            history = tuple(history)
+        if aux:
+            aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux)
         if state.hooks:
             ctx = StepContext(step=state.i, t=state.grid[i], alpha=state.alpha[i],
                               sigma=state.sigma[i], generator=state.generator,
