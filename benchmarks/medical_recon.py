@@ -14,11 +14,13 @@ slice on this CPU (``--threads``).
     python benchmarks/medical_recon.py [--size 128] [--threads 2] [--samples 1]
         [--settings ct8,ct4,fan60,limited90,mri4,mri8] [--methods dds,red_diff,...]
         [--images shepp_logan,CT_small,MR_small] [--procedural 3] [--steps dds=10,...]
-        [--option dps.scale=0.3]
+        [--option dps.scale=0.3] [--option projection.tv_refine=0.03]
         [--prior CHECKPOINT_DIR]
 
-With ``--samples K > 1`` each row also reports the Pearson correlation between the per-pixel
-posterior std and the actual |error| of the mean (``std_error_corr``).
+With the option ``tv_refine`` a row also reports the diffusion image before the TV refinement
+(``psnr_unrefined``, ``ssim_unrefined``). With ``--samples K > 1`` each row also reports the
+Pearson correlation between the per-pixel posterior std and the actual |error| of the mean
+(``std_error_corr``).
 
 Writes benchmarks/results/medical_recon.json and prints a markdown table.
 """
@@ -167,6 +169,9 @@ def main() -> None:
                        "samples": args.samples,
                        "options": options.get(method, {}), "oracle_range": args.oracle_range,
                        "load": round(os.getloadavg()[0], 1)}
+                if "unrefined" in out.extra:  # tv_refine: the diffusion image before TV
+                    pu, su = metrics(out.extra["unrefined"], x)
+                    row["psnr_unrefined"], row["ssim_unrefined"] = round(pu, 2), round(su, 4)
                 if args.samples > 1:
                     err = (out.image - x).abs().flatten()
                     row["std_error_corr"] = round(float(torch.corrcoef(

@@ -15,7 +15,7 @@ CORE_MODULES = ["pydiff", "pydiff.noise", "pydiff.sampling", "pydiff.grids", "py
                 "pydiff.accel.streams", "pydiff.guidance.variational", "pydiff.parallel",
                 "pydiff.parallel.patch", "pydiff.parallel.model",
                 "pydiff.guidance.svdd", "pydiff.guidance.refine", "pydiff.training.data",
-                "pydiff.guidance.superdiff"]
+                "pydiff.guidance.superdiff", "pydiff.guidance.tv"]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

@@ -5,7 +5,9 @@
   primal-dual hybrid gradient method (Chambolle and Pock 2011). For CT this is the standard
   TV-PDHG baseline; for MRI it is compressed-sensing TV. The data term is divided by
   ``||A||^2`` (estimated by power iteration) so that ``weight`` means the same for 8 views or
-  720, for one coil or eight: it is in the image's intensity units.
+  720, for one coil or eight: it is in the image's intensity units. The solver is the core's
+  :func:`pydiff.guidance.tv.tv_pdhg`, which also takes an anchor image (the TV refinement of a
+  diffusion reconstruction).
 - :func:`cg_sense`: CG-SENSE, conjugate gradients on ``(A^H A + damping I) x = A^H y`` (complex
   image; the magnitude is the usual baseline). :func:`conjugate_gradient` is the solver.
 - :func:`estimate_sensitivities`: coil maps of measured multi-coil k-space from its fully sampled
@@ -34,32 +36,13 @@ from collections.abc import Callable
 import torch
 
 from pydiff.errors import InputError
+from pydiff.guidance.tv import divergence2d, gradient2d, operator_norm, tv_pdhg
 
 Tensor = torch.Tensor
 Linear = Callable[[Tensor], Tensor]
 
 __all__ = ["tv_reconstruct", "cg_sense", "conjugate_gradient", "estimate_sensitivities",
            "zero_filled", "operator_norm", "gradient2d", "divergence2d"]
-
-
-def gradient2d(x: Tensor) -> Tensor:
-    """Forward differences over the last two axes (zero at the far edge): ``[..., 2, H, W]``."""
-    gy = torch.zeros_like(x)
-    gx = torch.zeros_like(x)
-    gy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
-    gx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
-    return torch.stack([gy, gx], dim=-3)
-
-
-def divergence2d(g: Tensor) -> Tensor:
-    """Minus the adjoint of :func:`gradient2d` (``<grad x, g> = -<x, div g>``)."""
-    gy, gx = g.unbind(dim=-3)
-    d = torch.zeros_like(gy)
-    d[..., :-1, :] += gy[..., :-1, :]
-    d[..., 1:, :] -= gy[..., :-1, :]
-    d[..., :, :-1] += gx[..., :, :-1]
-    d[..., :, 1:] -= gx[..., :, :-1]
-    return d
 
 
 def _real_adjoint(operator) -> Linear:
@@ -75,23 +58,10 @@ def _vdot(a: Tensor, b: Tensor) -> Tensor:
     return prod.reshape(a.shape[0], -1).sum(1).reshape(-1, *([1] * (a.dim() - 1)))
 
 
-def operator_norm(forward: Linear, adjoint: Linear, like: Tensor, iterations: int = 30,
-                  generator: torch.Generator | None = None) -> float:
-    """``||A||`` by power iteration on ``A^T A`` from a seeded random start."""
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    x = torch.randn(like.shape, generator=g, dtype=like.real.dtype).to(like.device)
-    x = x.to(like.dtype) if like.is_complex() else x
-    value = 0.0
-    for _ in range(iterations):
-        x = x / x.norm()
-        x = adjoint(forward(x))
-        value = float(x.norm())
-    return value ** 0.5
-
-
 def tv_reconstruct(operator, y: Tensor, weight: float, *, iterations: int = 300,
                    x_init: Tensor | None = None, complex_image: bool = False,
-                   nonnegative: bool = False, op_norm: float | None = None) -> Tensor:
+                   nonnegative: bool = False, op_norm: float | None = None,
+                   anchor: Tensor | None = None, anchor_weight: float = 0.0) -> Tensor:
     """TV-regularised reconstruction by PDHG (CT: TV-PDHG; MRI: compressed-sensing TV).
 
     Solves ``min_x 1/2 ||A x - y||^2 / ||A||^2 + weight * sum |grad x|`` for images
@@ -108,37 +78,15 @@ def tv_reconstruct(operator, y: Tensor, weight: float, *, iterations: int = 300,
             the image is real (``Re A^H``).
         nonnegative: clamp the image at 0 after each step (densities, magnitudes).
         op_norm: ``||A||`` if known (default: 30 power iterations).
+        anchor / anchor_weight: adds ``anchor_weight / 2 ||x - anchor||^2`` (and starts from
+            the anchor): the TV refinement of another reconstruction, e.g. a diffusion one.
 
     Example: ``tv_reconstruct(CTProjector(angles=8, size=256), sinogram, weight=0.01)``.
     """
-    if not weight >= 0:
-        raise InputError(f"weight must be >= 0, got {weight}")
-    if iterations < 1:
-        raise InputError(f"iterations must be >= 1, got {iterations}")
-    forward = operator.A
     adjoint = operator.A_adjoint if complex_image else _real_adjoint(operator)
-    like = adjoint(y)
-    x = torch.zeros_like(like) if x_init is None else x_init.to(like.dtype).clone()
-    norm = op_norm if op_norm is not None else operator_norm(forward, adjoint, like)
-    yn = y / norm
-    # K = [A / ||A||; grad] has norm <= sqrt(1 + 8); steps with tau * sigma * ||K||^2 < 1
-    tau = sigma = 0.99 / 3.0
-    p = torch.zeros_like(yn)
-    q = torch.zeros_like(gradient2d(x))
-    x_bar = x
-    for _ in range(iterations):
-        # dual of the data term f(z) = 1/2 ||z - y'||^2: prox of f* is (v - sigma y') / (1 + sigma)
-        p = (p + sigma * (forward(x_bar) / norm - yn)) / (1 + sigma)
-        # dual of weight * ||.||_{2,1}: pointwise projection onto the weight-ball
-        q = q + sigma * gradient2d(x_bar)
-        magnitude = q.abs().pow(2).sum(dim=-3, keepdim=True).sqrt()
-        q = q / torch.clamp(magnitude / max(weight, 1e-30), min=1.0)
-        x_new = x - tau * (adjoint(p) / norm - divergence2d(q))
-        if nonnegative:
-            x_new = x_new.clamp_min(0) if not x_new.is_complex() else x_new
-        x_bar = 2 * x_new - x
-        x = x_new
-    return x
+    return tv_pdhg(operator.A, adjoint, y, weight, iterations=iterations, x_init=x_init,
+                   nonnegative=nonnegative, op_norm=op_norm, anchor=anchor,
+                   anchor_weight=anchor_weight)
 
 
 def conjugate_gradient(apply: Linear, b: Tensor, x0: Tensor | None = None,

@@ -11,6 +11,10 @@ accepts them; see :mod:`pydiff.guidance.base`):
 Variational: :func:`red_diff` (RED-diff: the image fitted by Adam with the denoiser's noise
 residual as the regulariser's gradient; no backpropagation through the network).
 
+Total variation (:mod:`pydiff.guidance.tv`): :func:`tv_pdhg`, TV-regularised least squares by
+PDHG for a linear operator, optionally anchored at an image (a TV refinement of a diffusion
+reconstruction).
+
 Refinement: :func:`refine` (TSDiff's energy-based refinement: Langevin dynamics on the
 denoising loss at one level plus an observation energy such as :func:`pinball_energy`, started
 from another model's samples).
@@ -71,10 +75,11 @@ from .refine import diffusion_energy, pinball_energy, refine
 from .superdiff import SuperDiff, Superposition
 from .svdd import SVDD
 from .thresholding import ClipX0, DynamicThresholding, ProjectX0
+from .tv import tv_pdhg
 from .variational import red_diff
 
 __all__ = ["Guided", "ClassifierFreeGuidance", "DynamicThresholding", "ClipX0", "ProjectX0",
            "GradientGuidance", "MeasurementGuidance", "RewardGuidance", "SelfGuidance",
            "gaussian_posterior_variance", "DataConsistency", "Resampling", "red_diff", "SVDD",
            "refine", "diffusion_energy", "pinball_energy", "JointGradientGuidance", "SuperDiff",
-           "Superposition"]
+           "Superposition", "tv_pdhg"]
