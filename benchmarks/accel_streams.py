@@ -50,7 +50,15 @@ def _prior_case(size: int, total: int):
     return f"anatomy prior UNet2D {size}x{size}", model, xs, [{}] * total, "dpmpp_2m"
 
 
-def measure(case, streams: int, steps: int, repeats: int) -> dict:
+class _NoTemplates(dict):
+    """StreamBatch's per-shape start states, never kept: every push runs ``Solver.init``
+    (the way before ``SolverState.restart``), for ``--ab-restart``."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def measure(case, streams: int, steps: int, repeats: int, ab_restart: bool = False) -> dict:
     name, model, xs, conds, solver = case
 
     def sequential() -> list[torch.Tensor]:
@@ -59,9 +67,11 @@ def measure(case, streams: int, steps: int, repeats: int) -> dict:
 
     calls = 0
 
-    def batched() -> list[torch.Tensor]:
+    def batched(init_each: bool = False) -> list[torch.Tensor]:
         nonlocal calls
         batch = StreamBatch(model, solver, steps=steps, max_streams=streams)
+        if init_each:
+            batch._templates = _NoTemplates()
         for x, c in zip(xs, conds):  # one arrival per tick
             batch.push(x, **c)
             batch.tick()
@@ -69,22 +79,31 @@ def measure(case, streams: int, steps: int, repeats: int) -> dict:
         calls = batch.network_calls
         return out
 
-    best = {"sequential": float("inf"), "batched": float("inf")}
+    ways = [("sequential", sequential), ("batched", batched)]
+    if ab_restart:
+        ways.append(("batched_init_each", lambda: batched(init_each=True)))
+    best = {way: float("inf") for way, _ in ways}
     outs = {}
     with torch.no_grad():
         sequential(), batched()  # warm-up
         for _ in range(repeats):
-            for way, fn in (("sequential", sequential), ("batched", batched)):
+            for way, fn in ways:
                 t0 = time.process_time()
                 outs[way] = fn()
                 best[way] = min(best[way], time.process_time() - t0)
     diff = max((a - b).abs().max().item() for a, b in zip(outs["sequential"], outs["batched"]))
     n = len(xs)
-    return {"network": name, "solver": solver, "steps": steps, "streams": streams,
-            "samples": n, "batched_network_calls": calls,
-            "sequential_per_s": n / best["sequential"],
-            "batched_per_s": n / best["batched"],
-            "speedup": best["sequential"] / best["batched"], "max_abs_diff": diff}
+    row = {"network": name, "solver": solver, "steps": steps, "streams": streams,
+           "samples": n, "batched_network_calls": calls,
+           "sequential_per_s": n / best["sequential"],
+           "batched_per_s": n / best["batched"],
+           "speedup": best["sequential"] / best["batched"], "max_abs_diff": diff}
+    if ab_restart:
+        assert all(torch.equal(a, b) for a, b in zip(outs["batched"],
+                                                     outs["batched_init_each"]))
+        row["batched_init_each_per_s"] = n / best["batched_init_each"]
+        row["restart_gain"] = best["batched_init_each"] / best["batched"]
+    return row
 
 
 def main() -> None:
@@ -99,6 +118,10 @@ def main() -> None:
                     help="the policies' solvers (heun: two network calls a step, both batched "
                          "across the streams)")
     ap.add_argument("--skip-prior", action="store_true")
+    ap.add_argument("--ab-restart", action="store_true",
+                    help="also the batched run with Solver.init per pushed stream (no "
+                         "SolverState.restart), interleaved: what restarting one start state "
+                         "saves")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "accel_streams.json"))
     args = ap.parse_args()
@@ -112,11 +135,13 @@ def main() -> None:
     print(f"{'network':<30} {'solver':<9} {'seq/s':>8} {'batched/s':>10} {'speed-up':>9} "
           f"{'max diff':>9}")
     for case in cases:
-        r = measure(case, args.streams, args.steps, args.repeats)
+        r = measure(case, args.streams, args.steps, args.repeats, args.ab_restart)
         rows.append(r)
+        extra = (f"   init per stream {r['batched_init_each_per_s']:.1f}/s, restart "
+                 f"{r['restart_gain']:.2f}x" if args.ab_restart else "")
         print(f"{r['network']:<30} {r['solver']:<9} {r['sequential_per_s']:>8.1f} "
-              f"{r['batched_per_s']:>10.1f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>9.1e}",
-              flush=True)
+              f"{r['batched_per_s']:>10.1f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>9.1e}"
+              + extra, flush=True)
     report = {"args": vars(args), "load_average_at_start": os.getloadavg(), "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     pydiff.files.write_json(args.out, report)

@@ -407,3 +407,30 @@ def test_prk_warmup_in_short_runs_ends_with_a_multistep_step():
     for steps, nfe in ((1, 1), (2, 5), (3, 9), (4, 13)):
         state = pydiff.sample(model, x, "plms", steps=steps, warmup="prk", return_state=True)
         assert torch.isfinite(state.x).all() and state.nfe == nfe, (steps, state.nfe)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "ddpm"])
+def test_restart_runs_as_a_fresh_init_over_the_same_tables(solver):
+    # SolverState.restart reuses a run's grid and coefficient tables for a new x: the steps
+    # must equal a run started by init (history, step count, generator all fresh)
+    s = get_solver(solver)
+    grid = pydiff.timesteps(VP, 6, "time")
+    model = pydiff.Denoiser(lambda x, t: 0.3 * x + t.reshape(-1, 1), VP, prediction="eps")
+    first = s.init(torch.randn(2, 3), VP, grid, generator=torch.Generator().manual_seed(0))
+    used = first
+    for _ in range(3):  # advance the template's own run: restart must not carry its history
+        used = s.step(used, model)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    runs = [s.init(x, VP, grid, generator=torch.Generator().manual_seed(5)),
+            used.restart(x, generator=torch.Generator().manual_seed(5))]
+    for k in range(2):
+        while not runs[k].done:
+            runs[k] = s.step(runs[k], model)
+    assert torch.equal(runs[0].x, runs[1].x) and runs[0].nfe == runs[1].nfe == 6
+    assert used.restart(x).i == 0 and used.restart(x).history == ()
+    with pytest.raises(ValueError, match="shape, dtype and device"):
+        first.restart(torch.randn(3, 3))
+    brownian = get_solver("ddpm", noise="brownian").init(x, VP, grid,
+                                                          generator=torch.Generator())
+    with pytest.raises(ValueError, match="Brownian"):
+        brownian.restart(x)

@@ -22,7 +22,10 @@ every stream of the tick has asked for its own; one batched call then answers th
 every stage of a multi-stage solver is batched across streams: Heun costs two batched calls a
 tick (one on a stream's last step). Only an evaluation carrying its own extra conditioning
 stays per stream. The solver's arithmetic (a few fused element-wise passes per stream) stays
-per stream: every stream has its own coefficient table and step index.
+per stream: every stream has its own step index (it is a few per cent of a tick; the
+network is most of it). Streams on the default grid share one grid and coefficient table: a push
+restarts the first such stream's start state (:meth:`pydiff.SolverState.restart`) instead of
+building them again.
 
 Example:
     >>> import torch, pydiff
@@ -211,6 +214,7 @@ class StreamBatch:
         # single-evaluation solvers tick on this thread; the first step that evaluates more
         # or elsewhere switches to coroutine ticks (threads: too dear for the common case)
         self._coroutines = False
+        self._templates: dict[tuple, SolverState] = {}  # per x shape, dtype, device
 
     # -- the queue API ---------------------------------------------------------------------
     def push(self, x: Tensor, *, generator: Generators = None, hooks: Sequence[Hook] = (),
@@ -226,16 +230,27 @@ class StreamBatch:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise InputError(f"StreamBatch.push: x must be a floating-point tensor [B, ...], "
                              f"got {got}")
-        schedule = self.model.schedule
-        if grid is None:
-            grid = timesteps(schedule, self.steps, self.spacing, t_start=self.t_start,
-                             t_end=self.t_end, final_zero=self.final_zero, device=x.device)
-        _check_time_shape(grid[0] if grid.dim() else grid, x, "grid")
         for key, value in cond.items():
             if torch.is_tensor(value) and (value.dim() == 0 or value.shape[0] != x.shape[0]):
                 raise InputError(f"StreamBatch.push: {key} has shape {tuple(value.shape)}; "
                                  f"expected a batch axis of {x.shape[0]} (the stream's x)")
-        state = self.solver.init(x, schedule, grid, generator=generator, hooks=hooks)
+        # every stream on the default grid restarts one state's grid and coefficient tables:
+        # building them (the grid, alpha, sigma, the solver's table) cost more per stream than
+        # its solver steps
+        like = (tuple(x.shape), x.dtype, x.device)
+        template = self._templates.get(like) if grid is None else None
+        if template is not None:
+            state = template.restart(x, generator=generator, hooks=hooks)
+        else:
+            schedule = self.model.schedule
+            default = grid is None
+            if default:
+                grid = timesteps(schedule, self.steps, self.spacing, t_start=self.t_start,
+                                 t_end=self.t_end, final_zero=self.final_zero, device=x.device)
+            _check_time_shape(grid[0] if grid.dim() else grid, x, "grid")
+            state = self.solver.init(x, schedule, grid, generator=generator, hooks=hooks)
+            if default and state.noise_source is None:
+                self._templates[like] = state
         model = self.model.bind(**cond) if cond else self.model
         ticket = self._next_ticket
         self._next_ticket += 1

@@ -122,6 +122,35 @@ class SolverState:
         """This step's row of the coefficient table."""
         return Coefficients(self.rows or self.table, self.i)
 
+    def restart(self, x: State, *, generator: Generators = None,
+                hooks: Sequence[Hook] = ()) -> SolverState:
+        """A new run from ``x`` over this state's grid and coefficient tables, without
+        computing them again (what :meth:`Solver.init` spends its time on): for many runs over
+        one grid, e.g. one per stream (:class:`pydiff.accel.StreamBatch`). ``x`` must have the
+        shape, dtype and device of this state's ``x``; a Brownian-tree run cannot restart.
+
+        Example:
+            >>> import torch, pydiff
+            >>> from pydiff.solvers import get_solver
+            >>> sched = pydiff.VPSchedule()
+            >>> first = get_solver("ddim").init(torch.zeros(1, 2), sched, torch.tensor([1.0, 0.0]))
+            >>> first.restart(torch.ones(1, 2)).x.tolist(), first.restart(torch.ones(1, 2)).i
+            ([[1.0, 1.0]], 0)
+        """
+        if self.noise_source is not None:
+            raise ValueError("SolverState.restart: a Brownian-tree run draws its path from its "
+                             "x and generator; start it with Solver.init")
+        old, new = leaves(self.x), leaves(x)
+        if len(old) != len(new) or any(
+                not torch.is_tensor(b) or a.shape != b.shape or a.device != b.device
+                or a.dtype != _state_dtype(b).dtype for a, b in zip(old, new)):
+            got = [tuple(b.shape) if torch.is_tensor(b) else type(b).__name__ for b in new]
+            raise ValueError(f"SolverState.restart: x is {got}; expected the shape, dtype and "
+                             f"device of this run's x {[tuple(a.shape) for a in old]}")
+        check_generator(generator, batch_size(x))
+        return self.replace(x=tree_map(_state_dtype, x), i=0, generator=generator,
+                            hooks=tuple(hooks), history=(), nfe=0, aux=())
+
     def replace(self, **changes: Any) -> SolverState:
         """A copy with ``changes`` (as ``dataclasses.replace``, which costs a solver step on a
         small state more than its kernel: every step makes one)."""
