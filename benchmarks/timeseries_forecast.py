@@ -22,7 +22,8 @@ Data:
   interest rates, Danish money demand, fresh synthetic seeds), where long enough.
 
 Speed: seconds per forecast of ``--samples`` paths of one series (context 96, horizon 24) by
-solver and step count, with ``torch.set_num_threads(--threads)``.
+solver and step count, with ``torch.set_num_threads(--threads)``: wall clock and CPU seconds
+(median of ``--repeats``), and the 1-minute load average before and after each row.
 
 Writes benchmarks/results/timeseries_forecast.json.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -156,16 +158,22 @@ def speed(args: argparse.Namespace) -> list[dict]:
     for config in args.speed.split(","):
         solver, steps = config.split(":")[0], int(config.split(":")[1])
         model.forecast(y, args.horizon, args.samples, solver=solver, steps=2)  # warm-up
-        times = []
+        times, cpu = [], []
+        load = os.getloadavg()[0]
         for rep in range(args.repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model.forecast(y, args.horizon, args.samples, solver=solver, steps=steps, seed=rep)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
         nfe = steps * (2 if solver == "heun" else 1)
+        # CPU seconds (all threads): what other jobs on a shared machine do not inflate; with
+        # one thread they are the wall clock of the forecast on one idle core
         rows.append({"solver": solver, "steps": steps, "nfe": nfe,
-                     "seconds": float(np.median(times))})
+                     "seconds": float(np.median(times)), "cpu_seconds": float(np.median(cpu)),
+                     "load_before": load, "load_after": os.getloadavg()[0]})
         print(f"{solver:9s} steps {steps:3d} (NFE ~{nfe}): {np.median(times):.2f} s per "
-              f"forecast of {args.samples} samples", flush=True)
+              f"forecast of {args.samples} samples ({np.median(cpu):.2f} s CPU; load "
+              f"{load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
     return rows
 
 
