@@ -23,7 +23,7 @@ cost relative to the x0-ready step), ``copies`` (pydiff eps step / copy_) and ``
 
 Usage::
 
-    python benchmarks/solver_step.py [--sizes 16384 65536 ...] [--threads 1]
+    python benchmarks/solver_step.py [--sizes 16384 65536 ...] [--threads 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -132,7 +132,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results",
+                                                   "solver_step.json"))
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     rows = []
@@ -165,11 +168,14 @@ def main() -> None:
         print(f"{n:>10} " + " ".join(f"{r[k]:>9.1f}" for _, k in cols)
               + f" {r['eps_over_x0']:>6.2f}x {r['v_over_x0']:>5.2f}x {r['eps16_over_x0']:>7.2f}x"
               f" {r['pydiff_eps_in_copies']:>6.1f} {r['speedup_eps']:>7.1f}x")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", "solver_step.json")
+    path = args.json
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    load = [load_before, os.getloadavg()[0]]
+    print(f"load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}")
     with open(path, "w") as f:
         json.dump({"backend": pydiff.ops.backend(), "threads": args.threads,
                    "torch": torch.__version__, "machine": platform.machine(),
+                   "load_average_before_after": load,
                    "unit": "microseconds per step (median)", "rows": rows}, f, indent=1)
     print(f"wrote {path}")
 

@@ -353,11 +353,14 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
   thread_local std::vector<at::Tensor> inputs;
   thread_local std::vector<PyObject*> linears;     // distinct Linear terms
   thread_local std::vector<py::object> holders;    // keeps basis/coefs tuples alive
+  thread_local std::vector<at::Tensor> tens, used;  // coefficient tensors, lincomb's terms
   // tensors and Python references are dropped on every exit, not at the next call
   struct Release {
     ~Release() {
       inputs.clear();
       holders.clear();
+      tens.clear();
+      used.clear();
     }
   } release;
   input_objs.clear();
@@ -416,6 +419,11 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
     PyObject* obj;  // the coefficient object, or nullptr when `val` holds a host value
     double val;
   };
+  // stable insertion sort by source: a handful of entries (std::stable_sort allocates)
+  auto sort_by_source = [](std::vector<Entry>& v) {
+    for (size_t a = 1; a < v.size(); ++a)
+      for (size_t b = a; b > 0 && v[b - 1].src > v[b].src; --b) std::swap(v[b - 1], v[b]);
+  };
   auto host = [](const Entry& e, double* v) -> bool {
     if (e.obj == nullptr) {
       *v = e.val;
@@ -463,14 +471,14 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
     keep_at = static_cast<int>(it - linears.begin());
   }
   for (int j = 0; j <= nlin; ++j)  // by source, as the Python path's dense rows order them
-    std::stable_sort(rows[j].begin(), rows[j].end(),
-                     [](const Entry& a, const Entry& b) { return a.src < b.src; });
+    sort_by_source(rows[j]);
 
   // A Linear that is not written and whose coefficients are all host values folds into the
   // last row: its coefficients times the last row's weight on it (see compose_linears in
   // pydiff/solvers/base.py, which does the same arithmetic in the same order)
   std::vector<Entry>& last = rows[nlin];
-  std::vector<int> row_of(nlin, -1);  // the output row a Linear keeps, -1 once composed
+  thread_local std::vector<int> row_of;  // the output row a Linear keeps, -1 once composed
+  row_of.assign(nlin, -1);
   int nrows = 0;
   for (int l = 0; l < nlin; ++l) {
     bool composable = l != keep_at;
@@ -513,13 +521,17 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
                               [&](const Entry& q) { return q.src == nin + l; }),
                last.end());
   }
-  std::stable_sort(last.begin(), last.end(),
-                   [](const Entry& a, const Entry& b) { return a.src < b.src; });
+  sort_by_source(last);
   if (nrows + 1 > kMaxOutputs) return none;
 
-  std::vector<at::Tensor> tens;
-  std::vector<int64_t> index, sources, counts, keep;
-  std::vector<double> scales;
+  thread_local std::vector<int64_t> index, sources, counts, keep;
+  thread_local std::vector<double> scales;
+  tens.clear();
+  index.clear();
+  sources.clear();
+  counts.clear();
+  keep.clear();
+  scales.clear();
   auto parse = [&](const Entry& e) -> bool {
     if (e.obj != nullptr) return parse_coef(e.obj, x, tens, index, scales);
     index.push_back(-1);
@@ -528,7 +540,7 @@ py::object fold_fast(py::handle terms_obj, py::handle coeffs_obj, py::handle noi
   };
   if (nrows == 0) {
     // every Linear composed: one plain lincomb over the sources the last row reads
-    std::vector<at::Tensor> used;
+    used.clear();
     for (auto& e : last) {
       if (!parse(e)) return none;
       used.push_back(inputs[e.src]);

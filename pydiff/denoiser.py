@@ -52,6 +52,9 @@ from .schedules import DiscreteSchedule, Schedule, as_time
 from .tree import State, batch_size, leaves, per_sample, tree_map
 
 Tensor = torch.Tensor
+# bound once: Denoiser.evaluate's fast path runs on every solver step
+_is_compiling = torch.compiler.is_compiling
+_trusted = Prediction._trusted
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 TIME_INPUTS = ("t", "index", "scaled", "log_sigma", "sigma")
 PRECONDS = (None, "edm")
@@ -221,17 +224,17 @@ class Denoiser(Model):
     def evaluate(self, x: State, t: float | Tensor, **cond: Any) -> Prediction:
         """x0 and eps at state ``x`` and time ``t`` (one network evaluation), as the network
         output and the parameterization's linear map (see :class:`pydiff.Prediction`)."""
-        if (not cond and type(x) is Tensor and type(t) is Tensor
-                and not torch.compiler.is_compiling()):
+        if not cond and type(x) is Tensor and type(t) is Tensor and not _is_compiling():
             # a solver's step: t is a row of its grid, which an earlier call prepared (see
             # _remember): the network time and the maps are ready, the call costs the network
             hit = self._ready.get(t.data_ptr())
             if (hit is not None and t._base is hit[0] and hit[1] == t._version
-                    and hit[2] == x.shape[0] and hit[3] is x.dtype and t.shape == hit[7]
+                    and hit[3] is x.dtype and hit[2] == x.shape[0] and t.shape == hit[7]
                     and t.stride() == hit[8] and hit[9] == x.device):
-                out = self.net(x, hit[4], **self.cond)
+                bound = self.cond
+                out = self.net(x, hit[4], **bound) if bound else self.net(x, hit[4])
                 if type(out) is Tensor and out.shape == x.shape:
-                    return Prediction._trusted((x, out), hit[5], hit[6])
+                    return _trusted((x, out), hit[5], hit[6])
         cond = {**self.cond, **cond} if cond else self.cond
         ref = x if isinstance(x, Tensor) else leaves(x)[0]
         t_arg = t
