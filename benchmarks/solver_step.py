@@ -3,6 +3,8 @@
 For each size (float32 elements) the script times, in the same run:
 
 - ``copy_``: copying the sample into a preallocated tensor (the memory-traffic floor);
+- ``kernel``: the eps step's fused pass alone (one ``lincomb`` over the four tensors it reads,
+  into a fresh result): what an eps step costs without the solver's and the model's Python;
 - ``pydiff x0``: ``solver.step`` with a model whose x0 prediction is ready (the solver's own
   cost: one fused ``lincomb`` plus bookkeeping);
 - ``pydiff eps`` / ``v`` / ``score``: the same through ``pydiff.Denoiser`` with an eps, v or
@@ -123,6 +125,19 @@ def time_diffusers(n: int, reps: int, prediction: str) -> float:
     return _median_time(step, min(reps, STEPS - 10))
 
 
+def time_kernel(n: int, reps: int) -> float:
+    """The eps step's fused pass alone: one ``lincomb`` over the four tensors it reads (state,
+    network output, previous state, previous output) into a fresh result, called directly
+    with float coefficients: the memory floor of the step, without the solver and model."""
+    terms = [torch.randn(1, n) for _ in range(4)]
+    holder = {}
+
+    def run():
+        holder["out"] = pydiff.ops.lincomb(terms, [0.9, -0.1, 0.05, 0.02])
+
+    return _median_time(run, reps)
+
+
 def time_copy(n: int, reps: int) -> float:
     src, dst = torch.randn(n), torch.empty(n)
     return _median_time(lambda: dst.copy_(src), reps)
@@ -139,7 +154,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     rows = []
-    cols = [("copy_", "copy_us"), ("x0", "pydiff_x0_us"), ("eps", "pydiff_eps_us"),
+    cols = [("copy_", "copy_us"), ("kernel", "eps_kernel_us"), ("x0", "pydiff_x0_us"),
+            ("eps", "pydiff_eps_us"),
             ("v", "pydiff_v_us"), ("score", "pydiff_score_us"), ("eps16", "pydiff_eps16_us"),
             ("diff.x0", "diffusers_x0_us"), ("diff.eps", "diffusers_eps_us"),
             ("diff.v", "diffusers_v_us")]
@@ -150,6 +166,7 @@ def main() -> None:
         reps = _reps(n)
         r = {"elements": n,
              "copy_us": time_copy(n, reps) * 1e6,
+             "eps_kernel_us": time_kernel(n, reps) * 1e6,
              "pydiff_x0_us": time_pydiff(n, reps, None) * 1e6,
              "pydiff_eps_us": time_pydiff(n, reps, "eps") * 1e6,
              "pydiff_v_us": time_pydiff(n, reps, "v") * 1e6,
