@@ -64,12 +64,17 @@ class Tiled(torch.nn.Module):
         return torch.cat(parts, dim=2)
 
 
-def _bytes_worker(sizes: list[int], fraction: float, path: str | None = None) -> list[dict]:
+WIRES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8,
+         "model": None}  # partial on a DiT: its tokens' dtype on the wire
+
+
+def _bytes_worker(sizes: list[int], fraction: float, path: str | None = None,
+                  wire: str = "float16") -> list[dict]:
     net = load_patch_model(path).net
     rows = []
     for size in sizes:
         for mode in ("sync", "displaced", "partial"):
-            model = PatchParallel(net, mode=mode, fraction=fraction)
+            model = PatchParallel(net, mode=mode, fraction=fraction, wire=WIRES[wire])
             per_call: list[int] = []
             model.register_forward_hook(lambda m, i, o, log=per_call: log.append(m.bytes_sent))
             sample_image(model, size, 3, seed=0)
@@ -80,7 +85,8 @@ def _bytes_worker(sizes: list[int], fraction: float, path: str | None = None) ->
 
 
 def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all",
-                    path: str | None = None, extrapolate: bool = False) -> list[dict]:
+                    path: str | None = None, extrapolate: bool = False,
+                    wire: str = "float16") -> list[dict]:
     net = load_patch_model(path).net
     rows = []
     if variants == "all":
@@ -95,7 +101,8 @@ def _quality_worker(size: int, steps: int, fraction: float, variants: str = "all
         if mode == "tiled":
             model = Tiled(net)
         else:
-            model = PatchParallel(net, mode=mode, fraction=fraction, **options)
+            model = PatchParallel(net, mode=mode, fraction=fraction, wire=WIRES[wire],
+                                  **options)
         dist.barrier()
         start = time.perf_counter()
         x = sample_image(model, size, steps, seed=0)
@@ -158,6 +165,9 @@ def main() -> None:
                    help="quality: also the stale modes with extrapolated halos and K/V")
     p.add_argument("--arch", choices=("unet", "dit"), default="unet",
                    help="the shipped UNet2D or the shipped DiT (trained at 64x64: sample it there)")
+    p.add_argument("--wire", choices=tuple(WIRES), default="float16",
+                   help="partial on the DiT: the dtype of its tokens on the wire (model: the "
+                        "model's dtype)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     path = str(SHIPPED_DIT if args.arch == "dit" else SHIPPED)
@@ -169,7 +179,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for nproc in [] if args.skip_bytes else args.nprocs:
         per_rank = launch(_bytes_worker, nproc, args.bytes_sizes, args.fraction, path,
-                          timeout=600)
+                          args.wire, timeout=600)
         for size in args.bytes_sizes:
             mean = {}
             for mode in ("sync", "displaced", "partial"):
@@ -196,7 +206,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for nproc in args.nprocs:
             per_rank = launch(_quality_worker, nproc, size, steps, args.fraction, args.variants,
-                              path, args.extrapolate, timeout=1800)
+                              path, args.extrapolate, args.wire, timeout=1800)
             for i, row in enumerate(per_rank[0]):
                 x = row["sample"]
                 ranks = [r[i] for r in per_rank]

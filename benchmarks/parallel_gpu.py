@@ -47,13 +47,16 @@ def _trained_dit(device: torch.device, world: int, steps: int = 20) -> list[dict
     net = load_patch_model(SHIPPED_DIT).net.to(device)
     single = sample_image(net, 64, steps, 0, device=device)
     rows = []
-    # partial on a DiT: every band's normalized block inputs in float16, K/V rebuilt
-    for mode, extrapolate in (("sync", False), ("displaced", False), ("partial", False),
-                              ("displaced", True), ("partial", True)):
-        model = PatchParallel(net, mode=mode, extrapolate=extrapolate)
+    # partial on a DiT: every band's normalized block inputs in float16 (or int8), K/V rebuilt
+    for mode, extrapolate, wire in (("sync", False, None), ("displaced", False, None),
+                                    ("partial", False, torch.float16),
+                                    ("partial", False, torch.int8),
+                                    ("displaced", True, None), ("partial", True, torch.float16)):
+        model = PatchParallel(net, mode=mode, extrapolate=extrapolate, wire=wire)
         x = sample_image(model, 64, steps, 0, device=device)
         rows.append({"model": "dit (trained)", "size": 64, "steps": steps, "nproc": world,
-                     "mode": mode + (" extrapolated" if extrapolate else ""),
+                     "mode": mode + (" extrapolated" if extrapolate else "") +
+                     (" int8" if wire == torch.int8 else ""),
                      "psnr": psnr(x, single),
                      "max_diff": float((x - single).abs().max()),
                      "bytes_per_step": model.bytes_sent / model.calls})
@@ -107,7 +110,7 @@ def main() -> None:
                   "(relative to the output's scale)", flush=True)
         rows += _trained_dit(device, info.world_size)
         if info.rank == 0:
-            for r in rows[-5:]:
+            for r in rows[-6:]:
                 value = r["psnr"]
                 print(f"trained DiT 64 px, {info.world_size} GPUs, {r['mode']}: PSNR "
                       f"{'identical' if value is None else f'{value:.1f} dB'}, "

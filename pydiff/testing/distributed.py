@@ -243,10 +243,10 @@ def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
     """A random DiT over sequences of ``length`` tokens, patch-parallel and on one process:
     ``sync`` calls with per-sample and per-position times, a global condition and a key mask
     cutting across the bands, and a short DDIM sampling; ``displaced`` and ``partial`` (its
-    tokens sent in the model's dtype, and in half precision: ``partial_half``) on a repeated
-    input, whose stale K/V are exact. Returns the largest
-    differences from the single-process outputs, relative to the output's scale, and the bytes
-    each mode sent per call."""
+    tokens sent in the model's dtype, in half precision: ``partial_half``, and as int8 with
+    a scale per token: ``partial_int8``) on a repeated input, whose stale K/V are exact.
+    Returns the largest differences from the single-process outputs, relative to the output's
+    scale, and the bytes each mode sent per call."""
     import pydiff
 
     from ..parallel import PatchParallel
@@ -277,7 +277,8 @@ def dit_patch_vs_single(length: int, steps: int, group=None) -> dict:
         out["sync_sample"] = rel(samples[1], samples[0])
         # partial on a DiT: every band's normalized block inputs, K/V rebuilt by the receiver
         # (exact in the model's dtype on a repeated input; half precision on the wire)
-        modes = [("displaced", {}), ("partial", {"wire": None}), ("partial_half", {})]
+        modes = [("displaced", {}), ("partial", {"wire": None}), ("partial_half", {}),
+                 ("partial_int8", {"wire": torch.int8})]
         for name, options in modes:
             mode = name.split("_")[0]
             stale = PatchParallel(net, mode=mode, group=group, warmup=1, **options)
