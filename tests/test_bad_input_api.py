@@ -174,6 +174,9 @@ CORE: list[Row] = [
         InputError, ("fraction=0",)),
     Row("patch-parallel-gn-unknown", lambda: PatchParallel(UNET, mode="displaced", gn="stale"),
         InputError, ("gn='stale'",)),
+    Row("patch-parallel-wire-int32", lambda: PatchParallel(UNET, mode="partial",
+                                                           wire=torch.int32),
+        InputError, ("wire=torch.int32", "int8")),
     Row("patch-parallel-image-dit-height", lambda: PatchParallel(
         pydiff.nn.ImageDiT(1, patch=4, hidden_dim=16, depth=1)).check_size(6), InputError,
         ("height 6", "patch 4")),
