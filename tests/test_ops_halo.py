@@ -14,7 +14,8 @@ from pydiff.testing.distributed import halo_test_maps
 EXT = ops.backend() == "extension"
 needs_ext = pytest.mark.skipif(not EXT and os.environ.get("PYDIFF_REQUIRE_EXT") != "1",
                                reason="pydiff._C not loaded")
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# int8: the packed tokens of a DiT's partial mode with wire=torch.int8 (1-byte elements)
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int8]
 
 
 @needs_ext
