@@ -496,3 +496,19 @@ def test_docstring_examples(module):
     mod = importlib.import_module("pydiff.domains.policy" + module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_evaluate_draws_another_noise_stream_on_request():
+    # noise_seed=0 is the eval's own stream (each episode's generator seeded with its env
+    # seed); another stream changes the policy's noise, not the envs
+    policy = load("pointmass", preset="cp1")
+    seeds = [1000, 1001]
+    base = evaluate(policy, "pointmass", seeds, max_steps=10)
+    same = evaluate(policy, "pointmass", seeds, max_steps=10, noise_seed=0)
+    other = evaluate(policy, "pointmass", seeds, max_steps=10, noise_seed=1)
+    for a, b, c in zip(base.episodes, same.episodes, other.episodes):
+        np.testing.assert_allclose(a.actions, b.actions, atol=1e-5)
+        np.testing.assert_allclose(a.observations[0], c.observations[0])  # same env start
+        assert not np.allclose(a.actions, c.actions, atol=1e-3)
+    real_time = evaluate(policy, "pointmass", seeds[:1], max_steps=3, hz=1000, noise_seed=1)
+    assert real_time.episodes[0].steps == 3

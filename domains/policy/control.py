@@ -257,13 +257,19 @@ def run_episode(policy: Any, env_name: str, seed: int, *, hz: float | None = Non
         actions=np.asarray(actions, dtype=np.float32), chunks=chunks, frames=frames)
 
 
-def _lockstep(policy: Any, env_name: str, seeds: list[int], max_steps: int | None
-              ) -> list[EpisodeResult]:
+def _noise_seed(seed: int, noise_seed: int) -> int:
+    """The policy's generator seed for env ``seed`` in noise stream ``noise_seed`` (0: the
+    env seed itself, as every figure before streams existed)."""
+    return seed if noise_seed == 0 else seed + 1_000_003 * noise_seed
+
+
+def _lockstep(policy: Any, env_name: str, seeds: list[int], max_steps: int | None,
+              noise_seed: int = 0) -> list[EpisodeResult]:
     """All ``seeds`` in lockstep in simulated time, one batched ``select_action`` a tick."""
     spec = env_spec(env_name)
     steps_limit = max_steps or spec.max_steps
     envs = [make_env(env_name) for _ in seeds]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    generators = [torch.Generator().manual_seed(_noise_seed(s, noise_seed)) for s in seeds]
     policy.reset()
     obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
     n = len(seeds)
@@ -348,7 +354,8 @@ def _named_policies(name: str, env_name: str, seeds: list[int], checkpoint: Any
 
 
 def evaluate(policy: Any, env_name: str, seeds: list[int], *, hz: float | None = None,
-             max_steps: int | None = None, checkpoint: Any = None) -> Evaluation:
+             max_steps: int | None = None, checkpoint: Any = None, noise_seed: int = 0,
+             ) -> Evaluation:
     """Run ``policy`` on every seed of ``env_name`` and summarize.
 
     Args:
@@ -362,6 +369,10 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, hz: float | None =
         hz: ``None`` runs all seeds in lockstep in simulated time (one batched
             ``select_action`` per tick; finished envs receive ignored actions until all are
             done); a rate runs them one by one in real time (:func:`run_episode`).
+        noise_seed: which noise stream the policies draw (0: each episode's generator is
+            seeded with its env seed). Over 50 seeds a success rate moves by up to ~0.1 from
+            one stream to another (BENCHMARKS.md, "Policy"), so presets closer than that are
+            compared over several streams.
 
     Example:
         >>> from pydiff.domains.policy import evaluate
@@ -375,9 +386,10 @@ def evaluate(policy: Any, env_name: str, seeds: list[int], *, hz: float | None =
     episodes = []
     for p, chosen in runs:
         if hz is None:
-            episodes += _lockstep(p, env_name, chosen, max_steps)
+            episodes += _lockstep(p, env_name, chosen, max_steps, noise_seed)
         else:
-            episodes += [run_episode(p, env_name, s, hz=hz, max_steps=max_steps)
+            episodes += [run_episode(p, env_name, s, hz=hz, max_steps=max_steps,
+                                     generator_seed=_noise_seed(s, noise_seed))
                          for s in chosen]
     return Evaluation(env_name, sorted(episodes, key=lambda r: seeds.index(r.seed)))
 
