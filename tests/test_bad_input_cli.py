@@ -335,6 +335,10 @@ ROWS: list[Row] = [
     Row("medical-recon-unknown-modality", recon("{tmp}/scans_4d", "--modality", "pet"),
         ("--modality", "pet")),
     Row("medical-recon-views-zero", recon("{tmp}/scans_4d", "--views", "0"), ("--views", "'0'")),
+    Row("medical-recon-tv-refine-baseline", recon("{tmp}/scans_4d", "--tv-refine", "0.01"),
+        ("--tv-refine", "fbp")),
+    Row("medical-recon-tv-refine-negative", recon("{tmp}/scans_4d", "--method", "dds",
+                                                  "--tv-refine", "-1"), ("--tv-refine",)),
     Row("medical-recon-output-is-a-file", recon("{tmp}/scans_4d", output="{tmp}/a_file"),
         ("OUTPUT_DIR", "a_file")),
     # -- speech evaluate

@@ -322,3 +322,27 @@ def test_measured_kspace_volume_is_read_per_slice(tmp_path):
     row = result.rows[0]
     assert result.done == 1 and row["measurement"] == "head_kspace.npy"
     assert row["shape"] == "32x32x2" and float(row["psnr"]) > 20
+
+
+def test_tv_refine_option_reaches_the_reconstruction(tmp_path):
+    """``--tv-refine`` (``options={"tv_refine": a}``): the diffusion image is refined, the case
+    record keeps the option (a rerun with another value is not skipped), and a baseline method
+    or a negative weight is refused before any work."""
+    from pydiff.errors import InputError
+
+    scans = tmp_path / "in"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(_phantom(32)[..., None], np.eye(4)), scans / "phantom.nii.gz")
+    arrays = []
+    for refine in (0.0, 0.01):
+        options = {"tv_refine": refine} if refine else {}
+        settings = BatchSettings("ct", "dds", views=8, steps=2, options=options)
+        settings.check()
+        result = run_batch(scans, tmp_path / "out", settings, progress=False)
+        assert result.done == 1 and result.skipped == 0, result.rows
+        arrays.append(np.asarray(nib.load(tmp_path / "out" / "phantom.nii.gz").dataobj))
+    assert float(np.abs(arrays[0] - arrays[1]).mean()) > 1e-4
+    with pytest.raises(InputError, match="--tv-refine"):
+        BatchSettings("ct", "fbp", options={"tv_refine": 0.01}).check()
+    with pytest.raises(InputError, match="--tv-refine"):
+        BatchSettings("ct", "dds", options={"tv_refine": -1.0}).check()

@@ -105,6 +105,8 @@ class BatchSettings:
         noise_level: Gaussian measurement noise, relative to the RMS of the noiseless
             measurement (``0.01`` is 1%).
         threads: torch intra-op threads (fixed threads make reruns bit-identical).
+        options: more :meth:`Reconstructor.reconstruct` options, e.g. ``{"tv_refine": 0.01}``
+            (``--tv-refine``: the TV refinement of a diffusion method's image).
     """
 
     modality: str
@@ -137,6 +139,12 @@ class BatchSettings:
             raise InputError(f"--noise-level {self.noise_level!r}: expected a number >= 0")
         if self.geometry not in ("parallel", "fan"):
             raise InputError(f"--geometry {self.geometry!r}: expected 'parallel' or 'fan'")
+        refine = self.options.get("tv_refine", 0.0)
+        if not (isinstance(refine, (int, float)) and math.isfinite(refine) and refine >= 0):
+            raise InputError(f"--tv-refine {refine!r}: expected a number >= 0")
+        if refine and self.method not in DIFFUSION_METHODS:
+            raise InputError(f"--tv-refine refines a diffusion reconstruction; --method "
+                             f"{self.method!r} is not one of {', '.join(DIFFUSION_METHODS)}")
 
 
 @dataclass
