@@ -88,7 +88,7 @@ def test_ct_diffusion_methods_use_the_measurement(phantom, method):
     assert out.nfe == 4 and bool((out.std > 0).any())
     if method == "dps":  # a few DPS steps do not beat FBP; the guidance must still help
         free = rec.reconstruct(y, operator=ct, method=method, steps=4, n_samples=2,
-                               value_range=(0.0, 1.0), scale=0.0)
+                               value_range=(0.0, 1.0), scale=0.0, damping=0.0)
         assert psnr(out.image, phantom) > psnr(free.image, phantom) + 1
     else:
         assert psnr(out.image, phantom) > psnr(ct.fbp(y), phantom)

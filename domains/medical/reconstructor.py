@@ -4,7 +4,8 @@ Every diffusion method is the core's sampler (:func:`pydiff.sample`) with the co
 this module only builds the measurement model in the prior's units:
 
 - ``"dps"``: :class:`pydiff.guidance.MeasurementGuidance` (the residual's gradient through
-  x0-hat, DPS step rule);
+  x0-hat, DPS step rule); the guided x0-hat also goes through the noise-weighted
+  proximal step, as DDS;
 - ``"projection"``: data consistency after every step, :class:`pydiff.guidance.DataConsistency`
   (the state projected onto ``A x = alpha y + sigma A z`` by conjugate gradients: score-MRI's
   k-space projection, and its CT analogue), as the noise-weighted proximal step (as DDS for MRI);
@@ -95,6 +96,9 @@ DDS_DAMPING = {"ct": 0.0, "mri": 3e-4}
 # to the noised measurement, lam = damping ||A||^2 / (sigma_t / alpha_t)^2); both values were
 # chosen on held-out procedural images (BENCHMARKS.md, issue 16)
 PROJECTION_DAMPING = {"ct": 1e-4, "mri": 3e-4}
+# DPS's x0-hat through the same noise-weighted proximal step after the guidance (chosen on
+# held-out procedural images, BENCHMARKS.md, issue 16)
+DPS_DAMPING = {"ct": 1e-4, "mri": 3e-4}
 
 
 @dataclass
@@ -175,11 +179,12 @@ class Reconstructor:
             options: ``scale`` (DPS zeta; default 1 for CT, 100 for MRI), ``clip`` (bound on
                 x0-hat in the prior's units; 2 for CT, 1 for MRI), ``cg`` (CG iterations of
                 projection/DDS; DDS: 5 for CT, 10 for MRI), ``eta`` (DDIM eta; DDS: 0.85 for
-                CT, 1 for MRI), ``damping`` (DDS and projection: the data consistency becomes
-                the noise-weighted proximal step ``argmin ||A x - y||^2 + lam ||x - x_hat||^2``
-                on x0-hat (DDS) or the state (projection), ``lam = damping ||A||^2 /
-                (sigma_t / alpha_t)^2``; DDS: 0 for CT, 3e-4 for MRI; projection: 1e-4 for
-                CT, 3e-4 for MRI),
+                CT, 1 for MRI), ``damping`` (DDS, projection and DPS: the data consistency
+                becomes the noise-weighted proximal step ``argmin ||A x - y||^2 + lam ||x -
+                x_hat||^2`` on x0-hat (DDS; DPS after its guidance) or the state (projection),
+                ``lam = damping ||A||^2 /
+                (sigma_t / alpha_t)^2``; DDS: 0 for CT, 3e-4 for MRI; DPS and projection: 1e-4
+                for CT, 3e-4 for MRI),
                 ``warm_start`` (``"tv"``: projection/DDS start from the TV reconstruction
                 noised to ``t_start``, sigma in the prior's units, default 0.5),
                 ``weight`` (TV weight relative to the value range),
@@ -313,15 +318,23 @@ class Reconstructor:
             raise InputError(f"warm_start={options.get('warm_start')!r}: expected 'noise' or "
                              "'tv' (dds and projection)")
         with torch.no_grad():
+            adjoint = self._real_adjoint(operator)  # exact, cheaper than autograd's VJP
+            defaults = {"dds": DDS_DAMPING, "projection": PROJECTION_DAMPING,
+                        "dps": DPS_DAMPING}[method]
+            damping = float(options.get("damping", defaults[_modality(operator)]))
             if method == "dps":
                 guided = MeasurementGuidance(model, a, y_u, step="dps",
                                              scale=options.get("scale",
                                                                DPS_SCALE[_modality(operator)]))
+                if damping > 0:  # DPS's x0-hat through the noise-weighted proximal step too
+                    dc = DataConsistency(a, y_u, adjoint=adjoint, iterations=cg, noise="none",
+                                         damping=damping * operator_norm(a, adjoint, like) ** 2,
+                                         level_weighted=True)
+                    schedule = model.schedule
+                    guided = ProjectX0(guided, lambda x0, t: dc.project(
+                        x0, level=schedule.sigma(t) / schedule.alpha(t)))
                 return pydiff.sample(guided, x_T, "ddim", steps=steps, generator=g,
                                      eta=options.get("eta", 1.0))
-            adjoint = self._real_adjoint(operator)  # exact, cheaper than autograd's VJP
-            defaults = DDS_DAMPING if method == "dds" else PROJECTION_DAMPING
-            damping = float(options.get("damping", defaults[_modality(operator)]))
             # the noise-weighted proximal step argmin ||A x - y||^2 + lam ||x - x_hat||^2 with
             # lam = damping ||A||^2 / (sigma_t / alpha_t)^2: the estimate's error shrinks with
             # the noise level while the measurement's noise does not, so late steps trust the
