@@ -109,10 +109,13 @@ def main() -> None:
     for item in args.option:
         key, value = item.split("=")
         method, name = key.split(".")
-        try:
-            parsed: float | int | str = float(value) if "." in value else int(value)
-        except ValueError:
-            parsed = value  # a name, e.g. dds.warm_start=tv
+        parsed: float | int | str = value  # a name, e.g. dds.warm_start=tv
+        for kind in (int, float):  # 3 -> int, 1e-4 and 0.5 -> float
+            try:
+                parsed = kind(value)
+                break
+            except ValueError:
+                pass
         options.setdefault(method, {})[name] = parsed
     torch.set_num_threads(args.threads)
     pick = set(args.methods.split(",")) if args.methods else None
