@@ -47,10 +47,13 @@ constexpr int64_t kChunk = 1024;
 // much as the work. Where a second thread starts to pay is measured by
 // benchmarks/ops_lincomb_threads.py (figures in BENCHMARKS.md, "Threads from 64K elements on").
 constexpr int64_t kParallelMinElems = 1 << 16;
-// From this output size on, results bypass the cache (non-temporal stores) unless out is one of
-// the terms (see run_plan): a result this large is evicted before anyone reads it, and a normal
-// store first reads the line it overwrites, one extra pass over memory of the six a 3-term +
-// noise update makes.
+// From this many bytes touched (the result plus its distinct terms) on, results bypass the
+// cache (non-temporal stores) unless out is one of the terms (see run_plan). When an op's
+// streams together exceed the last-level cache (32 MB on the machines measured), the start of
+// its result is evicted before the op ends, so the next op reads it from memory anyway, and a
+// normal store first reads the line it overwrites: one extra pass over memory of the five a
+// solver step's 4-term fold makes, or of the six a 3-term + noise update makes. (Judged by
+// the result's size alone, a 16 MB result of a 4-term step kept the extra pass.)
 constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
 // From this output size on, the fused loop prefetches every term kPrefetchBytes ahead. The
 // hardware prefetcher alone keeps too few lines in flight for four or more concurrent read
@@ -390,7 +393,13 @@ void run_plan(const LincombPlan& p) {
   bool out_is_a_term = false;
   for (size_t k = 0; k < p.coef_op.size(); ++k)
     out_is_a_term |= p.ops[1 + k].data == p.ops[0].data;
-  const bool stream = fused && !out_is_a_term && out_bytes >= kStreamMinBytes &&
+  int64_t touched = out_bytes;
+  for (size_t k = 0; k < p.coef_op.size(); ++k) {
+    bool seen = false;  // a term given twice is read once
+    for (size_t q = 0; q < k; ++q) seen |= p.ops[1 + q].data == p.ops[1 + k].data;
+    if (!seen) touched += p.numel * p.ops[1 + k].elsize;
+  }
+  const bool stream = fused && !out_is_a_term && touched >= kStreamMinBytes &&
                       switch_enabled("PYDIFF_LINCOMB_STREAM_STORES");
   const bool prefetch =
       fused && out_bytes >= kPrefetchMinBytes && switch_enabled("PYDIFF_LINCOMB_PREFETCH");
