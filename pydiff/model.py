@@ -64,6 +64,13 @@ class Linear:
             raise ValueError(f"Linear: {len(basis)} basis tensors but {len(coefs)} coefficients")
         self.basis, self.coefs = tuple(basis), tuple(coefs)
 
+    @classmethod
+    def _trusted(cls, basis: tuple, coefs: tuple) -> Linear:
+        # a solver step's hot path: tuples of matching lengths (a Prediction's), unchecked
+        lin = object.__new__(cls)
+        lin.basis, lin.coefs = basis, coefs
+        return lin
+
     def value(self) -> State:
         """The combination as a tensor (or dict) of the dtype of ``basis[0]``."""
         return _materialize(self.basis, self.coefs)
@@ -200,9 +207,7 @@ def _term(basis: tuple[State, ...], coefs: tuple[Coef, ...]) -> State | Linear:
     for k, c in enumerate(coefs):
         if c is not None:
             if used >= 0:  # two or more tensors: a map (a solver step's hot path)
-                lin = object.__new__(Linear)  # Prediction's tuples, already checked
-                lin.basis, lin.coefs = basis, coefs
-                return lin
+                return Linear._trusted(basis, coefs)
             used = k
     if used >= 0 and type(coefs[used]) is float and coefs[used] == 1.0:
         v = basis[used]

@@ -179,7 +179,7 @@ def combine(terms: Sequence[State | Linear], coeffs: Sequence[Coef], noise: Stat
     most two tensors (the state and the network output) stays a Linear, which the next step
     folds into its own pass (see :func:`keeps_lazily`); a wider one is written in this pass.
     """
-    written = keep if type(keep) is Linear and len(keep.basis) > 2 else None  # keeps_lazily
+    written = keep if type(keep) is Linear and not keeps_lazily(keep) else None
     if ops._EXT and ops._fold_fast is not None and not torch.compiler.is_compiling():
         # one C++ call for tensor states (plain tensors and Linear terms alike)
         folded = ops._fold_fast(terms, coeffs, noise, noise_coeff, written, Linear)
@@ -465,16 +465,15 @@ class Solver:
         i = state.i + 1
         # a model output stored without combine(keep=...) is materialized here unless it
         # stays lazy (see keeps_lazily)
-        # (keeps_lazily inlined, and no generator: this runs on every step)
+        # (a plain loop first: this runs on every step, and usually nothing is to be written)
         for h in history:
-            if type(h) is Linear and len(h.basis) > 2:
-                history = tuple(h.value() if type(h) is Linear and len(h.basis) > 2 else h
+            if type(h) is Linear and not keeps_lazily(h):
+                history = tuple(h.value() if type(h) is Linear and not keeps_lazily(h) else h
                                 for h in history)
                 break
         if type(history) is not tuple:
             history = tuple(history)
-        if aux:
-            aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux)
+        aux = tuple(a.value() if isinstance(a, Linear) else a for a in aux) if aux else ()
         if state.hooks:
             ctx = StepContext(step=state.i, t=state.grid[i], alpha=state.alpha[i],
                               sigma=state.sigma[i], generator=state.generator,
