@@ -61,7 +61,7 @@ from pydiff.errors import InputError
 from pydiff.hooks import InpaintReplace
 from pydiff.training import diffusion_loss
 
-from .data import SCALE_FLOOR, mean_scale
+from .data import SCALE_FLOOR, interpolate, mean_scale
 from .forecaster import TSDiff, _positive, check_context
 from .model import CSDINet
 
@@ -128,29 +128,6 @@ def standardization(values: Any) -> tuple[Any, Any]:
     loc = np.where(ok, values, 0).sum(-1) / count
     std = np.sqrt((np.where(ok, values - loc[..., None], 0) ** 2).sum(-1) / count)
     return loc, np.maximum(std, np.maximum(0.01 * mean_scale(values), SCALE_FLOOR))
-
-
-def interpolate(values: Tensor, mask: Tensor) -> Tensor:
-    """Linear interpolation over the last axis of ``values`` where ``mask`` is 1 (other
-    entries are ignored, NaN allowed), held flat before the first and after the last known
-    point; 0 in a row with none known.
-
-    Example:
-        >>> interpolate(torch.tensor([1.0, 0.0, 3.0, 0.0]), torch.tensor([1, 0, 1, 0])).tolist()
-        [1.0, 2.0, 3.0, 3.0]
-    """
-    length = values.shape[-1]
-    known = mask.bool().expand_as(values)
-    idx = torch.arange(length, device=values.device).expand_as(values)
-    prev = torch.where(known, idx, -1).cummax(-1).values
-    nxt = torch.where(known, idx, length).flip(-1).cummin(-1).values.flip(-1)
-    has_prev, has_next = prev >= 0, nxt < length
-    v_prev = values.gather(-1, prev.clamp(0, length - 1))
-    v_next = values.gather(-1, nxt.clamp(0, length - 1))
-    w = (idx - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype)
-    inside = torch.where(has_next, v_prev + w * (v_next - v_prev), v_prev)
-    out = torch.where(has_prev, inside, v_next)
-    return torch.where(has_prev | has_next, out, torch.zeros_like(out))
 
 
 def step_scale(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -176,14 +176,36 @@ def mean_scale(context: np.ndarray | Tensor, mask: np.ndarray | Tensor | None = 
     return np.where(scale > SCALE_FLOOR, scale, 1.0)
 
 
+def interpolate(values: Tensor, mask: Tensor) -> Tensor:
+    """Linear interpolation over the last axis of ``values`` where ``mask`` is 1 (other
+    entries are ignored, NaN allowed), held flat before the first and after the last known
+    point; 0 in a row with none known.
+
+    Example:
+        >>> interpolate(torch.tensor([1.0, 0.0, 3.0, 0.0]), torch.tensor([1, 0, 1, 0])).tolist()
+        [1.0, 2.0, 3.0, 3.0]
+    """
+    length = values.shape[-1]
+    known = mask.bool().expand_as(values)
+    idx = torch.arange(length, device=values.device).expand_as(values)
+    prev = torch.where(known, idx, -1).cummax(-1).values
+    nxt = torch.where(known, idx, length).flip(-1).cummin(-1).values.flip(-1)
+    has_prev, has_next = prev >= 0, nxt < length
+    v_prev = values.gather(-1, prev.clamp(0, length - 1))
+    v_next = values.gather(-1, nxt.clamp(0, length - 1))
+    w = (idx - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype)
+    inside = torch.where(has_next, v_prev + w * (v_next - v_prev), v_prev)
+    out = torch.where(has_prev, inside, v_next)
+    return torch.where(has_prev | has_next, out, torch.zeros_like(out))
+
+
 def fill_missing(values: np.ndarray) -> np.ndarray:
     """Linear interpolation over NaN (edges: the nearest observed value); all-NaN stays NaN."""
     values = np.asarray(values, dtype=np.float64)
     ok = ~np.isnan(values)
     if ok.all() or not ok.any():
         return values.copy()
-    idx = np.arange(len(values))
-    return np.interp(idx, idx[ok], values[ok])
+    return interpolate(torch.from_numpy(values), torch.from_numpy(ok)).numpy()
 
 
 def make_windows(series: Iterable[np.ndarray], context: int, horizon: int,
@@ -294,5 +316,6 @@ def backtest(dataset: Iterable[dict[str, Any]], horizon: int, windows: int = 1):
 
 
 __all__ = ["statsmodels_series", "synthetic_series", "training_mixture", "zero_shot_series",
-           "ZERO_SHOT", "HOLDOUT_WINDOWS", "mean_scale", "fill_missing", "make_windows",
-           "holdout_split", "to_gluonts", "to_pandas_dataset", "backtest", "SYNTHETIC_KINDS"]
+           "ZERO_SHOT", "HOLDOUT_WINDOWS", "mean_scale", "fill_missing", "interpolate",
+           "make_windows", "holdout_split", "to_gluonts", "to_pandas_dataset", "backtest",
+           "SYNTHETIC_KINDS"]
